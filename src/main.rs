@@ -1,0 +1,35 @@
+//! The `injector` binary: parse, set up logging, dispatch, and map errors to exit codes
+//! (0 success, 1 run failed, 2 bad input).
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let level = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("injector={level}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing(cli.global.verbose, cli.global.quiet);
+    match cli::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let bad_input = e.chain().any(|c| c.downcast_ref::<injector::Error>().is_some_and(|e| e.is_bad_input()));
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(if bad_input { 2 } else { 1 })
+        }
+    }
+}

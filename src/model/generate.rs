@@ -1,0 +1,104 @@
+//! Text generation with a KV cache: greedy, or temperature / top-p sampling from a seeded generator.
+use super::llama::{Adapter, Cache, Llama};
+use super::tokenizer::Tokenizer;
+use crate::error::Result;
+use tch::{Kind, Tensor};
+
+/// How to pick each next token.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    pub max_tokens: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_p: 1.0, seed: 0, max_tokens: 256 }
+    }
+}
+
+/// splitmix64: a small, seedable generator, so sampled answers repeat for a given seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks a token from logits [vocab] (fp32).
+fn pick(logits: &Tensor, s: &Sampling, rng: &mut Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        return logits.argmax(-1, false).int64_value(&[]) as u32;
+    }
+    let probs = (logits / s.temperature).softmax(-1, Kind::Float);
+    let (sorted, idx) = probs.sort(-1, true);
+    let p: Vec<f32> = Vec::<f32>::try_from(&sorted).unwrap_or_default();
+    let idx: Vec<i64> = Vec::<i64>::try_from(&idx).unwrap_or_default();
+    let mut keep = p.len();
+    let mut acc = 0.0;
+    for (i, v) in p.iter().enumerate() {
+        acc += *v as f64;
+        if acc >= s.top_p {
+            keep = i + 1;
+            break;
+        }
+    }
+    let total: f64 = p[..keep].iter().map(|&v| v as f64).sum();
+    let mut r = rng.next_f64() * total;
+    for i in 0..keep {
+        r -= p[i] as f64;
+        if r <= 0.0 {
+            return idx[i] as u32;
+        }
+    }
+    idx[keep - 1] as u32
+}
+
+/// Generates after `prompt` and calls `on_text` with each new piece of text as it is decoded.
+/// Returns the generated token ids (without the stop token).
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    s: &Sampling,
+    ad: &dyn Adapter,
+    mut on_text: impl FnMut(&str),
+) -> Result<Vec<u32>> {
+    let _guard = tch::no_grad_guard();
+    let dev = model.device();
+    let mut cache = Cache::new(&model.cfg);
+    let mut rng = Rng(s.seed);
+    let mut out: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+    let mut input = Tensor::from_slice(&ids).unsqueeze(0).to_device(dev);
+    for _ in 0..s.max_tokens {
+        let logits = model.forward(&input, Some(&mut cache), ad);
+        let last = logits.get(0).get(-1).to_device(tch::Device::Cpu);
+        let next = pick(&last, s, &mut rng);
+        if tok.stop_ids.contains(&next) {
+            break;
+        }
+        out.push(next);
+        // Decode the whole answer and emit the new suffix, holding back a partial UTF-8 character.
+        let text = tok.decode(&out);
+        if !text.ends_with('\u{FFFD}') && text.len() > printed && text.is_char_boundary(printed) {
+            on_text(&text[printed..]);
+            printed = text.len();
+        }
+        input = Tensor::from_slice(&[next as i64]).unsqueeze(0).to_device(dev);
+    }
+    let text = tok.decode(&out);
+    if text.len() > printed && text.is_char_boundary(printed) {
+        on_text(&text[printed..]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,350 @@
+//! Llama-family decoder on tch: RMSNorm, RoPE (theta, llama3 scaling), grouped-query attention through
+//! `scaled_dot_product_attention`, SwiGLU MLP, tied or untied embeddings, optional qkv bias (Qwen2).
+//!
+//! Paper: Touvron et al., "LLaMA" (arXiv:2302.13971); reference implementation: Hugging Face
+//! transformers `models/llama/modeling_llama.py`. Field names follow the checkpoint keys.
+//!
+//! The base weights live in one frozen `VarStore`; training code adds low-rank updates through the
+//! [`Adapter`] trait, so `forward` stays `&self` and the type system says what trains.
+use super::config::Config;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use tch::{nn, Device, Kind, Tensor};
+
+/// The linear projections of a decoder layer, the sites an adapter can attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// The checkpoint name of the projection (`q_proj`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q_proj",
+            Proj::K => "k_proj",
+            Proj::V => "v_proj",
+            Proj::O => "o_proj",
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+
+    /// Parses a checkpoint name (`q_proj` or `q`).
+    pub fn parse(s: &str) -> Option<Proj> {
+        Proj::ALL.into_iter().find(|p| p.name() == s || p.name().trim_end_matches("_proj") == s)
+    }
+
+    /// The full key of this projection's weight in layer `layer`.
+    pub fn weight_key(self, layer: usize) -> String {
+        let block = if matches!(self, Proj::Gate | Proj::Up | Proj::Down) { "mlp" } else { "self_attn" };
+        format!("model.layers.{layer}.{block}.{}.weight", self.name())
+    }
+}
+
+/// A low-rank (or any) additive update to the projections: `y = W x + delta(x)`.
+pub trait Adapter {
+    /// The extra output of projection `proj` of layer `layer` for input `x: [.., in] -> [.., out]`.
+    fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor>;
+}
+
+/// The base model alone.
+pub struct NoAdapter;
+
+impl Adapter for NoAdapter {
+    fn delta(&self, _: usize, _: Proj, _: &Tensor) -> Option<Tensor> {
+        None
+    }
+}
+
+/// Per-layer key/value cache for generation, kept outside the model.
+pub struct Cache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl Cache {
+    pub fn new(cfg: &Config) -> Self {
+        Cache { kv: (0..cfg.num_hidden_layers).map(|_| None).collect() }
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> i64 {
+        self.kv.first().and_then(|e| e.as_ref()).map(|(k, _)| k.size()[2]).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Normalises in fp32 like the reference, then casts back.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        (xf * (var + self.eps).rsqrt()).to_kind(kind) * &self.weight
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_head: i64,
+    n_kv_head: i64,
+    head_dim: i64,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+/// The decoder with its frozen weights.
+pub struct Llama {
+    pub cfg: Config,
+    /// The base weights under their Hugging Face names, frozen.
+    pub vs: nn::VarStore,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+}
+
+fn proj(layer: usize, p: Proj, lin: &Linear, x: &Tensor, ad: &dyn Adapter) -> Tensor {
+    let y = lin.forward(x);
+    match ad.delta(layer, p, x) {
+        Some(d) => y + d,
+        None => y,
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
+}
+
+/// Inverse RoPE frequencies, with Llama 3 frequency-dependent scaling when configured.
+pub fn rope_inv_freq(cfg: &Config) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let mut inv: Vec<f64> = (0..d / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
+    if let Some(s) = &cfg.rope_scaling {
+        let old = s.original_max_position_embeddings as f64;
+        let low_wavelen = old / s.low_freq_factor;
+        let high_wavelen = old / s.high_freq_factor;
+        for f in inv.iter_mut() {
+            let wavelen = 2.0 * std::f64::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= s.factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+            }
+        }
+    }
+    inv.into_iter().map(|f| f as f32).collect()
+}
+
+impl Attention {
+    /// x: [b, t, hidden] -> [b, t, hidden]
+    fn forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        ad: &dyn Adapter,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input is [b, t, h]");
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let q = heads(proj(layer, Proj::Q, &self.q_proj, x, ad), self.n_head);
+        let k = heads(proj(layer, Proj::K, &self.k_proj, x, ad), self.n_kv_head);
+        let v = heads(proj(layer, Proj::V, &self.v_proj, x, ad), self.n_kv_head);
+        let q = &q * cos + rotate_half(&q) * sin;
+        let k = &k * cos + rotate_half(&k) * sin;
+        let (k, v, past) = match kv {
+            Some(slot) => {
+                let (k, v, past) = match slot.take() {
+                    Some((pk, pv)) => {
+                        let past = pk.size()[2];
+                        (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2), past)
+                    }
+                    None => (k, v, 0),
+                };
+                *slot = Some((k.shallow_clone(), v.shallow_clone()));
+                (k, v, past)
+            }
+            None => (k, v, 0),
+        };
+        let gqa = self.n_head != self.n_kv_head;
+        let y = if t == 1 {
+            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, gqa)
+        } else if past == 0 {
+            Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
+        } else {
+            // New tokens attend to all cached positions and causally among themselves.
+            let mask = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past);
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
+        };
+        let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
+        proj(layer, Proj::O, &self.o_proj, &y, ad)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, layer: usize, x: &Tensor, ad: &dyn Adapter) -> Tensor {
+        let g = proj(layer, Proj::Gate, &self.gate_proj, x, ad).silu();
+        let u = proj(layer, Proj::Up, &self.up_proj, x, ad);
+        proj(layer, Proj::Down, &self.down_proj, &(g * u), ad)
+    }
+}
+
+/// Weights by Hugging Face name, consumed while the model is built.
+pub type Weights = HashMap<String, Tensor>;
+
+fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+    let t = w.remove(name).ok_or_else(|| Error::BadInput(format!("model is missing tensor '{name}'")))?;
+    if t.size() != shape {
+        return Err(Error::BadInput(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.size())));
+    }
+    let mut p = root.clone();
+    let parts: Vec<&str> = name.split('.').collect();
+    for part in &parts[..parts.len() - 1] {
+        p = p / *part;
+    }
+    Ok(p.var_copy(parts[parts.len() - 1], &t.to_kind(kind)))
+}
+
+impl Llama {
+    /// Builds the model from weights under Hugging Face names, on `device` with weights of `kind`.
+    pub fn new(cfg: &Config, mut w: Weights, device: Device, kind: Kind) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let (h, i) = (cfg.hidden_size as i64, cfg.intermediate_size as i64);
+        let (nh, nkv, hd) = (cfg.num_attention_heads as i64, cfg.num_key_value_heads as i64, cfg.head_dim as i64);
+        let embed_tokens = take(&mut w, &root, "model.embed_tokens.weight", &[cfg.vocab_size as i64, h], kind)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let mut lin = |p: Proj, out: i64, inp: i64, bias: bool| -> Result<Linear> {
+                let key = p.weight_key(l);
+                let weight = take(&mut w, &root, &key, &[out, inp], kind)?;
+                let bias = if bias { Some(take(&mut w, &root, &key.replace(".weight", ".bias"), &[out], kind)?) } else { None };
+                Ok(Linear { weight, bias })
+            };
+            let ab = cfg.attention_bias;
+            let self_attn = Attention {
+                q_proj: lin(Proj::Q, nh * hd, h, ab)?,
+                k_proj: lin(Proj::K, nkv * hd, h, ab)?,
+                v_proj: lin(Proj::V, nkv * hd, h, ab)?,
+                o_proj: lin(Proj::O, h, nh * hd, false)?,
+                n_head: nh,
+                n_kv_head: nkv,
+                head_dim: hd,
+            };
+            let mlp = Mlp {
+                gate_proj: lin(Proj::Gate, i, h, false)?,
+                up_proj: lin(Proj::Up, i, h, false)?,
+                down_proj: lin(Proj::Down, h, i, false)?,
+            };
+            let mut norm = |name: &str| -> Result<RmsNorm> {
+                let weight = take(&mut w, &root, &format!("model.layers.{l}.{name}.weight"), &[h], kind)?;
+                Ok(RmsNorm { weight, eps: cfg.rms_norm_eps })
+            };
+            let input_layernorm = norm("input_layernorm")?;
+            let post_attention_layernorm = norm("post_attention_layernorm")?;
+            layers.push(DecoderLayer { self_attn, mlp, input_layernorm, post_attention_layernorm });
+        }
+        let norm = RmsNorm { weight: take(&mut w, &root, "model.norm.weight", &[h], kind)?, eps: cfg.rms_norm_eps };
+        let lm_head = if cfg.tie_word_embeddings {
+            w.remove("lm_head.weight");
+            embed_tokens.shallow_clone()
+        } else {
+            take(&mut w, &root, "lm_head.weight", &[cfg.vocab_size as i64, h], kind)?
+        };
+        vs.freeze();
+        let inv_freq = Tensor::from_slice(&rope_inv_freq(cfg)).to_device(device);
+        Ok(Llama { cfg: cfg.clone(), vs, embed_tokens, layers, norm, lm_head, inv_freq })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The kind of the base weights (fp32 on CPU, bf16 on CUDA).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// A base weight by Hugging Face name (shares storage: in-place edits change the model).
+    pub fn weight(&self, name: &str) -> Option<Tensor> {
+        self.vs.variables().get(name).map(|t| t.shallow_clone())
+    }
+
+    /// ids: [b, t] (positions start at the cache length) -> final hidden states [b, t, hidden]
+    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, ad: &dyn Adapter) -> Tensor {
+        let (_, t) = ids.size2().expect("ids are [b, t]");
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let pos = Tensor::arange_start(past, past + t, (Kind::Float, ids.device()));
+        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], 1);
+        let kind = self.kind();
+        let (cos, sin) = (emb.cos().to_kind(kind), emb.sin().to_kind(kind));
+        let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
+        let mut cache = cache;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.kv[l]);
+            let a = layer.self_attn.forward(l, &layer.input_layernorm.forward(&x), &cos, &sin, slot, ad);
+            x = x + a;
+            let m = layer.mlp.forward(l, &layer.post_attention_layernorm.forward(&x), ad);
+            x = x + m;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// hidden: [.., hidden] -> logits [.., vocab] in fp32
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
+    }
+
+    /// ids: [b, t] -> logits [b, t, vocab]
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut Cache>, ad: &dyn Adapter) -> Tensor {
+        self.logits(&self.hidden(ids, cache, ad))
+    }
+}

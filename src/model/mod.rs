@@ -1,0 +1,13 @@
+//! The language model: configuration, weights, layers, tokenizer and generation.
+pub mod config;
+pub mod generate;
+pub mod gguf;
+pub mod llama;
+pub mod quant;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::Config;
+pub use llama::{Adapter, Cache, Llama, NoAdapter, Proj};
+pub use tokenizer::Tokenizer;
+pub use weights::{load, Loaded};

@@ -1,0 +1,193 @@
+//! Tokenizer and chat template: Hugging Face `tokenizers` built from `tokenizer.json` or from GGUF
+//! metadata (gpt2 byte-level BPE with the pre-tokenizer llama.cpp names), and the checkpoint's own
+//! Jinja chat template rendered with minijinja, as Hugging Face's servers do.
+use super::gguf::{Gguf, Value};
+use crate::error::{Error, Result};
+use serde_json::json;
+use std::path::Path;
+
+/// Llama 3's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// A tokenizer with the special tokens and chat template the model was trained with.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Tokens that end a turn (eos and, for chat models, the end-of-turn marker).
+    pub stop_ids: Vec<u32>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    chat_template: Option<String>,
+}
+
+fn split(regex: &str) -> serde_json::Value {
+    json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false})
+}
+
+fn byte_level(use_regex: bool) -> serde_json::Value {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let path = &g.path;
+        let bad = |msg: String| Error::bad_model(path, msg);
+        let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        if model != "gpt2" {
+            return Err(bad(format!(
+                "tokenizer model '{model}' is not supported from GGUF (supported: gpt2 byte-level BPE); \
+                 use the Hugging Face folder with tokenizer.json instead"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let arr = g.get(key).and_then(Value::as_array).ok_or_else(|| bad(format!("missing metadata '{key}'")))?;
+            arr.iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(format!("'{key}' holds a non-string"))))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<u64> = g
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let pre_tokenizer = match pre {
+            "default" | "gpt2" | "gpt-2" => byte_level(true),
+            // SmolLM splits every digit, then applies GPT-2's split.
+            "smollm" => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            "llama3" | "llama-bpe" | "llama-v3" => {
+                json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
+            }
+            "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}),
+            other => return Err(bad(format!("tokenizer pre-type '{other}' is not supported"))),
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let added: Vec<serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
+            .map(|(i, t)| {
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
+                       "normalized": false, "special": types[i] == 3})
+            })
+            .collect();
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": false, "vocab": vocab, "merges": merges}
+        });
+        let inner: tokenizers::Tokenizer = spec
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| bad(format!("cannot build tokenizer from metadata: {e}")))?;
+        let id_of = |key: &str| g.get(key).and_then(Value::as_u64).map(|v| v as usize);
+        let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
+        let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
+        let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
+        let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+        Ok(Self::finish(inner, bos_token, eos_token, chat_template))
+    }
+
+    /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let tj = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| Error::bad_model(&cfg_path, format!("{e}")))?,
+            Err(_) => json!({}),
+        };
+        let tok_str = |k: &str| match cfg.get(k) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            None => None,
+        };
+        let template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string).or_else(|| {
+            std::fs::read_to_string(dir.join("chat_template.jinja")).ok()
+        });
+        Ok(Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), template))
+    }
+
+    fn finish(
+        inner: tokenizers::Tokenizer,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        chat_template: Option<String>,
+    ) -> Self {
+        let mut stop_ids: Vec<u32> = Vec::new();
+        for t in eos_token.iter().map(String::as_str).chain(["<|im_end|>", "<|eot_id|>", "<|end_of_text|>"]) {
+            if let Some(id) = inner.token_to_id(t) {
+                if !stop_ids.contains(&id) {
+                    stop_ids.push(id);
+                }
+            }
+        }
+        Tokenizer { inner, stop_ids, bos_token, eos_token, chat_template }
+    }
+
+    /// Token ids of `text`; special-token markup in the text is recognised.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
+
+    /// The id of a token string.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The end-of-turn token string the chat template closes an assistant answer with.
+    pub fn end_of_turn(&self) -> Option<String> {
+        let id = *self.stop_ids.first()?;
+        let preferred = ["<|im_end|>", "<|eot_id|>"].into_iter().find(|t| self.inner.token_to_id(t).is_some());
+        preferred.map(str::to_string).or_else(|| self.inner.id_to_token(id))
+    }
+
+    /// Renders a conversation with the checkpoint's chat template (a plain fallback when it has none).
+    pub fn render_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let msgs: Vec<serde_json::Value> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+        let Some(tpl) = &self.chat_template else {
+            let mut s = String::new();
+            for (r, c) in messages {
+                s.push_str(&format!("{r}: {c}\n"));
+            }
+            if add_generation_prompt {
+                s.push_str("assistant:");
+            }
+            return Ok(s);
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", tpl).map_err(|e| Error::BadInput(format!("chat template: {e}")))?;
+        let ctx = json!({
+            "messages": msgs, "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token.clone().unwrap_or_default(),
+            "eos_token": self.eos_token.clone().unwrap_or_default(),
+        });
+        env.get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| Error::BadInput(format!("chat template: {e}")))
+    }
+}

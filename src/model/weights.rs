@@ -1,0 +1,173 @@
+//! Loading a checkpoint — a GGUF file or a Hugging Face folder (config.json + safetensors, sharded
+//! too) — into [`Llama`] and its [`Tokenizer`].
+use super::config::Config;
+use super::gguf::Gguf;
+use super::llama::{Llama, Weights};
+use super::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// A loaded model with its tokenizer and where it came from.
+pub struct Loaded {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    /// blake3 of the checkpoint's bytes (the file, or the folder's weight files in name order).
+    pub source_hash: String,
+}
+
+/// GGUF tensor names to Hugging Face names (llama.cpp `convert_hf_to_gguf.py`'s table, reversed).
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(n) = fixed {
+        return Some(n.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = tail.rsplit_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Undoes llama.cpp's row permutation of Q/K (it interleaves the two RoPE halves per head).
+/// w: [n_head * head_dim, in] in GGUF order -> the same in Hugging Face's rotate-half order.
+pub fn unpermute_qk(w: &Tensor, n_head: i64) -> Tensor {
+    let size = w.size();
+    let (out, rest) = (size[0], &size[1..]);
+    let mut shape = vec![n_head, out / n_head / 2, 2];
+    shape.extend_from_slice(rest);
+    w.reshape(&shape).transpose(1, 2).reshape(&size)
+}
+
+fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
+    let g = Gguf::open(path)?;
+    let cfg = Config::from_gguf(&g)?;
+    let tokenizer = Tokenizer::from_gguf(&g)?;
+    // Check every tensor's type before decoding any, so the error names the first unsupported one.
+    for t in &g.tensors {
+        if super::quant::GgmlType::from_id(t.type_id).is_err() && hf_name(&t.name).is_some() {
+            return Err(Error::UnsupportedTensorType {
+                path: path.into(),
+                tensor: t.name.clone(),
+                ty: Gguf::type_name(t),
+            });
+        }
+    }
+    let decoded: Vec<(String, Vec<f32>, Vec<i64>)> = g
+        .tensors
+        .par_iter()
+        .filter_map(|t| hf_name(&t.name).map(|n| (n, t)))
+        .map(|(n, t)| g.tensor_f32(t).map(|(v, s)| (n, v, s)))
+        .collect::<Result<_>>()?;
+    let permute = cfg.architecture != "qwen2";
+    let mut w = Weights::new();
+    for (name, values, shape) in decoded {
+        let t = Tensor::from_slice(&values).reshape(&shape);
+        let t = match name.rsplit('.').nth(1) {
+            Some("q_proj") if permute => unpermute_qk(&t, cfg.num_attention_heads as i64),
+            Some("k_proj") if permute => unpermute_qk(&t, cfg.num_key_value_heads as i64),
+            _ => t,
+        };
+        w.insert(name, t);
+    }
+    Ok((cfg, w, tokenizer))
+}
+
+fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::bad_model(&index, "no weight_map"))?;
+        let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(Error::bad_model(dir, "no model.safetensors or model.safetensors.index.json"))
+}
+
+fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
+    let cfg = Config::from_hf_json(&dir.join("config.json"))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let mut w = Weights::new();
+    for f in safetensor_files(dir)? {
+        let tensors = Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
+        for (name, t) in tensors {
+            w.insert(name, t.to_kind(Kind::Float));
+        }
+    }
+    Ok((cfg, w, tokenizer))
+}
+
+fn hash_source(path: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let files = if path.is_dir() { safetensor_files(path)? } else { vec![path.to_path_buf()] };
+    for f in files {
+        h.update_mmap_rayon(&f).map_err(|e| Error::bad_model(&f, e.to_string()))?;
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Loads a checkpoint: a `.gguf` file or a Hugging Face folder. Base weights are fp32 on the CPU
+/// and bf16 on CUDA.
+pub fn load(path: &Path, device: Device) -> Result<Loaded> {
+    if !path.exists() {
+        return Err(Error::bad_model(path, "no such file or folder"));
+    }
+    let (cfg, weights, tokenizer) = if path.is_dir() { load_hf_dir(path)? } else { load_gguf(path)? };
+    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+    let model = Llama::new(&cfg, weights, device, kind).map_err(|e| match e {
+        Error::BadInput(msg) => Error::bad_model(path, msg),
+        other => other,
+    })?;
+    Ok(Loaded { model, tokenizer, source_hash: hash_source(path)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hf() {
+        assert_eq!(hf_name("blk.3.attn_q.weight").unwrap(), "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(hf_name("blk.0.ffn_down.weight").unwrap(), "model.layers.0.mlp.down_proj.weight");
+        assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
+        assert!(hf_name("rope_freqs.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2).reshape(w.shape)
+        let (n_head, hd, inp) = (3i64, 8i64, 5i64);
+        let hf = Tensor::randn([n_head * hd, inp], (Kind::Float, Device::Cpu));
+        let gguf = hf.reshape([n_head, 2, hd / 2, inp]).transpose(1, 2).reshape([n_head * hd, inp]);
+        let back = unpermute_qk(&gguf, n_head);
+        assert!(back.equal(&hf));
+    }
+}
