@@ -6,18 +6,31 @@ use tch::Device;
 pub fn parse_device(s: &str) -> Result<Device> {
     let cuda_count = || tch::Cuda::device_count() as usize;
     match s {
-        "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => parse_device("cuda:0"),
         _ => {
-            let n = s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).ok_or_else(|| {
-                Error::BadDevice(format!("unknown device '{s}': expected auto, cpu, cuda or cuda:N"))
-            })?;
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    Error::BadDevice(format!(
+                        "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
+                    ))
+                })?;
             if n >= cuda_count() {
                 return Err(Error::BadDevice(format!(
                     "device '{s}' is not available: this build sees {} CUDA device(s){}",
                     cuda_count(),
-                    if tch::Cuda::is_available() { "" } else { " (CPU build, or no GPU; see README 'GPU build')" }
+                    if tch::Cuda::is_available() {
+                        ""
+                    } else {
+                        " (CPU build, or no GPU; see README 'GPU build')"
+                    }
                 )));
             }
             Ok(Device::Cuda(n))

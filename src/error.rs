@@ -9,7 +9,11 @@ pub enum Error {
     BadModel { path: PathBuf, msg: String },
     /// A tensor type this loader does not decode.
     #[error("{}: tensor '{tensor}' has unsupported type {ty}", path.display())]
-    UnsupportedTensorType { path: PathBuf, tensor: String, ty: String },
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        ty: String,
+    },
     /// An architecture other than the Llama family.
     #[error("{}: unsupported architecture '{arch}' (supported: llama, qwen2, mistral)", path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
@@ -44,7 +48,10 @@ impl Error {
     }
 
     pub(crate) fn bad_model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::BadModel { path: path.into(), msg: msg.into() }
+        Error::BadModel {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }
 

@@ -18,7 +18,11 @@ fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("injector={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -27,7 +31,10 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let bad_input = e.chain().any(|c| c.downcast_ref::<injector::Error>().is_some_and(|e| e.is_bad_input()));
+            let bad_input = e.chain().any(|c| {
+                c.downcast_ref::<injector::Error>()
+                    .is_some_and(|e| e.is_bad_input())
+            });
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(if bad_input { 2 } else { 1 })
         }

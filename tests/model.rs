@@ -16,14 +16,20 @@ fn gguf_and_hf_folder_give_the_same_logits() {
     write_tiny_hf(&dir.path().join("hf"), 7);
     let a = load(&g, Device::Cpu).unwrap();
     let b = load(&dir.path().join("hf"), Device::Cpu).unwrap();
-    let text = a.tokenizer.render_chat(&[("user", "Hello there, 12 + 7?")], true).unwrap();
+    let text = a
+        .tokenizer
+        .render_chat(&[("user", "Hello there, 12 + 7?")], true)
+        .unwrap();
     let ids = a.tokenizer.encode(&text).unwrap();
     assert_eq!(ids, b.tokenizer.encode(&text).unwrap());
     let x = Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0);
     let la = tch::no_grad(|| a.model.forward(&x, None, &NoAdapter));
     let lb = tch::no_grad(|| b.model.forward(&x, None, &NoAdapter));
     let diff = (la - lb).abs().max().double_value(&[]);
-    assert!(diff < 1e-5, "GGUF (with Q/K un-permuted) and safetensors disagree by {diff}");
+    assert!(
+        diff < 1e-5,
+        "GGUF (with Q/K un-permuted) and safetensors disagree by {diff}"
+    );
 }
 
 #[test]
@@ -33,22 +39,42 @@ fn kv_cache_matches_full_recompute() {
     write_tiny_gguf(&g, 3);
     let m = load(&g, Device::Cpu).unwrap();
     let ids: Vec<i64> = (0..20).map(|i| 3 + (i * 37 % 250)).collect();
-    let full = tch::no_grad(|| m.model.forward(&Tensor::from_slice(&ids).unsqueeze(0), None, &NoAdapter));
+    let full = tch::no_grad(|| {
+        m.model
+            .forward(&Tensor::from_slice(&ids).unsqueeze(0), None, &NoAdapter)
+    });
     let mut cache = Cache::new(&m.model.cfg);
     let head = tch::no_grad(|| {
-        m.model.forward(&Tensor::from_slice(&ids[..12]).unsqueeze(0), Some(&mut cache), &NoAdapter)
+        m.model.forward(
+            &Tensor::from_slice(&ids[..12]).unsqueeze(0),
+            Some(&mut cache),
+            &NoAdapter,
+        )
     });
     // A multi-token chunk after the cache (masked path), then single tokens.
     let mid = tch::no_grad(|| {
-        m.model.forward(&Tensor::from_slice(&ids[12..15]).unsqueeze(0), Some(&mut cache), &NoAdapter)
+        m.model.forward(
+            &Tensor::from_slice(&ids[12..15]).unsqueeze(0),
+            Some(&mut cache),
+            &NoAdapter,
+        )
     });
     let mut parts = vec![head, mid];
     for &t in &ids[15..] {
-        parts.push(tch::no_grad(|| m.model.forward(&Tensor::from_slice(&[t]).unsqueeze(0), Some(&mut cache), &NoAdapter)));
+        parts.push(tch::no_grad(|| {
+            m.model.forward(
+                &Tensor::from_slice(&[t]).unsqueeze(0),
+                Some(&mut cache),
+                &NoAdapter,
+            )
+        }));
     }
     let inc = Tensor::cat(&parts, 1);
     let diff = (full - inc).abs().max().double_value(&[]);
-    assert!(diff < 1e-4, "cached decoding differs from a full forward by {diff}");
+    assert!(
+        diff < 1e-4,
+        "cached decoding differs from a full forward by {diff}"
+    );
     assert_eq!(cache.len(), 20);
 }
 
@@ -58,11 +84,22 @@ fn sampling_is_seeded_and_greedy_is_deterministic() {
     let g = dir.path().join("tiny.gguf");
     write_tiny_gguf(&g, 5);
     let m = load(&g, Device::Cpu).unwrap();
-    let ids = m.tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let ids = m
+        .tokenizer
+        .encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
     let run = |s: &Sampling| generate(&m.model, &m.tokenizer, &ids, s, &NoAdapter, |_| {}).unwrap();
-    let greedy = Sampling { max_tokens: 12, ..Default::default() };
+    let greedy = Sampling {
+        max_tokens: 12,
+        ..Default::default()
+    };
     assert_eq!(run(&greedy), run(&greedy));
-    let hot = |seed| Sampling { temperature: 1.5, top_p: 0.95, seed, max_tokens: 12 };
+    let hot = |seed| Sampling {
+        temperature: 1.5,
+        top_p: 0.95,
+        seed,
+        max_tokens: 12,
+    };
     assert_eq!(run(&hot(1)), run(&hot(1)));
     let differ = (2..6).any(|s| run(&hot(s)) != run(&hot(1)));
     assert!(differ, "different seeds never changed a sampled answer");
@@ -119,7 +156,16 @@ fn parameter_count_matches_the_loaded_weights() {
     write_tiny_gguf(&g, 1);
     let m = load(&g, Device::Cpu).unwrap();
     assert_eq!(m.model.kind(), Kind::Float);
-    assert!(m.model.vs.trainable_variables().is_empty(), "base weights must be frozen");
-    let n: i64 = m.model.vs.variables().values().map(|t| t.numel() as i64).sum();
+    assert!(
+        m.model.vs.variables().values().all(|t| !t.requires_grad()),
+        "base weights must be frozen"
+    );
+    let n: i64 = m
+        .model
+        .vs
+        .variables()
+        .values()
+        .map(|t| t.numel() as i64)
+        .sum();
     assert_eq!(m.model.cfg.num_params() as i64, n);
 }

@@ -24,8 +24,12 @@ pub struct QueryArgs {
 }
 
 pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
-    if !(a.temperature >= 0.0) || !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        return Err(injector::Error::BadInput("--temperature must be ≥ 0 and --top-p in (0, 1]".into()).into());
+    let valid = a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0;
+    if !valid {
+        return Err(injector::Error::BadInput(
+            "--temperature must be ≥ 0 and --top-p in (0, 1]".into(),
+        )
+        .into());
     }
     let device = injector::device::parse_device(&g.device)?;
     let t0 = std::time::Instant::now();
@@ -38,21 +42,37 @@ pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
     msgs.push(("user", a.prompt.as_str()));
     let text = loaded.tokenizer.render_chat(&msgs, true)?;
     let ids = loaded.tokenizer.encode(&text)?;
-    let s = Sampling { temperature: a.temperature, top_p: a.top_p, seed: g.seed, max_tokens: a.max_tokens };
+    let s = Sampling {
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: g.seed,
+        max_tokens: a.max_tokens,
+    };
     let mut out = std::io::stdout().lock();
     let mut first: Option<f64> = None;
-    let n = generate(&loaded.model, &loaded.tokenizer, &ids, &s, &NoAdapter, |piece| {
-        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-        let _ = out.write_all(piece.as_bytes());
-        let _ = out.flush();
-    })?
+    let n = generate(
+        &loaded.model,
+        &loaded.tokenizer,
+        &ids,
+        &s,
+        &NoAdapter,
+        |piece| {
+            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        },
+    )?
     .len();
     let _ = writeln!(out);
     let total = t0.elapsed().as_secs_f64();
     let ttft = first.unwrap_or(total);
     tracing::info!(
         "first token after {ttft:.2}s; {n} tokens at {:.1} tokens/s",
-        if total > ttft && n > 1 { (n - 1) as f64 / (total - ttft) } else { 0.0 }
+        if total > ttft && n > 1 {
+            (n - 1) as f64 / (total - ttft)
+        } else {
+            0.0
+        }
     );
     Ok(())
 }

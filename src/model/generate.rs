@@ -16,7 +16,12 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.0, top_p: 1.0, seed: 0, max_tokens: 256 }
+        Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: 256,
+        }
     }
 }
 
@@ -94,7 +99,9 @@ pub fn generate(
             on_text(&text[printed..]);
             printed = text.len();
         }
-        input = Tensor::from_slice(&[next as i64]).unsqueeze(0).to_device(dev);
+        input = Tensor::from_slice(&[next as i64])
+            .unsqueeze(0)
+            .to_device(dev);
     }
     let text = tok.decode(&out);
     if text.len() > printed && text.is_char_boundary(printed) {

@@ -117,7 +117,10 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64) -> std::result::Result<&'a [u8], String> {
         let left = (self.buf.len() - self.pos) as u64;
         if n > left {
-            return Err(format!("truncated: needs {n} bytes at offset {}, {left} left", self.pos));
+            return Err(format!(
+                "truncated: needs {n} bytes at offset {}, {left} left",
+                self.pos
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -139,7 +142,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.u64()?;
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
     }
 
     fn value(&mut self, ty: u32, depth: u32) -> std::result::Result<Value, String> {
@@ -161,7 +165,10 @@ impl<'a> Cursor<'a> {
                 let n = self.u64()?;
                 // Every element takes at least one byte: a count beyond the bytes left is corrupt.
                 if n > (self.buf.len() - self.pos) as u64 {
-                    return Err(format!("array of {n} elements at offset {} exceeds the file", self.pos));
+                    return Err(format!(
+                        "array of {n} elements at offset {} exceeds the file",
+                        self.pos
+                    ));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -180,21 +187,29 @@ impl<'a> Cursor<'a> {
 impl Gguf {
     /// Opens and validates a GGUF file (header, metadata, tensor directory, data bounds).
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::bad_model(path, format!("cannot open: {e}")))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::bad_model(path, format!("cannot open: {e}")))?;
         // SAFETY: the file is opened read-only and the map lives as long as `Gguf`; a file
         // changed underneath us is the same hazard every mmap-based model loader accepts.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::bad_model(path, format!("cannot map: {e}")))?;
-        Self::parse(path, map).map_err(|msg| Error::bad_model(path, format!("not a valid GGUF file: {msg}")))
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| Error::bad_model(path, format!("cannot map: {e}")))?;
+        Self::parse(path, map)
+            .map_err(|msg| Error::bad_model(path, format!("not a valid GGUF file: {msg}")))
     }
 
     fn parse(path: &Path, map: memmap2::Mmap) -> std::result::Result<Self, String> {
         let mut c = Cursor { buf: &map, pos: 0 };
-        if c.take(4).map_err(|_| "file is shorter than the GGUF magic".to_string())? != MAGIC {
+        if c.take(4)
+            .map_err(|_| "file is shorter than the GGUF magic".to_string())?
+            != MAGIC
+        {
             return Err("bad magic (expected 'GGUF')".into());
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(format!("unsupported GGUF version {version} (supported: 2, 3)"));
+            return Err(format!(
+                "unsupported GGUF version {version} (supported: 2, 3)"
+            ));
         }
         let n_tensors = c.u64()?;
         let n_kv = c.u64()?;
@@ -205,7 +220,9 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
-            let v = c.value(ty, 0).map_err(|e| format!("metadata '{key}': {e}"))?;
+            let v = c
+                .value(ty, 0)
+                .map_err(|e| format!("metadata '{key}': {e}"))?;
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -215,12 +232,22 @@ impl Gguf {
             if nd == 0 || nd > 4 {
                 return Err(format!("tensor '{name}' has {nd} dimensions"));
             }
-            let dims = (0..nd).map(|_| c.u64()).collect::<std::result::Result<Vec<_>, _>>()?;
+            let dims = (0..nd)
+                .map(|_| c.u64())
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             let type_id = c.u32()?;
             let offset = c.u64()?;
-            tensors.push(TensorInfo { name, dims, type_id, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                type_id,
+                offset,
+            });
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_ALIGNMENT);
         if align == 0 || !align.is_power_of_two() {
             return Err(format!("bad alignment {align}"));
         }
@@ -234,18 +261,34 @@ impl Gguf {
                 .ok_or_else(|| format!("tensor '{}' element count overflows", t.name))?;
             if let Ok(ty) = GgmlType::from_id(t.type_id) {
                 if t.dims[0] % ty.block_len() as u64 != 0 {
-                    return Err(format!("tensor '{}' row length is not a whole number of blocks", t.name));
+                    return Err(format!(
+                        "tensor '{}' row length is not a whole number of blocks",
+                        t.name
+                    ));
                 }
                 let bytes = (numel / ty.block_len() as u64)
                     .checked_mul(ty.block_bytes() as u64)
                     .ok_or_else(|| format!("tensor '{}' size overflows", t.name))?;
-                let end = t.offset.checked_add(bytes).ok_or_else(|| format!("tensor '{}' offset overflows", t.name))?;
+                let end = t
+                    .offset
+                    .checked_add(bytes)
+                    .ok_or_else(|| format!("tensor '{}' offset overflows", t.name))?;
                 if end > data_len {
-                    return Err(format!("truncated: tensor '{}' ends past the end of the file", t.name));
+                    return Err(format!(
+                        "truncated: tensor '{}' ends past the end of the file",
+                        t.name
+                    ));
                 }
             }
         }
-        Ok(Gguf { path: path.to_path_buf(), version, metadata, tensors, data_start: data_start as usize, map })
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            data_start: data_start as usize,
+            map,
+        })
     }
 
     /// A metadata value by key.
@@ -268,7 +311,10 @@ impl Gguf {
         let n = info.numel() as usize;
         let start = self.data_start + info.offset as usize;
         let len = n / ty.block_len() * ty.block_bytes();
-        Ok((dequantize(ty, &self.map[start..start + len], n), info.shape()))
+        Ok((
+            dequantize(ty, &self.map[start..start + len], n),
+            info.shape(),
+        ))
     }
 
     /// The raw bytes of one tensor (its blocks as stored).
@@ -359,7 +405,11 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
 }
 
 /// Writes a GGUF v3 file with the given metadata and tensors.
-pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
+pub fn write(
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &[WriteTensor],
+) -> std::io::Result<()> {
     let mut w = Vec::new();
     w.extend(MAGIC);
     w.extend(3u32.to_le_bytes());
@@ -383,7 +433,10 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor])
         offsets.push(offset);
         offset = (offset + t.data.len() as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
     }
-    w.resize((w.len() as u64).div_ceil(DEFAULT_ALIGNMENT) as usize * DEFAULT_ALIGNMENT as usize, 0);
+    w.resize(
+        (w.len() as u64).div_ceil(DEFAULT_ALIGNMENT) as usize * DEFAULT_ALIGNMENT as usize,
+        0,
+    );
     let data_start = w.len();
     for (t, off) in tensors.iter().zip(offsets) {
         w.resize(data_start + off as usize, 0);

@@ -34,7 +34,10 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let path = &g.path;
         let bad = |msg: String| Error::bad_model(path, msg);
-        let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if model != "gpt2" {
             return Err(bad(format!(
                 "tokenizer model '{model}' is not supported from GGUF (supported: gpt2 byte-level BPE); \
@@ -42,9 +45,16 @@ impl Tokenizer {
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
-            let arr = g.get(key).and_then(Value::as_array).ok_or_else(|| bad(format!("missing metadata '{key}'")))?;
+            let arr = g
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("missing metadata '{key}'")))?;
             arr.iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(format!("'{key}' holds a non-string"))))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("'{key}' holds a non-string")))
+                })
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
@@ -54,7 +64,10 @@ impl Tokenizer {
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let pre_tokenizer = match pre {
             "default" | "gpt2" | "gpt-2" => byte_level(true),
             // SmolLM splits every digit, then applies GPT-2's split.
@@ -63,11 +76,20 @@ impl Tokenizer {
             "llama3" | "llama-bpe" | "llama-v3" => {
                 json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_SPLIT), byte_level(false)]})
             }
-            "qwen2" => json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]}),
-            other => return Err(bad(format!("tokenizer pre-type '{other}' is not supported"))),
+            "qwen2" => {
+                json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]})
+            }
+            other => {
+                return Err(bad(format!(
+                    "tokenizer pre-type '{other}' is not supported"
+                )))
+            }
         };
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
         let added: Vec<serde_json::Value> = tokens
             .iter()
             .enumerate()
@@ -85,36 +107,52 @@ impl Tokenizer {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": false, "vocab": vocab, "merges": merges}
         });
-        let inner: tokenizers::Tokenizer = spec
-            .to_string()
-            .parse()
-            .map_err(|e: tokenizers::Error| bad(format!("cannot build tokenizer from metadata: {e}")))?;
+        let inner: tokenizers::Tokenizer =
+            spec.to_string().parse().map_err(|e: tokenizers::Error| {
+                bad(format!("cannot build tokenizer from metadata: {e}"))
+            })?;
         let id_of = |key: &str| g.get(key).and_then(Value::as_u64).map(|v| v as usize);
         let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
         let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
-        let chat_template = g.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string);
+        let chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         Ok(Self::finish(inner, bos_token, eos_token, chat_template))
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
+        let inner = tokenizers::Tokenizer::from_file(&tj)
+            .map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => serde_json::from_str(&s).map_err(|e| Error::bad_model(&cfg_path, format!("{e}")))?,
+            Ok(s) => {
+                serde_json::from_str(&s).map_err(|e| Error::bad_model(&cfg_path, format!("{e}")))?
+            }
             Err(_) => json!({}),
         };
         let tok_str = |k: &str| match cfg.get(k) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
             None => None,
         };
-        let template = cfg.get("chat_template").and_then(|v| v.as_str()).map(str::to_string).or_else(|| {
-            std::fs::read_to_string(dir.join("chat_template.jinja")).ok()
-        });
-        Ok(Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), template))
+        let template = cfg
+            .get("chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
+        Ok(Self::finish(
+            inner,
+            tok_str("bos_token"),
+            tok_str("eos_token"),
+            template,
+        ))
     }
 
     fn finish(
@@ -124,19 +162,32 @@ impl Tokenizer {
         chat_template: Option<String>,
     ) -> Self {
         let mut stop_ids: Vec<u32> = Vec::new();
-        for t in eos_token.iter().map(String::as_str).chain(["<|im_end|>", "<|eot_id|>", "<|end_of_text|>"]) {
+        for t in eos_token.iter().map(String::as_str).chain([
+            "<|im_end|>",
+            "<|eot_id|>",
+            "<|end_of_text|>",
+        ]) {
             if let Some(id) = inner.token_to_id(t) {
                 if !stop_ids.contains(&id) {
                     stop_ids.push(id);
                 }
             }
         }
-        Tokenizer { inner, stop_ids, bos_token, eos_token, chat_template }
+        Tokenizer {
+            inner,
+            stop_ids,
+            bos_token,
+            eos_token,
+            chat_template,
+        }
     }
 
     /// Token ids of `text`; special-token markup in the text is recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -157,13 +208,24 @@ impl Tokenizer {
     /// The end-of-turn token string the chat template closes an assistant answer with.
     pub fn end_of_turn(&self) -> Option<String> {
         let id = *self.stop_ids.first()?;
-        let preferred = ["<|im_end|>", "<|eot_id|>"].into_iter().find(|t| self.inner.token_to_id(t).is_some());
-        preferred.map(str::to_string).or_else(|| self.inner.id_to_token(id))
+        let preferred = ["<|im_end|>", "<|eot_id|>"]
+            .into_iter()
+            .find(|t| self.inner.token_to_id(t).is_some());
+        preferred
+            .map(str::to_string)
+            .or_else(|| self.inner.id_to_token(id))
     }
 
     /// Renders a conversation with the checkpoint's chat template (a plain fallback when it has none).
-    pub fn render_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
-        let msgs: Vec<serde_json::Value> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
+    pub fn render_chat(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let msgs: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|(r, c)| json!({"role": r, "content": c}))
+            .collect();
         let Some(tpl) = &self.chat_template else {
             let mut s = String::new();
             for (r, c) in messages {
@@ -177,10 +239,17 @@ impl Tokenizer {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", tpl).map_err(|e| Error::BadInput(format!("chat template: {e}")))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", tpl)
+            .map_err(|e| Error::BadInput(format!("chat template: {e}")))?;
         let ctx = json!({
             "messages": msgs, "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token.clone().unwrap_or_default(),

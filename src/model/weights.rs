@@ -94,13 +94,19 @@ fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
 fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::bad_model(&index, e.to_string()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::bad_model(&index, e.to_string()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::bad_model(&index, "no weight_map"))?;
-        let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files);
@@ -109,7 +115,10 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
-    Err(Error::bad_model(dir, "no model.safetensors or model.safetensors.index.json"))
+    Err(Error::bad_model(
+        dir,
+        "no model.safetensors or model.safetensors.index.json",
+    ))
 }
 
 fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
@@ -117,7 +126,8 @@ fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let mut w = Weights::new();
     for f in safetensor_files(dir)? {
-        let tensors = Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
+        let tensors =
+            Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
         for (name, t) in tensors {
             w.insert(name, t.to_kind(Kind::Float));
         }
@@ -127,9 +137,14 @@ fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
 
 fn hash_source(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
-    let files = if path.is_dir() { safetensor_files(path)? } else { vec![path.to_path_buf()] };
+    let files = if path.is_dir() {
+        safetensor_files(path)?
+    } else {
+        vec![path.to_path_buf()]
+    };
     for f in files {
-        h.update_mmap_rayon(&f).map_err(|e| Error::bad_model(&f, e.to_string()))?;
+        h.update_mmap_rayon(&f)
+            .map_err(|e| Error::bad_model(&f, e.to_string()))?;
     }
     Ok(h.finalize().to_hex().to_string())
 }
@@ -140,13 +155,25 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     if !path.exists() {
         return Err(Error::bad_model(path, "no such file or folder"));
     }
-    let (cfg, weights, tokenizer) = if path.is_dir() { load_hf_dir(path)? } else { load_gguf(path)? };
-    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+    let (cfg, weights, tokenizer) = if path.is_dir() {
+        load_hf_dir(path)?
+    } else {
+        load_gguf(path)?
+    };
+    let kind = if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
     let model = Llama::new(&cfg, weights, device, kind).map_err(|e| match e {
         Error::BadInput(msg) => Error::bad_model(path, msg),
         other => other,
     })?;
-    Ok(Loaded { model, tokenizer, source_hash: hash_source(path)? })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        source_hash: hash_source(path)?,
+    })
 }
 
 #[cfg(test)]
@@ -155,8 +182,14 @@ mod tests {
 
     #[test]
     fn names_map_to_hf() {
-        assert_eq!(hf_name("blk.3.attn_q.weight").unwrap(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.ffn_down.weight").unwrap(), "model.layers.0.mlp.down_proj.weight");
+        assert_eq!(
+            hf_name("blk.3.attn_q.weight").unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
         assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
         assert!(hf_name("rope_freqs.weight").is_none());
     }
@@ -166,7 +199,10 @@ mod tests {
         // llama.cpp: w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2).reshape(w.shape)
         let (n_head, hd, inp) = (3i64, 8i64, 5i64);
         let hf = Tensor::randn([n_head * hd, inp], (Kind::Float, Device::Cpu));
-        let gguf = hf.reshape([n_head, 2, hd / 2, inp]).transpose(1, 2).reshape([n_head * hd, inp]);
+        let gguf = hf
+            .reshape([n_head, 2, hd / 2, inp])
+            .transpose(1, 2)
+            .reshape([n_head * hd, inp]);
         let back = unpermute_qk(&gguf, n_head);
         assert!(back.equal(&hf));
     }

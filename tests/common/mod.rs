@@ -17,11 +17,20 @@ pub struct Tiny {
     pub kv_heads: usize,
 }
 
-pub const TINY: Tiny = Tiny { hidden: 32, inter: 64, layers: 2, heads: 4, kv_heads: 2 };
+pub const TINY: Tiny = Tiny {
+    hidden: 32,
+    inter: 64,
+    layers: 2,
+    heads: 4,
+    kv_heads: 2,
+};
 
 /// GPT-2's byte-to-unicode table: the 256 single-character tokens of a byte-level vocabulary.
 pub fn byte_tokens() -> Vec<String> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -33,12 +42,19 @@ pub fn byte_tokens() -> Vec<String> {
     }
     let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
     pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap().to_string()).collect()
+    pairs
+        .into_iter()
+        .map(|(_, c)| char::from_u32(c).unwrap().to_string())
+        .collect()
 }
 
 /// The tiny vocabulary: three specials, then the 256 byte tokens.
 pub fn vocab() -> Vec<String> {
-    SPECIALS.iter().map(|s| s.to_string()).chain(byte_tokens()).collect()
+    SPECIALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(byte_tokens())
+        .collect()
 }
 
 /// Deterministic pseudo-random weights in HF names and shapes (PyTorch order).
@@ -46,18 +62,26 @@ pub fn tiny_weights(seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
     let t = TINY;
     let hd = t.hidden / t.heads;
     let v = vocab().len();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut rnd = |n: usize, scale: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * scale
             })
             .collect()
     };
     let mut w = Vec::new();
     let mut add = |name: String, shape: Vec<i64>, vals: Vec<f32>| w.push((name, shape, vals));
-    add("model.embed_tokens.weight".into(), vec![v as i64, t.hidden as i64], rnd(v * t.hidden, 1.0));
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![v as i64, t.hidden as i64],
+        rnd(v * t.hidden, 1.0),
+    );
     for l in 0..t.layers {
         let p = format!("model.layers.{l}");
         let h = t.hidden as i64;
@@ -72,13 +96,29 @@ pub fn tiny_weights(seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
         ];
         for (n, o, i) in lin {
             let scale = 1.0 / (i as f32).sqrt();
-            add(format!("{p}.{n}.weight"), vec![o, i], rnd((o * i) as usize, scale * 1.7));
+            add(
+                format!("{p}.{n}.weight"),
+                vec![o, i],
+                rnd((o * i) as usize, scale * 1.7),
+            );
         }
         let norm = |r: Vec<f32>| r.into_iter().map(|x| 1.0 + 0.1 * x).collect::<Vec<f32>>();
-        add(format!("{p}.input_layernorm.weight"), vec![h], norm(rnd(t.hidden, 1.0)));
-        add(format!("{p}.post_attention_layernorm.weight"), vec![h], norm(rnd(t.hidden, 1.0)));
+        add(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            norm(rnd(t.hidden, 1.0)),
+        );
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            norm(rnd(t.hidden, 1.0)),
+        );
     }
-    add("model.norm.weight".into(), vec![t.hidden as i64], vec![1.0; t.hidden]);
+    add(
+        "model.norm.weight".into(),
+        vec![t.hidden as i64],
+        vec![1.0; t.hidden],
+    );
     w
 }
 
@@ -91,7 +131,8 @@ fn permute(vals: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
             for j in 0..hd / 2 {
                 let src = h * hd + s * (hd / 2) + j;
                 let dst = h * hd + j * 2 + s;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&vals[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&vals[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -127,20 +168,41 @@ pub fn tiny_metadata(arch: &str) -> Vec<(String, Value)> {
     let s = |x: &str| Value::Str(x.into());
     let vocab = vocab();
     let mut types = vec![Value::I32(3); SPECIALS.len()];
-    types.extend(std::iter::repeat_n(Value::I32(1), vocab.len() - SPECIALS.len()));
+    types.extend(std::iter::repeat_n(
+        Value::I32(1),
+        vocab.len() - SPECIALS.len(),
+    ));
     vec![
         ("general.architecture".into(), s(arch)),
         (format!("{arch}.block_count"), Value::U32(t.layers as u32)),
         (format!("{arch}.context_length"), Value::U32(256)),
-        (format!("{arch}.embedding_length"), Value::U32(t.hidden as u32)),
-        (format!("{arch}.feed_forward_length"), Value::U32(t.inter as u32)),
-        (format!("{arch}.attention.head_count"), Value::U32(t.heads as u32)),
-        (format!("{arch}.attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
+        (
+            format!("{arch}.embedding_length"),
+            Value::U32(t.hidden as u32),
+        ),
+        (
+            format!("{arch}.feed_forward_length"),
+            Value::U32(t.inter as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            Value::U32(t.heads as u32),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            Value::U32(t.kv_heads as u32),
+        ),
         (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("smollm")),
-        ("tokenizer.ggml.tokens".into(), Value::Array(vocab.iter().map(|x| s(x)).collect())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(vocab.iter().map(|x| s(x)).collect()),
+        ),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
         ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
@@ -155,12 +217,20 @@ pub fn write_tiny_gguf(path: &Path, seed: u64) {
 }
 
 /// Like [`write_tiny_gguf`], with another architecture name and a hook to alter the tensors.
-pub fn write_tiny_gguf_with(path: &Path, seed: u64, arch: &str, edit: impl FnOnce(&mut Vec<WriteTensor>)) {
+pub fn write_tiny_gguf_with(
+    path: &Path,
+    seed: u64,
+    arch: &str,
+    edit: impl FnOnce(&mut Vec<WriteTensor>),
+) {
     let t = TINY;
     let mut tensors: Vec<WriteTensor> = tiny_weights(seed)
         .into_iter()
         .map(|(name, shape, vals)| {
-            let (rows, cols) = (shape[0] as usize, shape.get(1).copied().unwrap_or(1) as usize);
+            let (rows, cols) = (
+                shape[0] as usize,
+                shape.get(1).copied().unwrap_or(1) as usize,
+            );
             let vals = if name.contains("q_proj") {
                 permute(&vals, rows, cols, t.heads)
             } else if name.contains("k_proj") {
@@ -195,11 +265,16 @@ pub fn write_tiny_hf(dir: &Path, seed: u64) {
     let added: Vec<_> = SPECIALS
         .iter()
         .enumerate()
-        .map(|(i, s)| serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true}))
+        .map(|(i, s)| {
+            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+        })
         .collect();
-    let vmap: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, s)| (s.clone(), serde_json::json!(i))).collect();
+    let vmap: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), serde_json::json!(i)))
+        .collect();
     let tok = serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
@@ -215,18 +290,30 @@ pub fn write_tiny_hf(dir: &Path, seed: u64) {
 
 /// The embedded SmolLM2 model that `setup.sh` fetches; the tests that need it say so when it is absent.
 pub fn real_model() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(injector::paths::EMBEDDED_MODEL);
-    assert!(p.exists(), "{} is missing: run `bash setup.sh` first", p.display());
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(injector::paths::EMBEDDED_MODEL);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash setup.sh` first",
+        p.display()
+    );
     p
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Runs the `injector` binary with `args` in `cwd`.
 pub fn injector(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_injector")).args(args).current_dir(cwd).output().expect("binary runs")
+    Command::new(env!("CARGO_BIN_EXE_injector"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("binary runs")
 }
 
 pub fn stdout(o: &Output) -> String {
