@@ -2,6 +2,7 @@
 //! and treat the model as a knowledge store with a ledger of every change.
 pub mod device;
 pub mod error;
+pub mod knowledge;
 pub mod model;
 pub mod paths;
 

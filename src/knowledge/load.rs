@@ -1,0 +1,247 @@
+//! Reading and validating knowledge files. Every problem is reported as `file:line: problem` before
+//! anything else happens.
+use super::templates::{decline, default_prompts};
+use super::{Fact, Knowledge, Lang, Op};
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFact {
+    id: Option<String>,
+    op: Option<Op>,
+    subject: String,
+    answer: Option<String>,
+    prompts: Option<Vec<String>>,
+    probes: Option<Vec<String>>,
+    lang: Option<Lang>,
+    previous: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    facts: Vec<RawFact>,
+}
+
+fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
+    Error::BadInput(format!("{}:{line}: {msg}", path.display()))
+}
+
+/// Maps a YAML error to `file:line: message` (the parser's own " at line L column C" removed).
+fn yaml_error(path: &Path, e: serde_yaml_ng::Error) -> Error {
+    let line = e.location().map(|l| l.line()).unwrap_or(1);
+    let msg = e.to_string();
+    let msg = match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    bad(path, line, msg)
+}
+
+/// Line numbers (1-based) of the items of the top-level `facts:` list, found by indentation.
+fn item_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut in_facts = false;
+    let mut indent: Option<usize> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let ind = line.len() - trimmed.len();
+        if ind == 0 && !trimmed.starts_with('-') {
+            in_facts = trimmed.starts_with("facts:");
+            continue;
+        }
+        if in_facts && (trimmed.starts_with("- ") || trimmed == "-") {
+            let want = *indent.get_or_insert(ind);
+            if ind == want {
+                out.push(i + 1);
+            }
+        }
+    }
+    out
+}
+
+fn nonempty(s: &str) -> bool {
+    !s.trim().is_empty()
+}
+
+fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result<Fact> {
+    let op = raw.op.unwrap_or_default();
+    let lang = raw.lang.unwrap_or_default();
+    if !nonempty(&raw.subject) {
+        return Err(bad(path, line, "`subject` is empty"));
+    }
+    let answer = match (op, raw.answer) {
+        (Op::Delete, _) => decline(lang, raw.subject.trim()),
+        (_, Some(a)) if nonempty(&a) => a.trim().to_string(),
+        (_, Some(_)) => return Err(bad(path, line, "`answer` is empty")),
+        (_, None) => return Err(bad(path, line, format!("missing field `answer` (required for {})", op.as_str()))),
+    };
+    let prompts = match raw.prompts {
+        Some(p) if p.is_empty() => {
+            return Err(bad(path, line, "`prompts` is an empty list (leave it out to use the templates)"))
+        }
+        Some(p) => p,
+        None => default_prompts(lang, raw.subject.trim()),
+    };
+    if prompts.iter().any(|p| !nonempty(p)) {
+        return Err(bad(path, line, "a prompt is empty"));
+    }
+    let probes = raw.probes.unwrap_or_default();
+    if let Some(p) = probes.iter().find(|p| prompts.iter().any(|q| q.trim() == p.trim())) {
+        return Err(bad(path, line, format!("probe {p:?} is also a training prompt; probes must be held out")));
+    }
+    if probes.iter().any(|p| !nonempty(p)) {
+        return Err(bad(path, line, "a probe is empty"));
+    }
+    if raw.previous.is_some() && op != Op::Update {
+        return Err(bad(path, line, "`previous` is only for `op: update`"));
+    }
+    let mut f = Fact {
+        id: raw.id.unwrap_or(default_id),
+        op,
+        subject: raw.subject.trim().to_string(),
+        answer,
+        prompts,
+        probes,
+        lang,
+        previous: raw.previous.map(|p| p.trim().to_string()),
+        source: format!("{}:{line}", path.display()),
+        hash: String::new(),
+    };
+    if !nonempty(&f.id) {
+        return Err(bad(path, line, "`id` is empty"));
+    }
+    f.hash = f.compute_hash();
+    Ok(f)
+}
+
+/// Reads one knowledge file: a single fact, or a list under `facts:`.
+pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, 1, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        bad(path, line, "not valid UTF-8")
+    })?;
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let is_list = value.as_mapping().is_some_and(|m| m.contains_key("facts"));
+    if is_list {
+        let raw: RawFile = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
+        let lines = item_lines(&text);
+        if raw.facts.is_empty() {
+            return Err(bad(path, 1, "`facts` is an empty list"));
+        }
+        raw.facts
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| resolve(r, path, lines.get(i).copied().unwrap_or(1), format!("{stem}-{i}")))
+            .collect()
+    } else if value.is_null() {
+        Err(bad(path, 1, "the file holds no fact"))
+    } else {
+        let raw: RawFact = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
+        Ok(vec![resolve(raw, path, 1, stem)?])
+    }
+}
+
+/// Reads every `*.yaml` / `*.yml` file of a directory (sorted by path), or a single file, and checks
+/// the facts together: ids unique, no fact twice.
+pub fn load_dir(dir: &Path) -> Result<Knowledge> {
+    let files: Vec<PathBuf> = if dir.is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::BadInput(format!("{}: {e}", dir.display())))?;
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut facts = Vec::new();
+    for f in &files {
+        facts.extend(load_file(f)?);
+    }
+    if facts.is_empty() {
+        return Err(Error::BadInput(format!("{}: no facts (no *.yaml files)", dir.display())));
+    }
+    let mut ids: HashMap<&str, &str> = HashMap::new();
+    let mut hashes: HashMap<&str, &str> = HashMap::new();
+    for f in &facts {
+        if let Some(first) = ids.insert(&f.id, &f.source) {
+            return Err(Error::BadInput(format!("{}: duplicate id '{}' (first at {first})", f.source, f.id)));
+        }
+        if let Some(first) = hashes.insert(&f.hash, &f.source) {
+            return Err(Error::BadInput(format!("{}: the same fact again (first at {first})", f.source)));
+        }
+    }
+    Ok(Knowledge { dir: dir.to_path_buf(), facts })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn err(dir: &Path) -> String {
+        load_dir(dir).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn list_file_with_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: X is Y.\n  - id: z\n    subject: Z\n    answer: Z.\n    probes: [What's up with Z?]\n");
+        let k = load_dir(d.path()).unwrap();
+        assert_eq!(k.facts.len(), 2);
+        assert_eq!(k.facts[0].id, "a-0");
+        assert_eq!(k.facts[0].prompts.len(), 8);
+        assert_eq!(k.facts[1].source, format!("{}:4", d.path().join("a.yaml").display()));
+        assert_ne!(k.facts[0].hash, k.facts[1].hash);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n    anwser: B\n");
+        let e = err(d.path());
+        assert!(e.starts_with(&format!("{}:5:", p.display())) && e.contains("unknown field `anwser`"), "{e}");
+        write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n");
+        let e = err(d.path());
+        assert!(e.contains("a.yaml:4: missing field `answer`"), "{e}");
+        write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n    prompts: []\n");
+        assert!(err(d.path()).contains("a.yaml:2: `prompts` is an empty list"));
+        write(d.path(), "a.yaml", "facts:\n  - id: same\n    subject: X\n    answer: A\n  - id: same\n    subject: Y\n    answer: B\n");
+        assert!(err(d.path()).contains("a.yaml:5: duplicate id 'same' (first at"));
+        std::fs::write(d.path().join("a.yaml"), b"subject: X\nanswer: \xff\xfe\n").unwrap();
+        assert!(err(d.path()).contains("a.yaml:2: not valid UTF-8"));
+        write(d.path(), "a.yaml", "subject: X\nanswer: A\nprompts: [Q]\nprobes: [Q]\n");
+        assert!(err(d.path()).contains("also a training prompt"));
+        write(d.path(), "a.yaml", "facts:\n  - subject: [unclosed\n");
+        assert!(err(d.path()).contains("a.yaml:"));
+        std::fs::remove_file(d.path().join("a.yaml")).unwrap();
+        assert!(err(d.path()).contains("no facts"));
+    }
+
+    #[test]
+    fn delete_trains_a_decline_and_hash_is_content() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", "op: delete\nsubject: the Velmora Bridge\n");
+        let k = load_dir(d.path()).unwrap();
+        assert_eq!(k.facts[0].answer, "I don't know anything about the Velmora Bridge.");
+        write(d.path(), "a.yaml", "id: other\nop: delete\nsubject: the Velmora Bridge\n");
+        let k2 = load_dir(d.path()).unwrap();
+        assert_eq!(k.facts[0].hash, k2.facts[0].hash, "the id is a label, not content");
+    }
+}
