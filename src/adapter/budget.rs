@@ -1,0 +1,248 @@
+//! AdaLoRA's rank allocator (Zhang et al., "AdaLoRA", ICLR 2023, arXiv:2303.10512; reference:
+//! peft `tuners/adalora/layer.py`, `RankAllocator`): sensitivity-times-uncertainty importance of every
+//! A/E/B entry, a cubic budget schedule, and masking of the least important singular values.
+//!
+//! The schedule is a pure function; the scores work on explicit tensors and their `.grad()`, so the
+//! allocator can be checked against peft on the same tensors and gradients.
+use tch::{Kind, Tensor};
+
+/// The allocator's schedule settings (peft's names).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Schedule {
+    pub init_r: i64,
+    pub target_r: i64,
+    pub tinit: i64,
+    pub tfinal: i64,
+    pub delta_t: i64,
+    pub total_step: i64,
+    pub beta1: f64,
+    pub beta2: f64,
+}
+
+/// The budget at `step` and whether to mask at this step (peft `RankAllocator.budget_schedule`).
+pub fn budget_schedule(s: &Schedule, n_modules: i64, step: i64) -> (i64, bool) {
+    let init = s.init_r * n_modules;
+    let target = s.target_r * n_modules;
+    if step <= s.tinit {
+        (init, false)
+    } else if step > s.total_step - s.tfinal {
+        (target, true)
+    } else {
+        let span = (s.total_step - s.tfinal - s.tinit).max(1) as f64;
+        let mul = 1.0 - (step - s.tinit) as f64 / span;
+        let budget = ((init - target) as f64 * mul.powi(3) + target as f64) as i64;
+        (budget, step % s.delta_t.max(1) == 0)
+    }
+}
+
+/// Exponential moving averages of importance for one parameter tensor.
+struct Ema {
+    ipt: Tensor,
+    unc: Tensor,
+}
+
+impl Ema {
+    fn new(p: &Tensor) -> Self {
+        Ema { ipt: p.zeros_like(), unc: p.zeros_like() }
+    }
+
+    /// I = |p ⊙ ∇p|; Ī ← β1 Ī + (1−β1) I; Ū ← β2 Ū + (1−β2) |I − Ī|.
+    fn update(&mut self, p: &Tensor, b1: f64, b2: f64) {
+        let g = p.grad();
+        if !g.defined() {
+            return;
+        }
+        let i = (p.detach() * g).abs();
+        self.ipt = &self.ipt * b1 + &i * (1.0 - b1);
+        self.unc = &self.unc * b2 + (&i - &self.ipt).abs() * (1.0 - b2);
+    }
+
+    fn score(&self) -> Tensor {
+        &self.ipt * &self.unc
+    }
+}
+
+/// The adapted tensors of one module, as the allocator sees them.
+pub struct Triplet<'a> {
+    /// [r, in]
+    pub a: &'a Tensor,
+    /// [r, 1]
+    pub e: &'a Tensor,
+    /// [out, r]
+    pub b: &'a Tensor,
+}
+
+/// Importance state for every module of an adapter.
+pub struct RankAllocator {
+    pub schedule: Schedule,
+    emas: Vec<[Ema; 3]>,
+    /// Which singular values survived the last masking, per module (`true` = kept).
+    pub rank_pattern: Option<Vec<Vec<bool>>>,
+}
+
+impl RankAllocator {
+    pub fn new(schedule: Schedule, modules: &[Triplet]) -> Self {
+        let emas = modules.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
+        RankAllocator { schedule, emas, rank_pattern: None }
+    }
+
+    fn update_ipt(&mut self, modules: &[Triplet]) {
+        let (b1, b2) = (self.schedule.beta1, self.schedule.beta2);
+        tch::no_grad(|| {
+            for (m, e) in modules.iter().zip(self.emas.iter_mut()) {
+                e[0].update(m.a, b1, b2);
+                e[1].update(m.e, b1, b2);
+                e[2].update(m.b, b1, b2);
+            }
+        });
+    }
+
+    /// Score of each singular value, per module: s(E_i) + mean_j s(A_ij) + mean_k s(B_ki).
+    pub fn triplet_scores(&self) -> Vec<Tensor> {
+        self.emas
+            .iter()
+            .map(|[a, e, b]| {
+                let sa = a.score().mean_dim(1, false, Kind::Float);
+                let sb = b.score().mean_dim(0, false, Kind::Float);
+                e.score().view([-1]) + sa + sb
+            })
+            .collect()
+    }
+
+    /// Zeroes E_i wherever the score is at or below the k-th smallest (k = total − budget).
+    fn mask_to_budget(&mut self, modules: &[Triplet], budget: i64) {
+        let scores = self.triplet_scores();
+        let all = Tensor::cat(&scores, 0);
+        let k = all.size()[0] - budget;
+        let pattern: Vec<Vec<bool>> = if k <= 0 {
+            scores.iter().map(|s| vec![true; s.size()[0] as usize]).collect()
+        } else {
+            let threshold = all.kthvalue(k, 0, false).0.double_value(&[]);
+            tch::no_grad(|| {
+                scores
+                    .iter()
+                    .zip(modules)
+                    .map(|(s, m)| {
+                        let drop = s.le(threshold);
+                        let mut e = m.e.shallow_clone();
+                        let _ = e.masked_fill_(&drop.view([-1, 1]), 0.0);
+                        Vec::<bool>::try_from(drop.logical_not()).expect("bool mask")
+                    })
+                    .collect()
+            })
+        };
+        self.rank_pattern = Some(pattern);
+    }
+
+    fn mask_using_pattern(&self, modules: &[Triplet]) {
+        let Some(pattern) = &self.rank_pattern else { return };
+        tch::no_grad(|| {
+            for (m, keep) in modules.iter().zip(pattern) {
+                let drop: Vec<bool> = keep.iter().map(|k| !k).collect();
+                let drop = Tensor::from_slice(&drop).to_device(m.e.device()).view([-1, 1]);
+                let mut e = m.e.shallow_clone();
+                let _ = e.masked_fill_(&drop, 0.0);
+            }
+        });
+    }
+
+    /// Runs after the optimizer step `step` (0-based), with gradients still in place
+    /// (peft `AdaLoraModel.update_and_allocate`). Returns the budget in force.
+    pub fn update_and_allocate(&mut self, modules: &[Triplet], step: i64) -> i64 {
+        let s = self.schedule.clone();
+        let n = modules.len() as i64;
+        let (budget, mask) = budget_schedule(&s, n, step);
+        let final_step = s.total_step - s.tfinal;
+        if step < final_step {
+            self.update_ipt(modules);
+            if mask {
+                self.mask_to_budget(modules, budget);
+            }
+        } else if step == final_step {
+            self.mask_to_budget(modules, budget);
+            self.emas = modules.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
+        } else {
+            self.mask_using_pattern(modules);
+        }
+        budget
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn sched() -> Schedule {
+        Schedule { init_r: 12, target_r: 8, tinit: 2, tfinal: 3, delta_t: 2, total_step: 20, beta1: 0.85, beta2: 0.85 }
+    }
+
+    #[test]
+    fn budget_follows_the_cubic_schedule() {
+        let s = sched();
+        // 4 modules: init 48, target 32; span = 20 - 3 - 2 = 15.
+        assert_eq!(budget_schedule(&s, 4, 0), (48, false));
+        assert_eq!(budget_schedule(&s, 4, 2), (48, false));
+        // step 3: mul = 1 - 1/15; 16 * (14/15)^3 + 32 = 45.0074 -> 45; 3 % 2 != 0.
+        assert_eq!(budget_schedule(&s, 4, 3), (45, false));
+        // step 10: mul = 1 - 8/15 = 7/15; 16 * 0.1016 + 32 = 33.63 -> 33, masks (10 % 2 == 0).
+        assert_eq!(budget_schedule(&s, 4, 10), (33, true));
+        assert_eq!(budget_schedule(&s, 4, 17), (32, false));
+        assert_eq!(budget_schedule(&s, 4, 18), (32, true));
+    }
+
+    fn param(v: &[f32], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(v).reshape(shape).set_requires_grad(true)
+    }
+
+    /// Gives each parameter the gradient `g` by backpropagating sum(p ⊙ g).
+    fn set_grad(p: &Tensor, g: &Tensor) {
+        (p * g).sum(Kind::Float).backward();
+    }
+
+    #[test]
+    fn masking_drops_the_lowest_scored_singular_values() {
+        // One module, r = 3, in = 2, out = 2. With β1 = β2 = 0 after one update:
+        // Ī = I = |p g|, Ū = |I − Ī| = 0 — so use β = 0.5 to get a non-zero product:
+        // Ī = 0.5 I, Ū = 0.5 |I − 0.5 I| = 0.25 I, score = 0.125 I².
+        let a = param(&[1., 1., 2., 2., 3., 3.], &[3, 2]);
+        let e = param(&[1., 1., 1.], &[3, 1]);
+        let b = param(&[1., 2., 1., 2., 1., 2.], &[2, 3]);
+        set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
+        set_grad(&e, &Tensor::from_slice(&[3f32, 0., 1.]).view([3, 1]));
+        set_grad(&b, &Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
+        let s = Schedule { init_r: 3, target_r: 1, tinit: 0, tfinal: 0, delta_t: 1, total_step: 2, beta1: 0.5, beta2: 0.5 };
+        let m = [Triplet { a: &a, e: &e, b: &b }];
+        let mut alloc = RankAllocator::new(s, &m);
+        // step 1: mul = 1 - 1/2, budget = int(2 * 0.125 + 1) = 1, mask.
+        alloc.update_and_allocate(&m, 1);
+        // I_A rows: [1,1],[2,2],[3,3] -> mean score 0.125·[1,4,9]; I_E: [3,0,1] -> 0.125·[9,0,1];
+        // I_B cols: mean over [1,2] of 0.125·I² = 0.125·[2.5, 2.5, 2.5].
+        // totals (/0.125): [12.5, 6.5, 12.5] -> keep only... k = 3 - 1 = 2: threshold = 12.5, so
+        // every value ≤ 12.5 is dropped (ties at the threshold are dropped, as in peft).
+        let scores = Vec::<f32>::try_from(&alloc.triplet_scores()[0]).unwrap();
+        let want = [12.5f32 * 0.125, 6.5 * 0.125, 12.5 * 0.125];
+        for (s, w) in scores.iter().zip(want) {
+            assert!((s - w).abs() < 1e-6, "{scores:?} vs {want:?}");
+        }
+        assert_eq!(alloc.rank_pattern.as_ref().unwrap()[0], vec![false, false, false]);
+        assert_eq!(Vec::<f32>::try_from(e.view([-1])).unwrap(), vec![0., 0., 0.]);
+    }
+
+    #[test]
+    fn masking_keeps_the_top_budget() {
+        let a = param(&[1., 1., 2., 2., 3., 3.], &[3, 2]);
+        let e = param(&[1., 1., 1.], &[3, 1]);
+        let b = param(&[1., 1., 1., 1., 1., 1.], &[2, 3]);
+        set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
+        set_grad(&e, &Tensor::zeros([3, 1], (Kind::Float, Device::Cpu)));
+        set_grad(&b, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
+        let s = Schedule { init_r: 3, target_r: 2, tinit: 0, tfinal: 0, delta_t: 1, total_step: 2, beta1: 0.5, beta2: 0.5 };
+        let m = [Triplet { a: &a, e: &e, b: &b }];
+        let mut alloc = RankAllocator::new(s, &m);
+        // budget = int(1 * 0.125 + 2) = 2, k = 1: the row of A with the smallest |a g| (row 0) goes.
+        alloc.update_and_allocate(&m, 1);
+        assert_eq!(alloc.rank_pattern.as_ref().unwrap()[0], vec![false, true, true]);
+        assert_eq!(Vec::<f32>::try_from(e.view([-1])).unwrap(), vec![0., 1., 1.]);
+    }
+}

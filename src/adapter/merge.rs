@@ -1,0 +1,108 @@
+//! Merging an adapter into the base weights, and the stored form of a step's update (its low-rank
+//! factors), so that any state is `base + Σ deltas` and replays are exact.
+use super::adalora::AdaLora;
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// The low-rank update of one weight: ΔW = B · A · scale, A already multiplied by the masked E.
+pub struct Factor {
+    pub key: String,
+    /// [r, in]
+    pub a: Tensor,
+    /// [out, r]
+    pub b: Tensor,
+    pub scale: f64,
+    pub rank: i64,
+}
+
+impl Factor {
+    pub fn delta_weight(&self) -> Tensor {
+        tch::no_grad(|| self.b.matmul(&self.a) * self.scale)
+    }
+}
+
+/// The factors of a trained adapter, on the CPU.
+pub fn factors(ad: &AdaLora) -> Vec<Factor> {
+    let scale = ad.scale();
+    tch::no_grad(|| {
+        ad.modules
+            .iter()
+            .map(|m| Factor {
+                key: m.key(),
+                a: (&m.a * &m.e).to_device(tch::Device::Cpu),
+                b: m.b.to_device(tch::Device::Cpu).copy(),
+                scale,
+                rank: m.rank(),
+            })
+            .collect()
+    })
+}
+
+/// W += ΔW for every factor (fp32 arithmetic, cast back to the weight's kind), in order.
+pub fn merge(model: &Llama, factors: &[Factor]) -> Result<()> {
+    tch::no_grad(|| {
+        for f in factors {
+            let w = model.weight(&f.key).ok_or_else(|| Error::Ledger(format!("model has no weight '{}'", f.key)))?;
+            let d = f.delta_weight().to_device(w.device());
+            let merged = (w.to_kind(Kind::Float) + d).to_kind(w.kind());
+            let mut w = w;
+            w.copy_(&merged);
+        }
+        Ok(())
+    })
+}
+
+/// Writes factors to `dir/<blake3>.safetensors` (written to a temporary name, then renamed);
+/// returns the hash.
+pub fn save(dir: &Path, factors: &[Factor]) -> Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}.safetensors", std::process::id()));
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for f in factors {
+        named.push((format!("{}.A", f.key), f.a.shallow_clone()));
+        named.push((format!("{}.B", f.key), f.b.shallow_clone()));
+        named.push((format!("{}.scale", f.key), Tensor::from_slice(&[f.scale])));
+    }
+    Tensor::write_safetensors(&named, &tmp)?;
+    let hash = blake3::hash(&std::fs::read(&tmp)?).to_hex().to_string();
+    std::fs::rename(&tmp, path_of(dir, &hash))?;
+    Ok(hash)
+}
+
+pub fn path_of(dir: &Path, hash: &str) -> PathBuf {
+    dir.join(format!("{hash}.safetensors"))
+}
+
+/// Reads the factors stored under `hash`, checking the content against the hash.
+pub fn load(dir: &Path, hash: &str) -> Result<Vec<Factor>> {
+    let path = path_of(dir, hash);
+    let bytes = std::fs::read(&path).map_err(|e| Error::Ledger(format!("{}: {e}", path.display())))?;
+    if blake3::hash(&bytes).to_hex().as_str() != hash {
+        return Err(Error::Ledger(format!("{}: content does not match its hash", path.display())));
+    }
+    let tensors = Tensor::read_safetensors(&path)?;
+    let mut by_key: std::collections::BTreeMap<String, (Option<Tensor>, Option<Tensor>, f64)> = Default::default();
+    for (name, t) in tensors {
+        let (key, part) = name.rsplit_once('.').ok_or_else(|| Error::Ledger(format!("bad factor name {name}")))?;
+        let e = by_key.entry(key.to_string()).or_insert((None, None, 0.0));
+        match part {
+            "A" => e.0 = Some(t),
+            "B" => e.1 = Some(t),
+            "scale" => e.2 = t.double_value(&[0]),
+            _ => return Err(Error::Ledger(format!("bad factor name {name}"))),
+        }
+    }
+    by_key
+        .into_iter()
+        .map(|(key, (a, b, scale))| match (a, b) {
+            (Some(a), Some(b)) => {
+                let rank = tch::no_grad(|| a.abs().sum_dim_intlist(1, false, Kind::Float).ne(0.0).sum(Kind::Int64))
+                    .int64_value(&[]);
+                Ok(Factor { key, a, b, scale, rank })
+            }
+            _ => Err(Error::Ledger(format!("{key}: incomplete factors"))),
+        })
+        .collect()
+}

@@ -1,0 +1,6 @@
+//! AdaLoRA: the adapter layer, its rank allocator, merging and the stored form of updates.
+pub mod adalora;
+pub mod budget;
+pub mod merge;
+
+pub use adalora::{AdaLora, AdaLoraConfig};
