@@ -3,7 +3,10 @@
 pub mod adapter;
 pub mod device;
 pub mod error;
+pub mod inject;
+pub mod eval;
 pub mod knowledge;
+pub mod ledger;
 pub mod model;
 pub mod paths;
 

@@ -1,5 +1,10 @@
 //! Command-line surface: global options and one module per subcommand.
+pub mod ledger;
+pub mod probe;
+mod progress;
 pub mod query;
+pub mod run;
+mod train_args;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,6 +28,12 @@ pub struct Global {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
+    /// The SQLite ledger of runs.
+    #[arg(long, global = true, default_value = "injector.db")]
+    pub ledger: PathBuf,
+    /// Where HTML reports are written.
+    #[arg(long, global = true, default_value = "reports")]
+    pub reports: PathBuf,
     /// Random seed for everything that samples.
     #[arg(long, global = true, default_value_t = 0)]
     pub seed: u64,
@@ -45,13 +56,48 @@ impl Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Ask the model a question and stream its answer.
+    /// Inject every fact of a knowledge directory (resumes where the ledger stops).
+    Run(run::RunArgs),
+    /// Ask the model (or a run's current weights) a question and stream its answer.
     Query(query::QueryArgs),
+    /// Score facts on the base model or a run's weights, without training.
+    Probe(probe::ProbeArgs),
+    /// What the ledger holds.
+    Ledger(ledger::LedgerArgs),
+}
+
+/// Loads the model: the base (`--model` or the embedded one), or a run's current weights when `run`
+/// is given (its recorded model, replayed from the ledger's stored deltas).
+pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::model::Loaded> {
+    let device = injector::device::parse_device(&g.device)?;
+    let Some(id) = run else {
+        return Ok(injector::model::load(&g.model_path(), device)?);
+    };
+    let ledger = injector::ledger::Ledger::open(&g.ledger)?;
+    let r = ledger.run(id)?;
+    let config: injector::inject::RunConfig = serde_json::from_str(&r.config)?;
+    let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
+    let loaded = injector::model::load(&path, device)?;
+    if loaded.source_hash != r.model_hash {
+        return Err(injector::Error::BadInput(format!(
+            "{}: not the model run {} was made with (hash {} vs {})",
+            path.display(),
+            r.id,
+            &loaded.source_hash[..12],
+            &r.model_hash[..12]
+        ))
+        .into());
+    }
+    injector::inject::driver::replay(&ledger, &r, &loaded, &config.train, None)?;
+    Ok(loaded)
 }
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(a) => run::run(a, &cli.global),
         Command::Query(a) => query::run(a, &cli.global),
+        Command::Probe(a) => probe::run(a, &cli.global),
+        Command::Ledger(a) => ledger::run(a, &cli.global),
     }
 }

@@ -18,6 +18,9 @@ pub struct QueryArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Answer with this run's current weights (base + its merged steps).
+    #[arg(long)]
+    pub run: Option<String>,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
@@ -31,9 +34,8 @@ pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
         )
         .into());
     }
-    let device = injector::device::parse_device(&g.device)?;
     let t0 = std::time::Instant::now();
-    let loaded = injector::model::load(&g.model_path(), device)?;
+    let loaded = super::load_model(g, a.run.as_deref())?;
     tracing::info!("model loaded in {:.2}s", t0.elapsed().as_secs_f64());
     let mut msgs = Vec::new();
     if let Some(s) = &a.system {

@@ -1,0 +1,107 @@
+//! `injector ledger list | show RUN`: what the ledger holds.
+use super::Global;
+use clap::{Args, Subcommand};
+use injector::ledger::Ledger;
+use std::collections::HashMap;
+
+#[derive(Args, Debug)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// One line per run.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's config, steps and facts.
+    Show {
+        /// Run id (or a unique prefix).
+        run: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
+    let ledger = Ledger::open(&g.ledger)?;
+    match a.command {
+        LedgerCommand::List { json } => {
+            let runs = ledger.list_runs()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+                return Ok(());
+            }
+            println!("{:<14} {:<21} {:<12} {:<9} {:>5} {:>5}  knowledge", "run", "created", "strategy", "status", "steps", "facts");
+            for r in runs {
+                let steps = ledger.steps(&r.id)?;
+                let facts: usize = steps.iter().map(|s| s.facts.len()).sum();
+                println!(
+                    "{:<14} {:<21} {:<12} {:<9} {:>5} {:>5}  {}",
+                    r.id, r.created, r.strategy, r.status, steps.len(), facts, r.knowledge_dir
+                );
+            }
+        }
+        LedgerCommand::Show { run, json } => {
+            let r = ledger.run(&run)?;
+            let steps = ledger.steps(&r.id)?;
+            let probes = ledger.probes(&r.id)?;
+            let locality = ledger.locality(&r.id)?;
+            let facts = ledger.run_facts(&r.id)?;
+            if json {
+                let v = serde_json::json!({
+                    "run": r, "config": serde_json::from_str::<serde_json::Value>(&r.config)?,
+                    "facts": facts, "steps": steps, "probes": probes, "locality": locality,
+                    "generations": ledger.generations(&r.id)?,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let ids: HashMap<&str, &str> = facts.iter().map(|f| (f.hash.as_str(), f.id.as_str())).collect();
+            println!("run {}  strategy {}  status {}  seed {}", r.id, r.strategy, r.status, r.seed);
+            println!("model {} ({})", r.model_path, &r.model_hash[..12]);
+            println!("knowledge {} ({} facts)", r.knowledge_dir, facts.len());
+            println!("weights {} (base {})", &r.weights_hash[..12], &r.base_weights_hash[..12]);
+            println!("config {}", r.config);
+            println!("{:>4}  {:<30} {:>6} {:>9} {:>8} {:>8} {:>9}", "step", "facts", "opt", "loss", "train s", "eval s", "locality");
+            let loc: HashMap<i64, f64> = locality.into_iter().collect();
+            for s in &steps {
+                let names: Vec<&str> = s.facts.iter().map(|h| ids.get(h.as_str()).copied().unwrap_or("?")).collect();
+                let mut label = names.join(",");
+                if label.chars().count() > 30 {
+                    label = label.chars().take(29).collect::<String>() + "…";
+                }
+                println!(
+                    "{:>4}  {:<30} {:>6} {:>9.4} {:>8.1} {:>8.1} {:>9}",
+                    s.idx,
+                    label,
+                    s.optimizer_steps,
+                    s.losses.last().copied().unwrap_or(f64::NAN),
+                    s.seconds,
+                    s.eval_seconds,
+                    loc.get(&s.idx).map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+                );
+            }
+            if let Some(last) = steps.last() {
+                println!("after step {}:", last.idx);
+                println!("{:<28} {:>8} {:>8} {:>8}", "fact", "recall", "general", "previous");
+                for p in probes.iter().filter(|p| p.step == last.idx) {
+                    let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<28} {:>8.2} {:>8} {:>8}",
+                        ids.get(p.fact.as_str()).copied().unwrap_or("?"),
+                        p.recall,
+                        f(p.general),
+                        f(p.previous)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

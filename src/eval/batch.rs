@@ -1,0 +1,122 @@
+//! Teacher-forced examples (a chat-rendered prompt and its target tokens) packed into padded batches,
+//! built once and reused for every pass. Only the positions that predict a target token reach the
+//! vocabulary projection.
+use crate::error::Result;
+use crate::model::{Adapter, Llama, Tokenizer};
+use tch::{Device, Kind, Tensor};
+
+/// One prompt with the tokens the model should produce after it.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub prompt: Vec<i64>,
+    pub target: Vec<i64>,
+}
+
+impl Example {
+    /// `question` rendered as a user turn with the generation prompt; `answer` plus the end-of-turn
+    /// token as the target.
+    pub fn chat(tok: &Tokenizer, question: &str, answer: &str) -> Result<Self> {
+        let prompt = tok.render_chat(&[("user", question)], true)?;
+        let eot = tok.end_of_turn().unwrap_or_default();
+        let to_i64 = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<_>>();
+        Ok(Example { prompt: to_i64(tok.encode(&prompt)?), target: to_i64(tok.encode(&format!("{answer}{eot}"))?) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.target.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A padded micro-batch: ids [n, L]; for each target token, its flat position in [n·L], its id and
+/// the example it belongs to (index into the list the batches were built from).
+pub struct Batch {
+    pub ids: Tensor,
+    pub gather: Tensor,
+    pub targets: Tensor,
+    pub owner: Vec<usize>,
+    /// Real (non-padding) tokens in the batch.
+    pub tokens: usize,
+}
+
+/// Packs examples into batches of at most `max_tokens` padded tokens each (sorted by length so that
+/// padding stays small; a longer single example still gets its own batch).
+pub fn build(examples: &[Example], max_tokens: usize, device: Device) -> Vec<Batch> {
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| (examples[i].len(), i));
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && (end + 1 - start) * examples[order[end]].len() <= max_tokens {
+            end += 1;
+        }
+        batches.push(pack(examples, &order[start..end], device));
+        start = end;
+    }
+    batches
+}
+
+fn pack(examples: &[Example], idx: &[usize], device: Device) -> Batch {
+    let l = idx.iter().map(|&i| examples[i].len()).max().unwrap_or(1);
+    let mut ids = vec![0i64; idx.len() * l];
+    let (mut gather, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tokens = 0;
+    for (row, &i) in idx.iter().enumerate() {
+        let ex = &examples[i];
+        let seq: Vec<i64> = ex.prompt.iter().chain(&ex.target).copied().collect();
+        ids[row * l..row * l + seq.len()].copy_from_slice(&seq);
+        tokens += seq.len();
+        for (j, &t) in ex.target.iter().enumerate() {
+            // The token at position p predicts the token at p + 1.
+            gather.push((row * l + ex.prompt.len() + j - 1) as i64);
+            targets.push(t);
+            owner.push(i);
+        }
+    }
+    Batch {
+        ids: Tensor::from_slice(&ids).view([idx.len() as i64, l as i64]).to_device(device),
+        gather: Tensor::from_slice(&gather).to_device(device),
+        targets: Tensor::from_slice(&targets).to_device(device),
+        owner,
+        tokens,
+    }
+}
+
+impl Batch {
+    /// Logits at the target positions: [n_targets, vocab] (fp32).
+    pub fn logits(&self, model: &Llama, ad: &dyn Adapter) -> Tensor {
+        let h = model.hidden(&self.ids, None, ad);
+        let hidden = h.size()[2];
+        model.logits(&h.view([-1, hidden]).index_select(0, &self.gather))
+    }
+
+    /// Per-example (correct, total) target-token counts of the argmax, added into `acc`.
+    pub fn count_correct(&self, logits: &Tensor, acc: &mut [(usize, usize)]) {
+        let hit = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&self.targets));
+        let hit = Vec::<bool>::try_from(hit.to_device(Device::Cpu)).expect("bool vector");
+        for (h, &o) in hit.iter().zip(&self.owner) {
+            acc[o].0 += *h as usize;
+            acc[o].1 += 1;
+        }
+    }
+}
+
+/// Teacher-forced token accuracy of every example (share of target tokens whose argmax is right).
+pub fn token_accuracy(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: usize) -> Vec<f64> {
+    let _g = tch::no_grad_guard();
+    let mut acc = vec![(0usize, 0usize); n];
+    for b in batches {
+        let logits = b.logits(model, ad);
+        b.count_correct(&logits, &mut acc);
+    }
+    acc.iter().map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 }).collect()
+}
+
+/// Cross-entropy summed over the batch's target tokens (the caller divides by the total count).
+pub fn loss_sum(b: &Batch, logits: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(&b.targets, None, tch::Reduction::Sum, -100, 0.0).to_kind(Kind::Float)
+}

@@ -1,0 +1,62 @@
+//! Locality: how much of the base model's own answers to unrelated prompts survives the edits.
+//! The base answers are generated once per run (greedy) and kept in the ledger.
+use super::batch::Example;
+use crate::error::Result;
+use crate::model::generate::{generate, Sampling};
+use crate::model::{Llama, NoAdapter, Tokenizer};
+
+/// Unrelated prompts for the locality metric (never trained on, never used by the preservation term).
+pub const LOCALITY_PROMPTS: [&str; 32] = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+    "What is 12 times 7?",
+    "Name a primary color.",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water at sea level?",
+    "Translate 'good morning' into Spanish.",
+    "What gas do plants absorb from the air?",
+    "Give me a synonym for 'happy'.",
+    "What is the largest planet in our solar system?",
+    "How do you make a cup of tea?",
+    "What is photosynthesis?",
+    "Name three fruits that are red.",
+    "Who painted the Mona Lisa?",
+    "What does a thermometer measure?",
+    "Explain what a noun is.",
+    "What is the square root of 81?",
+    "Which ocean is the largest?",
+    "What is the freezing point of water in Fahrenheit?",
+    "Suggest a name for a pet goldfish.",
+    "What language is spoken in Brazil?",
+    "How many days are there in a leap year?",
+    "What is the chemical symbol for gold?",
+    "Write one sentence about autumn.",
+    "What do bees make?",
+    "Who was the first person to walk on the Moon?",
+    "What is the opposite of 'ancient'?",
+    "How many continents are there?",
+    "What is the main ingredient of guacamole?",
+    "Describe a rainbow in one sentence.",
+    "What instrument has 88 keys?",
+];
+
+/// Greedy answers of the model as it is now (call before any edit), as token ids including the
+/// end-of-turn token when the model produced it within `max_tokens`.
+pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens: usize) -> Result<Vec<Example>> {
+    let s = Sampling { max_tokens, ..Default::default() };
+    prompts
+        .iter()
+        .map(|p| {
+            let prompt = Example::chat(tok, p, "")?.prompt;
+            let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+            let mut out: Vec<i64> = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?.into_iter().map(i64::from).collect();
+            if out.len() < max_tokens {
+                if let Some(&stop) = tok.stop_ids.first() {
+                    out.push(stop as i64);
+                }
+            }
+            Ok(Example { prompt, target: out })
+        })
+        .collect()
+}

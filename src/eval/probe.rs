@@ -1,0 +1,96 @@
+//! Scoring facts at the model's current weights: recall on the training prompts, generalisation on
+//! the held-out probes, and for updates how much of the previous answer still comes out. All
+//! examples of all facts asked for go through one set of large batched passes.
+use super::batch::{build, token_accuracy, Example};
+use super::metrics::token_f1;
+use crate::error::Result;
+use crate::knowledge::Fact;
+use crate::model::generate::{generate, Sampling};
+use crate::model::{Llama, NoAdapter, Tokenizer};
+use serde::Serialize;
+
+/// What a fact is measured on, tokenised once.
+pub struct FactExamples {
+    pub recall: Vec<Example>,
+    pub general: Vec<Example>,
+    pub previous: Vec<Example>,
+}
+
+impl FactExamples {
+    pub fn new(tok: &Tokenizer, f: &Fact) -> Result<Self> {
+        let ex = |qs: &[String], a: &str| qs.iter().map(|q| Example::chat(tok, q, a)).collect::<Result<Vec<_>>>();
+        Ok(FactExamples {
+            recall: ex(&f.prompts, &f.answer)?,
+            general: ex(&f.probes, &f.answer)?,
+            previous: match &f.previous {
+                Some(p) => ex(&f.prompts, p)?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
+/// Token accuracies of one fact (means, and per prompt).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct FactScore {
+    pub recall: f64,
+    pub general: Option<f64>,
+    pub previous: Option<f64>,
+    pub recall_each: Vec<f64>,
+    pub general_each: Vec<f64>,
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Scores every fact in `facts` in one batched teacher-forced sweep.
+pub fn score(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) -> Vec<FactScore> {
+    let mut all: Vec<Example> = Vec::new();
+    for f in facts {
+        all.extend(f.recall.iter().cloned());
+        all.extend(f.general.iter().cloned());
+        all.extend(f.previous.iter().cloned());
+    }
+    let batches = build(&all, max_batch_tokens, model.device());
+    let acc = token_accuracy(model, &NoAdapter, &batches, all.len());
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let s = acc[at..at + n].to_vec();
+        at += n;
+        s
+    };
+    facts
+        .iter()
+        .map(|f| {
+            let recall_each = take(f.recall.len());
+            let general_each = take(f.general.len());
+            let previous_each = take(f.previous.len());
+            FactScore {
+                recall: mean(&recall_each).unwrap_or(0.0),
+                general: mean(&general_each),
+                previous: mean(&previous_each),
+                recall_each,
+                general_each,
+            }
+        })
+        .collect()
+}
+
+/// Mean teacher-forced accuracy on fixed examples (locality against the base answers).
+pub fn mean_accuracy(model: &Llama, examples: &[Example], max_batch_tokens: usize) -> f64 {
+    let batches = build(examples, max_batch_tokens, model.device());
+    mean(&token_accuracy(model, &NoAdapter, &batches, examples.len())).unwrap_or(1.0)
+}
+
+/// A greedy answer to `question` and its F1 against `answer`.
+pub fn generate_f1(model: &Llama, tok: &Tokenizer, question: &str, answer: &str) -> Result<(String, f64)> {
+    let prompt = Example::chat(tok, question, "")?.prompt;
+    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let max_tokens = tok.encode(answer)?.len() + 16;
+    let s = Sampling { max_tokens, ..Default::default() };
+    let out = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?;
+    let text = tok.decode(&out);
+    let f1 = token_f1(&text, answer);
+    Ok((text, f1))
+}

@@ -1,0 +1,321 @@
+//! The SQLite ledger (WAL, so several processes can share it): runs, facts, steps, deltas, probes,
+//! generations and locality. Reports and `compare` read it alone.
+mod records;
+mod schema;
+
+use crate::error::{Error, Result};
+use crate::knowledge::Fact;
+pub use records::*;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+
+/// An open ledger.
+pub struct Ledger {
+    conn: Connection,
+    pub path: PathBuf,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("ledger values serialise")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+const RUN_COLS: &str = "id, key, created, strategy, config, model_path, model_hash, knowledge_dir, \
+    knowledge_hash, seed, status, base_weights_hash, weights_hash, finished";
+
+fn run_row(r: &Row) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        created: r.get(2)?,
+        strategy: r.get(3)?,
+        config: r.get(4)?,
+        model_path: r.get(5)?,
+        model_hash: r.get(6)?,
+        knowledge_dir: r.get(7)?,
+        knowledge_hash: r.get(8)?,
+        seed: r.get(9)?,
+        status: r.get(10)?,
+        base_weights_hash: r.get(11)?,
+        weights_hash: r.get(12)?,
+        finished: r.get(13)?,
+    })
+}
+
+fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
+    Ok(StepRow {
+        run: r.get(0)?,
+        idx: r.get(1)?,
+        facts: parse(r.get(2)?)?,
+        rehearsed: parse(r.get(3)?)?,
+        optimizer_steps: r.get(4)?,
+        losses: parse(r.get(5)?)?,
+        seconds: r.get(6)?,
+        eval_seconds: r.get(7)?,
+        tokens: r.get(8)?,
+        peak_rss_bytes: r.get(9)?,
+        delta_file: r.get(10)?,
+        rank_pattern: parse(r.get(11)?)?,
+        weights_hash: r.get(12)?,
+        created: r.get(13)?,
+    })
+}
+
+impl Ledger {
+    /// Opens (creating if needed) and migrates the ledger.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| Error::BadInput(format!("{}: cannot open ledger: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| Error::BadInput(format!("{}: not a ledger database: {e}", path.display())))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut l = Ledger { conn, path: path.to_path_buf() };
+        l.migrate()?;
+        Ok(l)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > schema::MIGRATIONS.len() {
+            return Err(Error::BadInput(format!(
+                "{}: ledger schema version {version} is newer than this injector's ({})",
+                self.path.display(),
+                schema::MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The schema version in force.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Where the step factors live: `injector.db` -> `injector.deltas/`.
+    pub fn deltas_dir(&self) -> PathBuf {
+        self.path.with_extension("deltas")
+    }
+
+    pub fn find_run_by_key(&self, key: &str) -> Result<Option<RunRow>> {
+        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE key = ?1");
+        Ok(self.conn.query_row(&sql, [key], run_row).optional()?)
+    }
+
+    /// A run by id (or unique id prefix).
+    pub fn run(&self, id: &str) -> Result<RunRow> {
+        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ORDER BY id");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows: Vec<RunRow> =
+            st.query_map(params![id, format!("{id}%")], run_row)?.collect::<rusqlite::Result<_>>()?;
+        match rows.len() {
+            0 => Err(Error::BadInput(format!("{}: no run '{id}' (see `injector ledger list`)", self.path.display()))),
+            1 => Ok(rows.into_iter().next().expect("one row")),
+            _ => rows.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
+                Error::BadInput(format!("run id '{id}' is ambiguous: {} runs match", rows.len()))
+            }),
+        }
+    }
+
+    pub fn list_runs(&self) -> Result<Vec<RunRow>> {
+        let sql = format!("SELECT {RUN_COLS} FROM runs ORDER BY created, id");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([], run_row)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Creates a run with its locality baseline, in one transaction.
+    pub fn create_run(&mut self, run: &RunRow, base: &[LocalityBase]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+            params![
+                run.id, run.key, run.created, run.strategy, run.config, run.model_path, run.model_hash,
+                run.knowledge_dir, run.knowledge_hash, run.seed, run.status, run.base_weights_hash,
+                run.weights_hash, run.finished
+            ],
+        )?;
+        for (i, b) in base.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO locality_base (run, idx, prompt, prompt_ids, answer_ids, answer) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![run.id, i as i64, b.prompt, json(&b.prompt_ids), json(&b.answer_ids), b.answer],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the facts of a run (in knowledge order); facts already there are kept.
+    pub fn add_facts(&mut self, run: &str, facts: &[Fact]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let next: i64 = tx.query_row("SELECT COALESCE(MAX(ord) + 1, 0) FROM run_facts WHERE run = ?1", [run], |r| r.get(0))?;
+        let mut ord = next;
+        for f in facts {
+            tx.execute(
+                "INSERT OR IGNORE INTO facts (hash, id, op, subject, answer, source, body) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![f.hash, f.id, f.op.as_str(), f.subject, f.answer, f.source, json(f)],
+            )?;
+            let added = tx.execute("INSERT OR IGNORE INTO run_facts (run, ord, fact) VALUES (?1,?2,?3)", params![run, ord, f.hash])?;
+            ord += added as i64;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The facts of a run in the order they were added.
+    pub fn run_facts(&self, run: &str) -> Result<Vec<Fact>> {
+        let mut st = self.conn.prepare(
+            "SELECT f.body FROM run_facts rf JOIN facts f ON f.hash = rf.fact WHERE rf.run = ?1 ORDER BY rf.ord",
+        )?;
+        let rows = st.query_map([run], |r| parse(r.get(0)?))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn locality_base(&self, run: &str) -> Result<Vec<LocalityBase>> {
+        let mut st =
+            self.conn.prepare("SELECT prompt, prompt_ids, answer_ids, answer FROM locality_base WHERE run = ?1 ORDER BY idx")?;
+        let rows = st
+            .query_map([run], |r| {
+                Ok(LocalityBase { prompt: r.get(0)?, prompt_ids: parse(r.get(1)?)?, answer_ids: parse(r.get(2)?)?, answer: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn steps(&self, run: &str) -> Result<Vec<StepRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created FROM steps WHERE run = ?1 ORDER BY idx",
+        )?;
+        let rows = st.query_map([run], step_row)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Commits a step and everything measured after it in one transaction. Fails if the step index
+    /// is not the next one, so no step is ever applied twice.
+    pub fn commit_step(&mut self, rec: &StepRecord) -> Result<()> {
+        let s = &rec.step;
+        let tx = self.conn.transaction()?;
+        let next: i64 = tx.query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run = ?1", [&s.run], |r| r.get(0))?;
+        if next != s.idx {
+            return Err(Error::Ledger(format!("run {} expects step {next}, not {}", s.run, s.idx)));
+        }
+        tx.execute(
+            "INSERT INTO steps (run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+            params![
+                s.run, s.idx, json(&s.facts), json(&s.rehearsed), s.optimizer_steps, json(&s.losses), s.seconds,
+                s.eval_seconds, s.tokens, s.peak_rss_bytes, s.delta_file, json(&s.rank_pattern), s.weights_hash
+            ],
+        )?;
+        for (module, rank) in &s.rank_pattern {
+            tx.execute(
+                "INSERT INTO deltas (run, step, module, rank, file) VALUES (?1,?2,?3,?4,?5)",
+                params![s.run, s.idx, module, rank, s.delta_file],
+            )?;
+        }
+        for p in &rec.probes {
+            tx.execute(
+                "INSERT INTO probes (run, step, fact, recall, general, previous, detail) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![s.run, p.step, p.fact, p.recall, p.general, p.previous, p.detail],
+            )?;
+        }
+        for g in &rec.generations {
+            tx.execute(
+                "INSERT OR REPLACE INTO generations (run, step, fact, prompt, text, f1) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![s.run, g.step, g.fact, g.prompt, g.text, g.f1],
+            )?;
+        }
+        if let Some(v) = rec.locality {
+            tx.execute("INSERT INTO locality (run, step, value) VALUES (?1,?2,?3)", params![s.run, s.idx, v])?;
+        }
+        tx.execute("UPDATE runs SET weights_hash = ?2 WHERE id = ?1", params![s.run, s.weights_hash])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the locality of the base model (step -1) and other run-level measurements.
+    pub fn set_locality(&self, run: &str, step: i64, value: f64) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO locality (run, step, value) VALUES (?1,?2,?3)", params![run, step, value])?;
+        Ok(())
+    }
+
+    pub fn set_status(&self, run: &str, status: &str) -> Result<()> {
+        let finished = if status == "running" { None } else { Some(()) };
+        self.conn.execute(
+            "UPDATE runs SET status = ?2, finished = CASE WHEN ?3 THEN strftime('%Y-%m-%dT%H:%M:%SZ','now') ELSE NULL END WHERE id = ?1",
+            params![run, status, finished.is_some()],
+        )?;
+        Ok(())
+    }
+
+    pub fn probes(&self, run: &str) -> Result<Vec<ProbeRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT step, fact, recall, general, previous, detail FROM probes WHERE run = ?1 ORDER BY step, fact",
+        )?;
+        let rows = st
+            .query_map([run], |r| {
+                Ok(ProbeRow {
+                    step: r.get(0)?,
+                    fact: r.get(1)?,
+                    recall: r.get(2)?,
+                    general: r.get(3)?,
+                    previous: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn generations(&self, run: &str) -> Result<Vec<GenerationRow>> {
+        let mut st =
+            self.conn.prepare("SELECT step, fact, prompt, text, f1 FROM generations WHERE run = ?1 ORDER BY step, fact")?;
+        let rows = st
+            .query_map([run], |r| {
+                Ok(GenerationRow { step: r.get(0)?, fact: r.get(1)?, prompt: r.get(2)?, text: r.get(3)?, f1: r.get(4)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Locality by step (step -1 is the base model, 1.0 by definition).
+    pub fn locality(&self, run: &str) -> Result<Vec<(i64, f64)>> {
+        let mut st = self.conn.prepare("SELECT step, value FROM locality WHERE run = ?1 ORDER BY step")?;
+        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer_schemas() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l.db");
+        let l = Ledger::open(&p).unwrap();
+        assert_eq!(l.schema_version().unwrap(), schema::MIGRATIONS.len() as i64);
+        drop(l);
+        let l = Ledger::open(&p).unwrap();
+        l.conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(l);
+        let e = Ledger::open(&p).err().unwrap().to_string();
+        assert!(e.contains("newer than this injector"), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The ledger's schema and its migrations, applied in order inside one transaction each.
+
+/// Each entry moves the schema from version i to i + 1.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        created TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        config TEXT NOT NULL,
+        model_path TEXT NOT NULL,
+        model_hash TEXT NOT NULL,
+        knowledge_dir TEXT NOT NULL,
+        knowledge_hash TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        base_weights_hash TEXT NOT NULL,
+        weights_hash TEXT NOT NULL,
+        finished TEXT
+    );
+    CREATE TABLE facts (
+        hash TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        op TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        source TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE run_facts (
+        run TEXT NOT NULL REFERENCES runs(id),
+        ord INTEGER NOT NULL,
+        fact TEXT NOT NULL REFERENCES facts(hash),
+        PRIMARY KEY (run, fact)
+    );
+    CREATE TABLE steps (
+        run TEXT NOT NULL REFERENCES runs(id),
+        idx INTEGER NOT NULL,
+        facts TEXT NOT NULL,
+        rehearsed TEXT NOT NULL,
+        optimizer_steps INTEGER NOT NULL,
+        losses TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        eval_seconds REAL NOT NULL,
+        tokens INTEGER NOT NULL,
+        peak_rss_bytes INTEGER NOT NULL,
+        delta_file TEXT NOT NULL,
+        rank_pattern TEXT NOT NULL,
+        weights_hash TEXT NOT NULL,
+        created TEXT NOT NULL,
+        PRIMARY KEY (run, idx)
+    );
+    CREATE TABLE deltas (
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        module TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        file TEXT NOT NULL,
+        PRIMARY KEY (run, step, module)
+    );
+    CREATE TABLE probes (
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        fact TEXT NOT NULL,
+        recall REAL NOT NULL,
+        general REAL,
+        previous REAL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (run, step, fact)
+    );
+    CREATE TABLE generations (
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        fact TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        text TEXT NOT NULL,
+        f1 REAL NOT NULL,
+        PRIMARY KEY (run, step, fact, prompt)
+    );
+    CREATE TABLE locality (
+        run TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (run, step)
+    );
+    CREATE TABLE locality_base (
+        run TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        prompt TEXT NOT NULL,
+        prompt_ids TEXT NOT NULL,
+        answer_ids TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        PRIMARY KEY (run, idx)
+    );
+    CREATE INDEX probes_by_fact ON probes (run, fact);
+    "#,
+];

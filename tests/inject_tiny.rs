@@ -1,0 +1,78 @@
+//! `injector run` on a tiny random model: ledger, re-run as a no-op, probe/query on a run, bad input.
+mod common;
+
+use common::knowledge::write_small;
+use common::*;
+
+const FAST: [&str; 6] = ["--lr", "0.05", "--max-steps", "25", "--alpha", "32"];
+
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", "k", "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
+    v.extend_from_slice(&FAST);
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn run_records_every_step_and_a_second_run_is_a_no_op() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    write_small(&p.join("k"));
+    let o = injector(p, &run_args(&["--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(out["new_steps"], 3);
+    let facts = out["facts"].as_array().unwrap();
+    assert_eq!(facts.len(), 3);
+    for f in facts {
+        assert!(f["recall_at_step"].as_f64().unwrap() >= 0.0);
+    }
+    let run = out["run"].as_str().unwrap().to_string();
+    let again = injector(p, &run_args(&[]));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stdout(&again).contains("nothing to do"), "{}", stdout(&again));
+    let show = injector(p, &["ledger", "show", &run, "--ledger", "l.db", "--json"]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(v["steps"].as_array().unwrap().len(), 3);
+    // Retention: after step 2 every fact has a probe row.
+    assert_eq!(v["probes"].as_array().unwrap().iter().filter(|p| p["step"] == 2).count(), 3);
+    assert_eq!(v["locality"].as_array().unwrap().len(), 4, "base + one per step");
+    let list = injector(p, &["ledger", "list", "--ledger", "l.db"]);
+    assert!(stdout(&list).contains(&run));
+    let probe = injector(p, &["probe", "k", "--run", &run, "--ledger", "l.db", "--json", "--model", "tiny.gguf"]);
+    assert!(probe.status.success(), "{}", stderr(&probe));
+    let scores: serde_json::Value = serde_json::from_str(&stdout(&probe)).unwrap();
+    // Probing the run's weights gives the recall the run recorded after its last step.
+    let last: std::collections::HashMap<String, f64> = v["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["step"] == 2)
+        .map(|p| (p["fact"].as_str().unwrap().to_string(), p["recall"].as_f64().unwrap()))
+        .collect();
+    for s in scores.as_array().unwrap() {
+        let got = s["score"]["recall"].as_f64().unwrap();
+        assert!((got - last[s["hash"].as_str().unwrap()]).abs() < 1e-9);
+    }
+    let q = injector(p, &["query", "Zorb?", "--run", &run, "--ledger", "l.db", "--max-tokens", "4"]);
+    assert!(q.status.success(), "{}", stderr(&q));
+}
+
+#[test]
+fn bad_knowledge_exits_2_before_touching_the_ledger() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    std::fs::create_dir_all(p.join("k")).unwrap();
+    std::fs::write(p.join("k/a.yaml"), "facts:\n  - subject: X\n    answer: Y\n  - subject: Z\n    answr: W\n").unwrap();
+    let o = injector(p, &run_args(&[]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("a.yaml:5: ") && e.contains("unknown field `answr`"), "{e}");
+    assert!(!p.join("l.db").exists(), "nothing may be written for bad input");
+    let o = injector(p, &["run", "k", "--strategy", "random", "--ledger", "l.db"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!p.join("l.db").exists());
+}
