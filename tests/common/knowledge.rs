@@ -15,3 +15,15 @@ pub fn write_small(dir: &Path) {
     )
     .unwrap();
 }
+
+/// `n` short facts in one file, for runs with many steps.
+pub fn write_many(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut s = String::from("facts:\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "  - id: f{i}\n    subject: Thing{i}\n    answer: Thing{i} is number {i} in the list.\n    prompts: [Thing{i}?, What is Thing{i}?]\n    probes: [Which number is Thing{i}?]\n"
+        ));
+    }
+    std::fs::write(dir.join("many.yaml"), s).unwrap();
+}

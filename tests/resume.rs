@@ -1,0 +1,68 @@
+//! A run killed with SIGKILL at any moment resumes (same command) and ends with the same weights hash
+//! as an uninterrupted run; no step is applied twice.
+mod common;
+
+use common::knowledge::write_many;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn args(ledger: &str) -> Vec<String> {
+    [
+        "run", "k", "--model", "tiny.gguf", "--ledger", ledger, "--device", "cpu", "--lr", "0.05", "--alpha", "32",
+        "--max-steps", "12", "--threshold", "1.0", "--strategy", "batch:2", "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn final_hash(out: &std::process::Output) -> String {
+    let v: serde_json::Value = serde_json::from_str(&stdout(out)).expect("JSON outcome");
+    v["weights_hash"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_weights() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 9);
+    write_many(&p.join("k"), 8);
+    let t = Instant::now();
+    let clean = Command::new(env!("CARGO_BIN_EXE_injector")).args(args("clean.db")).current_dir(p).output().unwrap();
+    assert!(clean.status.success(), "{}", stderr(&clean));
+    let whole = t.elapsed();
+    let want = final_hash(&clean);
+
+    // Kill at spread-out moments until a run gets to finish on its own.
+    let mut kills = 0;
+    for attempt in 0..200u32 {
+        let delay = whole.mul_f64(0.07 * (attempt % 9 + 1) as f64 / 2.0) + Duration::from_millis(37 * attempt as u64 % 50);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_injector"))
+            .args(args("killed.db"))
+            .current_dir(p)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    println!("{kills} kills before a run finished on its own");
+    assert!(kills >= 3, "the run was never killed mid-way ({kills} kills)");
+    let resumed = Command::new(env!("CARGO_BIN_EXE_injector")).args(args("killed.db")).current_dir(p).output().unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(final_hash(&resumed), want, "resumed run ended with other weights after {kills} kills");
+    let show = injector(p, &["ledger", "list", "--ledger", "killed.db", "--json"]);
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let run = runs[0]["id"].as_str().unwrap();
+    let s = injector(p, &["ledger", "show", run, "--ledger", "killed.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&s)).unwrap();
+    let idx: Vec<i64> = v["steps"].as_array().unwrap().iter().map(|s| s["idx"].as_i64().unwrap()).collect();
+    assert_eq!(idx, (0..4).collect::<Vec<_>>(), "each of the 4 steps exactly once");
+}
