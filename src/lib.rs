@@ -9,5 +9,6 @@ pub mod knowledge;
 pub mod ledger;
 pub mod model;
 pub mod paths;
+pub mod report;
 
 pub use error::{Error, Result};

@@ -1,8 +1,11 @@
 //! Command-line surface: global options and one module per subcommand.
+pub mod compare;
+pub mod facts;
 pub mod ledger;
 pub mod probe;
 mod progress;
 pub mod query;
+pub mod report;
 pub mod run;
 mod train_args;
 
@@ -64,6 +67,12 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// What the ledger holds.
     Ledger(ledger::LedgerArgs),
+    /// Run several strategies on the same facts and write the comparison report.
+    Compare(compare::CompareArgs),
+    /// (Re)render the HTML reports from the ledger alone.
+    Report(report::ReportArgs),
+    /// Knowledge-file tools (`facts generate`).
+    Facts(facts::FactsArgs),
 }
 
 /// Loads the model: the base (`--model` or the embedded one), or a run's current weights when `run`
@@ -99,5 +108,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Query(a) => query::run(a, &cli.global),
         Command::Probe(a) => probe::run(a, &cli.global),
         Command::Ledger(a) => ledger::run(a, &cli.global),
+        Command::Compare(a) => compare::run(a, &cli.global),
+        Command::Report(a) => report::run(a, &cli.global),
+        Command::Facts(a) => facts::run(a, &cli.global),
     }
 }

@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The whole run configuration as JSON (used by `compare` for its child processes).
+    #[arg(long, hide = true)]
+    pub config_json: Option<String>,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -38,8 +41,11 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         }
         None => {
             let dir = a.dir.clone().ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
-            let strategy: Strategy = a.strategy.parse()?;
-            (dir, a.train.run_config(strategy, g.seed)?, g.model_path())
+            let config = match &a.config_json {
+                Some(j) => serde_json::from_str(j).map_err(|e| Error::BadInput(format!("--config-json: {e}")))?,
+                None => a.train.run_config(a.strategy.parse::<Strategy>()?, g.seed)?,
+            };
+            (dir, config, g.model_path())
         }
     };
     let knowledge = load_dir(&dir)?;
@@ -48,10 +54,13 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
     let out = inject::run(&mut ledger, &loaded, &model_path.display().to_string(), &knowledge, &config, &mut bar)?;
+    let page = injector::report::write_run(&ledger, &g.reports, &out.run)?;
+    injector::report::write_index(&ledger, &g.reports)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if !g.quiet {
         print_summary(&out);
+        println!("report: {}", page.display());
     }
     Ok(())
 }

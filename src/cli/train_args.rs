@@ -44,6 +44,9 @@ pub struct TrainArgs {
     /// Multiply each merged update by this.
     #[arg(long)]
     pub merge_scale: Option<f64>,
+    /// Weight of the preservation term (KL to the base model on unrelated prompts); 0 turns it off.
+    #[arg(long)]
+    pub preserve: Option<f64>,
     /// Evaluate every injected fact (retention) after every k-th step; always after the last.
     #[arg(long)]
     pub retention_every: Option<usize>,
@@ -127,6 +130,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.merge_scale {
             t.merge_scale = v;
+        }
+        if let Some(v) = self.preserve {
+            t.preserve = v;
         }
         if t.lr <= 0.0 || t.max_steps < 1 || !(0.0..=1.0).contains(&t.threshold) {
             return Err(Error::BadInput("need --lr > 0, --max-steps ≥ 1 and --threshold in [0, 1]".into()));

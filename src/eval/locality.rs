@@ -41,6 +41,23 @@ pub const LOCALITY_PROMPTS: [&str; 32] = [
     "What instrument has 88 keys?",
 ];
 
+/// Unrelated prompts for the preservation term of training (disjoint from [`LOCALITY_PROMPTS`], so
+/// locality stays a held-out measurement).
+pub const PRESERVE_PROMPTS: [&str; 12] = [
+    "What is the tallest mountain on Earth?",
+    "Write a short poem about a cat.",
+    "How many hours are in a day?",
+    "Who discovered penicillin?",
+    "What is 15 plus 27?",
+    "Explain what a verb is.",
+    "What color is the sky on a clear day?",
+    "Give me a tip for sleeping better.",
+    "What is the capital of Japan?",
+    "Why do leaves change color in autumn?",
+    "Name a famous composer.",
+    "What is the speed of light?",
+];
+
 /// Greedy answers of the model as it is now (call before any edit), as token ids including the
 /// end-of-turn token when the model produced it within `max_tokens`.
 pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens: usize) -> Result<Vec<Example>> {

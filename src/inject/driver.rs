@@ -1,11 +1,11 @@
 //! The batch driver: plans a run's steps from a knowledge directory and a strategy, replays what the
 //! ledger already holds, then trains, merges, evaluates and commits each remaining step.
-use super::step::{train, TrainConfig};
+use super::step::{train, Preserve, TrainConfig};
 use super::strategy::Strategy;
 use crate::adapter::merge;
 use crate::error::{Error, Result};
 use crate::eval::batch::Example;
-use crate::eval::locality::{base_answers, LOCALITY_PROMPTS};
+use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
 use crate::eval::probe::{generate_f1, mean_accuracy, score, FactExamples, FactScore};
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{GenerationRow, Ledger, LocalityBase, ProbeRow, RunRow, StepRecord, StepRow};
@@ -13,6 +13,9 @@ use crate::model::{Llama, Loaded};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+
+/// Greedy generations (before and after) are sampled for this many facts of a run, the first ones.
+const MAX_SAMPLED_GENERATIONS: usize = 64;
 
 /// Everything that decides a run's outcome; saved as the run's config before its first step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +242,13 @@ pub fn run(
         }
     };
     ledger.add_facts(&run.id, &knowledge.facts)?;
+    // The preservation targets come from the base weights, so they are made before the replay.
+    let preserve = if config.train.preserve > 0.0 {
+        let ex = base_answers(model, tok, &PRESERVE_PROMPTS, config.locality_tokens)?;
+        Some(Preserve::new(model, &ex, config.train.max_batch_tokens))
+    } else {
+        None
+    };
     let done_steps = replay(ledger, &run, loaded, &config.train, None)?;
     let all_facts = ledger.run_facts(&run.id)?;
     let steps_so_far = ledger.steps(&run.id)?;
@@ -264,6 +274,7 @@ pub fn run(
     }
     ledger.set_status(&run.id, "running")?;
     let by_hash: HashMap<&str, &Fact> = all_facts.iter().map(|f| (f.hash.as_str(), f)).collect();
+    let position: HashMap<&str, usize> = all_facts.iter().enumerate().map(|(i, f)| (f.hash.as_str(), i)).collect();
     let mut examples_of: HashMap<String, FactExamples> = HashMap::new();
     for f in &all_facts {
         examples_of.insert(f.hash.clone(), FactExamples::new(tok, f)?);
@@ -285,8 +296,15 @@ pub fn run(
                 owner.push(i);
             }
         }
+        // What the model says before this step, for the reports' before/after samples.
+        let mut generations = Vec::new();
+        for f in facts.iter().filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS) {
+            let q = f.probes.first().unwrap_or(&f.prompts[0]);
+            let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
+            generations.push(GenerationRow { step: -1, fact: f.hash.clone(), prompt: q.clone(), text, f1 });
+        }
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
-        let trained = train(model, &examples, &owner, train_facts.len(), &config.train, seed, |s, loss, rec| {
+        let trained = train(model, &examples, &owner, train_facts.len(), &config.train, preserve.as_ref(), seed, |s, loss, rec| {
             progress.train_step(s, loss, rec)
         })?;
         merge::merge(model, &trained.factors)?;
@@ -320,13 +338,12 @@ pub fn run(
                 detail: serde_json::json!({"recall": s.recall_each, "general": s.general_each}).to_string(),
             })
             .collect();
-        let gen_facts: Vec<&Fact> = if last && all_facts.len() <= 64 {
+        let gen_facts: Vec<&Fact> = if last {
             injected_order.iter().filter_map(|h| by_hash.get(h.as_str()).copied()).collect()
         } else {
             facts.clone()
         };
-        let mut generations = Vec::new();
-        for f in gen_facts {
+        for f in gen_facts.into_iter().filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS) {
             let q = f.probes.first().unwrap_or(&f.prompts[0]);
             let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
             generations.push(GenerationRow { step: idx, fact: f.hash.clone(), prompt: q.clone(), text, f1 });

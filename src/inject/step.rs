@@ -8,6 +8,7 @@ use crate::model::{Llama, Proj};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor};
 
 /// Training hyper-parameters of a step (saved with the run, so results can be reproduced).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +24,10 @@ pub struct TrainConfig {
     pub clip_grad_norm: f64,
     /// Multiplies the merged update (1 = merge as trained).
     pub merge_scale: f64,
+    /// Weight of the preservation term: KL(base ‖ current) of the next-token distributions on the
+    /// base model's own answers to unrelated prompts (0 = off).
+    #[serde(default)]
+    pub preserve: f64,
 }
 
 impl Default for TrainConfig {
@@ -36,7 +41,42 @@ impl Default for TrainConfig {
             max_batch_tokens: 4096,
             clip_grad_norm: 1.0,
             merge_scale: 1.0,
+            preserve: 0.0,
         }
+    }
+}
+
+/// The preservation set: batches of unrelated prompts with the base model's answers, and the base
+/// model's log-probabilities at their target positions.
+pub struct Preserve {
+    pub batches: Vec<Batch>,
+    pub base_logp: Vec<Tensor>,
+}
+
+impl Preserve {
+    /// Caches the base model's distributions (call before any edit).
+    pub fn new(model: &Llama, examples: &[Example], max_tokens: usize) -> Self {
+        let batches = build(examples, max_tokens, model.device());
+        let base_logp = tch::no_grad(|| {
+            batches.iter().map(|b| b.logits(model, &crate::model::NoAdapter).log_softmax(-1, Kind::Float)).collect()
+        });
+        Preserve { batches, base_logp }
+    }
+
+    /// Mean over positions of KL(base ‖ current).
+    fn kl(&self, model: &Llama, ad: &AdaLora) -> Tensor {
+        let mut total: Option<Tensor> = None;
+        let mut n = 0i64;
+        for (b, base) in self.batches.iter().zip(&self.base_logp) {
+            let cur = b.logits(model, ad).log_softmax(-1, Kind::Float);
+            let kl = (base.exp() * (base - cur)).sum(Kind::Float);
+            n += base.size()[0];
+            total = Some(match total {
+                Some(t) => t + kl,
+                None => kl,
+            });
+        }
+        total.expect("a preservation batch") / n.max(1) as f64
     }
 }
 
@@ -88,6 +128,7 @@ pub fn train(
     owner: &[usize],
     n_facts: usize,
     cfg: &TrainConfig,
+    preserve: Option<&Preserve>,
     seed: u64,
     mut on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
@@ -131,7 +172,10 @@ pub fn train(
             on_step(step, loss_total, min_recall);
             break;
         }
-        let reg = ad.orth_reg();
+        let mut reg = ad.orth_reg();
+        if let (Some(p), true) = (preserve, cfg.preserve > 0.0) {
+            reg = reg + p.kl(model, &ad) * cfg.preserve;
+        }
         loss_total += reg.double_value(&[]);
         reg.backward();
         opt.clip_grad_norm(cfg.clip_grad_norm);

@@ -248,6 +248,29 @@ impl Ledger {
         Ok(())
     }
 
+    /// Records a comparison of runs (idempotent: the id is derived from the run ids).
+    pub fn add_comparison(&self, id: &str, runs: &[String]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO comparisons (id, created, runs) VALUES (?1, strftime('%Y-%m-%dT%H:%M:%SZ','now'), ?2)",
+            params![id, json(&runs)],
+        )?;
+        Ok(())
+    }
+
+    /// The runs of a comparison.
+    pub fn comparison(&self, id: &str) -> Result<Vec<String>> {
+        let runs: Option<String> =
+            self.conn.query_row("SELECT runs FROM comparisons WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let runs = runs.ok_or_else(|| Error::BadInput(format!("{}: no comparison '{id}'", self.path.display())))?;
+        serde_json::from_str(&runs).map_err(|e| Error::Ledger(e.to_string()))
+    }
+
+    pub fn comparisons(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let mut st = self.conn.prepare("SELECT id, runs FROM comparisons ORDER BY created, id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, parse(r.get(1)?)?)))?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Records the locality of the base model (step -1) and other run-level measurements.
     pub fn set_locality(&self, run: &str, step: i64, value: f64) -> Result<()> {
         self.conn.execute("INSERT OR REPLACE INTO locality (run, step, value) VALUES (?1,?2,?3)", params![run, step, value])?;

@@ -96,4 +96,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX probes_by_fact ON probes (run, fact);
     "#,
+    // 2: comparisons of strategies.
+    r#"
+    CREATE TABLE comparisons (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        runs TEXT NOT NULL
+    );
+    "#,
 ];

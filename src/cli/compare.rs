@@ -1,0 +1,111 @@
+//! `injector compare DIR --strategy a,b,...`: the same facts, base, seed and hyper-parameters under
+//! several strategies, into one ledger, then the comparison report. With several GPUs visible, one
+//! process per GPU; otherwise one strategy after another. Finished runs are taken from the ledger.
+use super::progress::Bar;
+use super::train_args::TrainArgs;
+use super::Global;
+use clap::Args;
+use injector::inject::{self, RunConfig, Strategy};
+use injector::knowledge::load_dir;
+use injector::ledger::Ledger;
+use injector::report::{self, data::RunData, html::num};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The knowledge directory (or one YAML file).
+    pub dir: PathBuf,
+    /// Comma-separated strategies: sequential, mixed, batch:K, replay:K.
+    #[arg(long, default_value = "sequential,mixed")]
+    pub strategy: String,
+    /// Print the comparison as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
+    let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let configs: Vec<RunConfig> =
+        strategies.iter().map(|s| a.train.run_config(*s, g.seed)).collect::<Result<_, _>>()?;
+    let knowledge = load_dir(&a.dir)?;
+    let device = injector::device::parse_device(&g.device)?;
+    let model_path = g.model_path();
+    let gpus = tch::Cuda::device_count() as usize;
+    let mut run_ids = Vec::new();
+    if gpus > 1 && matches!(g.device.as_str(), "auto" | "cuda") && configs.len() > 1 {
+        // One child process per GPU, round-robin, all writing to the same WAL ledger.
+        let exe = std::env::current_exe()?;
+        for chunk in configs.chunks(gpus) {
+            let children: Vec<_> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Command::new(&exe)
+                        .args(["run", &a.dir.display().to_string(), "--json", "-q"])
+                        .args(["--config-json", &serde_json::to_string(c).expect("config serialises")])
+                        .args(["--device", &format!("cuda:{i}"), "--ledger", &g.ledger.display().to_string()])
+                        .args(["--model", &model_path.display().to_string(), "--reports", &g.reports.display().to_string()])
+                        .output()
+                })
+                .collect();
+            for ch in children {
+                let out = ch?;
+                if !out.status.success() {
+                    anyhow::bail!("a strategy's run failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                run_ids.push(v["run"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    } else {
+        let mut ledger = Ledger::open(&g.ledger)?;
+        for c in &configs {
+            // A fresh base for every strategy.
+            let loaded = injector::model::load(&model_path, device)?;
+            let mut bar = Bar::new(g.quiet || a.json);
+            let out = inject::run(&mut ledger, &loaded, &model_path.display().to_string(), &knowledge, c, &mut bar)?;
+            if !g.quiet && !a.json {
+                eprintln!("{} ({}): {} new steps, {:.0}s", out.run, out.strategy, out.new_steps, out.seconds);
+            }
+            run_ids.push(out.run);
+        }
+    }
+    let ledger = Ledger::open(&g.ledger)?;
+    let id = blake3::hash(run_ids.join(",").as_bytes()).to_hex()[..8].to_string();
+    ledger.add_comparison(&id, &run_ids)?;
+    let page = report::write_compare(&ledger, &g.reports, &id)?;
+    report::write_index(&ledger, &g.reports)?;
+    let data: Vec<RunData> = run_ids.iter().map(|r| RunData::load(&ledger, r)).collect::<Result<_, _>>()?;
+    if a.json {
+        let rows: Vec<_> = data
+            .iter()
+            .map(|d| serde_json::json!({"run": d.run.id, "strategy": d.run.strategy, "summary": d.summary()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"comparison": id, "report": page, "runs": rows}))?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<14} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9}",
+        "strategy", "run", "recall", "general", "locality", "1st 1/4", "seconds", "opt", "tokens"
+    );
+    for d in &data {
+        let s = d.summary();
+        println!(
+            "{:<12} {:<14} {:>7} {:>8} {:>8} {:>9} {:>8.0} {:>6} {:>9}",
+            d.run.strategy,
+            d.run.id,
+            num(Some(s.final_recall)),
+            num(s.final_general),
+            num(s.locality),
+            num(Some(s.first_quarter_recall)),
+            s.wall_seconds,
+            s.optimizer_steps,
+            s.tokens
+        );
+    }
+    println!("report: {}", page.display());
+    Ok(())
+}

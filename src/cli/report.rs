@@ -1,0 +1,33 @@
+//! `injector report [RUN | --compare ID]`: (re)render HTML from the ledger alone.
+use super::Global;
+use clap::Args;
+use injector::ledger::Ledger;
+use injector::report;
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Render this run's page (default: every page the ledger can produce).
+    pub run: Option<String>,
+    /// Render this comparison's page.
+    #[arg(long, conflicts_with = "run")]
+    pub compare: Option<String>,
+}
+
+pub fn run(a: ReportArgs, g: &Global) -> anyhow::Result<()> {
+    if !g.ledger.exists() {
+        return Err(injector::Error::BadInput(format!("{}: no such ledger", g.ledger.display())).into());
+    }
+    let ledger = Ledger::open(&g.ledger)?;
+    let mut written = match (&a.run, &a.compare) {
+        (Some(r), _) => vec![report::write_run(&ledger, &g.reports, r)?],
+        (_, Some(c)) => vec![report::write_compare(&ledger, &g.reports, c)?],
+        _ => report::write_all(&ledger, &g.reports)?,
+    };
+    if a.run.is_some() || a.compare.is_some() {
+        written.push(report::write_index(&ledger, &g.reports)?);
+    }
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The HTML pages: one per run, one per comparison, and the index. Self-contained: inline CSS and
+//! SVG, no script, no network.
+use super::data::{RunData, Summary};
+use super::svg::{esc, heat, heatmap, line_chart, Series, PALETTE};
+use std::fmt::Write;
+
+const CSS: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.2em;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:.9em}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.best{font-weight:700;background:#e8f6e8}.meta{color:#555;font-size:.9em}
+.chart{margin:6px 12px 6px 0;background:#fff}.chart .title{font-size:13px;font-weight:600}.chart .tick{font-size:10px;fill:#444}
+.grid{display:flex;flex-wrap:wrap}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.8em}.gen{max-width:480px;text-align:left}
+.verdict{background:#eef4fb;border-left:4px solid #1f77b4;padding:8px 12px}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body>{body}</body></html>\n",
+        esc(title)
+    )
+}
+
+/// A number as the pages print it (two decimals; '-' when absent).
+pub fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.2}"),
+        _ => "-".into(),
+    }
+}
+
+fn mib(b: i64) -> String {
+    format!("{:.0}", b as f64 / (1024.0 * 1024.0))
+}
+
+fn summary_cells(s: &Summary) -> Vec<String> {
+    vec![
+        num(Some(s.final_recall)),
+        num(s.final_general),
+        num(s.locality),
+        num(Some(s.first_quarter_recall)),
+        num(Some(s.recall_at_step)),
+        format!("{:.1}", s.wall_seconds),
+        s.optimizer_steps.to_string(),
+        s.tokens.to_string(),
+        mib(s.peak_rss_bytes),
+    ]
+}
+
+const SUMMARY_HEAD: [&str; 9] = [
+    "final recall",
+    "final generalisation",
+    "locality",
+    "first-quarter retention",
+    "recall right after its step",
+    "wall seconds",
+    "optimizer steps",
+    "tokens",
+    "peak RSS (MiB)",
+];
+
+fn loss_series(d: &RunData) -> Vec<(f64, f64)> {
+    let mut x = 0.0;
+    let mut out = Vec::new();
+    for s in &d.steps {
+        for l in &s.losses {
+            out.push((x, *l));
+            x += 1.0;
+        }
+    }
+    out
+}
+
+/// Heatmap of the unmasked rank per layer and module at the run's last step (fraction of init_r).
+fn rank_chart(d: &RunData, title: &str) -> String {
+    let Some(last) = d.steps.last() else { return String::new() };
+    let init_r = d.config["train"]["adalora"]["init_r"].as_f64().unwrap_or(12.0);
+    let mut layers: Vec<usize> = Vec::new();
+    let mut modules: Vec<String> = Vec::new();
+    let mut val = std::collections::HashMap::new();
+    for (key, rank) in &last.rank_pattern {
+        // model.layers.{l}.{block}.{proj}.weight
+        let parts: Vec<&str> = key.split('.').collect();
+        let (Some(l), Some(p)) = (parts.get(2).and_then(|l| l.parse::<usize>().ok()), parts.get(4)) else { continue };
+        if !layers.contains(&l) {
+            layers.push(l);
+        }
+        if !modules.iter().any(|m| m == p) {
+            modules.push(p.to_string());
+        }
+        val.insert((l, p.to_string()), *rank as f64 / init_r);
+    }
+    layers.sort();
+    let rows: Vec<String> = modules.clone();
+    let cols: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+    heatmap(title, &rows, &cols, |i, j| val.get(&(layers[j], modules[i].clone())).copied())
+}
+
+fn retention_chart(d: &RunData, title: &str) -> String {
+    let rows: Vec<String> = d.facts.iter().map(|f| f.id.clone()).collect();
+    let cols: Vec<String> = d.steps.iter().map(|s| s.idx.to_string()).collect();
+    heatmap(title, &rows, &cols, |i, j| {
+        let f = &d.facts[i];
+        let step = d.steps[j].idx;
+        (f.step <= step).then(|| d.probe(&f.hash, step).map(|p| p.recall)).flatten()
+    })
+}
+
+fn generations_table(d: &RunData, limit: usize) -> String {
+    let last = d.last_step().unwrap_or(-1);
+    let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before its step</th><th class=l>after the last step</th><th>F1</th></tr>");
+    let mut n = 0;
+    for f in &d.facts {
+        let before = d.generations.iter().find(|g| g.fact == f.hash && g.step == -1);
+        let after = d.generations.iter().find(|g| g.fact == f.hash && g.step == last);
+        let Some(after) = after else { continue };
+        let _ = write!(
+            t,
+            "<tr><td class=l>{}</td><td class='l gen'>{}</td><td class='l gen'>{}</td><td class='l gen'>{}</td><td>{}</td></tr>",
+            esc(&f.id),
+            esc(&after.prompt),
+            esc(before.map(|g| g.text.as_str()).unwrap_or("-")),
+            esc(&after.text),
+            num(Some(after.f1))
+        );
+        n += 1;
+        if n >= limit {
+            break;
+        }
+    }
+    t.push_str("</table>");
+    t
+}
+
+/// The page of one run.
+pub fn run_page(d: &RunData) -> String {
+    let s = d.summary();
+    let r = &d.run;
+    let mut b = String::new();
+    let _ = write!(b, "<h1>{} <small>({})</small></h1>", esc(&r.id), esc(&r.strategy));
+    let _ = write!(
+        b,
+        "<p class=meta>model {} ({})<br>knowledge {} · {} facts · {} steps · status {} · created {} · weights {}</p>",
+        esc(&r.model_path),
+        &r.model_hash[..12.min(r.model_hash.len())],
+        esc(&r.knowledge_dir),
+        s.facts,
+        s.steps,
+        esc(&r.status),
+        esc(&r.created),
+        &r.weights_hash[..12.min(r.weights_hash.len())]
+    );
+    b.push_str("<h2>Summary</h2><table id=summary><tr>");
+    for h in SUMMARY_HEAD {
+        let _ = write!(b, "<th>{h}</th>");
+    }
+    b.push_str("</tr><tr>");
+    for c in summary_cells(&s) {
+        let _ = write!(b, "<td>{c}</td>");
+    }
+    b.push_str("</tr></table>");
+    b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>previous answer</th></tr>");
+    let last = d.last_step().unwrap_or(-1);
+    for f in &d.facts {
+        let at = d.probe(&f.hash, f.step);
+        let end = d.probe(&f.hash, last);
+        let _ = write!(
+            b,
+            "<tr><td class=l>{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.id),
+            f.step,
+            heat(at.map(|p| p.recall).unwrap_or(0.0)),
+            num(at.map(|p| p.recall)),
+            heat(end.map(|p| p.recall).unwrap_or(0.0)),
+            num(end.map(|p| p.recall)),
+            num(end.and_then(|p| p.general)),
+            num(end.and_then(|p| p.previous))
+        );
+    }
+    b.push_str("</table>");
+    let (rec, gen) = d.curves();
+    let loc: Vec<(f64, f64)> = d.locality.iter().map(|&(s, v)| (s as f64, v)).collect();
+    b.push_str("<h2>Recall, generalisation and locality over steps</h2><div class=grid>");
+    b.push_str(&line_chart(
+        &[
+            Series { name: "recall", color: PALETTE[0], points: rec },
+            Series { name: "generalisation", color: PALETTE[2], points: gen },
+            Series { name: "locality", color: PALETTE[1], points: loc },
+        ],
+        "mean over facts injected so far (locality: step -1 = base)",
+        "step",
+        Some((0.0, 1.0)),
+    ));
+    b.push_str(&line_chart(
+        &[Series { name: "loss", color: PALETTE[3], points: loss_series(d) }],
+        "training loss (all steps, one after another)",
+        "optimizer step",
+        None,
+    ));
+    b.push_str("</div><h2>Retention (fact × step, recall)</h2>");
+    b.push_str(&retention_chart(d, "recall of each fact after each step (grey: not yet injected or not measured)"));
+    b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
+    b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
+    b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>locality</th></tr>");
+    let locs: std::collections::HashMap<i64, f64> = d.locality.iter().copied().collect();
+    for st in &d.steps {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            st.idx,
+            st.facts.len(),
+            st.optimizer_steps,
+            st.seconds,
+            st.eval_seconds,
+            st.tokens,
+            mib(st.peak_rss_bytes),
+            num(locs.get(&st.idx).copied())
+        );
+    }
+    b.push_str("</table><h2>Sample generations</h2>");
+    b.push_str(&generations_table(d, 20));
+    let _ = write!(b, "<h2>Config</h2><pre>{}</pre>", esc(&serde_json::to_string_pretty(&d.config).unwrap_or_default()));
+    page(&format!("injector {}", r.id), &b)
+}
+
+/// x = facts injected after each step, so strategies with different step counts line up.
+fn by_facts(d: &RunData, points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut cum = std::collections::HashMap::new();
+    let mut n = 0;
+    for s in &d.steps {
+        n += s.facts.len();
+        cum.insert(s.idx, n as f64);
+    }
+    cum.insert(-1, 0.0);
+    points.iter().filter_map(|&(s, v)| cum.get(&(s as i64)).map(|&x| (x, v))).collect()
+}
+
+/// The comparison page of several runs (strategies) on the same knowledge.
+pub fn compare_page(id: &str, runs: &[RunData]) -> String {
+    let sums: Vec<Summary> = runs.iter().map(RunData::summary).collect();
+    let mut b = String::new();
+    let _ = write!(b, "<h1>Comparison {}</h1>", esc(id));
+    if let Some(r) = runs.first() {
+        let _ = write!(b, "<p class=meta>knowledge {} · model {}</p>", esc(&r.run.knowledge_dir), esc(&r.run.model_path));
+    }
+    // Best per column: highest for quality, lowest for cost.
+    let cols: Vec<Vec<f64>> = sums
+        .iter()
+        .map(|s| {
+            vec![
+                s.final_recall,
+                s.final_general.unwrap_or(f64::NAN),
+                s.locality.unwrap_or(f64::NAN),
+                s.first_quarter_recall,
+                s.recall_at_step,
+                -s.wall_seconds,
+                -(s.optimizer_steps as f64),
+                -(s.tokens as f64),
+                -(s.peak_rss_bytes as f64),
+            ]
+        })
+        .collect();
+    let best: Vec<f64> =
+        (0..SUMMARY_HEAD.len()).map(|c| cols.iter().map(|r| r[c]).filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max)).collect();
+    b.push_str("<table id=compare><tr><th class=l>strategy</th><th class=l>run</th>");
+    for h in SUMMARY_HEAD {
+        let _ = write!(b, "<th>{h}</th>");
+    }
+    b.push_str("</tr>");
+    for ((d, s), row) in runs.iter().zip(&sums).zip(&cols) {
+        let _ = write!(
+            b,
+            "<tr><td class=l>{}</td><td class=l><a href=\"{}/index.html\">{}</a></td>",
+            esc(&d.run.strategy),
+            esc(&d.run.id),
+            esc(&d.run.id)
+        );
+        for (c, cell) in summary_cells(s).into_iter().enumerate() {
+            let cls = if row[c].is_finite() && (row[c] - best[c]).abs() < 1e-12 && runs.len() > 1 { " class=best" } else { "" };
+            let _ = write!(b, "<td{cls}>{cell}</td>");
+        }
+        b.push_str("</tr>");
+    }
+    b.push_str("</table>");
+    b.push_str(&verdict(runs, &sums));
+    b.push_str("<h2>Recall and locality as facts are added</h2><div class=grid>");
+    let series = |f: &dyn Fn(&RunData) -> Vec<(f64, f64)>| -> Vec<(String, Vec<(f64, f64)>)> {
+        runs.iter().map(|d| (d.run.strategy.clone(), f(d))).collect()
+    };
+    let recall = series(&|d| by_facts(d, &d.curves().0));
+    let general = series(&|d| by_facts(d, &d.curves().1));
+    let locality = series(&|d| by_facts(d, &d.locality.iter().map(|&(s, v)| (s as f64, v)).collect::<Vec<_>>()));
+    let loss = series(&|d| loss_series(d));
+    for (title, data, x, range) in [
+        ("mean recall of the facts injected so far", &recall, "facts injected", Some((0.0, 1.0))),
+        ("mean generalisation of the facts injected so far", &general, "facts injected", Some((0.0, 1.0))),
+        ("locality (unrelated prompts)", &locality, "facts injected", Some((0.0, 1.0))),
+        ("training loss", &loss, "optimizer step", None),
+    ] {
+        let s: Vec<Series> = data
+            .iter()
+            .enumerate()
+            .map(|(i, (n, p))| Series { name: n, color: PALETTE[i % PALETTE.len()], points: p.clone() })
+            .collect();
+        b.push_str(&line_chart(&s, title, x, range));
+    }
+    b.push_str("</div><h2>Retention heatmaps (fact × step)</h2><div class=grid>");
+    for d in runs {
+        b.push_str(&retention_chart(d, &d.run.strategy));
+    }
+    b.push_str("</div><h2>AdaLoRA rank pattern (last step)</h2><div class=grid>");
+    for d in runs {
+        b.push_str(&rank_chart(d, &d.run.strategy));
+    }
+    b.push_str("</div><h2>Sample generations</h2>");
+    for d in runs {
+        let _ = write!(b, "<h3>{}</h3>", esc(&d.run.strategy));
+        b.push_str(&generations_table(d, 4));
+    }
+    page(&format!("injector comparison {id}"), &b)
+}
+
+/// One sentence per question a reader has: which keeps the facts, which generalises, which leaves
+/// the rest alone, at what cost.
+fn verdict(runs: &[RunData], sums: &[Summary]) -> String {
+    if runs.len() < 2 {
+        return String::new();
+    }
+    let pick = |key: &dyn Fn(&Summary) -> f64| {
+        let i = (0..sums.len()).max_by(|&a, &b| key(&sums[a]).total_cmp(&key(&sums[b]))).unwrap_or(0);
+        (runs[i].run.strategy.clone(), key(&sums[i]))
+    };
+    let (rk, rv) = pick(&|s| s.final_recall);
+    let (gk, gv) = pick(&|s| s.final_general.unwrap_or(f64::NAN));
+    let (lk, lv) = pick(&|s| s.locality.unwrap_or(f64::NAN));
+    let (tk, tv) = pick(&|s| -s.wall_seconds);
+    format!(
+        "<p class=verdict>Keeps the most facts: <b>{}</b> (final recall {:.2}). Generalises best: <b>{}</b> ({:.2}). \
+         Leaves unrelated answers most intact: <b>{}</b> (locality {:.2}). Fastest: <b>{}</b> ({:.0} s).</p>",
+        esc(&rk), rv, esc(&gk), gv, esc(&lk), lv, esc(&tk), -tv
+    )
+}
+
+/// The index of all runs and comparisons.
+pub fn index_page(runs: &[RunData], comparisons: &[(String, Vec<String>)]) -> String {
+    let mut b = String::from("<h1>injector reports</h1><h2>Comparisons</h2><ul>");
+    for (id, members) in comparisons {
+        let _ = write!(b, "<li><a href=\"compare-{0}.html\">{0}</a>: {1}</li>", esc(id), esc(&members.join(", ")));
+    }
+    b.push_str("</ul><h2>Runs</h2><table><tr><th class=l>run</th><th class=l>strategy</th><th class=l>status</th><th>facts</th><th>final recall</th><th>final generalisation</th><th>locality</th><th class=l>knowledge</th></tr>");
+    for d in runs {
+        let s = d.summary();
+        let _ = write!(
+            b,
+            "<tr><td class=l><a href=\"{0}/index.html\">{0}</a></td><td class=l>{1}</td><td class=l>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td><td class=l>{7}</td></tr>",
+            esc(&d.run.id),
+            esc(&d.run.strategy),
+            esc(&d.run.status),
+            s.facts,
+            num(Some(s.final_recall)),
+            num(s.final_general),
+            num(s.locality),
+            esc(&d.run.knowledge_dir)
+        );
+    }
+    b.push_str("</table>");
+    page("injector reports", &b)
+}
