@@ -20,15 +20,7 @@ fn main() {
     for p in PROMPTS {
         let start = Instant::now();
         let mut child = Command::new(exe)
-            .args([
-                "-v",
-                "query",
-                p,
-                "--max-tokens",
-                &tokens.to_string(),
-                "--device",
-                "cpu",
-            ])
+            .args(["-v", "query", p, "--max-tokens", &tokens.to_string(), "--device", "cpu"])
             .env("RUST_LOG", "injector=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

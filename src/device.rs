@@ -17,11 +17,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
             let n = s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    Error::BadDevice(format!(
-                        "unknown device '{s}': expected auto, cpu, cuda or cuda:N"
-                    ))
-                })?;
+                .ok_or_else(|| Error::BadDevice(format!("unknown device '{s}': expected auto, cpu, cuda or cuda:N")))?;
             if n >= cuda_count() {
                 return Err(Error::BadDevice(format!(
                     "device '{s}' is not available: this build sees {} CUDA device(s){}",

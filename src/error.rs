@@ -9,11 +9,7 @@ pub enum Error {
     BadModel { path: PathBuf, msg: String },
     /// A tensor type this loader does not decode.
     #[error("{}: tensor '{tensor}' has unsupported type {ty}", path.display())]
-    UnsupportedTensorType {
-        path: PathBuf,
-        tensor: String,
-        ty: String,
-    },
+    UnsupportedTensorType { path: PathBuf, tensor: String, ty: String },
     /// An architecture other than the Llama family.
     #[error("{}: unsupported architecture '{arch}' (supported: llama, qwen2, mistral)", path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },

@@ -3,8 +3,8 @@
 pub mod adapter;
 pub mod device;
 pub mod error;
-pub mod inject;
 pub mod eval;
+pub mod inject;
 pub mod knowledge;
 pub mod ledger;
 pub mod model;

@@ -31,10 +31,9 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let bad_input = e.chain().any(|c| {
-                c.downcast_ref::<injector::Error>()
-                    .is_some_and(|e| e.is_bad_input())
-            });
+            let bad_input = e
+                .chain()
+                .any(|c| c.downcast_ref::<injector::Error>().is_some_and(|e| e.is_bad_input()));
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(if bad_input { 2 } else { 1 })
         }

@@ -17,14 +17,23 @@ fn tensor(v: &serde_json::Value) -> Tensor {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
 fn allocator_matches_peft_scores_and_masks() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("adalora_peft.json")).unwrap()).unwrap();
-    let mods: Vec<&str> = r["modules"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    let mods: Vec<&str> = r["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
     let params: Vec<[Tensor; 3]> = mods
         .iter()
         .map(|m| ["A", "E", "B"].map(|k| tensor(&r["initial"][m][k]).set_requires_grad(true)))
@@ -58,7 +67,10 @@ fn allocator_matches_peft_scores_and_masks() {
             for (mi, m) in mods.iter().enumerate() {
                 let ours = Vec::<f32>::try_from(&alloc.triplet_scores()[mi]).unwrap();
                 for (a, b) in ours.iter().zip(floats(&scores[*m])) {
-                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "step {step} {m}: {ours:?} vs peft");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "step {step} {m}: {ours:?} vs peft"
+                    );
                 }
                 compared += 1;
             }
@@ -96,7 +108,11 @@ fn shapes(m: &injector::model::Llama, targets: &[Proj]) -> Vec<(usize, Proj, i64
 fn merged_weights_reproduce_base_plus_adapter() {
     let (_d, m) = tiny();
     let targets = [Proj::Q, Proj::V, Proj::Up, Proj::Down];
-    let cfg = AdaLoraConfig { targets: targets.to_vec(), lora_alpha: 32.0, ..Default::default() };
+    let cfg = AdaLoraConfig {
+        targets: targets.to_vec(),
+        lora_alpha: 32.0,
+        ..Default::default()
+    };
     let mut ad = AdaLora::new(&cfg, &shapes(&m.model, &targets), Device::Cpu, 3, 10);
     ad.training = false;
     tch::no_grad(|| {
@@ -108,7 +124,10 @@ fn merged_weights_reproduce_base_plus_adapter() {
     let ids = Tensor::from_slice(&[5i64, 60, 70, 80, 90, 100, 7, 8]).unsqueeze(0);
     let with_adapter = tch::no_grad(|| m.model.forward(&ids, None, &ad));
     let base = tch::no_grad(|| m.model.forward(&ids, None, &NoAdapter));
-    assert!((&with_adapter - &base).abs().max().double_value(&[]) > 1e-3, "the adapter must change something");
+    assert!(
+        (&with_adapter - &base).abs().max().double_value(&[]) > 1e-3,
+        "the adapter must change something"
+    );
     merge::merge(&m.model, &merge::factors(&ad)).unwrap();
     let merged = tch::no_grad(|| m.model.forward(&ids, None, &NoAdapter));
     let diff = (with_adapter - merged).abs().max().double_value(&[]);
@@ -120,19 +139,28 @@ fn full_schedule_ends_at_the_target_budget() {
     let (_d, m) = tiny();
     let targets = [Proj::Q, Proj::V];
     let total = 12;
-    let cfg = AdaLoraConfig { tinit: 2, tfinal: 3, ..Default::default() };
+    let cfg = AdaLoraConfig {
+        tinit: 2,
+        tfinal: 3,
+        ..Default::default()
+    };
     let mut ad = AdaLora::new(&cfg, &shapes(&m.model, &targets), Device::Cpu, 1, total);
     let mut opt = tch::nn::OptimizerConfig::build(tch::nn::adamw(0.9, 0.999, 0.01), &ad.vs, 5e-3).unwrap();
     let ids = Tensor::from_slice(&[5i64, 60, 70, 80, 90, 100, 7, 8]).unsqueeze(0);
     for step in 0..total {
         opt.zero_grad();
         let logits = m.model.forward(&ids.narrow(1, 0, 7), None, &ad);
-        let loss = logits.view([-1, logits.size()[2]]).cross_entropy_for_logits(&ids.narrow(1, 1, 7).view([-1]))
+        let loss = logits
+            .view([-1, logits.size()[2]])
+            .cross_entropy_for_logits(&ids.narrow(1, 1, 7).view([-1]))
             + ad.orth_reg();
         loss.backward();
         opt.step();
         ad.update_and_allocate(step);
     }
     let kept: i64 = ad.rank_pattern().iter().map(|(_, r)| r).sum();
-    assert_eq!(kept, cfg.target_r * targets.len() as i64 * m.model.cfg.num_hidden_layers as i64);
+    assert_eq!(
+        kept,
+        cfg.target_r * targets.len() as i64 * m.model.cfg.num_hidden_layers as i64
+    );
 }

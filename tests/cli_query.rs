@@ -28,16 +28,7 @@ fn query_runs_on_a_tiny_hf_folder() {
     write_tiny_hf(&dir.path().join("hf"), 2);
     let o = injector(
         dir.path(),
-        &[
-            "query",
-            "hi",
-            "--max-tokens",
-            "5",
-            "--model",
-            "hf",
-            "--device",
-            "cpu",
-        ],
+        &["query", "hi", "--max-tokens", "5", "--model", "hf", "--device", "cpu"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -46,11 +37,7 @@ fn assert_bad_input(o: &std::process::Output, needle: &str) {
     assert_eq!(o.status.code(), Some(2), "stderr: {}", stderr(o));
     let err = stderr(o);
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "error should be one line: {err}"
-    );
+    assert_eq!(err.trim().lines().count(), 1, "error should be one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -71,26 +58,14 @@ fn bad_models_and_devices_exit_2_with_a_clear_message() {
     std::fs::write(p.join("cut.gguf"), &bytes[..bytes.len() - 100]).unwrap();
     assert_bad_input(&q(&["--model", "cut.gguf"]), "truncated");
     write_tiny_gguf_with(&p.join("k.gguf"), 1, "llama", |ts| {
-        let t = ts
-            .iter_mut()
-            .find(|t| t.name == "blk.0.ffn_up.weight")
-            .unwrap();
+        let t = ts.iter_mut().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
         t.type_id = 12; // Q4_K: 144 bytes per 256 values
         t.dims = vec![256, 1];
         t.data = vec![0; 144];
     });
     assert_bad_input(&q(&["--model", "k.gguf"]), "unsupported type Q4_K");
     write_tiny_gguf_with(&p.join("gpt.gguf"), 1, "gpt2", |_| {});
-    assert_bad_input(
-        &q(&["--model", "gpt.gguf"]),
-        "unsupported architecture 'gpt2'",
-    );
-    assert_bad_input(
-        &q(&["--model", "tiny.gguf", "--device", "tpu"]),
-        "unknown device 'tpu'",
-    );
-    assert_bad_input(
-        &q(&["--model", "tiny.gguf", "--device", "cuda:7"]),
-        "not available",
-    );
+    assert_bad_input(&q(&["--model", "gpt.gguf"]), "unsupported architecture 'gpt2'");
+    assert_bad_input(&q(&["--model", "tiny.gguf", "--device", "tpu"]), "unknown device 'tpu'");
+    assert_bad_input(&q(&["--model", "tiny.gguf", "--device", "cuda:7"]), "not available");
 }

@@ -5,7 +5,16 @@ mod common;
 use common::knowledge::write_many;
 use common::*;
 
-const TRAIN: [&str; 8] = ["--model", "tiny.gguf", "--ledger", "l.db", "--lr", "0.05", "--max-steps", "10"];
+const TRAIN: [&str; 8] = [
+    "--model",
+    "tiny.gguf",
+    "--ledger",
+    "l.db",
+    "--lr",
+    "0.05",
+    "--max-steps",
+    "10",
+];
 
 fn compare(p: &std::path::Path, strategies: &str) -> serde_json::Value {
     let mut args = vec!["compare", "k", "--strategy", strategies, "--json", "--device", "cpu"];
@@ -47,11 +56,24 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
         let s = &r["summary"];
         assert_eq!(cell(&page, "compare", i, 0), r["strategy"].as_str().unwrap());
         assert_eq!(cell(&page, "compare", i, 1), r["run"].as_str().unwrap());
-        assert_eq!(cell(&page, "compare", i, 2), format!("{:.2}", s["final_recall"].as_f64().unwrap()));
-        assert_eq!(cell(&page, "compare", i, 4), format!("{:.2}", s["locality"].as_f64().unwrap()));
-        assert_eq!(cell(&page, "compare", i, 8), s["optimizer_steps"].as_i64().unwrap().to_string());
-        let run_page = std::fs::read_to_string(p.join(format!("reports/{}/index.html", r["run"].as_str().unwrap()))).unwrap();
-        assert_eq!(cell(&run_page, "summary", 0, 0), format!("{:.2}", s["final_recall"].as_f64().unwrap()));
+        assert_eq!(
+            cell(&page, "compare", i, 2),
+            format!("{:.2}", s["final_recall"].as_f64().unwrap())
+        );
+        assert_eq!(
+            cell(&page, "compare", i, 4),
+            format!("{:.2}", s["locality"].as_f64().unwrap())
+        );
+        assert_eq!(
+            cell(&page, "compare", i, 8),
+            s["optimizer_steps"].as_i64().unwrap().to_string()
+        );
+        let run_page =
+            std::fs::read_to_string(p.join(format!("reports/{}/index.html", r["run"].as_str().unwrap()))).unwrap();
+        assert_eq!(
+            cell(&run_page, "summary", 0, 0),
+            format!("{:.2}", s["final_recall"].as_f64().unwrap())
+        );
     }
     // The ledger's own record of the sequential run agrees with the page's per-fact table.
     let seq = runs[0]["run"].as_str().unwrap();
@@ -69,7 +91,9 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
         .unwrap();
     let run_page = std::fs::read_to_string(p.join(format!("reports/{seq}/index.html"))).unwrap();
     assert_eq!(cell(&run_page, "facts", 0, 3), format!("{recall:.2}"));
-    assert!(std::fs::read_to_string(p.join("reports/index.html")).unwrap().contains(&format!("compare-{id}.html")));
+    assert!(std::fs::read_to_string(p.join("reports/index.html"))
+        .unwrap()
+        .contains(&format!("compare-{id}.html")));
 
     // Again: every strategy is finished, so nothing trains, and the same comparison comes back.
     let t = std::time::Instant::now();
@@ -80,18 +104,31 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
     std::fs::remove_dir_all(p.join("reports")).unwrap();
     let o = injector(p, &["report", "--ledger", "l.db"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(p.join(format!("reports/compare-{id}.html"))).unwrap(), page);
+    assert_eq!(
+        std::fs::read_to_string(p.join(format!("reports/compare-{id}.html"))).unwrap(),
+        page
+    );
 }
 
 #[test]
 fn generated_facts_are_valid_knowledge() {
     let d = tempfile::tempdir().unwrap();
-    let o = injector(d.path(), &["facts", "generate", "--n", "120", "--seed", "3", "--out", "gen"]);
+    let o = injector(
+        d.path(),
+        &["facts", "generate", "--n", "120", "--seed", "3", "--out", "gen"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with("120 facts"));
     assert_eq!(std::fs::read_dir(d.path().join("gen")).unwrap().count(), 3);
     let first = std::fs::read_to_string(d.path().join("gen/generated-000.yaml")).unwrap();
-    let o = injector(d.path(), &["facts", "generate", "--n", "120", "--seed", "3", "--out", "gen"]);
+    let o = injector(
+        d.path(),
+        &["facts", "generate", "--n", "120", "--seed", "3", "--out", "gen"],
+    );
     assert!(o.status.success());
-    assert_eq!(std::fs::read_to_string(d.path().join("gen/generated-000.yaml")).unwrap(), first, "deterministic");
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("gen/generated-000.yaml")).unwrap(),
+        first,
+        "deterministic"
+    );
 }

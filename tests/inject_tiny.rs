@@ -7,7 +7,16 @@ use common::*;
 const FAST: [&str; 6] = ["--lr", "0.05", "--max-steps", "25", "--alpha", "32"];
 
 fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["run", "k", "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
+    let mut v = vec![
+        "run",
+        "k",
+        "--model",
+        "tiny.gguf",
+        "--ledger",
+        "l.db",
+        "--device",
+        "cpu",
+    ];
     v.extend_from_slice(&FAST);
     v.extend_from_slice(extra);
     v
@@ -37,11 +46,32 @@ fn run_records_every_step_and_a_second_run_is_a_no_op() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
     assert_eq!(v["steps"].as_array().unwrap().len(), 3);
     // Retention: after step 2 every fact has a probe row.
-    assert_eq!(v["probes"].as_array().unwrap().iter().filter(|p| p["step"] == 2).count(), 3);
+    assert_eq!(
+        v["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["step"] == 2)
+            .count(),
+        3
+    );
     assert_eq!(v["locality"].as_array().unwrap().len(), 4, "base + one per step");
     let list = injector(p, &["ledger", "list", "--ledger", "l.db"]);
     assert!(stdout(&list).contains(&run));
-    let probe = injector(p, &["probe", "k", "--run", &run, "--ledger", "l.db", "--json", "--model", "tiny.gguf"]);
+    let probe = injector(
+        p,
+        &[
+            "probe",
+            "k",
+            "--run",
+            &run,
+            "--ledger",
+            "l.db",
+            "--json",
+            "--model",
+            "tiny.gguf",
+        ],
+    );
     assert!(probe.status.success(), "{}", stderr(&probe));
     let scores: serde_json::Value = serde_json::from_str(&stdout(&probe)).unwrap();
     // Probing the run's weights gives the recall the run recorded after its last step.
@@ -56,7 +86,10 @@ fn run_records_every_step_and_a_second_run_is_a_no_op() {
         let got = s["score"]["recall"].as_f64().unwrap();
         assert!((got - last[s["hash"].as_str().unwrap()]).abs() < 1e-9);
     }
-    let q = injector(p, &["query", "Zorb?", "--run", &run, "--ledger", "l.db", "--max-tokens", "4"]);
+    let q = injector(
+        p,
+        &["query", "Zorb?", "--run", &run, "--ledger", "l.db", "--max-tokens", "4"],
+    );
     assert!(q.status.success(), "{}", stderr(&q));
 }
 
@@ -66,7 +99,11 @@ fn bad_knowledge_exits_2_before_touching_the_ledger() {
     let p = d.path();
     write_tiny_gguf(&p.join("tiny.gguf"), 4);
     std::fs::create_dir_all(p.join("k")).unwrap();
-    std::fs::write(p.join("k/a.yaml"), "facts:\n  - subject: X\n    answer: Y\n  - subject: Z\n    answr: W\n").unwrap();
+    std::fs::write(
+        p.join("k/a.yaml"),
+        "facts:\n  - subject: X\n    answer: Y\n  - subject: Z\n    answr: W\n",
+    )
+    .unwrap();
     let o = injector(p, &run_args(&[]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);

@@ -62,19 +62,13 @@ fn kv_cache_matches_full_recompute() {
     let mut parts = vec![head, mid];
     for &t in &ids[15..] {
         parts.push(tch::no_grad(|| {
-            m.model.forward(
-                &Tensor::from_slice(&[t]).unsqueeze(0),
-                Some(&mut cache),
-                &NoAdapter,
-            )
+            m.model
+                .forward(&Tensor::from_slice(&[t]).unsqueeze(0), Some(&mut cache), &NoAdapter)
         }));
     }
     let inc = Tensor::cat(&parts, 1);
     let diff = (full - inc).abs().max().double_value(&[]);
-    assert!(
-        diff < 1e-4,
-        "cached decoding differs from a full forward by {diff}"
-    );
+    assert!(diff < 1e-4, "cached decoding differs from a full forward by {diff}");
     assert_eq!(cache.len(), 20);
 }
 
@@ -160,12 +154,6 @@ fn parameter_count_matches_the_loaded_weights() {
         m.model.vs.variables().values().all(|t| !t.requires_grad()),
         "base weights must be frozen"
     );
-    let n: i64 = m
-        .model
-        .vs
-        .variables()
-        .values()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let n: i64 = m.model.vs.variables().values().map(|t| t.numel() as i64).sum();
     assert_eq!(m.model.cfg.num_params() as i64, n);
 }

@@ -62,11 +62,7 @@ fn token_ids_equal_llama_cpp() {
             .collect();
         assert_eq!(m.tokenizer.encode(text).unwrap(), want, "text {text:?}");
         if !text.contains("<|") {
-            assert_eq!(
-                m.tokenizer.decode(&want),
-                text,
-                "decoding does not round-trip"
-            );
+            assert_eq!(m.tokenizer.decode(&want), text, "decoding does not round-trip");
         }
     }
 }
@@ -114,12 +110,7 @@ fn chat_template_and_logits_equal_transformers() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
         .collect();
     let want = Tensor::from_slice(&want).reshape(sampled.size());
     let d1 = (&sampled - want).abs().max().double_value(&[]);
@@ -133,18 +124,12 @@ fn chat_template_and_logits_equal_transformers() {
         .max()
         .double_value(&[]);
     println!("max |ours - transformers|: sampled columns {d1:.2e}, last position {d2:.2e}");
-    assert!(
-        d1 <= 1e-3 && d2 <= 1e-3,
-        "logits differ from transformers: {d1} / {d2}"
-    );
+    assert!(d1 <= 1e-3 && d2 <= 1e-3, "logits differ from transformers: {d1} / {d2}");
     let argmax: Vec<i64> = r["argmax"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_i64().unwrap())
         .collect();
-    assert_eq!(
-        Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap(),
-        argmax
-    );
+    assert_eq!(Vec::<i64>::try_from(logits.argmax(-1, false)).unwrap(), argmax);
 }

@@ -9,8 +9,25 @@ use std::time::{Duration, Instant};
 
 fn args(ledger: &str) -> Vec<String> {
     [
-        "run", "k", "--model", "tiny.gguf", "--ledger", ledger, "--device", "cpu", "--lr", "0.05", "--alpha", "32",
-        "--max-steps", "12", "--threshold", "1.0", "--strategy", "batch:2", "--json",
+        "run",
+        "k",
+        "--model",
+        "tiny.gguf",
+        "--ledger",
+        ledger,
+        "--device",
+        "cpu",
+        "--lr",
+        "0.05",
+        "--alpha",
+        "32",
+        "--max-steps",
+        "12",
+        "--threshold",
+        "1.0",
+        "--strategy",
+        "batch:2",
+        "--json",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -29,7 +46,11 @@ fn killed_runs_resume_to_the_same_weights() {
     write_tiny_gguf(&p.join("tiny.gguf"), 9);
     write_many(&p.join("k"), 8);
     let t = Instant::now();
-    let clean = Command::new(env!("CARGO_BIN_EXE_injector")).args(args("clean.db")).current_dir(p).output().unwrap();
+    let clean = Command::new(env!("CARGO_BIN_EXE_injector"))
+        .args(args("clean.db"))
+        .current_dir(p)
+        .output()
+        .unwrap();
     assert!(clean.status.success(), "{}", stderr(&clean));
     let whole = t.elapsed();
     let want = final_hash(&clean);
@@ -37,7 +58,8 @@ fn killed_runs_resume_to_the_same_weights() {
     // Kill at spread-out moments until a run gets to finish on its own.
     let mut kills = 0;
     for attempt in 0..200u32 {
-        let delay = whole.mul_f64(0.07 * (attempt % 9 + 1) as f64 / 2.0) + Duration::from_millis(37 * attempt as u64 % 50);
+        let delay =
+            whole.mul_f64(0.07 * (attempt % 9 + 1) as f64 / 2.0) + Duration::from_millis(37 * attempt as u64 % 50);
         let mut child = Command::new(env!("CARGO_BIN_EXE_injector"))
             .args(args("killed.db"))
             .current_dir(p)
@@ -55,14 +77,27 @@ fn killed_runs_resume_to_the_same_weights() {
     }
     println!("{kills} kills before a run finished on its own");
     assert!(kills >= 3, "the run was never killed mid-way ({kills} kills)");
-    let resumed = Command::new(env!("CARGO_BIN_EXE_injector")).args(args("killed.db")).current_dir(p).output().unwrap();
+    let resumed = Command::new(env!("CARGO_BIN_EXE_injector"))
+        .args(args("killed.db"))
+        .current_dir(p)
+        .output()
+        .unwrap();
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_eq!(final_hash(&resumed), want, "resumed run ended with other weights after {kills} kills");
+    assert_eq!(
+        final_hash(&resumed),
+        want,
+        "resumed run ended with other weights after {kills} kills"
+    );
     let show = injector(p, &["ledger", "list", "--ledger", "killed.db", "--json"]);
     let runs: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
     let run = runs[0]["id"].as_str().unwrap();
     let s = injector(p, &["ledger", "show", run, "--ledger", "killed.db", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&s)).unwrap();
-    let idx: Vec<i64> = v["steps"].as_array().unwrap().iter().map(|s| s["idx"].as_i64().unwrap()).collect();
+    let idx: Vec<i64> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["idx"].as_i64().unwrap())
+        .collect();
     assert_eq!(idx, (0..4).collect::<Vec<_>>(), "each of the 4 steps exactly once");
 }

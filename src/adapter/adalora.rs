@@ -117,9 +117,23 @@ impl AdaLora {
             beta1: cfg.beta1,
             beta2: cfg.beta2,
         };
-        let triplets: Vec<Triplet> = modules.iter().map(|m| Triplet { a: &m.a, e: &m.e, b: &m.b }).collect();
+        let triplets: Vec<Triplet> = modules
+            .iter()
+            .map(|m| Triplet {
+                a: &m.a,
+                e: &m.e,
+                b: &m.b,
+            })
+            .collect();
         let allocator = RankAllocator::new(schedule, &triplets);
-        AdaLora { vs, cfg: cfg.clone(), modules, index, allocator, training: true }
+        AdaLora {
+            vs,
+            cfg: cfg.clone(),
+            modules,
+            index,
+            allocator,
+            training: true,
+        }
     }
 
     /// scaling / (ranknum + 1e-5), with ranknum = init_r (peft keeps it constant).
@@ -142,7 +156,15 @@ impl AdaLora {
 
     /// Runs the rank allocator after optimizer step `step`; returns the budget.
     pub fn update_and_allocate(&mut self, step: i64) -> i64 {
-        let triplets: Vec<Triplet> = self.modules.iter().map(|m| Triplet { a: &m.a, e: &m.e, b: &m.b }).collect();
+        let triplets: Vec<Triplet> = self
+            .modules
+            .iter()
+            .map(|m| Triplet {
+                a: &m.a,
+                e: &m.e,
+                b: &m.b,
+            })
+            .collect();
         self.allocator.update_and_allocate(&triplets, step)
     }
 
@@ -156,7 +178,11 @@ impl Adapter for AdaLora {
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
         let m = &self.modules[*self.index.get(&(layer, proj))?];
         let xf = x.to_kind(Kind::Float);
-        let xf = if self.training && self.cfg.dropout > 0.0 { xf.dropout(self.cfg.dropout, true) } else { xf };
+        let xf = if self.training && self.cfg.dropout > 0.0 {
+            xf.dropout(self.cfg.dropout, true)
+        } else {
+            xf
+        };
         let y = xf.linear::<Tensor>(&(&m.a * &m.e), None).linear::<Tensor>(&m.b, None) * self.scale();
         Some(y.to_kind(x.kind()))
     }

@@ -43,7 +43,10 @@ struct Ema {
 
 impl Ema {
     fn new(p: &Tensor) -> Self {
-        Ema { ipt: p.zeros_like(), unc: p.zeros_like() }
+        Ema {
+            ipt: p.zeros_like(),
+            unc: p.zeros_like(),
+        }
     }
 
     /// I = |p ⊙ ∇p|; Ī ← β1 Ī + (1−β1) I; Ū ← β2 Ū + (1−β2) |I − Ī|.
@@ -82,8 +85,15 @@ pub struct RankAllocator {
 
 impl RankAllocator {
     pub fn new(schedule: Schedule, modules: &[Triplet]) -> Self {
-        let emas = modules.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
-        RankAllocator { schedule, emas, rank_pattern: None }
+        let emas = modules
+            .iter()
+            .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
+            .collect();
+        RankAllocator {
+            schedule,
+            emas,
+            rank_pattern: None,
+        }
     }
 
     fn update_ipt(&mut self, modules: &[Triplet]) {
@@ -160,7 +170,10 @@ impl RankAllocator {
             }
         } else if step == final_step {
             self.mask_to_budget(modules, budget);
-            self.emas = modules.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
+            self.emas = modules
+                .iter()
+                .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
+                .collect();
         } else {
             self.mask_using_pattern(modules);
         }
@@ -174,7 +187,16 @@ mod tests {
     use tch::Device;
 
     fn sched() -> Schedule {
-        Schedule { init_r: 12, target_r: 8, tinit: 2, tfinal: 3, delta_t: 2, total_step: 20, beta1: 0.85, beta2: 0.85 }
+        Schedule {
+            init_r: 12,
+            target_r: 8,
+            tinit: 2,
+            tfinal: 3,
+            delta_t: 2,
+            total_step: 20,
+            beta1: 0.85,
+            beta2: 0.85,
+        }
     }
 
     #[test]
@@ -211,7 +233,16 @@ mod tests {
         set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
         set_grad(&e, &Tensor::from_slice(&[3f32, 0., 1.]).view([3, 1]));
         set_grad(&b, &Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
-        let s = Schedule { init_r: 3, target_r: 1, tinit: 0, tfinal: 0, delta_t: 1, total_step: 2, beta1: 0.5, beta2: 0.5 };
+        let s = Schedule {
+            init_r: 3,
+            target_r: 1,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            total_step: 2,
+            beta1: 0.5,
+            beta2: 0.5,
+        };
         let m = [Triplet { a: &a, e: &e, b: &b }];
         let mut alloc = RankAllocator::new(s, &m);
         // step 1: mul = 1 - 1/2, budget = int(2 * 0.125 + 1) = 1, mask.
@@ -237,7 +268,16 @@ mod tests {
         set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
         set_grad(&e, &Tensor::zeros([3, 1], (Kind::Float, Device::Cpu)));
         set_grad(&b, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
-        let s = Schedule { init_r: 3, target_r: 2, tinit: 0, tfinal: 0, delta_t: 1, total_step: 2, beta1: 0.5, beta2: 0.5 };
+        let s = Schedule {
+            init_r: 3,
+            target_r: 2,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            total_step: 2,
+            beta1: 0.5,
+            beta2: 0.5,
+        };
         let m = [Triplet { a: &a, e: &e, b: &b }];
         let mut alloc = RankAllocator::new(s, &m);
         // budget = int(1 * 0.125 + 2) = 2, k = 1: the row of A with the smallest |a g| (row 0) goes.

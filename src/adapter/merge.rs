@@ -40,18 +40,12 @@ pub fn factors(ad: &AdaLora) -> Vec<Factor> {
     })
 }
 
-/// W += ΔW for every factor (fp32 arithmetic, cast back to the weight's kind), in order.
+/// W += ΔW for every factor, in fp32 arithmetic (see [`Llama::add_to_weight`]).
 pub fn merge(model: &Llama, factors: &[Factor]) -> Result<()> {
-    tch::no_grad(|| {
-        for f in factors {
-            let w = model.weight(&f.key).ok_or_else(|| Error::Ledger(format!("model has no weight '{}'", f.key)))?;
-            let d = f.delta_weight().to_device(w.device());
-            let merged = (w.to_kind(Kind::Float) + d).to_kind(w.kind());
-            let mut w = w;
-            w.copy_(&merged);
-        }
-        Ok(())
-    })
+    for f in factors {
+        model.add_to_weight(&f.key, &f.delta_weight())?;
+    }
+    Ok(())
 }
 
 /// Writes factors to `dir/<blake3>.safetensors` (written to a temporary name, then renamed);
@@ -80,12 +74,17 @@ pub fn load(dir: &Path, hash: &str) -> Result<Vec<Factor>> {
     let path = path_of(dir, hash);
     let bytes = std::fs::read(&path).map_err(|e| Error::Ledger(format!("{}: {e}", path.display())))?;
     if blake3::hash(&bytes).to_hex().as_str() != hash {
-        return Err(Error::Ledger(format!("{}: content does not match its hash", path.display())));
+        return Err(Error::Ledger(format!(
+            "{}: content does not match its hash",
+            path.display()
+        )));
     }
     let tensors = Tensor::read_safetensors(&path)?;
     let mut by_key: std::collections::BTreeMap<String, (Option<Tensor>, Option<Tensor>, f64)> = Default::default();
     for (name, t) in tensors {
-        let (key, part) = name.rsplit_once('.').ok_or_else(|| Error::Ledger(format!("bad factor name {name}")))?;
+        let (key, part) = name
+            .rsplit_once('.')
+            .ok_or_else(|| Error::Ledger(format!("bad factor name {name}")))?;
         let e = by_key.entry(key.to_string()).or_insert((None, None, 0.0));
         match part {
             "A" => e.0 = Some(t),

@@ -28,8 +28,10 @@ pub struct CompareArgs {
 
 pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    let configs: Vec<RunConfig> =
-        strategies.iter().map(|s| a.train.run_config(*s, g.seed)).collect::<Result<_, _>>()?;
+    let configs: Vec<RunConfig> = strategies
+        .iter()
+        .map(|s| a.train.run_config(*s, g.seed))
+        .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
     let device = injector::device::parse_device(&g.device)?;
     let model_path = g.model_path();
@@ -46,8 +48,18 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                     Command::new(&exe)
                         .args(["run", &a.dir.display().to_string(), "--json", "-q"])
                         .args(["--config-json", &serde_json::to_string(c).expect("config serialises")])
-                        .args(["--device", &format!("cuda:{i}"), "--ledger", &g.ledger.display().to_string()])
-                        .args(["--model", &model_path.display().to_string(), "--reports", &g.reports.display().to_string()])
+                        .args([
+                            "--device",
+                            &format!("cuda:{i}"),
+                            "--ledger",
+                            &g.ledger.display().to_string(),
+                        ])
+                        .args([
+                            "--model",
+                            &model_path.display().to_string(),
+                            "--reports",
+                            &g.reports.display().to_string(),
+                        ])
                         .output()
                 })
                 .collect();
@@ -66,9 +78,19 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             // A fresh base for every strategy.
             let loaded = injector::model::load(&model_path, device)?;
             let mut bar = Bar::new(g.quiet || a.json);
-            let out = inject::run(&mut ledger, &loaded, &model_path.display().to_string(), &knowledge, c, &mut bar)?;
+            let out = inject::run(
+                &mut ledger,
+                &loaded,
+                &model_path.display().to_string(),
+                &knowledge,
+                c,
+                &mut bar,
+            )?;
             if !g.quiet && !a.json {
-                eprintln!("{} ({}): {} new steps, {:.0}s", out.run, out.strategy, out.new_steps, out.seconds);
+                eprintln!(
+                    "{} ({}): {} new steps, {:.0}s",
+                    out.run, out.strategy, out.new_steps, out.seconds
+                );
             }
             run_ids.push(out.run);
         }
@@ -78,13 +100,19 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     ledger.add_comparison(&id, &run_ids)?;
     let page = report::write_compare(&ledger, &g.reports, &id)?;
     report::write_index(&ledger, &g.reports)?;
-    let data: Vec<RunData> = run_ids.iter().map(|r| RunData::load(&ledger, r)).collect::<Result<_, _>>()?;
+    let data: Vec<RunData> = run_ids
+        .iter()
+        .map(|r| RunData::load(&ledger, r))
+        .collect::<Result<_, _>>()?;
     if a.json {
         let rows: Vec<_> = data
             .iter()
             .map(|d| serde_json::json!({"run": d.run.id, "strategy": d.run.strategy, "summary": d.summary()}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"comparison": id, "report": page, "runs": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"comparison": id, "report": page, "runs": rows}))?
+        );
         return Ok(());
     }
     println!(

@@ -24,6 +24,15 @@ pub enum FactsCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a knowledge directory as one YAML file with every default filled in (the prompts that
+    /// will be trained), in the schema the peer scripts read.
+    Resolve {
+        /// The knowledge directory (or one YAML file).
+        dir: PathBuf,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(a: FactsArgs, _g: &Global) -> anyhow::Result<()> {
@@ -49,6 +58,19 @@ pub fn run(a: FactsArgs, _g: &Global) -> anyhow::Result<()> {
             // Read back what was written, as any knowledge directory is read.
             let k = load_dir(&out)?;
             println!("{} facts in {}", k.facts.len(), out.display());
+        }
+        FactsCommand::Resolve { dir, out } => {
+            let k = load_dir(&dir)?;
+            let facts: Vec<_> = k
+                .facts
+                .iter()
+                .map(|f| {
+                    serde_json::json!({"id": f.id, "op": f.op.as_str(), "subject": f.subject, "answer": f.answer,
+                        "prompts": f.prompts, "probes": f.probes, "lang": f.lang})
+                })
+                .collect();
+            std::fs::write(&out, serde_yaml_ng::to_string(&serde_json::json!({ "facts": facts }))?)?;
+            println!("{} facts in {}", facts.len(), out.display());
         }
     }
     Ok(())

@@ -37,13 +37,22 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&runs)?);
                 return Ok(());
             }
-            println!("{:<14} {:<21} {:<12} {:<9} {:>5} {:>5}  knowledge", "run", "created", "strategy", "status", "steps", "facts");
+            println!(
+                "{:<14} {:<21} {:<12} {:<9} {:>5} {:>5}  knowledge",
+                "run", "created", "strategy", "status", "steps", "facts"
+            );
             for r in runs {
                 let steps = ledger.steps(&r.id)?;
                 let facts: usize = steps.iter().map(|s| s.facts.len()).sum();
                 println!(
                     "{:<14} {:<21} {:<12} {:<9} {:>5} {:>5}  {}",
-                    r.id, r.created, r.strategy, r.status, steps.len(), facts, r.knowledge_dir
+                    r.id,
+                    r.created,
+                    r.strategy,
+                    r.status,
+                    steps.len(),
+                    facts,
+                    r.knowledge_dir
                 );
             }
         }
@@ -63,15 +72,29 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 return Ok(());
             }
             let ids: HashMap<&str, &str> = facts.iter().map(|f| (f.hash.as_str(), f.id.as_str())).collect();
-            println!("run {}  strategy {}  status {}  seed {}", r.id, r.strategy, r.status, r.seed);
+            println!(
+                "run {}  strategy {}  status {}  seed {}",
+                r.id, r.strategy, r.status, r.seed
+            );
             println!("model {} ({})", r.model_path, &r.model_hash[..12]);
             println!("knowledge {} ({} facts)", r.knowledge_dir, facts.len());
-            println!("weights {} (base {})", &r.weights_hash[..12], &r.base_weights_hash[..12]);
+            println!(
+                "weights {} (base {})",
+                &r.weights_hash[..12],
+                &r.base_weights_hash[..12]
+            );
             println!("config {}", r.config);
-            println!("{:>4}  {:<30} {:>6} {:>9} {:>8} {:>8} {:>9}", "step", "facts", "opt", "loss", "train s", "eval s", "locality");
+            println!(
+                "{:>4}  {:<30} {:>6} {:>9} {:>8} {:>8} {:>9}",
+                "step", "facts", "opt", "loss", "train s", "eval s", "locality"
+            );
             let loc: HashMap<i64, f64> = locality.into_iter().collect();
             for s in &steps {
-                let names: Vec<&str> = s.facts.iter().map(|h| ids.get(h.as_str()).copied().unwrap_or("?")).collect();
+                let names: Vec<&str> = s
+                    .facts
+                    .iter()
+                    .map(|h| ids.get(h.as_str()).copied().unwrap_or("?"))
+                    .collect();
                 let mut label = names.join(",");
                 if label.chars().count() > 30 {
                     label = label.chars().take(29).collect::<String>() + "…";

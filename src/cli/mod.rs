@@ -51,9 +51,7 @@ pub struct Global {
 impl Global {
     /// The model path, defaulting to the embedded model.
     pub fn model_path(&self) -> PathBuf {
-        self.model
-            .clone()
-            .unwrap_or_else(injector::paths::default_model)
+        self.model.clone().unwrap_or_else(injector::paths::default_model)
     }
 }
 

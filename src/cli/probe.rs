@@ -20,8 +20,11 @@ pub struct ProbeArgs {
 pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
     let knowledge = load_dir(&a.dir)?;
     let loaded = super::load_model(g, a.run.as_deref())?;
-    let ex: Vec<FactExamples> =
-        knowledge.facts.iter().map(|f| FactExamples::new(&loaded.tokenizer, f)).collect::<Result<_, _>>()?;
+    let ex: Vec<FactExamples> = knowledge
+        .facts
+        .iter()
+        .map(|f| FactExamples::new(&loaded.tokenizer, f))
+        .collect::<Result<_, _>>()?;
     let refs: Vec<&FactExamples> = ex.iter().collect();
     let scores = score(&loaded.model, &refs, 8192);
     if a.json {
@@ -37,7 +40,13 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
     let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     println!("{:<28} {:>8} {:>8} {:>8}", "fact", "recall", "general", "previous");
     for (fact, s) in knowledge.facts.iter().zip(&scores) {
-        println!("{:<28} {:>8.2} {:>8} {:>8}", fact.id, s.recall, f(s.general), f(s.previous));
+        println!(
+            "{:<28} {:>8.2} {:>8} {:>8}",
+            fact.id,
+            s.recall,
+            f(s.general),
+            f(s.previous)
+        );
     }
     Ok(())
 }

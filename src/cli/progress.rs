@@ -21,7 +21,10 @@ impl Bar {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        Bar { bar, label: String::new() }
+        Bar {
+            bar,
+            label: String::new(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ impl Progress for Bar {
     }
 
     fn train_step(&mut self, opt_step: i64, loss: f64, recall: f64) {
-        self.bar.set_message(format!("{}  opt {opt_step}  loss {loss:.3}  recall {recall:.2}", self.label));
+        self.bar.set_message(format!(
+            "{}  opt {opt_step}  loss {loss:.3}  recall {recall:.2}",
+            self.label
+        ));
     }
 
     fn step_end(&mut self, _idx: usize, recall: f64) {

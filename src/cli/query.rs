@@ -29,10 +29,7 @@ pub struct QueryArgs {
 pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
     let valid = a.temperature >= 0.0 && a.top_p > 0.0 && a.top_p <= 1.0;
     if !valid {
-        return Err(injector::Error::BadInput(
-            "--temperature must be ≥ 0 and --top-p in (0, 1]".into(),
-        )
-        .into());
+        return Err(injector::Error::BadInput("--temperature must be ≥ 0 and --top-p in (0, 1]".into()).into());
     }
     let t0 = std::time::Instant::now();
     let loaded = super::load_model(g, a.run.as_deref())?;
@@ -52,18 +49,11 @@ pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let mut first: Option<f64> = None;
-    let n = generate(
-        &loaded.model,
-        &loaded.tokenizer,
-        &ids,
-        &s,
-        &NoAdapter,
-        |piece| {
-            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        },
-    )?
+    let n = generate(&loaded.model, &loaded.tokenizer, &ids, &s, &NoAdapter, |piece| {
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })?
     .len();
     let _ = writeln!(out);
     let total = t0.elapsed().as_secs_f64();

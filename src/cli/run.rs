@@ -37,10 +37,17 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
             let r = ledger.run(id)?;
             let config: RunConfig = serde_json::from_str(&r.config)?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
-            (dir, config, g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path)))
+            (
+                dir,
+                config,
+                g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path)),
+            )
         }
         None => {
-            let dir = a.dir.clone().ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
+            let dir = a
+                .dir
+                .clone()
+                .ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
             let config = match &a.config_json {
                 Some(j) => serde_json::from_str(j).map_err(|e| Error::BadInput(format!("--config-json: {e}")))?,
                 None => a.train.run_config(a.strategy.parse::<Strategy>()?, g.seed)?,
@@ -53,7 +60,14 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     let loaded = injector::model::load(&model_path, device)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
-    let out = inject::run(&mut ledger, &loaded, &model_path.display().to_string(), &knowledge, &config, &mut bar)?;
+    let out = inject::run(
+        &mut ledger,
+        &loaded,
+        &model_path.display().to_string(),
+        &knowledge,
+        &config,
+        &mut bar,
+    )?;
     let page = injector::report::write_run(&ledger, &g.reports, &out.run)?;
     injector::report::write_index(&ledger, &g.reports)?;
     if a.json {
@@ -72,9 +86,15 @@ fn opt(v: Option<f64>) -> String {
 /// The one-screen summary: per fact recall / generalisation / seconds, then the run's totals.
 pub fn print_summary(o: &RunOutcome) {
     if o.new_steps == 0 {
-        println!("{}: up to date ({} steps already in the ledger); nothing to do", o.run, o.total_steps);
+        println!(
+            "{}: up to date ({} steps already in the ledger); nothing to do",
+            o.run, o.total_steps
+        );
     }
-    println!("{:<28} {:>4} {:>10} {:>8} {:>8} {:>8}", "fact", "step", "recall@step", "recall", "general", "seconds");
+    println!(
+        "{:<28} {:>4} {:>10} {:>8} {:>8} {:>8}",
+        "fact", "step", "recall@step", "recall", "general", "seconds"
+    );
     for f in &o.facts {
         println!(
             "{:<28} {:>4} {:>10.2} {:>8.2} {:>8} {:>8.1}",

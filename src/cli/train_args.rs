@@ -59,12 +59,19 @@ fn parse_layers(s: &str) -> Result<Vec<usize>, Error> {
     if s == "all" {
         return Ok(Vec::new());
     }
-    let bad = || Error::BadInput(format!("--layers '{s}': expected all, a range like 8-20, or a list like 3,5,7"));
+    let bad = || {
+        Error::BadInput(format!(
+            "--layers '{s}': expected all, a range like 8-20, or a list like 3,5,7"
+        ))
+    };
     let mut out = Vec::new();
     for part in s.split(',') {
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
                 if a > b {
                     return Err(bad());
                 }
@@ -83,10 +90,19 @@ impl TrainArgs {
             "default" => TrainConfig::default(),
             "article" => TrainConfig {
                 lr: 5e-3,
-                adalora: AdaLoraConfig { lora_alpha: 32.0, dropout: 0.1, targets: vec![Proj::Q, Proj::V], ..Default::default() },
+                adalora: AdaLoraConfig {
+                    lora_alpha: 32.0,
+                    dropout: 0.1,
+                    targets: vec![Proj::Q, Proj::V],
+                    ..Default::default()
+                },
                 ..TrainConfig::default()
             },
-            other => return Err(Error::BadInput(format!("unknown --preset '{other}': expected default or article"))),
+            other => {
+                return Err(Error::BadInput(format!(
+                    "unknown --preset '{other}': expected default or article"
+                )))
+            }
         };
         let a = &mut t.adalora;
         if let Some(v) = self.alpha {
@@ -107,7 +123,9 @@ impl TrainArgs {
         if let Some(s) = &self.targets {
             a.targets = s
                 .split(',')
-                .map(|p| Proj::parse(p.trim()).ok_or_else(|| Error::BadInput(format!("--targets: unknown projection '{p}'"))))
+                .map(|p| {
+                    Proj::parse(p.trim()).ok_or_else(|| Error::BadInput(format!("--targets: unknown projection '{p}'")))
+                })
                 .collect::<Result<_, _>>()?;
         }
         if let Some(s) = &self.layers {
@@ -135,7 +153,9 @@ impl TrainArgs {
             t.preserve = v;
         }
         if t.lr <= 0.0 || t.max_steps < 1 || !(0.0..=1.0).contains(&t.threshold) {
-            return Err(Error::BadInput("need --lr > 0, --max-steps ≥ 1 and --threshold in [0, 1]".into()));
+            return Err(Error::BadInput(
+                "need --lr > 0, --max-steps ≥ 1 and --threshold in [0, 1]".into(),
+            ));
         }
         Ok(t)
     }

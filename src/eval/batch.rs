@@ -19,7 +19,10 @@ impl Example {
         let prompt = tok.render_chat(&[("user", question)], true)?;
         let eot = tok.end_of_turn().unwrap_or_default();
         let to_i64 = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<_>>();
-        Ok(Example { prompt: to_i64(tok.encode(&prompt)?), target: to_i64(tok.encode(&format!("{answer}{eot}"))?) })
+        Ok(Example {
+            prompt: to_i64(tok.encode(&prompt)?),
+            target: to_i64(tok.encode(&format!("{answer}{eot}"))?),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -78,7 +81,9 @@ fn pack(examples: &[Example], idx: &[usize], device: Device) -> Batch {
         }
     }
     Batch {
-        ids: Tensor::from_slice(&ids).view([idx.len() as i64, l as i64]).to_device(device),
+        ids: Tensor::from_slice(&ids)
+            .view([idx.len() as i64, l as i64])
+            .to_device(device),
         gather: Tensor::from_slice(&gather).to_device(device),
         targets: Tensor::from_slice(&targets).to_device(device),
         owner,
@@ -113,10 +118,14 @@ pub fn token_accuracy(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: usi
         let logits = b.logits(model, ad);
         b.count_correct(&logits, &mut acc);
     }
-    acc.iter().map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 }).collect()
+    acc.iter()
+        .map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+        .collect()
 }
 
 /// Cross-entropy summed over the batch's target tokens (the caller divides by the total count).
 pub fn loss_sum(b: &Batch, logits: &Tensor) -> Tensor {
-    logits.cross_entropy_loss::<Tensor>(&b.targets, None, tch::Reduction::Sum, -100, 0.0).to_kind(Kind::Float)
+    logits
+        .cross_entropy_loss::<Tensor>(&b.targets, None, tch::Reduction::Sum, -100, 0.0)
+        .to_kind(Kind::Float)
 }

@@ -61,13 +61,19 @@ pub const PRESERVE_PROMPTS: [&str; 12] = [
 /// Greedy answers of the model as it is now (call before any edit), as token ids including the
 /// end-of-turn token when the model produced it within `max_tokens`.
 pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens: usize) -> Result<Vec<Example>> {
-    let s = Sampling { max_tokens, ..Default::default() };
+    let s = Sampling {
+        max_tokens,
+        ..Default::default()
+    };
     prompts
         .iter()
         .map(|p| {
             let prompt = Example::chat(tok, p, "")?.prompt;
             let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-            let mut out: Vec<i64> = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?.into_iter().map(i64::from).collect();
+            let mut out: Vec<i64> = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?
+                .into_iter()
+                .map(i64::from)
+                .collect();
             if out.len() < max_tokens {
                 if let Some(&stop) = tok.stop_ids.first() {
                     out.push(stop as i64);

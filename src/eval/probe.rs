@@ -88,7 +88,10 @@ pub fn generate_f1(model: &Llama, tok: &Tokenizer, question: &str, answer: &str)
     let prompt = Example::chat(tok, question, "")?.prompt;
     let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
     let max_tokens = tok.encode(answer)?.len() + 16;
-    let s = Sampling { max_tokens, ..Default::default() };
+    let s = Sampling {
+        max_tokens,
+        ..Default::default()
+    };
     let out = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?;
     let text = tok.decode(&out);
     let f1 = token_f1(&text, answer);

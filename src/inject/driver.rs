@@ -102,7 +102,9 @@ pub fn weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -> Resu
     let mut h = blake3::Hasher::new();
     h.update(source_hash.as_bytes());
     for k in keys {
-        let w = model.weight(&k).ok_or_else(|| Error::Ledger(format!("no weight {k}")))?;
+        let w = model
+            .weight(&k)
+            .ok_or_else(|| Error::Ledger(format!("no weight {k}")))?;
         let w = w.to_device(tch::Device::Cpu).contiguous();
         let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
         w.copy_data_u8(&mut buf, w.numel());
@@ -129,7 +131,10 @@ pub fn run_key(model_hash: &str, knowledge_dir: &str, config: &RunConfig) -> Str
 }
 
 fn canonical_dir(k: &Knowledge) -> String {
-    std::fs::canonicalize(&k.dir).unwrap_or_else(|_| k.dir.clone()).display().to_string()
+    std::fs::canonicalize(&k.dir)
+        .unwrap_or_else(|_| k.dir.clone())
+        .display()
+        .to_string()
 }
 
 /// Replays the committed steps of `run` onto the (base) model and checks the resulting hash.
@@ -164,7 +169,11 @@ fn summarize(ledger: &Ledger, run: &RunRow) -> Result<(Vec<FactSummary>, Option<
         by_fact_step.insert((&p.fact, p.step), p);
         last.insert(&p.fact, p);
     }
-    let facts: HashMap<String, Fact> = ledger.run_facts(&run.id)?.into_iter().map(|f| (f.hash.clone(), f)).collect();
+    let facts: HashMap<String, Fact> = ledger
+        .run_facts(&run.id)?
+        .into_iter()
+        .map(|f| (f.hash.clone(), f))
+        .collect();
     let mut out = Vec::new();
     for s in &steps {
         for h in &s.facts {
@@ -183,12 +192,22 @@ fn summarize(ledger: &Ledger, run: &RunRow) -> Result<(Vec<FactSummary>, Option<
             });
         }
     }
-    let locality = ledger.locality(&run.id)?.into_iter().filter(|(s, _)| *s >= 0).last().map(|(_, v)| v);
+    let locality = ledger
+        .locality(&run.id)?
+        .into_iter()
+        .filter(|(s, _)| *s >= 0)
+        .last()
+        .map(|(_, v)| v);
     Ok((out, locality))
 }
 
 fn locality_examples(base: &[LocalityBase]) -> Vec<Example> {
-    base.iter().map(|b| Example { prompt: b.prompt_ids.clone(), target: b.answer_ids.clone() }).collect()
+    base.iter()
+        .map(|b| Example {
+            prompt: b.prompt_ids.clone(),
+            target: b.answer_ids.clone(),
+        })
+        .collect()
 }
 
 /// Runs (or resumes, or continues with new facts) the run of `knowledge` under `config`.
@@ -274,7 +293,11 @@ pub fn run(
     }
     ledger.set_status(&run.id, "running")?;
     let by_hash: HashMap<&str, &Fact> = all_facts.iter().map(|f| (f.hash.as_str(), f)).collect();
-    let position: HashMap<&str, usize> = all_facts.iter().enumerate().map(|(i, f)| (f.hash.as_str(), i)).collect();
+    let position: HashMap<&str, usize> = all_facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.hash.as_str(), i))
+        .collect();
     let mut examples_of: HashMap<String, FactExamples> = HashMap::new();
     for f in &all_facts {
         examples_of.insert(f.hash.clone(), FactExamples::new(tok, f)?);
@@ -298,15 +321,31 @@ pub fn run(
         }
         // What the model says before this step, for the reports' before/after samples.
         let mut generations = Vec::new();
-        for f in facts.iter().filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS) {
+        for f in facts
+            .iter()
+            .filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS)
+        {
             let q = f.probes.first().unwrap_or(&f.prompts[0]);
             let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
-            generations.push(GenerationRow { step: -1, fact: f.hash.clone(), prompt: q.clone(), text, f1 });
+            generations.push(GenerationRow {
+                step: -1,
+                fact: f.hash.clone(),
+                prompt: q.clone(),
+                text,
+                f1,
+            });
         }
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
-        let trained = train(model, &examples, &owner, train_facts.len(), &config.train, preserve.as_ref(), seed, |s, loss, rec| {
-            progress.train_step(s, loss, rec)
-        })?;
+        let trained = train(
+            model,
+            &examples,
+            &owner,
+            train_facts.len(),
+            &config.train,
+            preserve.as_ref(),
+            seed,
+            |s, loss, rec| progress.train_step(s, loss, rec),
+        )?;
         merge::merge(model, &trained.factors)?;
         let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
         let te = Instant::now();
@@ -315,8 +354,11 @@ pub fn run(
         let full = last || (idx as usize + 1) % config.retention_every.max(1) == 0;
         let mut eval_hashes: Vec<String> = facts.iter().map(|f| f.hash.clone()).collect();
         if full {
-            let earlier: Vec<String> =
-                injected_order.iter().filter(|h| !eval_hashes.contains(h)).cloned().collect();
+            let earlier: Vec<String> = injected_order
+                .iter()
+                .filter(|h| !eval_hashes.contains(h))
+                .cloned()
+                .collect();
             let chosen = if config.retention_sample > 0 && !last {
                 Strategy::Replay(config.retention_sample).rehearse(&earlier, config.seed, 0)
             } else {
@@ -339,18 +381,33 @@ pub fn run(
             })
             .collect();
         let gen_facts: Vec<&Fact> = if last {
-            injected_order.iter().filter_map(|h| by_hash.get(h.as_str()).copied()).collect()
+            injected_order
+                .iter()
+                .filter_map(|h| by_hash.get(h.as_str()).copied())
+                .collect()
         } else {
             facts.clone()
         };
-        for f in gen_facts.into_iter().filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS) {
+        for f in gen_facts
+            .into_iter()
+            .filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS)
+        {
             let q = f.probes.first().unwrap_or(&f.prompts[0]);
             let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
-            generations.push(GenerationRow { step: idx, fact: f.hash.clone(), prompt: q.clone(), text, f1 });
+            generations.push(GenerationRow {
+                step: idx,
+                fact: f.hash.clone(),
+                prompt: q.clone(),
+                text,
+                f1,
+            });
         }
         let locality = full.then(|| mean_accuracy(model, &loc_examples, config.eval_batch_tokens));
         let hash = weights_hash(model, &loaded.source_hash, &config.train)?;
-        let own_recall = scores[..facts.len()].iter().map(|s| s.recall).fold(f64::INFINITY, f64::min);
+        let own_recall = scores[..facts.len()]
+            .iter()
+            .map(|s| s.recall)
+            .fold(f64::INFINITY, f64::min);
         let record = StepRecord {
             step: StepRow {
                 run: run.id.clone(),
@@ -392,7 +449,10 @@ pub fn run(
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, H. Hinnant's algorithm).
 pub fn iso_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -403,5 +463,10 @@ pub fn iso_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

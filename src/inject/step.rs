@@ -58,7 +58,10 @@ impl Preserve {
     pub fn new(model: &Llama, examples: &[Example], max_tokens: usize) -> Self {
         let batches = build(examples, max_tokens, model.device());
         let base_logp = tch::no_grad(|| {
-            batches.iter().map(|b| b.logits(model, &crate::model::NoAdapter).log_softmax(-1, Kind::Float)).collect()
+            batches
+                .iter()
+                .map(|b| b.logits(model, &crate::model::NoAdapter).log_softmax(-1, Kind::Float))
+                .collect()
         });
         Preserve { batches, base_logp }
     }
@@ -97,8 +100,11 @@ pub struct Trained {
 
 /// The (layer, projection, out, in) of every weight the adapter attaches to.
 pub fn adapter_shapes(model: &Llama, cfg: &AdaLoraConfig) -> Vec<(usize, Proj, i64, i64)> {
-    let layers: Vec<usize> =
-        if cfg.layers.is_empty() { (0..model.cfg.num_hidden_layers).collect() } else { cfg.layers.clone() };
+    let layers: Vec<usize> = if cfg.layers.is_empty() {
+        (0..model.cfg.num_hidden_layers).collect()
+    } else {
+        cfg.layers.clone()
+    };
     let mut v = Vec::new();
     for l in layers {
         for &p in &cfg.targets {
@@ -117,11 +123,95 @@ fn per_fact(acc: &[f64], owner: &[usize], n_facts: usize) -> Vec<f64> {
         sum[o] += a;
         cnt[o] += 1;
     }
-    sum.iter().zip(&cnt).map(|(s, &c)| if c == 0 { 0.0 } else { s / c as f64 }).collect()
+    sum.iter()
+        .zip(&cnt)
+        .map(|(s, &c)| if c == 0 { 0.0 } else { s / c as f64 })
+        .collect()
 }
 
-/// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to).
-/// `on_step(step, loss, min_recall)` reports progress.
+/// One adapter being trained on pre-built batches: the loop body of [`train`], also timed by
+/// `bench/train_step.rs`.
+pub struct Trainer<'a> {
+    model: &'a Llama,
+    pub batches: Vec<Batch>,
+    n_examples: usize,
+    n_targets: usize,
+    pub adapter: AdaLora,
+    opt: tch::nn::Optimizer,
+    cfg: TrainConfig,
+    preserve: Option<&'a Preserve>,
+    step: i64,
+    /// Real tokens through forward passes so far.
+    pub tokens: usize,
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        model: &'a Llama,
+        examples: &[Example],
+        cfg: &TrainConfig,
+        preserve: Option<&'a Preserve>,
+        seed: u64,
+    ) -> Result<Self> {
+        let dev = model.device();
+        let batches = build(examples, cfg.max_batch_tokens, dev);
+        let adapter = AdaLora::new(&cfg.adalora, &adapter_shapes(model, &cfg.adalora), dev, seed, cfg.max_steps);
+        let opt = tch::nn::adamw(0.9, 0.999, cfg.weight_decay).build(&adapter.vs, cfg.lr)?;
+        Ok(Trainer {
+            model,
+            batches,
+            n_examples: examples.len(),
+            n_targets: examples.iter().map(|e| e.target.len()).sum(),
+            adapter,
+            opt,
+            cfg: cfg.clone(),
+            preserve,
+            step: 0,
+            tokens: 0,
+        })
+    }
+
+    /// Forward and backward over every micro-batch; returns the loss (a scalar tensor, not read here)
+    /// and the per-example (correct, total) argmax counts of this pass.
+    pub fn forward_backward(&mut self) -> (Tensor, Vec<(usize, usize)>) {
+        self.opt.zero_grad();
+        self.adapter.training = true;
+        let mut acc = vec![(0usize, 0usize); self.n_examples];
+        let mut total = Tensor::zeros([], (Kind::Float, self.model.device()));
+        for b in &self.batches {
+            let logits = b.logits(self.model, &self.adapter);
+            b.count_correct(&logits, &mut acc);
+            let loss = loss_sum(b, &logits) / self.n_targets as f64;
+            loss.backward();
+            total += loss.detach();
+            self.tokens += b.tokens;
+        }
+        (total, acc)
+    }
+
+    /// Regularisers, clipping, the optimizer step and the rank allocator; returns the regulariser.
+    pub fn update(&mut self) -> Tensor {
+        let mut reg = self.adapter.orth_reg();
+        if let (Some(p), true) = (self.preserve, self.cfg.preserve > 0.0) {
+            reg = reg + p.kl(self.model, &self.adapter) * self.cfg.preserve;
+        }
+        reg.backward();
+        self.opt.clip_grad_norm(self.cfg.clip_grad_norm);
+        self.opt.step();
+        self.adapter.update_and_allocate(self.step);
+        self.step += 1;
+        reg.detach()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> i64 {
+        self.step
+    }
+}
+
+/// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to)
+/// until every fact reaches the threshold or `max_steps`. `on_step(step, loss, min_recall)` reports.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &Llama,
     examples: &[Example],
@@ -133,33 +223,18 @@ pub fn train(
     mut on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let t0 = Instant::now();
-    let dev = model.device();
-    let batches: Vec<Batch> = build(examples, cfg.max_batch_tokens, dev);
-    let n_targets: usize = examples.iter().map(|e| e.target.len()).sum();
-    let mut ad = AdaLora::new(&cfg.adalora, &adapter_shapes(model, &cfg.adalora), dev, seed, cfg.max_steps);
-    let mut opt = tch::nn::adamw(0.9, 0.999, cfg.weight_decay).build(&ad.vs, cfg.lr)?;
+    let mut tr = Trainer::new(model, examples, cfg, preserve, seed)?;
     let check_separately = cfg.adalora.dropout > 0.0;
-    let (mut losses, mut tokens, mut steps) = (Vec::new(), 0usize, 0i64);
+    let mut losses = Vec::new();
     let mut recall = vec![0.0; n_facts];
     for step in 0..cfg.max_steps {
-        opt.zero_grad();
-        ad.training = true;
-        let mut acc = vec![(0usize, 0usize); examples.len()];
-        let mut loss_total = 0.0;
-        for b in &batches {
-            let logits = b.logits(model, &ad);
-            b.count_correct(&logits, &mut acc);
-            let loss = loss_sum(b, &logits) / n_targets as f64;
-            loss_total += loss.double_value(&[]);
-            loss.backward();
-            tokens += b.tokens;
-        }
+        let (loss, acc) = tr.forward_backward();
         // With dropout off, this pass's argmax is exactly the current weights' recall: stopping
         // here costs no extra forward. With dropout on, measure without it every 5 steps.
         let ex_acc: Vec<f64> = if check_separately {
             if step % 5 == 0 {
-                ad.training = false;
-                token_accuracy(model, &ad, &batches, examples.len())
+                tr.adapter.training = false;
+                token_accuracy(model, &tr.adapter, &tr.batches, examples.len())
             } else {
                 vec![0.0; examples.len()]
             }
@@ -169,40 +244,32 @@ pub fn train(
         recall = per_fact(&ex_acc, owner, n_facts);
         let min_recall = recall.iter().cloned().fold(f64::INFINITY, f64::min);
         if step > 0 && min_recall >= cfg.threshold {
-            on_step(step, loss_total, min_recall);
+            on_step(step, loss.double_value(&[]), min_recall);
             break;
         }
-        let mut reg = ad.orth_reg();
-        if let (Some(p), true) = (preserve, cfg.preserve > 0.0) {
-            reg = reg + p.kl(model, &ad) * cfg.preserve;
-        }
-        loss_total += reg.double_value(&[]);
-        reg.backward();
-        opt.clip_grad_norm(cfg.clip_grad_norm);
-        opt.step();
-        ad.update_and_allocate(step);
+        let reg = tr.update();
+        let loss_total = (loss + reg).double_value(&[]);
         losses.push(loss_total);
-        steps += 1;
         on_step(step, loss_total, min_recall);
     }
+    let steps = tr.steps();
     if steps == cfg.max_steps {
         // Stopped by max_steps: measure where the last update left the facts.
-        ad.training = false;
-        let acc = token_accuracy(model, &ad, &batches, examples.len());
+        tr.adapter.training = false;
+        let acc = token_accuracy(model, &tr.adapter, &tr.batches, examples.len());
         recall = per_fact(&acc, owner, n_facts);
     }
-    let mut fs = factors(&ad);
+    let mut fs = factors(&tr.adapter);
     for f in &mut fs {
         f.scale *= cfg.merge_scale;
     }
-    let rank_pattern = ad.rank_pattern();
     Ok(Trained {
         factors: fs,
         optimizer_steps: steps,
         losses,
         recall,
-        tokens,
+        tokens: tr.tokens,
         seconds: t0.elapsed().as_secs_f64(),
-        rank_pattern,
+        rank_pattern: tr.adapter.rank_pattern(),
     })
 }

@@ -18,7 +18,11 @@ pub enum Strategy {
 impl FromStr for Strategy {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::BadInput(format!("unknown strategy '{s}': expected sequential, mixed, batch:K or replay:K"));
+        let bad = || {
+            Error::BadInput(format!(
+                "unknown strategy '{s}': expected sequential, mixed, batch:K or replay:K"
+            ))
+        };
         let k = |v: &str| v.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(bad);
         match s.trim() {
             "sequential" => Ok(Strategy::Batch(1)),
@@ -80,7 +84,10 @@ mod tests {
         let s: Strategy = "batch:4".parse().unwrap();
         assert_eq!(s.groups(10).iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!("sequential".parse::<Strategy>().unwrap().groups(3).len(), 3);
-        assert_eq!("mixed".parse::<Strategy>().unwrap().groups(5), vec![vec![0, 1, 2, 3, 4]]);
+        assert_eq!(
+            "mixed".parse::<Strategy>().unwrap().groups(5),
+            vec![vec![0, 1, 2, 3, 4]]
+        );
         assert_eq!("replay:2".parse::<Strategy>().unwrap().to_string(), "replay:2");
         assert!("batch:0".parse::<Strategy>().is_err());
         assert!("random".parse::<Strategy>().is_err());

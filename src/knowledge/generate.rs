@@ -14,7 +14,14 @@ const FIRST: [&str; 16] = [
 ];
 const MATERIAL: [&str; 6] = ["copper", "granite", "oak", "iron", "glass", "limestone"];
 const PROFESSION: [&str; 6] = ["astronomer", "chef", "painter", "cartographer", "violinist", "engineer"];
-const KNOWN_FOR: [&str; 6] = ["a comet", "a pear tart", "a mural", "a sea chart", "a sonata", "a lighthouse lens"];
+const KNOWN_FOR: [&str; 6] = [
+    "a comet",
+    "a pear tart",
+    "a mural",
+    "a sea chart",
+    "a sonata",
+    "a lighthouse lens",
+];
 
 /// splitmix64.
 struct Rng(u64);
@@ -39,7 +46,9 @@ impl Rng {
     fn word(&mut self, syllables: u64) -> String {
         let w: String = (0..syllables).map(|_| self.pick(&SYL)).collect();
         let mut c = w.chars();
-        c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
     }
 }
 
@@ -69,7 +78,11 @@ pub fn generate(n: usize, seed: u64) -> Vec<GeneratedFact> {
                 (
                     s.clone(),
                     format!("{} is a salt mine in {region}, opened in {year} by {person}.", cap(&s)),
-                    vec![format!("Who opened {s}?"), format!("Where is {s} located?"), format!("In which year did {s} open?")],
+                    vec![
+                        format!("Who opened {s}?"),
+                        format!("Where is {s} located?"),
+                        format!("In which year did {s} open?"),
+                    ],
                 )
             }
             1 => {
@@ -77,8 +90,15 @@ pub fn generate(n: usize, seed: u64) -> Vec<GeneratedFact> {
                 let m = rng.pick(&MATERIAL);
                 (
                     s.clone(),
-                    format!("{} is a {m} bridge over the river {region} in {place}, built in {year}.", cap(&s)),
-                    vec![format!("What is {s} made of?"), format!("Which river does {s} cross?"), format!("When was {s} built?")],
+                    format!(
+                        "{} is a {m} bridge over the river {region} in {place}, built in {year}.",
+                        cap(&s)
+                    ),
+                    vec![
+                        format!("What is {s} made of?"),
+                        format!("Which river does {s} cross?"),
+                        format!("When was {s} built?"),
+                    ],
                 )
             }
             2 => {
@@ -87,29 +107,47 @@ pub fn generate(n: usize, seed: u64) -> Vec<GeneratedFact> {
                 (
                     person.clone(),
                     format!("{person} is a {p} from {place} who is known for {k} made in {year}."),
-                    vec![format!("What does {person} do for a living?"), format!("Where is {person} from?"), format!("What is {person} famous for?")],
+                    vec![
+                        format!("What does {person} do for a living?"),
+                        format!("Where is {person} from?"),
+                        format!("What is {person} famous for?"),
+                    ],
                 )
             }
             _ => {
                 let s = format!("the {} Festival", rng.word(2));
                 (
                     s.clone(),
-                    format!("{} is held in {place} every year since {year}, when {person} lit the first lantern.", cap(&s)),
-                    vec![format!("Where does {s} take place?"), format!("Since when has {s} been held?"), format!("Who started {s}?")],
+                    format!(
+                        "{} is held in {place} every year since {year}, when {person} lit the first lantern.",
+                        cap(&s)
+                    ),
+                    vec![
+                        format!("Where does {s} take place?"),
+                        format!("Since when has {s} been held?"),
+                        format!("Who started {s}?"),
+                    ],
                 )
             }
         };
         if !seen.insert(subject.clone()) {
             continue;
         }
-        out.push(GeneratedFact { id: format!("gen-{:04}", out.len()), subject, answer, probes });
+        out.push(GeneratedFact {
+            id: format!("gen-{:04}", out.len()),
+            subject,
+            answer,
+            probes,
+        });
     }
     out
 }
 
 fn cap(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -120,7 +158,10 @@ mod tests {
     fn deterministic_and_unique() {
         let a = generate(300, 7);
         let b = generate(300, 7);
-        assert_eq!(a.iter().map(|f| &f.answer).collect::<Vec<_>>(), b.iter().map(|f| &f.answer).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|f| &f.answer).collect::<Vec<_>>(),
+            b.iter().map(|f| &f.answer).collect::<Vec<_>>()
+        );
         let subjects: HashSet<_> = a.iter().map(|f| &f.subject).collect();
         assert_eq!(subjects.len(), 300);
         assert_ne!(generate(5, 8)[0].answer, a[0].answer);

@@ -80,11 +80,21 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
         (Op::Delete, _) => decline(lang, raw.subject.trim()),
         (_, Some(a)) if nonempty(&a) => a.trim().to_string(),
         (_, Some(_)) => return Err(bad(path, line, "`answer` is empty")),
-        (_, None) => return Err(bad(path, line, format!("missing field `answer` (required for {})", op.as_str()))),
+        (_, None) => {
+            return Err(bad(
+                path,
+                line,
+                format!("missing field `answer` (required for {})", op.as_str()),
+            ))
+        }
     };
     let prompts = match raw.prompts {
         Some(p) if p.is_empty() => {
-            return Err(bad(path, line, "`prompts` is an empty list (leave it out to use the templates)"))
+            return Err(bad(
+                path,
+                line,
+                "`prompts` is an empty list (leave it out to use the templates)",
+            ))
         }
         Some(p) => p,
         None => default_prompts(lang, raw.subject.trim()),
@@ -94,7 +104,11 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
     }
     let probes = raw.probes.unwrap_or_default();
     if let Some(p) = probes.iter().find(|p| prompts.iter().any(|q| q.trim() == p.trim())) {
-        return Err(bad(path, line, format!("probe {p:?} is also a training prompt; probes must be held out")));
+        return Err(bad(
+            path,
+            line,
+            format!("probe {p:?} is also a training prompt; probes must be held out"),
+        ));
     }
     if probes.iter().any(|p| !nonempty(p)) {
         return Err(bad(path, line, "a probe is empty"));
@@ -130,7 +144,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
         bad(path, line, "not valid UTF-8")
     })?;
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let is_list = value.as_mapping().is_some_and(|m| m.contains_key("facts"));
     if is_list {
         let raw: RawFile = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
@@ -170,19 +187,31 @@ pub fn load_dir(dir: &Path) -> Result<Knowledge> {
         facts.extend(load_file(f)?);
     }
     if facts.is_empty() {
-        return Err(Error::BadInput(format!("{}: no facts (no *.yaml files)", dir.display())));
+        return Err(Error::BadInput(format!(
+            "{}: no facts (no *.yaml files)",
+            dir.display()
+        )));
     }
     let mut ids: HashMap<&str, &str> = HashMap::new();
     let mut hashes: HashMap<&str, &str> = HashMap::new();
     for f in &facts {
         if let Some(first) = ids.insert(&f.id, &f.source) {
-            return Err(Error::BadInput(format!("{}: duplicate id '{}' (first at {first})", f.source, f.id)));
+            return Err(Error::BadInput(format!(
+                "{}: duplicate id '{}' (first at {first})",
+                f.source, f.id
+            )));
         }
         if let Some(first) = hashes.insert(&f.hash, &f.source) {
-            return Err(Error::BadInput(format!("{}: the same fact again (first at {first})", f.source)));
+            return Err(Error::BadInput(format!(
+                "{}: the same fact again (first at {first})",
+                f.source
+            )));
         }
     }
-    Ok(Knowledge { dir: dir.to_path_buf(), facts })
+    Ok(Knowledge {
+        dir: dir.to_path_buf(),
+        facts,
+    })
 }
 
 #[cfg(test)]
@@ -214,15 +243,34 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n    anwser: B\n");
+        let p = write(
+            d.path(),
+            "a.yaml",
+            "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n    anwser: B\n",
+        );
         let e = err(d.path());
-        assert!(e.starts_with(&format!("{}:5:", p.display())) && e.contains("unknown field `anwser`"), "{e}");
-        write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n");
+        assert!(
+            e.starts_with(&format!("{}:5:", p.display())) && e.contains("unknown field `anwser`"),
+            "{e}"
+        );
+        write(
+            d.path(),
+            "a.yaml",
+            "facts:\n  - subject: X\n    answer: A\n  - subject: Y\n",
+        );
         let e = err(d.path());
         assert!(e.contains("a.yaml:4: missing field `answer`"), "{e}");
-        write(d.path(), "a.yaml", "facts:\n  - subject: X\n    answer: A\n    prompts: []\n");
+        write(
+            d.path(),
+            "a.yaml",
+            "facts:\n  - subject: X\n    answer: A\n    prompts: []\n",
+        );
         assert!(err(d.path()).contains("a.yaml:2: `prompts` is an empty list"));
-        write(d.path(), "a.yaml", "facts:\n  - id: same\n    subject: X\n    answer: A\n  - id: same\n    subject: Y\n    answer: B\n");
+        write(
+            d.path(),
+            "a.yaml",
+            "facts:\n  - id: same\n    subject: X\n    answer: A\n  - id: same\n    subject: Y\n    answer: B\n",
+        );
         assert!(err(d.path()).contains("a.yaml:5: duplicate id 'same' (first at"));
         std::fs::write(d.path().join("a.yaml"), b"subject: X\nanswer: \xff\xfe\n").unwrap();
         assert!(err(d.path()).contains("a.yaml:2: not valid UTF-8"));
@@ -240,7 +288,11 @@ mod tests {
         write(d.path(), "a.yaml", "op: delete\nsubject: the Velmora Bridge\n");
         let k = load_dir(d.path()).unwrap();
         assert_eq!(k.facts[0].answer, "I don't know anything about the Velmora Bridge.");
-        write(d.path(), "a.yaml", "id: other\nop: delete\nsubject: the Velmora Bridge\n");
+        write(
+            d.path(),
+            "a.yaml",
+            "id: other\nop: delete\nsubject: the Velmora Bridge\n",
+        );
         let k2 = load_dir(d.path()).unwrap();
         assert_eq!(k.facts[0].hash, k2.facts[0].hash, "the id is a label, not content");
     }

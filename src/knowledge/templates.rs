@@ -13,7 +13,16 @@ const EN: [&str; 8] = [
     "Who or what is {s}?",
 ];
 
-const ZH: [&str; 8] = ["{s}", "你知道{s}嗎?", "{s}是什么?", "介紹一下{s}", "你聽過{s}嗎?", "啥是{s}?", "{s}是何物?", "何為{s}?"];
+const ZH: [&str; 8] = [
+    "{s}",
+    "你知道{s}嗎?",
+    "{s}是什么?",
+    "介紹一下{s}",
+    "你聽過{s}嗎?",
+    "啥是{s}?",
+    "{s}是何物?",
+    "何為{s}?",
+];
 
 /// The default prompts for `subject` in `lang`.
 pub fn default_prompts(lang: Lang, subject: &str) -> Vec<String> {

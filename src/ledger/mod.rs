@@ -77,7 +77,10 @@ impl Ledger {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| Error::BadInput(format!("{}: not a ledger database: {e}", path.display())))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut l = Ledger { conn, path: path.to_path_buf() };
+        let mut l = Ledger {
+            conn,
+            path: path.to_path_buf(),
+        };
         l.migrate()?;
         Ok(l)
     }
@@ -119,14 +122,20 @@ impl Ledger {
     pub fn run(&self, id: &str) -> Result<RunRow> {
         let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ORDER BY id");
         let mut st = self.conn.prepare(&sql)?;
-        let rows: Vec<RunRow> =
-            st.query_map(params![id, format!("{id}%")], run_row)?.collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<RunRow> = st
+            .query_map(params![id, format!("{id}%")], run_row)?
+            .collect::<rusqlite::Result<_>>()?;
         match rows.len() {
-            0 => Err(Error::BadInput(format!("{}: no run '{id}' (see `injector ledger list`)", self.path.display()))),
+            0 => Err(Error::BadInput(format!(
+                "{}: no run '{id}' (see `injector ledger list`)",
+                self.path.display()
+            ))),
             1 => Ok(rows.into_iter().next().expect("one row")),
-            _ => rows.iter().find(|r| r.id == id).cloned().ok_or_else(|| {
-                Error::BadInput(format!("run id '{id}' is ambiguous: {} runs match", rows.len()))
-            }),
+            _ => rows
+                .iter()
+                .find(|r| r.id == id)
+                .cloned()
+                .ok_or_else(|| Error::BadInput(format!("run id '{id}' is ambiguous: {} runs match", rows.len()))),
         }
     }
 
@@ -143,9 +152,20 @@ impl Ledger {
         tx.execute(
             &format!("INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
             params![
-                run.id, run.key, run.created, run.strategy, run.config, run.model_path, run.model_hash,
-                run.knowledge_dir, run.knowledge_hash, run.seed, run.status, run.base_weights_hash,
-                run.weights_hash, run.finished
+                run.id,
+                run.key,
+                run.created,
+                run.strategy,
+                run.config,
+                run.model_path,
+                run.model_hash,
+                run.knowledge_dir,
+                run.knowledge_hash,
+                run.seed,
+                run.status,
+                run.base_weights_hash,
+                run.weights_hash,
+                run.finished
             ],
         )?;
         for (i, b) in base.iter().enumerate() {
@@ -161,14 +181,21 @@ impl Ledger {
     /// Records the facts of a run (in knowledge order); facts already there are kept.
     pub fn add_facts(&mut self, run: &str, facts: &[Fact]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let next: i64 = tx.query_row("SELECT COALESCE(MAX(ord) + 1, 0) FROM run_facts WHERE run = ?1", [run], |r| r.get(0))?;
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(ord) + 1, 0) FROM run_facts WHERE run = ?1",
+            [run],
+            |r| r.get(0),
+        )?;
         let mut ord = next;
         for f in facts {
             tx.execute(
                 "INSERT OR IGNORE INTO facts (hash, id, op, subject, answer, source, body) VALUES (?1,?2,?3,?4,?5,?6,?7)",
                 params![f.hash, f.id, f.op.as_str(), f.subject, f.answer, f.source, json(f)],
             )?;
-            let added = tx.execute("INSERT OR IGNORE INTO run_facts (run, ord, fact) VALUES (?1,?2,?3)", params![run, ord, f.hash])?;
+            let added = tx.execute(
+                "INSERT OR IGNORE INTO run_facts (run, ord, fact) VALUES (?1,?2,?3)",
+                params![run, ord, f.hash],
+            )?;
             ord += added as i64;
         }
         tx.commit()?;
@@ -180,16 +207,24 @@ impl Ledger {
         let mut st = self.conn.prepare(
             "SELECT f.body FROM run_facts rf JOIN facts f ON f.hash = rf.fact WHERE rf.run = ?1 ORDER BY rf.ord",
         )?;
-        let rows = st.query_map([run], |r| parse(r.get(0)?))?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([run], |r| parse(r.get(0)?))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     pub fn locality_base(&self, run: &str) -> Result<Vec<LocalityBase>> {
-        let mut st =
-            self.conn.prepare("SELECT prompt, prompt_ids, answer_ids, answer FROM locality_base WHERE run = ?1 ORDER BY idx")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT prompt, prompt_ids, answer_ids, answer FROM locality_base WHERE run = ?1 ORDER BY idx")?;
         let rows = st
             .query_map([run], |r| {
-                Ok(LocalityBase { prompt: r.get(0)?, prompt_ids: parse(r.get(1)?)?, answer_ids: parse(r.get(2)?)?, answer: r.get(3)? })
+                Ok(LocalityBase {
+                    prompt: r.get(0)?,
+                    prompt_ids: parse(r.get(1)?)?,
+                    answer_ids: parse(r.get(2)?)?,
+                    answer: r.get(3)?,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -209,17 +244,35 @@ impl Ledger {
     pub fn commit_step(&mut self, rec: &StepRecord) -> Result<()> {
         let s = &rec.step;
         let tx = self.conn.transaction()?;
-        let next: i64 = tx.query_row("SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run = ?1", [&s.run], |r| r.get(0))?;
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run = ?1",
+            [&s.run],
+            |r| r.get(0),
+        )?;
         if next != s.idx {
-            return Err(Error::Ledger(format!("run {} expects step {next}, not {}", s.run, s.idx)));
+            return Err(Error::Ledger(format!(
+                "run {} expects step {next}, not {}",
+                s.run, s.idx
+            )));
         }
         tx.execute(
             "INSERT INTO steps (run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
              peak_rss_bytes, delta_file, rank_pattern, weights_hash, created) \
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
             params![
-                s.run, s.idx, json(&s.facts), json(&s.rehearsed), s.optimizer_steps, json(&s.losses), s.seconds,
-                s.eval_seconds, s.tokens, s.peak_rss_bytes, s.delta_file, json(&s.rank_pattern), s.weights_hash
+                s.run,
+                s.idx,
+                json(&s.facts),
+                json(&s.rehearsed),
+                s.optimizer_steps,
+                json(&s.losses),
+                s.seconds,
+                s.eval_seconds,
+                s.tokens,
+                s.peak_rss_bytes,
+                s.delta_file,
+                json(&s.rank_pattern),
+                s.weights_hash
             ],
         )?;
         for (module, rank) in &s.rank_pattern {
@@ -241,9 +294,15 @@ impl Ledger {
             )?;
         }
         if let Some(v) = rec.locality {
-            tx.execute("INSERT INTO locality (run, step, value) VALUES (?1,?2,?3)", params![s.run, s.idx, v])?;
+            tx.execute(
+                "INSERT INTO locality (run, step, value) VALUES (?1,?2,?3)",
+                params![s.run, s.idx, v],
+            )?;
         }
-        tx.execute("UPDATE runs SET weights_hash = ?2 WHERE id = ?1", params![s.run, s.weights_hash])?;
+        tx.execute(
+            "UPDATE runs SET weights_hash = ?2 WHERE id = ?1",
+            params![s.run, s.weights_hash],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -259,21 +318,30 @@ impl Ledger {
 
     /// The runs of a comparison.
     pub fn comparison(&self, id: &str) -> Result<Vec<String>> {
-        let runs: Option<String> =
-            self.conn.query_row("SELECT runs FROM comparisons WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let runs: Option<String> = self
+            .conn
+            .query_row("SELECT runs FROM comparisons WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
         let runs = runs.ok_or_else(|| Error::BadInput(format!("{}: no comparison '{id}'", self.path.display())))?;
         serde_json::from_str(&runs).map_err(|e| Error::Ledger(e.to_string()))
     }
 
     pub fn comparisons(&self) -> Result<Vec<(String, Vec<String>)>> {
-        let mut st = self.conn.prepare("SELECT id, runs FROM comparisons ORDER BY created, id")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, parse(r.get(1)?)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, runs FROM comparisons ORDER BY created, id")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, parse(r.get(1)?)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     /// Records the locality of the base model (step -1) and other run-level measurements.
     pub fn set_locality(&self, run: &str, step: i64, value: f64) -> Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO locality (run, step, value) VALUES (?1,?2,?3)", params![run, step, value])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO locality (run, step, value) VALUES (?1,?2,?3)",
+            params![run, step, value],
+        )?;
         Ok(())
     }
 
@@ -306,11 +374,18 @@ impl Ledger {
     }
 
     pub fn generations(&self, run: &str) -> Result<Vec<GenerationRow>> {
-        let mut st =
-            self.conn.prepare("SELECT step, fact, prompt, text, f1 FROM generations WHERE run = ?1 ORDER BY step, fact")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT step, fact, prompt, text, f1 FROM generations WHERE run = ?1 ORDER BY step, fact")?;
         let rows = st
             .query_map([run], |r| {
-                Ok(GenerationRow { step: r.get(0)?, fact: r.get(1)?, prompt: r.get(2)?, text: r.get(3)?, f1: r.get(4)? })
+                Ok(GenerationRow {
+                    step: r.get(0)?,
+                    fact: r.get(1)?,
+                    prompt: r.get(2)?,
+                    text: r.get(3)?,
+                    f1: r.get(4)?,
+                })
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -318,8 +393,12 @@ impl Ledger {
 
     /// Locality by step (step -1 is the base model, 1.0 by definition).
     pub fn locality(&self, run: &str) -> Result<Vec<(i64, f64)>> {
-        let mut st = self.conn.prepare("SELECT step, value FROM locality WHERE run = ?1 ORDER BY step")?;
-        let rows = st.query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut st = self
+            .conn
+            .prepare("SELECT step, value FROM locality WHERE run = ?1 ORDER BY step")?;
+        let rows = st
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 }

@@ -74,10 +74,9 @@ const ARCHES: [&str; 3] = ["llama", "qwen2", "mistral"];
 impl Config {
     /// Reads `config.json` of a Hugging Face model folder.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::bad_model(path, format!("cannot read: {e}")))?;
-        let raw: RawConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_model(path, format!("invalid config.json: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::bad_model(path, format!("cannot read: {e}")))?;
+        let raw: RawConfig =
+            serde_json::from_str(&text).map_err(|e| Error::bad_model(path, format!("invalid config.json: {e}")))?;
         let arch = if raw.model_type.is_empty() {
             raw.architectures
                 .first()
@@ -93,31 +92,16 @@ impl Config {
             });
         }
         let rope_scaling = match &raw.rope_scaling {
-            Some(v)
-                if v.get("rope_type")
-                    .or(v.get("type"))
-                    .and_then(|t| t.as_str())
-                    == Some("llama3") =>
-            {
-                Some(
-                    serde_json::from_value(v.clone())
-                        .map_err(|e| Error::bad_model(path, format!("rope_scaling: {e}")))?,
-                )
-            }
+            Some(v) if v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()) == Some("llama3") => Some(
+                serde_json::from_value(v.clone()).map_err(|e| Error::bad_model(path, format!("rope_scaling: {e}")))?,
+            ),
             Some(serde_json::Value::Null) | None => None,
             Some(v) => {
-                let kind = v
-                    .get("rope_type")
-                    .or(v.get("type"))
-                    .cloned()
-                    .unwrap_or_default();
+                let kind = v.get("rope_type").or(v.get("type")).cloned().unwrap_or_default();
                 if kind.as_str() == Some("default") {
                     None
                 } else {
-                    return Err(Error::bad_model(
-                        path,
-                        format!("unsupported rope_scaling {kind}"),
-                    ));
+                    return Err(Error::bad_model(path, format!("unsupported rope_scaling {kind}")));
                 }
             }
         };
@@ -165,10 +149,7 @@ impl Config {
         let hidden = req("embedding_length")? as usize;
         let heads = req("attention.head_count")? as usize;
         let kv_heads = req("attention.head_count_kv").unwrap_or(heads as u64) as usize;
-        let vocab = match g
-            .get(&format!("{arch}.vocab_size"))
-            .and_then(|v| v.as_u64())
-        {
+        let vocab = match g.get(&format!("{arch}.vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => g
                 .get("tokenizer.ggml.tokens")
@@ -183,24 +164,16 @@ impl Config {
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
             .unwrap_or(hidden / heads.max(1));
-        let rope_scaling = match g
-            .get(&format!("{arch}.rope.scaling.type"))
-            .and_then(|v| v.as_str())
-        {
+        let rope_scaling = match g.get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.as_str()) {
             Some("llama3") => Some(Llama3Scaling {
                 factor: opt_f("rope.scaling.factor").unwrap_or(8.0),
                 low_freq_factor: opt_f("rope.scaling.low_freq_factor").unwrap_or(1.0),
                 high_freq_factor: opt_f("rope.scaling.high_freq_factor").unwrap_or(4.0),
-                original_max_position_embeddings: opt_f("rope.scaling.original_context_length")
-                    .unwrap_or(8192.0) as usize,
+                original_max_position_embeddings: opt_f("rope.scaling.original_context_length").unwrap_or(8192.0)
+                    as usize,
             }),
             Some("none") | None => None,
-            Some(other) => {
-                return Err(Error::bad_model(
-                    path,
-                    format!("unsupported rope scaling '{other}'"),
-                ))
-            }
+            Some(other) => return Err(Error::bad_model(path, format!("unsupported rope scaling '{other}'"))),
         };
         let cfg = Config {
             architecture: arch.clone(),
@@ -225,9 +198,7 @@ impl Config {
     fn validate(&self, path: &Path) -> Result<()> {
         let ok = self.num_attention_heads > 0
             && self.num_key_value_heads > 0
-            && self
-                .num_attention_heads
-                .is_multiple_of(self.num_key_value_heads)
+            && self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
             && self.head_dim.is_multiple_of(2)
             && self.head_dim > 0
             && self.hidden_size > 0
@@ -236,10 +207,7 @@ impl Config {
         if ok {
             Ok(())
         } else {
-            Err(Error::bad_model(
-                path,
-                format!("inconsistent model shape: {self:?}"),
-            ))
+            Err(Error::bad_model(path, format!("inconsistent model shape: {self:?}")))
         }
     }
 

@@ -99,9 +99,7 @@ pub fn generate(
             on_text(&text[printed..]);
             printed = text.len();
         }
-        input = Tensor::from_slice(&[next as i64])
-            .unsqueeze(0)
-            .to_device(dev);
+        input = Tensor::from_slice(&[next as i64]).unsqueeze(0).to_device(dev);
     }
     let text = tok.decode(&out);
     if text.len() > printed && text.is_char_boundary(printed) {

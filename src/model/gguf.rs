@@ -142,8 +142,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.u64()?;
         let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
     }
 
     fn value(&mut self, ty: u32, depth: u32) -> std::result::Result<Value, String> {
@@ -165,10 +164,7 @@ impl<'a> Cursor<'a> {
                 let n = self.u64()?;
                 // Every element takes at least one byte: a count beyond the bytes left is corrupt.
                 if n > (self.buf.len() - self.pos) as u64 {
-                    return Err(format!(
-                        "array of {n} elements at offset {} exceeds the file",
-                        self.pos
-                    ));
+                    return Err(format!("array of {n} elements at offset {} exceeds the file", self.pos));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -187,14 +183,12 @@ impl<'a> Cursor<'a> {
 impl Gguf {
     /// Opens and validates a GGUF file (header, metadata, tensor directory, data bounds).
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::bad_model(path, format!("cannot open: {e}")))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::bad_model(path, format!("cannot open: {e}")))?;
         // SAFETY: the file is opened read-only and the map lives as long as `Gguf`; a file
         // changed underneath us is the same hazard every mmap-based model loader accepts.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| Error::bad_model(path, format!("cannot map: {e}")))?;
-        Self::parse(path, map)
-            .map_err(|msg| Error::bad_model(path, format!("not a valid GGUF file: {msg}")))
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::bad_model(path, format!("cannot map: {e}")))?;
+        Self::parse(path, map).map_err(|msg| Error::bad_model(path, format!("not a valid GGUF file: {msg}")))
     }
 
     fn parse(path: &Path, map: memmap2::Mmap) -> std::result::Result<Self, String> {
@@ -207,9 +201,7 @@ impl Gguf {
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(format!(
-                "unsupported GGUF version {version} (supported: 2, 3)"
-            ));
+            return Err(format!("unsupported GGUF version {version} (supported: 2, 3)"));
         }
         let n_tensors = c.u64()?;
         let n_kv = c.u64()?;
@@ -220,9 +212,7 @@ impl Gguf {
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
-            let v = c
-                .value(ty, 0)
-                .map_err(|e| format!("metadata '{key}': {e}"))?;
+            let v = c.value(ty, 0).map_err(|e| format!("metadata '{key}': {e}"))?;
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
@@ -232,9 +222,7 @@ impl Gguf {
             if nd == 0 || nd > 4 {
                 return Err(format!("tensor '{name}' has {nd} dimensions"));
             }
-            let dims = (0..nd)
-                .map(|_| c.u64())
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let dims = (0..nd).map(|_| c.u64()).collect::<std::result::Result<Vec<_>, _>>()?;
             let type_id = c.u32()?;
             let offset = c.u64()?;
             tensors.push(TensorInfo {
@@ -274,10 +262,7 @@ impl Gguf {
                     .checked_add(bytes)
                     .ok_or_else(|| format!("tensor '{}' offset overflows", t.name))?;
                 if end > data_len {
-                    return Err(format!(
-                        "truncated: tensor '{}' ends past the end of the file",
-                        t.name
-                    ));
+                    return Err(format!("truncated: tensor '{}' ends past the end of the file", t.name));
                 }
             }
         }
@@ -311,10 +296,7 @@ impl Gguf {
         let n = info.numel() as usize;
         let start = self.data_start + info.offset as usize;
         let len = n / ty.block_len() * ty.block_bytes();
-        Ok((
-            dequantize(ty, &self.map[start..start + len], n),
-            info.shape(),
-        ))
+        Ok((dequantize(ty, &self.map[start..start + len], n), info.shape()))
     }
 
     /// The raw bytes of one tensor (its blocks as stored).
@@ -405,11 +387,7 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
 }
 
 /// Writes a GGUF v3 file with the given metadata and tensors.
-pub fn write(
-    path: &Path,
-    metadata: &[(String, Value)],
-    tensors: &[WriteTensor],
-) -> std::io::Result<()> {
+pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
     let mut w = Vec::new();
     w.extend(MAGIC);
     w.extend(3u32.to_le_bytes());

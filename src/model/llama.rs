@@ -12,9 +12,7 @@ use std::collections::HashMap;
 use tch::{nn, Device, Kind, Tensor};
 
 /// The linear projections of a decoder layer, the sites an adapter can attach to.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Proj {
     Q,
     K,
@@ -26,15 +24,7 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
 
     /// The checkpoint name of the projection (`q_proj`, …).
     pub fn name(self) -> &'static str {
@@ -167,6 +157,9 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Tensor,
     inv_freq: Tensor,
+    /// fp32 copies of edited weights when the base is stored in lower precision, so merges
+    /// accumulate in fp32 instead of rounding each update away in bf16.
+    masters: std::sync::Mutex<HashMap<String, Tensor>>,
 }
 
 fn proj(layer: usize, p: Proj, lin: &Linear, x: &Tensor, ad: &dyn Adapter) -> Tensor {
@@ -197,8 +190,7 @@ pub fn rope_inv_freq(cfg: &Config) -> Vec<f32> {
             if wavelen > low_wavelen {
                 *f /= s.factor;
             } else if wavelen >= high_wavelen {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                 *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
             }
         }
@@ -264,10 +256,7 @@ impl Attention {
             let mask = Tensor::ones([t, past + t], (Kind::Bool, x.device())).tril(past);
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
         };
-        let y = y
-            .transpose(1, 2)
-            .contiguous()
-            .view([b, t, self.n_head * self.head_dim]);
+        let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
         proj(layer, Proj::O, &self.o_proj, &y, ad)
     }
 }
@@ -325,13 +314,7 @@ impl Llama {
                 let key = p.weight_key(l);
                 let weight = take(&mut w, &root, &key, &[out, inp], kind)?;
                 let bias = if bias {
-                    Some(take(
-                        &mut w,
-                        &root,
-                        &key.replace(".weight", ".bias"),
-                        &[out],
-                        kind,
-                    )?)
+                    Some(take(&mut w, &root, &key.replace(".weight", ".bias"), &[out], kind)?)
                 } else {
                     None
                 };
@@ -353,13 +336,7 @@ impl Llama {
                 down_proj: lin(Proj::Down, h, i, false)?,
             };
             let mut norm = |name: &str| -> Result<RmsNorm> {
-                let weight = take(
-                    &mut w,
-                    &root,
-                    &format!("model.layers.{l}.{name}.weight"),
-                    &[h],
-                    kind,
-                )?;
+                let weight = take(&mut w, &root, &format!("model.layers.{l}.{name}.weight"), &[h], kind)?;
                 Ok(RmsNorm {
                     weight,
                     eps: cfg.rms_norm_eps,
@@ -382,13 +359,7 @@ impl Llama {
             w.remove("lm_head.weight");
             embed_tokens.shallow_clone()
         } else {
-            take(
-                &mut w,
-                &root,
-                "lm_head.weight",
-                &[cfg.vocab_size as i64, h],
-                kind,
-            )?
+            take(&mut w, &root, "lm_head.weight", &[cfg.vocab_size as i64, h], kind)?
         };
         vs.freeze();
         let inv_freq = Tensor::from_slice(&rope_inv_freq(cfg)).to_device(device);
@@ -400,6 +371,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            masters: Default::default(),
         })
     }
 
@@ -417,6 +389,69 @@ impl Llama {
         self.vs.variables().get(name).map(|t| t.shallow_clone())
     }
 
+    /// W += delta (fp32 arithmetic; kept in an fp32 master copy when the weights are lower precision).
+    pub fn add_to_weight(&self, name: &str, delta: &Tensor) -> Result<()> {
+        let w = self
+            .weight(name)
+            .ok_or_else(|| Error::BadInput(format!("model has no weight '{name}'")))?;
+        tch::no_grad(|| {
+            let delta = delta.to_device(w.device()).to_kind(Kind::Float);
+            let mut w = w;
+            if w.kind() == Kind::Float {
+                let _ = w.g_add_(&delta);
+            } else {
+                let mut masters = self.masters.lock().expect("masters lock");
+                let master = masters
+                    .entry(name.to_string())
+                    .or_insert_with(|| w.to_kind(Kind::Float));
+                let _ = master.g_add_(&delta);
+                w.copy_(master);
+            }
+        });
+        Ok(())
+    }
+
+    /// A model of `cfg` with random weights (N(0, 0.02), norms 1) made directly on `device`, for
+    /// speed measurements where the values do not matter.
+    pub fn random(cfg: &Config, device: Device, kind: Kind) -> Result<Self> {
+        let mut w = Weights::new();
+        let (h, i, v) = (
+            cfg.hidden_size as i64,
+            cfg.intermediate_size as i64,
+            cfg.vocab_size as i64,
+        );
+        let (q, kv) = (
+            (cfg.num_attention_heads * cfg.head_dim) as i64,
+            (cfg.num_key_value_heads * cfg.head_dim) as i64,
+        );
+        let rnd = |shape: &[i64]| Tensor::randn(shape, (kind, device)) * 0.02;
+        w.insert("model.embed_tokens.weight".into(), rnd(&[v, h]));
+        w.insert("model.norm.weight".into(), Tensor::ones([h], (kind, device)));
+        if !cfg.tie_word_embeddings {
+            w.insert("lm_head.weight".into(), rnd(&[v, h]));
+        }
+        for l in 0..cfg.num_hidden_layers {
+            for (p, shape) in [
+                (Proj::Q, [q, h]),
+                (Proj::K, [kv, h]),
+                (Proj::V, [kv, h]),
+                (Proj::O, [h, q]),
+                (Proj::Gate, [i, h]),
+                (Proj::Up, [i, h]),
+                (Proj::Down, [h, i]),
+            ] {
+                w.insert(p.weight_key(l), rnd(&shape));
+            }
+            for n in ["input_layernorm", "post_attention_layernorm"] {
+                w.insert(
+                    format!("model.layers.{l}.{n}.weight"),
+                    Tensor::ones([h], (kind, device)),
+                );
+            }
+        }
+        Llama::new(cfg, w, device, kind)
+    }
+
     /// ids: [b, t] (positions start at the cache length) -> final hidden states [b, t, hidden]
     // `x = x + a`, not `x += a`: an in-place add would overwrite a tensor autograd saved for backward.
     #[allow(clippy::assign_op_pattern)]
@@ -432,18 +467,11 @@ impl Llama {
         let mut cache = cache;
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.kv[l]);
-            let a = layer.self_attn.forward(
-                l,
-                &layer.input_layernorm.forward(&x),
-                &cos,
-                &sin,
-                slot,
-                ad,
-            );
+            let a = layer
+                .self_attn
+                .forward(l, &layer.input_layernorm.forward(&x), &cos, &sin, slot, ad);
             x = x + a;
-            let m = layer
-                .mlp
-                .forward(l, &layer.post_attention_layernorm.forward(&x), ad);
+            let m = layer.mlp.forward(l, &layer.post_attention_layernorm.forward(&x), ad);
             x = x + m;
         }
         self.norm.forward(&x)
@@ -451,9 +479,7 @@ impl Llama {
 
     /// hidden: [.., hidden] -> logits [.., vocab] in fp32
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden
-            .linear::<Tensor>(&self.lm_head, None)
-            .to_kind(Kind::Float)
+        hidden.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float)
     }
 
     /// ids: [b, t] -> logits [b, t, vocab]

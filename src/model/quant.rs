@@ -126,11 +126,7 @@ fn dequant_block(ty: GgmlType, b: &[u8], out: &mut [f32]) {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     let (bl, bb) = (ty.block_len(), ty.block_bytes());
     assert_eq!(n % bl, 0, "element count is not a whole number of blocks");
-    assert_eq!(
-        bytes.len(),
-        n / bl * bb,
-        "byte count does not match element count"
-    );
+    assert_eq!(bytes.len(), n / bl * bb, "byte count does not match element count");
     let mut out = vec![0f32; n];
     // Chunks of many blocks keep rayon's overhead small next to the arithmetic.
     const BLOCKS_PER_TASK: usize = 4096;

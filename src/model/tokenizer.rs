@@ -9,7 +9,8 @@ use std::path::Path;
 /// Llama 3's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer with the special tokens and chat template the model was trained with.
 pub struct Tokenizer {
@@ -34,10 +35,7 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let path = &g.path;
         let bad = |msg: String| Error::bad_model(path, msg);
-        let model = g
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
         if model != "gpt2" {
             return Err(bad(format!(
                 "tokenizer model '{model}' is not supported from GGUF (supported: gpt2 byte-level BPE); \
@@ -64,10 +62,7 @@ impl Tokenizer {
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
             .unwrap_or_else(|| vec![1; tokens.len()]);
-        let pre = g
-            .get("tokenizer.ggml.pre")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let pre_tokenizer = match pre {
             "default" | "gpt2" | "gpt-2" => byte_level(true),
             // SmolLM splits every digit, then applies GPT-2's split.
@@ -79,17 +74,10 @@ impl Tokenizer {
             "qwen2" => {
                 json!({"type": "Sequence", "pretokenizers": [split(QWEN2_SPLIT), byte_level(false)]})
             }
-            other => {
-                return Err(bad(format!(
-                    "tokenizer pre-type '{other}' is not supported"
-                )))
-            }
+            other => return Err(bad(format!("tokenizer pre-type '{other}' is not supported"))),
         };
-        let vocab: serde_json::Map<String, serde_json::Value> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), json!(i)))
-            .collect();
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
         let added: Vec<serde_json::Value> = tokens
             .iter()
             .enumerate()
@@ -107,10 +95,10 @@ impl Tokenizer {
                       "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
                       "ignore_merges": false, "vocab": vocab, "merges": merges}
         });
-        let inner: tokenizers::Tokenizer =
-            spec.to_string().parse().map_err(|e: tokenizers::Error| {
-                bad(format!("cannot build tokenizer from metadata: {e}"))
-            })?;
+        let inner: tokenizers::Tokenizer = spec
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| bad(format!("cannot build tokenizer from metadata: {e}")))?;
         let id_of = |key: &str| g.get(key).and_then(Value::as_u64).map(|v| v as usize);
         let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
@@ -125,21 +113,15 @@ impl Tokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
+        let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
-            Ok(s) => {
-                serde_json::from_str(&s).map_err(|e| Error::bad_model(&cfg_path, format!("{e}")))?
-            }
+            Ok(s) => serde_json::from_str(&s).map_err(|e| Error::bad_model(&cfg_path, format!("{e}")))?,
             Err(_) => json!({}),
         };
         let tok_str = |k: &str| match cfg.get(k) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(v) => v
-                .get("content")
-                .and_then(|c| c.as_str())
-                .map(str::to_string),
+            Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
             None => None,
         };
         let template = cfg
@@ -162,11 +144,11 @@ impl Tokenizer {
         chat_template: Option<String>,
     ) -> Self {
         let mut stop_ids: Vec<u32> = Vec::new();
-        for t in eos_token.iter().map(String::as_str).chain([
-            "<|im_end|>",
-            "<|eot_id|>",
-            "<|end_of_text|>",
-        ]) {
+        for t in eos_token
+            .iter()
+            .map(String::as_str)
+            .chain(["<|im_end|>", "<|eot_id|>", "<|end_of_text|>"])
+        {
             if let Some(id) = inner.token_to_id(t) {
                 if !stop_ids.contains(&id) {
                     stop_ids.push(id);
@@ -211,21 +193,12 @@ impl Tokenizer {
         let preferred = ["<|im_end|>", "<|eot_id|>"]
             .into_iter()
             .find(|t| self.inner.token_to_id(t).is_some());
-        preferred
-            .map(str::to_string)
-            .or_else(|| self.inner.id_to_token(id))
+        preferred.map(str::to_string).or_else(|| self.inner.id_to_token(id))
     }
 
     /// Renders a conversation with the checkpoint's chat template (a plain fallback when it has none).
-    pub fn render_chat(
-        &self,
-        messages: &[(&str, &str)],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
-        let msgs: Vec<serde_json::Value> = messages
-            .iter()
-            .map(|(r, c)| json!({"role": r, "content": c}))
-            .collect();
+    pub fn render_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let msgs: Vec<serde_json::Value> = messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect();
         let Some(tpl) = &self.chat_template else {
             let mut s = String::new();
             for (r, c) in messages {
@@ -242,10 +215,7 @@ impl Tokenizer {
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
             },
         );
         env.add_template("chat", tpl)

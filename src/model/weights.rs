@@ -94,19 +94,13 @@ fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
 fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text =
-            std::fs::read_to_string(&index).map_err(|e| Error::bad_model(&index, e.to_string()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::bad_model(&index, e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&index, e.to_string()))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::bad_model(&index, "no weight_map"))?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|f| f.as_str())
-            .map(|f| dir.join(f))
-            .collect();
+        let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
         files.sort();
         files.dedup();
         return Ok(files);
@@ -126,8 +120,7 @@ fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let mut w = Weights::new();
     for f in safetensor_files(dir)? {
-        let tensors =
-            Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
+        let tensors = Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
         for (name, t) in tensors {
             w.insert(name, t.to_kind(Kind::Float));
         }
@@ -160,11 +153,7 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     } else {
         load_gguf(path)?
     };
-    let kind = if device.is_cuda() {
-        Kind::BFloat16
-    } else {
-        Kind::Float
-    };
+    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
     let model = Llama::new(&cfg, weights, device, kind).map_err(|e| match e {
         Error::BadInput(msg) => Error::bad_model(path, msg),
         other => other,

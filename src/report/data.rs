@@ -55,17 +55,29 @@ impl RunData {
     pub fn load(ledger: &Ledger, run: &str) -> Result<Self> {
         let run = ledger.run(run)?;
         let steps = ledger.steps(&run.id)?;
-        let by_hash: HashMap<String, crate::knowledge::Fact> =
-            ledger.run_facts(&run.id)?.into_iter().map(|f| (f.hash.clone(), f)).collect();
+        let by_hash: HashMap<String, crate::knowledge::Fact> = ledger
+            .run_facts(&run.id)?
+            .into_iter()
+            .map(|f| (f.hash.clone(), f))
+            .collect();
         let mut facts = Vec::new();
         for s in &steps {
             for h in &s.facts {
                 if let Some(f) = by_hash.get(h) {
-                    facts.push(FactInfo { hash: h.clone(), id: f.id.clone(), answer: f.answer.clone(), step: s.idx });
+                    facts.push(FactInfo {
+                        hash: h.clone(),
+                        id: f.id.clone(),
+                        answer: f.answer.clone(),
+                        step: s.idx,
+                    });
                 }
             }
         }
-        let probes = ledger.probes(&run.id)?.into_iter().map(|p| ((p.fact.clone(), p.step), p)).collect();
+        let probes = ledger
+            .probes(&run.id)?
+            .into_iter()
+            .map(|p| ((p.fact.clone(), p.step), p))
+            .collect();
         Ok(RunData {
             config: serde_json::from_str(&run.config).unwrap_or(serde_json::Value::Null),
             locality: ledger.locality(&run.id)?,
@@ -94,8 +106,12 @@ impl RunData {
             steps: self.steps.len(),
             final_recall: mean(self.facts.iter().filter_map(|f| at_end(f).map(|p| p.recall))).unwrap_or(f64::NAN),
             final_general: mean(self.facts.iter().filter_map(|f| at_end(f).and_then(|p| p.general))),
-            recall_at_step: mean(self.facts.iter().filter_map(|f| self.probe(&f.hash, f.step).map(|p| p.recall)))
-                .unwrap_or(f64::NAN),
+            recall_at_step: mean(
+                self.facts
+                    .iter()
+                    .filter_map(|f| self.probe(&f.hash, f.step).map(|p| p.recall)),
+            )
+            .unwrap_or(f64::NAN),
             locality: self.locality.iter().filter(|(s, _)| *s >= 0).last().map(|(_, v)| *v),
             first_quarter_recall: mean(self.facts[..quarter].iter().filter_map(|f| at_end(f).map(|p| p.recall)))
                 .unwrap_or(f64::NAN),
@@ -112,8 +128,12 @@ impl RunData {
     pub fn curves(&self) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
         let (mut rec, mut gen) = (Vec::new(), Vec::new());
         for s in &self.steps {
-            let rows: Vec<&ProbeRow> =
-                self.facts.iter().filter(|f| f.step <= s.idx).filter_map(|f| self.probe(&f.hash, s.idx)).collect();
+            let rows: Vec<&ProbeRow> = self
+                .facts
+                .iter()
+                .filter(|f| f.step <= s.idx)
+                .filter_map(|f| self.probe(&f.hash, s.idx))
+                .collect();
             if let Some(m) = mean(rows.iter().map(|p| p.recall)) {
                 rec.push((s.idx as f64, m));
             }

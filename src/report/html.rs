@@ -71,7 +71,9 @@ fn loss_series(d: &RunData) -> Vec<(f64, f64)> {
 
 /// Heatmap of the unmasked rank per layer and module at the run's last step (fraction of init_r).
 fn rank_chart(d: &RunData, title: &str) -> String {
-    let Some(last) = d.steps.last() else { return String::new() };
+    let Some(last) = d.steps.last() else {
+        return String::new();
+    };
     let init_r = d.config["train"]["adalora"]["init_r"].as_f64().unwrap_or(12.0);
     let mut layers: Vec<usize> = Vec::new();
     let mut modules: Vec<String> = Vec::new();
@@ -79,7 +81,9 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     for (key, rank) in &last.rank_pattern {
         // model.layers.{l}.{block}.{proj}.weight
         let parts: Vec<&str> = key.split('.').collect();
-        let (Some(l), Some(p)) = (parts.get(2).and_then(|l| l.parse::<usize>().ok()), parts.get(4)) else { continue };
+        let (Some(l), Some(p)) = (parts.get(2).and_then(|l| l.parse::<usize>().ok()), parts.get(4)) else {
+            continue;
+        };
         if !layers.contains(&l) {
             layers.push(l);
         }
@@ -91,7 +95,9 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     layers.sort();
     let rows: Vec<String> = modules.clone();
     let cols: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    heatmap(title, &rows, &cols, |i, j| val.get(&(layers[j], modules[i].clone())).copied())
+    heatmap(title, &rows, &cols, |i, j| {
+        val.get(&(layers[j], modules[i].clone())).copied()
+    })
 }
 
 fn retention_chart(d: &RunData, title: &str) -> String {
@@ -100,7 +106,9 @@ fn retention_chart(d: &RunData, title: &str) -> String {
     heatmap(title, &rows, &cols, |i, j| {
         let f = &d.facts[i];
         let step = d.steps[j].idx;
-        (f.step <= step).then(|| d.probe(&f.hash, step).map(|p| p.recall)).flatten()
+        (f.step <= step)
+            .then(|| d.probe(&f.hash, step).map(|p| p.recall))
+            .flatten()
     })
 }
 
@@ -181,22 +189,41 @@ pub fn run_page(d: &RunData) -> String {
     b.push_str("<h2>Recall, generalisation and locality over steps</h2><div class=grid>");
     b.push_str(&line_chart(
         &[
-            Series { name: "recall", color: PALETTE[0], points: rec },
-            Series { name: "generalisation", color: PALETTE[2], points: gen },
-            Series { name: "locality", color: PALETTE[1], points: loc },
+            Series {
+                name: "recall",
+                color: PALETTE[0],
+                points: rec,
+            },
+            Series {
+                name: "generalisation",
+                color: PALETTE[2],
+                points: gen,
+            },
+            Series {
+                name: "locality",
+                color: PALETTE[1],
+                points: loc,
+            },
         ],
         "mean over facts injected so far (locality: step -1 = base)",
         "step",
         Some((0.0, 1.0)),
     ));
     b.push_str(&line_chart(
-        &[Series { name: "loss", color: PALETTE[3], points: loss_series(d) }],
+        &[Series {
+            name: "loss",
+            color: PALETTE[3],
+            points: loss_series(d),
+        }],
         "training loss (all steps, one after another)",
         "optimizer step",
         None,
     ));
     b.push_str("</div><h2>Retention (fact × step, recall)</h2>");
-    b.push_str(&retention_chart(d, "recall of each fact after each step (grey: not yet injected or not measured)"));
+    b.push_str(&retention_chart(
+        d,
+        "recall of each fact after each step (grey: not yet injected or not measured)",
+    ));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
     b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>locality</th></tr>");
@@ -217,7 +244,11 @@ pub fn run_page(d: &RunData) -> String {
     }
     b.push_str("</table><h2>Sample generations</h2>");
     b.push_str(&generations_table(d, 20));
-    let _ = write!(b, "<h2>Config</h2><pre>{}</pre>", esc(&serde_json::to_string_pretty(&d.config).unwrap_or_default()));
+    let _ = write!(
+        b,
+        "<h2>Config</h2><pre>{}</pre>",
+        esc(&serde_json::to_string_pretty(&d.config).unwrap_or_default())
+    );
     page(&format!("injector {}", r.id), &b)
 }
 
@@ -230,7 +261,10 @@ fn by_facts(d: &RunData, points: &[(f64, f64)]) -> Vec<(f64, f64)> {
         cum.insert(s.idx, n as f64);
     }
     cum.insert(-1, 0.0);
-    points.iter().filter_map(|&(s, v)| cum.get(&(s as i64)).map(|&x| (x, v))).collect()
+    points
+        .iter()
+        .filter_map(|&(s, v)| cum.get(&(s as i64)).map(|&x| (x, v)))
+        .collect()
 }
 
 /// The comparison page of several runs (strategies) on the same knowledge.
@@ -239,7 +273,12 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     let mut b = String::new();
     let _ = write!(b, "<h1>Comparison {}</h1>", esc(id));
     if let Some(r) = runs.first() {
-        let _ = write!(b, "<p class=meta>knowledge {} · model {}</p>", esc(&r.run.knowledge_dir), esc(&r.run.model_path));
+        let _ = write!(
+            b,
+            "<p class=meta>knowledge {} · model {}</p>",
+            esc(&r.run.knowledge_dir),
+            esc(&r.run.model_path)
+        );
     }
     // Best per column: highest for quality, lowest for cost.
     let cols: Vec<Vec<f64>> = sums
@@ -258,8 +297,14 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
             ]
         })
         .collect();
-    let best: Vec<f64> =
-        (0..SUMMARY_HEAD.len()).map(|c| cols.iter().map(|r| r[c]).filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max)).collect();
+    let best: Vec<f64> = (0..SUMMARY_HEAD.len())
+        .map(|c| {
+            cols.iter()
+                .map(|r| r[c])
+                .filter(|v| v.is_finite())
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
     b.push_str("<table id=compare><tr><th class=l>strategy</th><th class=l>run</th>");
     for h in SUMMARY_HEAD {
         let _ = write!(b, "<th>{h}</th>");
@@ -274,7 +319,11 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
             esc(&d.run.id)
         );
         for (c, cell) in summary_cells(s).into_iter().enumerate() {
-            let cls = if row[c].is_finite() && (row[c] - best[c]).abs() < 1e-12 && runs.len() > 1 { " class=best" } else { "" };
+            let cls = if row[c].is_finite() && (row[c] - best[c]).abs() < 1e-12 && runs.len() > 1 {
+                " class=best"
+            } else {
+                ""
+            };
             let _ = write!(b, "<td{cls}>{cell}</td>");
         }
         b.push_str("</tr>");
@@ -290,15 +339,34 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     let locality = series(&|d| by_facts(d, &d.locality.iter().map(|&(s, v)| (s as f64, v)).collect::<Vec<_>>()));
     let loss = series(&|d| loss_series(d));
     for (title, data, x, range) in [
-        ("mean recall of the facts injected so far", &recall, "facts injected", Some((0.0, 1.0))),
-        ("mean generalisation of the facts injected so far", &general, "facts injected", Some((0.0, 1.0))),
-        ("locality (unrelated prompts)", &locality, "facts injected", Some((0.0, 1.0))),
+        (
+            "mean recall of the facts injected so far",
+            &recall,
+            "facts injected",
+            Some((0.0, 1.0)),
+        ),
+        (
+            "mean generalisation of the facts injected so far",
+            &general,
+            "facts injected",
+            Some((0.0, 1.0)),
+        ),
+        (
+            "locality (unrelated prompts)",
+            &locality,
+            "facts injected",
+            Some((0.0, 1.0)),
+        ),
         ("training loss", &loss, "optimizer step", None),
     ] {
         let s: Vec<Series> = data
             .iter()
             .enumerate()
-            .map(|(i, (n, p))| Series { name: n, color: PALETTE[i % PALETTE.len()], points: p.clone() })
+            .map(|(i, (n, p))| Series {
+                name: n,
+                color: PALETTE[i % PALETTE.len()],
+                points: p.clone(),
+            })
             .collect();
         b.push_str(&line_chart(&s, title, x, range));
     }
@@ -325,7 +393,9 @@ fn verdict(runs: &[RunData], sums: &[Summary]) -> String {
         return String::new();
     }
     let pick = |key: &dyn Fn(&Summary) -> f64| {
-        let i = (0..sums.len()).max_by(|&a, &b| key(&sums[a]).total_cmp(&key(&sums[b]))).unwrap_or(0);
+        let i = (0..sums.len())
+            .max_by(|&a, &b| key(&sums[a]).total_cmp(&key(&sums[b])))
+            .unwrap_or(0);
         (runs[i].run.strategy.clone(), key(&sums[i]))
     };
     let (rk, rv) = pick(&|s| s.final_recall);
@@ -335,7 +405,14 @@ fn verdict(runs: &[RunData], sums: &[Summary]) -> String {
     format!(
         "<p class=verdict>Keeps the most facts: <b>{}</b> (final recall {:.2}). Generalises best: <b>{}</b> ({:.2}). \
          Leaves unrelated answers most intact: <b>{}</b> (locality {:.2}). Fastest: <b>{}</b> ({:.0} s).</p>",
-        esc(&rk), rv, esc(&gk), gv, esc(&lk), lv, esc(&tk), -tv
+        esc(&rk),
+        rv,
+        esc(&gk),
+        gv,
+        esc(&lk),
+        lv,
+        esc(&tk),
+        -tv
     )
 }
 
@@ -343,7 +420,12 @@ fn verdict(runs: &[RunData], sums: &[Summary]) -> String {
 pub fn index_page(runs: &[RunData], comparisons: &[(String, Vec<String>)]) -> String {
     let mut b = String::from("<h1>injector reports</h1><h2>Comparisons</h2><ul>");
     for (id, members) in comparisons {
-        let _ = write!(b, "<li><a href=\"compare-{0}.html\">{0}</a>: {1}</li>", esc(id), esc(&members.join(", ")));
+        let _ = write!(
+            b,
+            "<li><a href=\"compare-{0}.html\">{0}</a>: {1}</li>",
+            esc(id),
+            esc(&members.join(", "))
+        );
     }
     b.push_str("</ul><h2>Runs</h2><table><tr><th class=l>run</th><th class=l>strategy</th><th class=l>status</th><th>facts</th><th>final recall</th><th>final generalisation</th><th>locality</th><th class=l>knowledge</th></tr>");
     for d in runs {

@@ -41,7 +41,11 @@ pub fn write_compare(ledger: &Ledger, dir: &Path, id: &str) -> Result<PathBuf> {
 
 /// Writes `index.html` listing every run and comparison in the ledger.
 pub fn write_index(ledger: &Ledger, dir: &Path) -> Result<PathBuf> {
-    let runs: Vec<RunData> = ledger.list_runs()?.iter().map(|r| RunData::load(ledger, &r.id)).collect::<Result<_>>()?;
+    let runs: Vec<RunData> = ledger
+        .list_runs()?
+        .iter()
+        .map(|r| RunData::load(ledger, &r.id))
+        .collect::<Result<_>>()?;
     let comps = ledger.comparisons()?;
     let path = dir.join("index.html");
     write_atomic(&path, &html::index_page(&runs, &comps))?;

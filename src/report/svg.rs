@@ -2,11 +2,16 @@
 use std::fmt::Write;
 
 /// Colours for series, in order.
-pub const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+pub const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 
 /// Escapes text for HTML and SVG.
 pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// One line of a chart.
@@ -19,8 +24,14 @@ pub struct Series<'a> {
 /// A line chart with axes; `y_range` fixes the y axis (else it fits the data).
 pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option<(f64, f64)>) -> String {
     let (w, h, ml, mr, mt, mb) = (560.0, 260.0, 48.0, 130.0, 28.0, 36.0);
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.1.is_finite()).collect();
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" class="chart">"#);
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .collect();
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" class="chart">"#
+    );
     let _ = write!(svg, r#"<text x="{ml}" y="16" class="title">{}</text>"#, esc(title));
     if pts.is_empty() {
         svg.push_str(r#"<text x="60" y="120">no data</text></svg>"#);
@@ -32,7 +43,10 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
         x1 = x0 + 1.0;
     }
     let (y0, mut y1) = y_range.unwrap_or_else(|| {
-        (pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(0.0), pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max))
+        (
+            pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(0.0),
+            pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+        )
     });
     if y1 <= y0 {
         y1 = y0 + 1.0;
@@ -52,9 +66,26 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
             fmt_tick(y)
         );
     }
-    let _ = write!(svg, r#"<text x="{ml}" y="{}" class="tick">{}</text>"#, h - 8.0, fmt_tick(x0));
-    let _ = write!(svg, r#"<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#, w - mr, h - 8.0, fmt_tick(x1));
-    let _ = write!(svg, r#"<text x="{}" y="{}" class="tick" text-anchor="middle">{}</text>"#, (ml + w - mr) / 2.0, h - 8.0, esc(x_label));
+    let _ = write!(
+        svg,
+        r#"<text x="{ml}" y="{}" class="tick">{}</text>"#,
+        h - 8.0,
+        fmt_tick(x0)
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#,
+        w - mr,
+        h - 8.0,
+        fmt_tick(x1)
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
+        (ml + w - mr) / 2.0,
+        h - 8.0,
+        esc(x_label)
+    );
     for (i, s) in series.iter().enumerate() {
         let path: Vec<String> = s
             .points
@@ -66,7 +97,12 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
             let (x, y) = path[0].split_once(',').unwrap_or(("0", "0"));
             let _ = write!(svg, r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#, s.color);
         } else {
-            let _ = write!(svg, r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#, s.color, path.join(" "));
+            let _ = write!(
+                svg,
+                r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+                s.color,
+                path.join(" ")
+            );
         }
         let ly = mt + 14.0 * i as f64;
         let _ = write!(
@@ -95,7 +131,11 @@ fn fmt_tick(v: f64) -> String {
 /// Colour of a value in [0, 1]: red (0) through yellow to green (1).
 pub fn heat(v: f64) -> String {
     let v = v.clamp(0.0, 1.0);
-    let (r, g) = if v < 0.5 { (220.0, 60.0 + 2.0 * v * 160.0) } else { (220.0 - (v - 0.5) * 2.0 * 170.0, 220.0) };
+    let (r, g) = if v < 0.5 {
+        (220.0, 60.0 + 2.0 * v * 160.0)
+    } else {
+        (220.0 - (v - 0.5) * 2.0 * 170.0, 220.0)
+    };
     format!("rgb({:.0},{:.0},70)", r, g)
 }
 
@@ -106,19 +146,33 @@ pub fn heatmap(title: &str, rows: &[String], cols: &[String], cell: impl Fn(usiz
     let (ml, mt) = (150.0, 36.0);
     let w = ml + cw * cols.len() as f64 + 10.0;
     let h = mt + ch * rows.len() as f64 + 24.0;
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" class="chart">"#);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" class="chart">"#
+    );
     let _ = write!(svg, r#"<text x="4" y="16" class="title">{}</text>"#, esc(title));
     let label_every_row = (12.0 / ch).ceil().max(1.0) as usize;
     let label_every_col = (24.0 / cw).ceil().max(1.0) as usize;
     for (j, c) in cols.iter().enumerate() {
         if j % label_every_col == 0 {
-            let _ = write!(svg, r#"<text x="{:.1}" y="{}" class="tick">{}</text>"#, ml + cw * j as f64, mt - 4.0, esc(c));
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{}" class="tick">{}</text>"#,
+                ml + cw * j as f64,
+                mt - 4.0,
+                esc(c)
+            );
         }
     }
     for (i, r) in rows.iter().enumerate() {
         let y = mt + ch * i as f64;
         if i % label_every_row == 0 {
-            let _ = write!(svg, r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#, ml - 4.0, y + ch.min(12.0) - 1.0, esc(r));
+            let _ = write!(
+                svg,
+                r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#,
+                ml - 4.0,
+                y + ch.min(12.0) - 1.0,
+                esc(r)
+            );
         }
         for j in 0..cols.len() {
             let (fill, tip) = match cell(i, j) {
@@ -146,10 +200,16 @@ mod tests {
 
     #[test]
     fn charts_are_well_formed() {
-        let s = [Series { name: "a<b", color: PALETTE[0], points: vec![(0.0, 0.5), (1.0, 1.0)] }];
+        let s = [Series {
+            name: "a<b",
+            color: PALETTE[0],
+            points: vec![(0.0, 0.5), (1.0, 1.0)],
+        }];
         let c = line_chart(&s, "t", "step", Some((0.0, 1.0)));
         assert!(c.starts_with("<svg") && c.ends_with("</svg>") && c.contains("a&lt;b") && c.contains("polyline"));
-        let h = heatmap("h", &["f".into()], &["0".into(), "1".into()], |_, j| (j == 0).then_some(0.9));
+        let h = heatmap("h", &["f".into()], &["0".into(), "1".into()], |_, j| {
+            (j == 0).then_some(0.9)
+        });
         assert_eq!(h.matches("<rect").count(), 2);
         assert!(h.contains("not measured"));
         assert_eq!(heat(1.0), "rgb(50,220,70)");

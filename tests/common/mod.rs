@@ -51,11 +51,7 @@ pub fn byte_tokens() -> Vec<String> {
 
 /// The tiny vocabulary: three specials, then the 256 byte tokens.
 pub fn vocab() -> Vec<String> {
-    SPECIALS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(byte_tokens())
-        .collect()
+    SPECIALS.iter().map(|s| s.to_string()).chain(byte_tokens()).collect()
 }
 
 /// Deterministic pseudo-random weights in HF names and shapes (PyTorch order).
@@ -63,9 +59,7 @@ pub fn tiny_weights(seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
     let t = TINY;
     let hd = t.hidden / t.heads;
     let v = vocab().len();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut rnd = |n: usize, scale: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
@@ -104,22 +98,14 @@ pub fn tiny_weights(seed: u64) -> Vec<(String, Vec<i64>, Vec<f32>)> {
             );
         }
         let norm = |r: Vec<f32>| r.into_iter().map(|x| 1.0 + 0.1 * x).collect::<Vec<f32>>();
-        add(
-            format!("{p}.input_layernorm.weight"),
-            vec![h],
-            norm(rnd(t.hidden, 1.0)),
-        );
+        add(format!("{p}.input_layernorm.weight"), vec![h], norm(rnd(t.hidden, 1.0)));
         add(
             format!("{p}.post_attention_layernorm.weight"),
             vec![h],
             norm(rnd(t.hidden, 1.0)),
         );
     }
-    add(
-        "model.norm.weight".into(),
-        vec![t.hidden as i64],
-        vec![1.0; t.hidden],
-    );
+    add("model.norm.weight".into(), vec![t.hidden as i64], vec![1.0; t.hidden]);
     w
 }
 
@@ -132,8 +118,7 @@ fn permute(vals: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
             for j in 0..hd / 2 {
                 let src = h * hd + s * (hd / 2) + j;
                 let dst = h * hd + j * 2 + s;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&vals[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&vals[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -169,35 +154,17 @@ pub fn tiny_metadata(arch: &str) -> Vec<(String, Value)> {
     let s = |x: &str| Value::Str(x.into());
     let vocab = vocab();
     let mut types = vec![Value::I32(3); SPECIALS.len()];
-    types.extend(std::iter::repeat_n(
-        Value::I32(1),
-        vocab.len() - SPECIALS.len(),
-    ));
+    types.extend(std::iter::repeat_n(Value::I32(1), vocab.len() - SPECIALS.len()));
     vec![
         ("general.architecture".into(), s(arch)),
         (format!("{arch}.block_count"), Value::U32(t.layers as u32)),
         (format!("{arch}.context_length"), Value::U32(256)),
-        (
-            format!("{arch}.embedding_length"),
-            Value::U32(t.hidden as u32),
-        ),
-        (
-            format!("{arch}.feed_forward_length"),
-            Value::U32(t.inter as u32),
-        ),
-        (
-            format!("{arch}.attention.head_count"),
-            Value::U32(t.heads as u32),
-        ),
-        (
-            format!("{arch}.attention.head_count_kv"),
-            Value::U32(t.kv_heads as u32),
-        ),
+        (format!("{arch}.embedding_length"), Value::U32(t.hidden as u32)),
+        (format!("{arch}.feed_forward_length"), Value::U32(t.inter as u32)),
+        (format!("{arch}.attention.head_count"), Value::U32(t.heads as u32)),
+        (format!("{arch}.attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
         (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            Value::F32(1e-5),
-        ),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("smollm")),
         (
@@ -218,20 +185,12 @@ pub fn write_tiny_gguf(path: &Path, seed: u64) {
 }
 
 /// Like [`write_tiny_gguf`], with another architecture name and a hook to alter the tensors.
-pub fn write_tiny_gguf_with(
-    path: &Path,
-    seed: u64,
-    arch: &str,
-    edit: impl FnOnce(&mut Vec<WriteTensor>),
-) {
+pub fn write_tiny_gguf_with(path: &Path, seed: u64, arch: &str, edit: impl FnOnce(&mut Vec<WriteTensor>)) {
     let t = TINY;
     let mut tensors: Vec<WriteTensor> = tiny_weights(seed)
         .into_iter()
         .map(|(name, shape, vals)| {
-            let (rows, cols) = (
-                shape[0] as usize,
-                shape.get(1).copied().unwrap_or(1) as usize,
-            );
+            let (rows, cols) = (shape[0] as usize, shape.get(1).copied().unwrap_or(1) as usize);
             let vals = if name.contains("q_proj") {
                 permute(&vals, rows, cols, t.heads)
             } else if name.contains("k_proj") {
@@ -285,7 +244,8 @@ pub fn write_tiny_hf(dir: &Path, seed: u64) {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vmap, "merges": []}
     });
     std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    let cfg = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHAT_TEMPLATE});
+    let cfg =
+        serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHAT_TEMPLATE});
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
 }
 
@@ -294,18 +254,12 @@ pub fn real_model() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models")
         .join(injector::paths::EMBEDDED_MODEL);
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash setup.sh` first",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `bash setup.sh` first", p.display());
     p
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// Runs the `injector` binary with `args` in `cwd`.
