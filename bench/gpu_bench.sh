@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-run speed comparison on a GPU: our AdaLoRA training step (bench/train_step.rs, built with
+# INJECTOR_CUDA=1) against the peer ../shared/peers/peft_bench.py, same shapes, same machine, same run.
+# Peak GPU memory is the process's own, polled from nvidia-smi every 100 ms.
+# usage: bench/gpu_bench.sh TRAIN_STEP_BINARY PEFT_BENCH_PY [SHAPES]
+set -u
+ours=$1; peer=$2; shapes=${3:-smollm2-135m,smollm2-1.7b,llama-7b}
+peak() { # peak used memory (MiB) of pid $1 while it runs
+  local pid=$1 max=0 m
+  while kill -0 "$pid" 2>/dev/null; do
+    m=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null | awk -F', ' -v p="$pid" '$1==p{print $2}')
+    [ -n "$m" ] && [ "$m" -gt "$max" ] && max=$m
+    sleep 0.1
+  done
+  echo "$max"
+}
+field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p" <<<"$2"; }
+printf "| shape | ours ms/step | peft ms/step | speed-up | ours tokens/s | ours TFLOP/s | peft TFLOP/s | ours peak MiB | peft peak MiB |\n|---|---|---|---|---|---|---|---|---|\n"
+for s in ${shapes//,/ }; do
+  "$ours" "$s" cuda > /tmp/ours.$s 2>&1 & p=$!; mo=$(peak $p); wait $p
+  python3 "$peer" "$s" > /tmp/peer.$s 2>&1 & p=$!; mp=$(peak $p); wait $p
+  o=$(grep "^$s " /tmp/ours.$s); q=$(grep "^$s " /tmp/peer.$s)
+  if [ -z "$o" ] || [ -z "$q" ]; then echo "| $s | failed: $(tail -2 /tmp/ours.$s /tmp/peer.$s | tr '\n' ' ') |"; continue; fi
+  om=$(field step_ms "$o"); pm=$(field step_ms "$q")
+  printf "| %s | %.1f | %.1f | %.2fx | %.0f | %.1f | %.1f | %s | %s |\n" "$s" "$om" "$pm" "$(echo "$pm / $om" | bc -l)" \
+    "$(field tokens_per_s "$o")" "$(field tflops "$o")" "$(field tflops "$q")" "$mo" "$mp"
+done
