@@ -88,6 +88,19 @@ fn main() {
         }
         sync();
         let s = t0.elapsed().as_secs_f64() / (steps - 3) as f64;
+        // Where the time goes: forward+backward alone, then the update alone (synchronised).
+        let (mut fb, mut up) = (0.0, 0.0);
+        for _ in 0..5 {
+            let t = Instant::now();
+            let _ = tr.forward_backward();
+            sync();
+            fb += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let _ = tr.update();
+            sync();
+            up += t.elapsed().as_secs_f64();
+        }
+        eprintln!("{name}: forward+backward {:.1} ms, update (orth reg, clip, AdamW, allocator) {:.1} ms", fb * 200.0, up * 200.0);
         let params = cfg.num_params() as f64;
         let flops = 4.0 * params * (b * t) as f64;
         println!(

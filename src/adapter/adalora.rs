@@ -10,7 +10,8 @@ use crate::model::{Adapter, Proj};
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Tensor};
 
-/// Adapter hyper-parameters (peft's defaults unless noted).
+/// Adapter hyper-parameters: peft's defaults, except where measurement chose otherwise (README,
+/// "Choosing the defaults"): alpha 32 and the MLP projections instead of alpha 8 on q_proj/v_proj.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdaLoraConfig {
     pub init_r: i64,
@@ -33,7 +34,7 @@ impl Default for AdaLoraConfig {
         AdaLoraConfig {
             init_r: 12,
             target_r: 8,
-            lora_alpha: 8.0,
+            lora_alpha: 32.0,
             dropout: 0.0,
             orth_reg_weight: 0.5,
             beta1: 0.85,
@@ -41,7 +42,7 @@ impl Default for AdaLoraConfig {
             tinit: 0,
             tfinal: 0,
             delta_t: 1,
-            targets: vec![Proj::Q, Proj::V],
+            targets: vec![Proj::Gate, Proj::Up, Proj::Down],
             layers: Vec::new(),
         }
     }

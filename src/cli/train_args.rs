@@ -7,8 +7,9 @@ use injector::Error;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Start from a named preset: `default`, or `article` (the source article: lr 5e-3, alpha 32,
-    /// dropout 0.1, q_proj/v_proj). Flags below override it.
+    /// Start from a named preset: `default` (MLP projections, alpha 32, preservation 4, stop at
+    /// accuracy 1.0) or `article` (the source article: q_proj/v_proj, alpha 32, dropout 0.1, no
+    /// preservation, stop at 0.9). Flags below override it.
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Learning rate of AdamW.
@@ -38,7 +39,7 @@ pub struct TrainArgs {
     /// Most optimizer steps per injection step (also the allocator's total_step).
     #[arg(long)]
     pub max_steps: Option<i64>,
-    /// Token accuracy at which a fact counts as recalled (and training stops).
+    /// Token accuracy on the training prompts at which a step's training stops (default 1.0).
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Multiply each merged update by this.
@@ -47,6 +48,9 @@ pub struct TrainArgs {
     /// Weight of the preservation term (KL to the base model on unrelated prompts); 0 turns it off.
     #[arg(long)]
     pub preserve: Option<f64>,
+    /// Preservation prompts per optimizer step (taken in turn from the set of 48).
+    #[arg(long)]
+    pub preserve_batch: Option<usize>,
     /// Evaluate every injected fact (retention) after every k-th step; always after the last.
     #[arg(long)]
     pub retention_every: Option<usize>,
@@ -90,6 +94,8 @@ impl TrainArgs {
             "default" => TrainConfig::default(),
             "article" => TrainConfig {
                 lr: 5e-3,
+                threshold: 0.9,
+                preserve: 0.0,
                 adalora: AdaLoraConfig {
                     lora_alpha: 32.0,
                     dropout: 0.1,
@@ -151,6 +157,9 @@ impl TrainArgs {
         }
         if let Some(v) = self.preserve {
             t.preserve = v;
+        }
+        if let Some(v) = self.preserve_batch {
+            t.preserve_batch = v.max(1);
         }
         if t.lr <= 0.0 || t.max_steps < 1 || !(0.0..=1.0).contains(&t.threshold) {
             return Err(Error::BadInput(

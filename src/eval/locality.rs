@@ -42,8 +42,8 @@ pub const LOCALITY_PROMPTS: [&str; 32] = [
 ];
 
 /// Unrelated prompts for the preservation term of training (disjoint from [`LOCALITY_PROMPTS`], so
-/// locality stays a held-out measurement).
-pub const PRESERVE_PROMPTS: [&str; 12] = [
+/// locality stays a held-out measurement). Each optimizer step uses a few of them in turn.
+pub const PRESERVE_PROMPTS: [&str; 48] = [
     "What is the tallest mountain on Earth?",
     "Write a short poem about a cat.",
     "How many hours are in a day?",
@@ -56,6 +56,42 @@ pub const PRESERVE_PROMPTS: [&str; 12] = [
     "Why do leaves change color in autumn?",
     "Name a famous composer.",
     "What is the speed of light?",
+    "Hi! How are you today?",
+    "Tell me a joke about computers.",
+    "What is the difference between weather and climate?",
+    "Summarize the plot of Cinderella in two sentences.",
+    "What is a prime number?",
+    "How do airplanes stay in the air?",
+    "Recommend a good book for a long train ride.",
+    "What is the capital of Australia?",
+    "Who invented the telephone?",
+    "What are the three states of matter?",
+    "Write a Python function that adds two numbers.",
+    "How many minutes are in an hour?",
+    "What does DNA stand for?",
+    "Describe the taste of a lemon.",
+    "What is the largest mammal?",
+    "Give me three tips for learning a new language.",
+    "What is the Pythagorean theorem?",
+    "Which planet is known as the Red Planet?",
+    "What should I pack for a beach holiday?",
+    "Explain gravity to a child.",
+    "What is the plural of 'mouse'?",
+    "Who wrote 'Pride and Prejudice'?",
+    "What is 9 times 8?",
+    "How does a refrigerator keep food cold?",
+    "Name two animals that live in the Arctic.",
+    "What is the currency of the United Kingdom?",
+    "Write a friendly greeting for a birthday card.",
+    "What is the function of the heart?",
+    "Why is the ocean salty?",
+    "What is an adjective? Give an example.",
+    "How many strings does a standard guitar have?",
+    "What year did World War II end?",
+    "What is the main language spoken in Germany?",
+    "Suggest a healthy breakfast.",
+    "What is the freezing point of water in Celsius?",
+    "What do you call a baby dog?",
 ];
 
 /// Greedy answers of the model as it is now (call before any edit), as token ids including the

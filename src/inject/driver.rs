@@ -264,7 +264,7 @@ pub fn run(
     // The preservation targets come from the base weights, so they are made before the replay.
     let preserve = if config.train.preserve > 0.0 {
         let ex = base_answers(model, tok, &PRESERVE_PROMPTS, config.locality_tokens)?;
-        Some(Preserve::new(model, &ex, config.train.max_batch_tokens))
+        Some(Preserve::new(model, &ex, config.train.preserve_batch))
     } else {
         None
     };
