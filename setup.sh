@@ -36,5 +36,15 @@ PY
   rm -rf "$tmp"
 fi
 
+# The browser test loads the HTML reports in Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Chromium (Debian package) for the report tests" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: Chromium is missing and this is not root; tests/browser.rs will fail until it is installed" >&2
+  fi
+fi
+
 echo "setup: building (first time: ~10 min on 2 cores, most of it compiling torch-sys)" >&2
 cargo build --release --quiet

@@ -157,3 +157,17 @@ fn parameter_count_matches_the_loaded_weights() {
     let n: i64 = m.model.vs.variables().values().map(|t| t.numel() as i64).sum();
     assert_eq!(m.model.cfg.num_params() as i64, n);
 }
+
+#[test]
+fn weights_keep_the_requested_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, 1);
+    let gg = injector::model::gguf::Gguf::open(&g).unwrap();
+    let cfg = injector::model::Config::from_gguf(&gg).unwrap();
+    let m = injector::model::Llama::random(&cfg, Device::Cpu, Kind::BFloat16).unwrap();
+    assert!(m.vs.variables().values().all(|t| t.kind() == Kind::BFloat16), "bf16 weights must stay bf16");
+    let ids = Tensor::from_slice(&[3i64, 4, 5]).unsqueeze(0);
+    let logits = tch::no_grad(|| m.forward(&ids, None, &NoAdapter));
+    assert_eq!(logits.kind(), Kind::Float);
+}

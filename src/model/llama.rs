@@ -287,7 +287,10 @@ fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind)
     for part in &parts[..parts.len() - 1] {
         p = p / *part;
     }
-    Ok(p.var_copy(parts[parts.len() - 1], &t.to_kind(kind)))
+    // `add` keeps the tensor's own kind; `var_copy` would make an fp32 variable (the store's
+    // default kind) and silently run a bf16 model in fp32.
+    let t = t.to_device(root.device()).to_kind(kind).contiguous();
+    Ok(p.add(parts[parts.len() - 1], t, false))
 }
 
 impl Llama {
