@@ -22,6 +22,6 @@ for s in ${shapes//,/ }; do
   o=$(grep "^$s " /tmp/ours.$s); q=$(grep "^$s " /tmp/peer.$s)
   if [ -z "$o" ] || [ -z "$q" ]; then echo "| $s | failed: $(tail -2 /tmp/ours.$s /tmp/peer.$s | tr '\n' ' ') |"; continue; fi
   om=$(field step_ms "$o"); pm=$(field step_ms "$q")
-  printf "| %s | %.1f | %.1f | %.2fx | %.0f | %.1f | %.1f | %s | %s |\n" "$s" "$om" "$pm" "$(echo "$pm / $om" | bc -l)" \
+  printf "| %s | %.1f | %.1f | %.2fx | %.0f | %.1f | %.1f | %s | %s |\n" "$s" "$om" "$pm" "$(awk -v a="$pm" -v b="$om" 'BEGIN{print a/b}')" \
     "$(field tokens_per_s "$o")" "$(field tflops "$o")" "$(field tflops "$q")" "$mo" "$mp"
 done

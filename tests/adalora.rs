@@ -36,7 +36,8 @@ fn allocator_matches_peft_scores_and_masks() {
         .collect();
     let params: Vec<[Tensor; 3]> = mods
         .iter()
-        .map(|m| ["A", "E", "B"].map(|k| tensor(&r["initial"][m][k]).set_requires_grad(true)))
+        // Each module is a group of one: a leading module axis of 1.
+        .map(|m| ["A", "E", "B"].map(|k| tensor(&r["initial"][m][k]).unsqueeze(0).set_requires_grad(true)))
         .collect();
     let triplets: Vec<Triplet> = params.iter().map(|[a, e, b]| Triplet { a, e, b }).collect();
     let i = |k: &str| r[k].as_i64().unwrap();
@@ -59,13 +60,13 @@ fn allocator_matches_peft_scores_and_masks() {
                 if g.defined() {
                     let _ = g.zero_();
                 }
-                (t * tensor(&st["grads"][m][k])).sum(Kind::Float).backward();
+                (t * tensor(&st["grads"][m][k]).unsqueeze(0)).sum(Kind::Float).backward();
             }
         }
         alloc.update_and_allocate(&triplets, step as i64);
         if let Some(scores) = st["scores"].as_object().filter(|o| !o.is_empty()) {
             for (mi, m) in mods.iter().enumerate() {
-                let ours = Vec::<f32>::try_from(&alloc.triplet_scores()[mi]).unwrap();
+                let ours = Vec::<f32>::try_from(alloc.triplet_scores()[mi].reshape([-1])).unwrap();
                 for (a, b) in ours.iter().zip(floats(&scores[*m])) {
                     assert!(
                         (a - b).abs() <= 1e-6 * b.abs().max(1.0),
@@ -116,9 +117,9 @@ fn merged_weights_reproduce_base_plus_adapter() {
     let mut ad = AdaLora::new(&cfg, &shapes(&m.model, &targets), Device::Cpu, 3, 10);
     ad.training = false;
     tch::no_grad(|| {
-        for md in &ad.modules {
-            let mut e = md.e.shallow_clone();
-            e.copy_(&(Tensor::randn([cfg.init_r, 1], (Kind::Float, Device::Cpu)) * 5.0));
+        for g in &ad.groups {
+            let mut e = g.e.shallow_clone();
+            e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * 5.0));
         }
     });
     let ids = Tensor::from_slice(&[5i64, 60, 70, 80, 90, 100, 7, 8]).unsqueeze(0);

@@ -55,28 +55,37 @@ fn killed_runs_resume_to_the_same_weights() {
     let whole = t.elapsed();
     let want = final_hash(&clean);
 
-    // Kill at spread-out moments until a run gets to finish on its own.
+    // Kill at moments spread over the whole run: once the ledger holds k committed steps, after a
+    // short and a longer extra wait (mid-training, mid-evaluation, mid-commit).
+    let committed = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .and_then(|c| c.query_row("SELECT COUNT(*) FROM steps", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
     let mut kills = 0;
-    for attempt in 0..200u32 {
-        let delay =
-            whole.mul_f64(0.07 * (attempt % 9 + 1) as f64 / 2.0) + Duration::from_millis(37 * attempt as u64 % 50);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_injector"))
-            .args(args("killed.db"))
-            .current_dir(p)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_some() {
-            break;
+    for k in 0..4 {
+        for extra_ms in [20u64, 150, 400] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_injector"))
+                .args(args("killed.db"))
+                .current_dir(p)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let t0 = Instant::now();
+            while committed(&p.join("killed.db")) < k && t0.elapsed() < whole * 4 && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(extra_ms));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                kills += 1;
+            }
+            child.wait().unwrap();
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        kills += 1;
     }
-    println!("{kills} kills before a run finished on its own");
-    assert!(kills >= 3, "the run was never killed mid-way ({kills} kills)");
+    println!("{kills} kills");
+    assert!(kills >= 6, "the run was killed only {kills} times");
     let resumed = Command::new(env!("CARGO_BIN_EXE_injector"))
         .args(args("killed.db"))
         .current_dir(p)

@@ -48,45 +48,33 @@ impl Default for AdaLoraConfig {
     }
 }
 
-/// One adapted projection.
-pub struct Module {
-    pub layer: usize,
+/// The adapted projections of one kind (`q_proj`, …) across layers, stacked: every tensor has a
+/// leading module axis, so the regulariser, the allocator, clipping and AdamW each touch a few large
+/// tensors instead of one small tensor per layer.
+pub struct Group {
     pub proj: Proj,
+    pub layers: Vec<usize>,
+    /// [L, r, in]
     pub a: Tensor,
+    /// [L, r, 1]
     pub e: Tensor,
+    /// [L, out, r]
     pub b: Tensor,
-}
-
-impl Module {
-    /// The checkpoint name of the adapted weight.
-    pub fn key(&self) -> String {
-        self.proj.weight_key(self.layer)
-    }
-
-    /// ΔW = B (A ⊙ E) · scale, in fp32: [out, in].
-    pub fn delta_weight(&self, scale: f64) -> Tensor {
-        tch::no_grad(|| self.b.matmul(&(&self.a * &self.e)) * scale)
-    }
-
-    /// Number of singular values not masked.
-    pub fn rank(&self) -> i64 {
-        tch::no_grad(|| self.e.ne(0.0).sum(Kind::Int64).int64_value(&[]))
-    }
 }
 
 /// A set of AdaLoRA modules over a model, with its rank allocator.
 pub struct AdaLora {
     pub vs: nn::VarStore,
     pub cfg: AdaLoraConfig,
-    pub modules: Vec<Module>,
-    index: BTreeMap<(usize, Proj), usize>,
+    pub groups: Vec<Group>,
+    index: BTreeMap<(usize, Proj), (usize, i64)>,
     pub allocator: RankAllocator,
     pub training: bool,
 }
 
 impl AdaLora {
-    /// A fresh adapter for `targets` on `layers` of a model with the given projection shapes,
-    /// initialised from `seed` (drawn on the CPU, so the values do not depend on the device).
+    /// A fresh adapter on the given (layer, projection, out, in) sites, initialised from `seed` (drawn
+    /// on the CPU, module by module in the order given, so the values do not depend on the device).
     pub fn new(
         cfg: &AdaLoraConfig,
         shapes: &[(usize, Proj, i64, i64)],
@@ -95,18 +83,34 @@ impl AdaLora {
         total_step: i64,
     ) -> Self {
         let vs = nn::VarStore::new(device);
-        let gen_cpu = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.02;
         tch::manual_seed(seed as i64);
-        let mut modules = Vec::new();
-        let mut index = BTreeMap::new();
         let r = cfg.init_r;
+        // Draw every module's A and B first, then stack them per projection.
+        let mut drawn: BTreeMap<Proj, (Vec<usize>, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
+        let mut order: Vec<Proj> = Vec::new();
         for &(layer, proj, out, inp) in shapes {
-            let p = vs.root() / format!("l{layer}") / proj.name();
-            let a = p.var_copy("lora_A", &gen_cpu(&[r, inp]));
-            let e = p.var_copy("lora_E", &Tensor::zeros([r, 1], (Kind::Float, Device::Cpu)));
-            let b = p.var_copy("lora_B", &gen_cpu(&[out, r]));
-            index.insert((layer, proj), modules.len());
-            modules.push(Module { layer, proj, a, e, b });
+            let a = Tensor::randn([r, inp], (Kind::Float, Device::Cpu)) * 0.02;
+            let b = Tensor::randn([out, r], (Kind::Float, Device::Cpu)) * 0.02;
+            let entry = drawn.entry(proj).or_insert_with(|| {
+                order.push(proj);
+                (Vec::new(), Vec::new(), Vec::new())
+            });
+            entry.0.push(layer);
+            entry.1.push(a);
+            entry.2.push(b);
+        }
+        let mut groups = Vec::new();
+        let mut index = BTreeMap::new();
+        for proj in order {
+            let (layers, a, b) = drawn.remove(&proj).expect("drawn group");
+            let p = vs.root() / proj.name();
+            let a = p.var_copy("lora_A", &Tensor::stack(&a, 0));
+            let e = p.var_copy("lora_E", &Tensor::zeros([layers.len() as i64, r, 1], (Kind::Float, Device::Cpu)));
+            let b = p.var_copy("lora_B", &Tensor::stack(&b, 0));
+            for (slot, &l) in layers.iter().enumerate() {
+                index.insert((l, proj), (groups.len(), slot as i64));
+            }
+            groups.push(Group { proj, layers, a, e, b });
         }
         let schedule = Schedule {
             init_r: cfg.init_r,
@@ -118,23 +122,12 @@ impl AdaLora {
             beta1: cfg.beta1,
             beta2: cfg.beta2,
         };
-        let triplets: Vec<Triplet> = modules
-            .iter()
-            .map(|m| Triplet {
-                a: &m.a,
-                e: &m.e,
-                b: &m.b,
-            })
-            .collect();
-        let allocator = RankAllocator::new(schedule, &triplets);
-        AdaLora {
-            vs,
-            cfg: cfg.clone(),
-            modules,
-            index,
-            allocator,
-            training: true,
-        }
+        let allocator = RankAllocator::new(schedule, &Self::triplets_of(&groups));
+        AdaLora { vs, cfg: cfg.clone(), groups, index, allocator, training: true }
+    }
+
+    fn triplets_of(groups: &[Group]) -> Vec<Triplet<'_>> {
+        groups.iter().map(|g| Triplet { a: &g.a, e: &g.e, b: &g.b }).collect()
     }
 
     /// scaling / (ranknum + 1e-5), with ranknum = init_r (peft keeps it constant).
@@ -142,49 +135,68 @@ impl AdaLora {
         self.cfg.lora_alpha / (self.cfg.init_r as f64 + 1e-5)
     }
 
-    /// orth_reg_weight · mean over all A and B of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F.
+    /// orth_reg_weight · mean over all A and B of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F (batched per group).
     pub fn orth_reg(&self) -> Tensor {
         let dev = self.vs.device();
-        let mut terms = Vec::with_capacity(2 * self.modules.len());
-        for m in &self.modules {
-            let r = m.a.size()[0];
-            let eye = Tensor::eye(r, (Kind::Float, dev));
-            terms.push((m.a.matmul(&m.a.tr()) - &eye).square().sum(Kind::Float).sqrt());
-            terms.push((m.b.tr().matmul(&m.b) - &eye).square().sum(Kind::Float).sqrt());
+        let eye = Tensor::eye(self.cfg.init_r, (Kind::Float, dev));
+        let mut terms = Vec::with_capacity(2 * self.groups.len());
+        for g in &self.groups {
+            let aat = g.a.bmm(&g.a.transpose(1, 2)) - &eye;
+            let btb = g.b.transpose(1, 2).bmm(&g.b) - &eye;
+            terms.push(aat.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float).sqrt());
+            terms.push(btb.square().sum_dim_intlist(&[1i64, 2][..], false, Kind::Float).sqrt());
         }
-        Tensor::stack(&terms, 0).mean(Kind::Float) * self.cfg.orth_reg_weight
+        Tensor::cat(&terms, 0).mean(Kind::Float) * self.cfg.orth_reg_weight
+    }
+
+    /// Scales all gradients so that their global norm is at most `max_norm`, without reading it
+    /// back to the host.
+    pub fn clip_grad_norm(&self, max_norm: f64) {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> =
+                self.groups.iter().flat_map(|g| [g.a.grad(), g.e.grad(), g.b.grad()]).filter(|t| t.defined()).collect();
+            if grads.is_empty() {
+                return;
+            }
+            let sq: Vec<Tensor> = grads.iter().map(|t| t.square().sum(Kind::Float)).collect();
+            let total = Tensor::stack(&sq, 0).sum(Kind::Float).sqrt();
+            let coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+            for mut g in grads {
+                let _ = g.g_mul_(&coef);
+            }
+        });
     }
 
     /// Runs the rank allocator after optimizer step `step`; returns the budget.
     pub fn update_and_allocate(&mut self, step: i64) -> i64 {
-        let triplets: Vec<Triplet> = self
-            .modules
-            .iter()
-            .map(|m| Triplet {
-                a: &m.a,
-                e: &m.e,
-                b: &m.b,
-            })
-            .collect();
+        let triplets = Self::triplets_of(&self.groups);
         self.allocator.update_and_allocate(&triplets, step)
     }
 
-    /// Current rank (unmasked singular values) per module.
+    /// Current rank (unmasked singular values) per adapted weight, in site order within groups.
     pub fn rank_pattern(&self) -> Vec<(String, i64)> {
-        self.modules.iter().map(|m| (m.key(), m.rank())).collect()
+        let mut out = Vec::new();
+        tch::no_grad(|| {
+            for g in &self.groups {
+                let ranks = g.e.ne(0.0).sum_dim_intlist(&[1i64, 2][..], false, Kind::Int64);
+                let ranks = Vec::<i64>::try_from(ranks.to_device(Device::Cpu)).expect("ranks");
+                for (l, r) in g.layers.iter().zip(ranks) {
+                    out.push((g.proj.weight_key(*l), r));
+                }
+            }
+        });
+        out
     }
 }
 
 impl Adapter for AdaLora {
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
-        let m = &self.modules[*self.index.get(&(layer, proj))?];
+        let &(gi, slot) = self.index.get(&(layer, proj))?;
+        let g = &self.groups[gi];
+        let (a, e, b) = (g.a.get(slot), g.e.get(slot), g.b.get(slot));
         let xf = x.to_kind(Kind::Float);
-        let xf = if self.training && self.cfg.dropout > 0.0 {
-            xf.dropout(self.cfg.dropout, true)
-        } else {
-            xf
-        };
-        let y = xf.linear::<Tensor>(&(&m.a * &m.e), None).linear::<Tensor>(&m.b, None) * self.scale();
+        let xf = if self.training && self.cfg.dropout > 0.0 { xf.dropout(self.cfg.dropout, true) } else { xf };
+        let y = xf.linear::<Tensor>(&(a * e), None).linear::<Tensor>(&b, None) * self.scale();
         Some(y.to_kind(x.kind()))
     }
 }

@@ -65,41 +65,39 @@ impl Ema {
     }
 }
 
-/// The adapted tensors of one module, as the allocator sees them.
+/// The adapted tensors of a group of same-shaped modules, stacked along a leading module axis.
 pub struct Triplet<'a> {
-    /// [r, in]
+    /// [L, r, in]
     pub a: &'a Tensor,
-    /// [r, 1]
+    /// [L, r, 1]
     pub e: &'a Tensor,
-    /// [out, r]
+    /// [L, out, r]
     pub b: &'a Tensor,
 }
 
-/// Importance state for every module of an adapter.
+/// Importance state for every module of an adapter. All work is a few batched kernels per group,
+/// and nothing is read back to the host.
 pub struct RankAllocator {
     pub schedule: Schedule,
     emas: Vec<[Ema; 3]>,
-    /// Which singular values survived the last masking, per module (`true` = kept).
-    pub rank_pattern: Option<Vec<Vec<bool>>>,
+    /// Which singular values survived the last masking, per group: bool [L, r] (`true` = kept).
+    pub keep: Option<Vec<Tensor>>,
 }
 
 impl RankAllocator {
-    pub fn new(schedule: Schedule, modules: &[Triplet]) -> Self {
-        let emas = modules
-            .iter()
-            .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
-            .collect();
-        RankAllocator {
-            schedule,
-            emas,
-            rank_pattern: None,
-        }
+    pub fn new(schedule: Schedule, groups: &[Triplet]) -> Self {
+        let emas = groups.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
+        RankAllocator { schedule, emas, keep: None }
     }
 
-    fn update_ipt(&mut self, modules: &[Triplet]) {
+    fn n_modules(groups: &[Triplet]) -> i64 {
+        groups.iter().map(|g| g.a.size()[0]).sum()
+    }
+
+    fn update_ipt(&mut self, groups: &[Triplet]) {
         let (b1, b2) = (self.schedule.beta1, self.schedule.beta2);
         tch::no_grad(|| {
-            for (m, e) in modules.iter().zip(self.emas.iter_mut()) {
+            for (m, e) in groups.iter().zip(self.emas.iter_mut()) {
                 e[0].update(m.a, b1, b2);
                 e[1].update(m.e, b1, b2);
                 e[2].update(m.b, b1, b2);
@@ -107,75 +105,70 @@ impl RankAllocator {
         });
     }
 
-    /// Score of each singular value, per module: s(E_i) + mean_j s(A_ij) + mean_k s(B_ki).
+    /// Score of each singular value, per group [L, r]: s(E_i) + mean_j s(A_ij) + mean_k s(B_ki).
     pub fn triplet_scores(&self) -> Vec<Tensor> {
         self.emas
             .iter()
             .map(|[a, e, b]| {
-                let sa = a.score().mean_dim(1, false, Kind::Float);
-                let sb = b.score().mean_dim(0, false, Kind::Float);
-                e.score().view([-1]) + sa + sb
+                let sa = a.score().mean_dim(2, false, Kind::Float);
+                let sb = b.score().mean_dim(1, false, Kind::Float);
+                e.score().squeeze_dim(-1) + sa + sb
             })
             .collect()
     }
 
     /// Zeroes E_i wherever the score is at or below the k-th smallest (k = total − budget).
-    fn mask_to_budget(&mut self, modules: &[Triplet], budget: i64) {
+    fn mask_to_budget(&mut self, groups: &[Triplet], budget: i64) {
+        let total: i64 = groups.iter().map(|g| g.a.size()[0] * g.a.size()[1]).sum();
+        let k = total - budget;
         let scores = self.triplet_scores();
-        let all = Tensor::cat(&scores, 0);
-        let k = all.size()[0] - budget;
-        let pattern: Vec<Vec<bool>> = if k <= 0 {
-            scores.iter().map(|s| vec![true; s.size()[0] as usize]).collect()
-        } else {
-            let threshold = all.kthvalue(k, 0, false).0.double_value(&[]);
-            tch::no_grad(|| {
-                scores
-                    .iter()
-                    .zip(modules)
-                    .map(|(s, m)| {
-                        let drop = s.le(threshold);
-                        let mut e = m.e.shallow_clone();
-                        let _ = e.masked_fill_(&drop.view([-1, 1]), 0.0);
-                        Vec::<bool>::try_from(drop.logical_not()).expect("bool mask")
-                    })
-                    .collect()
-            })
-        };
-        self.rank_pattern = Some(pattern);
+        if k <= 0 {
+            self.keep = Some(scores.iter().map(|s| s.ones_like().to_kind(Kind::Bool)).collect());
+            return;
+        }
+        let flat: Vec<Tensor> = scores.iter().map(|s| s.reshape([-1])).collect();
+        let threshold = Tensor::cat(&flat, 0).kthvalue(k, 0, false).0;
+        let keep = tch::no_grad(|| {
+            scores
+                .iter()
+                .zip(groups)
+                .map(|(s, g)| {
+                    let drop = s.le_tensor(&threshold);
+                    let mut e = g.e.shallow_clone();
+                    let _ = e.masked_fill_(&drop.unsqueeze(-1), 0.0);
+                    drop.logical_not()
+                })
+                .collect()
+        });
+        self.keep = Some(keep);
     }
 
-    fn mask_using_pattern(&self, modules: &[Triplet]) {
-        let Some(pattern) = &self.rank_pattern else { return };
+    fn mask_using_pattern(&self, groups: &[Triplet]) {
+        let Some(keep) = &self.keep else { return };
         tch::no_grad(|| {
-            for (m, keep) in modules.iter().zip(pattern) {
-                let drop: Vec<bool> = keep.iter().map(|k| !k).collect();
-                let drop = Tensor::from_slice(&drop).to_device(m.e.device()).view([-1, 1]);
-                let mut e = m.e.shallow_clone();
-                let _ = e.masked_fill_(&drop, 0.0);
+            for (g, k) in groups.iter().zip(keep) {
+                let mut e = g.e.shallow_clone();
+                let _ = e.masked_fill_(&k.logical_not().unsqueeze(-1), 0.0);
             }
         });
     }
 
     /// Runs after the optimizer step `step` (0-based), with gradients still in place
     /// (peft `AdaLoraModel.update_and_allocate`). Returns the budget in force.
-    pub fn update_and_allocate(&mut self, modules: &[Triplet], step: i64) -> i64 {
+    pub fn update_and_allocate(&mut self, groups: &[Triplet], step: i64) -> i64 {
         let s = self.schedule.clone();
-        let n = modules.len() as i64;
-        let (budget, mask) = budget_schedule(&s, n, step);
+        let (budget, mask) = budget_schedule(&s, Self::n_modules(groups), step);
         let final_step = s.total_step - s.tfinal;
         if step < final_step {
-            self.update_ipt(modules);
+            self.update_ipt(groups);
             if mask {
-                self.mask_to_budget(modules, budget);
+                self.mask_to_budget(groups, budget);
             }
         } else if step == final_step {
-            self.mask_to_budget(modules, budget);
-            self.emas = modules
-                .iter()
-                .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
-                .collect();
+            self.mask_to_budget(groups, budget);
+            self.emas = groups.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
         } else {
-            self.mask_using_pattern(modules);
+            self.mask_using_pattern(groups);
         }
         budget
     }
@@ -213,8 +206,13 @@ mod tests {
         assert_eq!(budget_schedule(&s, 4, 18), (32, true));
     }
 
+    /// A one-module group: the values with a leading module axis of 1.
     fn param(v: &[f32], shape: &[i64]) -> Tensor {
-        Tensor::from_slice(v).reshape(shape).set_requires_grad(true)
+        Tensor::from_slice(v).reshape(shape).unsqueeze(0).set_requires_grad(true)
+    }
+
+    fn keep(alloc: &RankAllocator) -> Vec<bool> {
+        Vec::<bool>::try_from(alloc.keep.as_ref().unwrap()[0].reshape([-1])).unwrap()
     }
 
     /// Gives each parameter the gradient `g` by backpropagating sum(p ⊙ g).
@@ -230,9 +228,9 @@ mod tests {
         let a = param(&[1., 1., 2., 2., 3., 3.], &[3, 2]);
         let e = param(&[1., 1., 1.], &[3, 1]);
         let b = param(&[1., 2., 1., 2., 1., 2.], &[2, 3]);
-        set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
-        set_grad(&e, &Tensor::from_slice(&[3f32, 0., 1.]).view([3, 1]));
-        set_grad(&b, &Tensor::ones([2, 3], (Kind::Float, Device::Cpu)));
+        set_grad(&a, &Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)));
+        set_grad(&e, &Tensor::from_slice(&[3f32, 0., 1.]).view([1, 3, 1]));
+        set_grad(&b, &Tensor::ones([1, 2, 3], (Kind::Float, Device::Cpu)));
         let s = Schedule {
             init_r: 3,
             target_r: 1,
@@ -251,12 +249,12 @@ mod tests {
         // I_B cols: mean over [1,2] of 0.125·I² = 0.125·[2.5, 2.5, 2.5].
         // totals (/0.125): [12.5, 6.5, 12.5] -> keep only... k = 3 - 1 = 2: threshold = 12.5, so
         // every value ≤ 12.5 is dropped (ties at the threshold are dropped, as in peft).
-        let scores = Vec::<f32>::try_from(&alloc.triplet_scores()[0]).unwrap();
+        let scores = Vec::<f32>::try_from(alloc.triplet_scores()[0].reshape([-1])).unwrap();
         let want = [12.5f32 * 0.125, 6.5 * 0.125, 12.5 * 0.125];
         for (s, w) in scores.iter().zip(want) {
             assert!((s - w).abs() < 1e-6, "{scores:?} vs {want:?}");
         }
-        assert_eq!(alloc.rank_pattern.as_ref().unwrap()[0], vec![false, false, false]);
+        assert_eq!(keep(&alloc), vec![false, false, false]);
         assert_eq!(Vec::<f32>::try_from(e.view([-1])).unwrap(), vec![0., 0., 0.]);
     }
 
@@ -265,9 +263,9 @@ mod tests {
         let a = param(&[1., 1., 2., 2., 3., 3.], &[3, 2]);
         let e = param(&[1., 1., 1.], &[3, 1]);
         let b = param(&[1., 1., 1., 1., 1., 1.], &[2, 3]);
-        set_grad(&a, &Tensor::ones([3, 2], (Kind::Float, Device::Cpu)));
-        set_grad(&e, &Tensor::zeros([3, 1], (Kind::Float, Device::Cpu)));
-        set_grad(&b, &Tensor::zeros([2, 3], (Kind::Float, Device::Cpu)));
+        set_grad(&a, &Tensor::ones([1, 3, 2], (Kind::Float, Device::Cpu)));
+        set_grad(&e, &Tensor::zeros([1, 3, 1], (Kind::Float, Device::Cpu)));
+        set_grad(&b, &Tensor::zeros([1, 2, 3], (Kind::Float, Device::Cpu)));
         let s = Schedule {
             init_r: 3,
             target_r: 2,
@@ -282,7 +280,7 @@ mod tests {
         let mut alloc = RankAllocator::new(s, &m);
         // budget = int(1 * 0.125 + 2) = 2, k = 1: the row of A with the smallest |a g| (row 0) goes.
         alloc.update_and_allocate(&m, 1);
-        assert_eq!(alloc.rank_pattern.as_ref().unwrap()[0], vec![false, true, true]);
+        assert_eq!(keep(&alloc), vec![false, true, true]);
         assert_eq!(Vec::<f32>::try_from(e.view([-1])).unwrap(), vec![0., 1., 1.]);
     }
 }

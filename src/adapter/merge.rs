@@ -26,17 +26,19 @@ impl Factor {
 /// The factors of a trained adapter, on the CPU.
 pub fn factors(ad: &AdaLora) -> Vec<Factor> {
     let scale = ad.scale();
+    let ranks: std::collections::HashMap<String, i64> = ad.rank_pattern().into_iter().collect();
     tch::no_grad(|| {
-        ad.modules
-            .iter()
-            .map(|m| Factor {
-                key: m.key(),
-                a: (&m.a * &m.e).to_device(tch::Device::Cpu),
-                b: m.b.to_device(tch::Device::Cpu).copy(),
-                scale,
-                rank: m.rank(),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for g in &ad.groups {
+            let ae = (&g.a * &g.e).to_device(tch::Device::Cpu);
+            let b = g.b.to_device(tch::Device::Cpu);
+            for (slot, &l) in g.layers.iter().enumerate() {
+                let key = g.proj.weight_key(l);
+                let rank = ranks.get(&key).copied().unwrap_or(0);
+                out.push(Factor { a: ae.get(slot as i64).copy(), b: b.get(slot as i64).copy(), scale, rank, key });
+            }
+        }
+        out
     })
 }
 

@@ -199,7 +199,7 @@ impl<'a> Trainer<'a> {
             reg = reg + p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve;
         }
         reg.backward();
-        self.opt.clip_grad_norm(self.cfg.clip_grad_norm);
+        self.adapter.clip_grad_norm(self.cfg.clip_grad_norm);
         self.opt.step();
         self.adapter.update_and_allocate(self.step);
         self.step += 1;
