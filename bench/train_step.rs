@@ -37,7 +37,10 @@ fn shape(name: &str) -> Config {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let names = args.first().cloned().unwrap_or_else(|| "smollm2-135m,smollm2-1.7b,llama-7b".into());
+    let names = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "smollm2-135m,smollm2-1.7b,llama-7b".into());
     let device = match args.get(1).map(String::as_str) {
         Some(d) => injector::device::parse_device(d).expect("device"),
         None => injector::device::parse_device("auto").expect("device"),
@@ -54,7 +57,10 @@ fn main() {
             ((seed >> 33) % cfg.vocab_size as u64) as i64
         };
         let examples: Vec<Example> = (0..b)
-            .map(|_| Example { prompt: (0..t / 3).map(|_| tok()).collect(), target: (0..t - t / 3).map(|_| tok()).collect() })
+            .map(|_| Example {
+                prompt: (0..t / 3).map(|_| tok()).collect(),
+                target: (0..t - t / 3).map(|_| tok()).collect(),
+            })
             .collect();
         let steps = 30;
         let train = TrainConfig {
@@ -100,7 +106,11 @@ fn main() {
             sync();
             up += t.elapsed().as_secs_f64();
         }
-        eprintln!("{name}: forward+backward {:.1} ms, update (orth reg, clip, AdamW, allocator) {:.1} ms", fb * 200.0, up * 200.0);
+        eprintln!(
+            "{name}: forward+backward {:.1} ms, update (orth reg, clip, AdamW, allocator) {:.1} ms",
+            fb * 200.0,
+            up * 200.0
+        );
         let params = cfg.num_params() as f64;
         let flops = 4.0 * params * (b * t) as f64;
         println!(

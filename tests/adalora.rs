@@ -60,7 +60,9 @@ fn allocator_matches_peft_scores_and_masks() {
                 if g.defined() {
                     let _ = g.zero_();
                 }
-                (t * tensor(&st["grads"][m][k]).unsqueeze(0)).sum(Kind::Float).backward();
+                (t * tensor(&st["grads"][m][k]).unsqueeze(0))
+                    .sum(Kind::Float)
+                    .backward();
             }
         }
         alloc.update_and_allocate(&triplets, step as i64);

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn chromium() -> PathBuf {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for c in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if Path::new(c).exists() {
             return PathBuf::from(c);
         }
@@ -44,8 +48,20 @@ fn every_report_page_loads_cleanly_in_chromium() {
     let o = injector(
         p,
         &[
-            "compare", "k", "--strategy", "sequential,mixed", "--model", "tiny.gguf", "--ledger", "l.db", "--lr", "0.05",
-            "--max-steps", "8", "--device", "cpu",
+            "compare",
+            "k",
+            "--strategy",
+            "sequential,mixed",
+            "--model",
+            "tiny.gguf",
+            "--ledger",
+            "l.db",
+            "--lr",
+            "0.05",
+            "--max-steps",
+            "8",
+            "--device",
+            "cpu",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
@@ -62,15 +78,29 @@ fn every_report_page_loads_cleanly_in_chromium() {
     for page in &pages {
         let html = std::fs::read_to_string(page).unwrap();
         assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"));
-        let out = headless(&p.join("profile")).arg("--dump-dom").arg(format!("file://{}", page.display())).output().unwrap();
+        let out = headless(&p.join("profile"))
+            .arg("--dump-dom")
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "chromium failed on {}", page.display());
         let dom = String::from_utf8_lossy(&out.stdout);
-        assert!(dom.contains("<svg") || dom.contains("<table"), "{} did not render", page.display());
+        assert!(
+            dom.contains("<svg") || dom.contains("<table"),
+            "{} did not render",
+            page.display()
+        );
         let log = String::from_utf8_lossy(&out.stderr);
-        let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+        let console: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("CONSOLE") || l.contains("Uncaught"))
+            .collect();
         assert!(console.is_empty(), "{}: console messages: {console:?}", page.display());
     }
-    let compare = pages.iter().find(|p| p.file_name().unwrap().to_string_lossy().starts_with("compare-")).unwrap();
+    let compare = pages
+        .iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("compare-"))
+        .unwrap();
     let shot = p.join("shot.png");
     let out = headless(&p.join("profile"))
         .arg(format!("--screenshot={}", shot.display()))
@@ -80,5 +110,9 @@ fn every_report_page_loads_cleanly_in_chromium() {
         .unwrap();
     assert!(out.status.success());
     let png = std::fs::read(&shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "screenshot of {} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "screenshot of {} bytes",
+        png.len()
+    );
 }

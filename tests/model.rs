@@ -166,7 +166,10 @@ fn weights_keep_the_requested_kind() {
     let gg = injector::model::gguf::Gguf::open(&g).unwrap();
     let cfg = injector::model::Config::from_gguf(&gg).unwrap();
     let m = injector::model::Llama::random(&cfg, Device::Cpu, Kind::BFloat16).unwrap();
-    assert!(m.vs.variables().values().all(|t| t.kind() == Kind::BFloat16), "bf16 weights must stay bf16");
+    assert!(
+        m.vs.variables().values().all(|t| t.kind() == Kind::BFloat16),
+        "bf16 weights must stay bf16"
+    );
     let ids = Tensor::from_slice(&[3i64, 4, 5]).unsqueeze(0);
     let logits = tch::no_grad(|| m.forward(&ids, None, &NoAdapter));
     assert_eq!(logits.kind(), Kind::Float);

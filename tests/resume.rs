@@ -73,7 +73,8 @@ fn killed_runs_resume_to_the_same_weights() {
                 .spawn()
                 .unwrap();
             let t0 = Instant::now();
-            while committed(&p.join("killed.db")) < k && t0.elapsed() < whole * 4 && child.try_wait().unwrap().is_none() {
+            while committed(&p.join("killed.db")) < k && t0.elapsed() < whole * 4 && child.try_wait().unwrap().is_none()
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             std::thread::sleep(Duration::from_millis(extra_ms));

@@ -62,6 +62,9 @@ pub struct Group {
     pub b: Tensor,
 }
 
+/// Layers, A draws and B draws of one projection, before stacking.
+type Drawn = (Vec<usize>, Vec<Tensor>, Vec<Tensor>);
+
 /// A set of AdaLoRA modules over a model, with its rank allocator.
 pub struct AdaLora {
     pub vs: nn::VarStore,
@@ -86,7 +89,7 @@ impl AdaLora {
         tch::manual_seed(seed as i64);
         let r = cfg.init_r;
         // Draw every module's A and B first, then stack them per projection.
-        let mut drawn: BTreeMap<Proj, (Vec<usize>, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
+        let mut drawn: BTreeMap<Proj, Drawn> = BTreeMap::new();
         let mut order: Vec<Proj> = Vec::new();
         for &(layer, proj, out, inp) in shapes {
             let a = Tensor::randn([r, inp], (Kind::Float, Device::Cpu)) * 0.02;
@@ -105,7 +108,10 @@ impl AdaLora {
             let (layers, a, b) = drawn.remove(&proj).expect("drawn group");
             let p = vs.root() / proj.name();
             let a = p.var_copy("lora_A", &Tensor::stack(&a, 0));
-            let e = p.var_copy("lora_E", &Tensor::zeros([layers.len() as i64, r, 1], (Kind::Float, Device::Cpu)));
+            let e = p.var_copy(
+                "lora_E",
+                &Tensor::zeros([layers.len() as i64, r, 1], (Kind::Float, Device::Cpu)),
+            );
             let b = p.var_copy("lora_B", &Tensor::stack(&b, 0));
             for (slot, &l) in layers.iter().enumerate() {
                 index.insert((l, proj), (groups.len(), slot as i64));
@@ -123,11 +129,25 @@ impl AdaLora {
             beta2: cfg.beta2,
         };
         let allocator = RankAllocator::new(schedule, &Self::triplets_of(&groups));
-        AdaLora { vs, cfg: cfg.clone(), groups, index, allocator, training: true }
+        AdaLora {
+            vs,
+            cfg: cfg.clone(),
+            groups,
+            index,
+            allocator,
+            training: true,
+        }
     }
 
     fn triplets_of(groups: &[Group]) -> Vec<Triplet<'_>> {
-        groups.iter().map(|g| Triplet { a: &g.a, e: &g.e, b: &g.b }).collect()
+        groups
+            .iter()
+            .map(|g| Triplet {
+                a: &g.a,
+                e: &g.e,
+                b: &g.b,
+            })
+            .collect()
     }
 
     /// scaling / (ranknum + 1e-5), with ranknum = init_r (peft keeps it constant).
@@ -153,8 +173,12 @@ impl AdaLora {
     /// back to the host.
     pub fn clip_grad_norm(&self, max_norm: f64) {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> =
-                self.groups.iter().flat_map(|g| [g.a.grad(), g.e.grad(), g.b.grad()]).filter(|t| t.defined()).collect();
+            let grads: Vec<Tensor> = self
+                .groups
+                .iter()
+                .flat_map(|g| [g.a.grad(), g.e.grad(), g.b.grad()])
+                .filter(|t| t.defined())
+                .collect();
             if grads.is_empty() {
                 return;
             }
@@ -195,7 +219,11 @@ impl Adapter for AdaLora {
         let g = &self.groups[gi];
         let (a, e, b) = (g.a.get(slot), g.e.get(slot), g.b.get(slot));
         let xf = x.to_kind(Kind::Float);
-        let xf = if self.training && self.cfg.dropout > 0.0 { xf.dropout(self.cfg.dropout, true) } else { xf };
+        let xf = if self.training && self.cfg.dropout > 0.0 {
+            xf.dropout(self.cfg.dropout, true)
+        } else {
+            xf
+        };
         let y = xf.linear::<Tensor>(&(a * e), None).linear::<Tensor>(&b, None) * self.scale();
         Some(y.to_kind(x.kind()))
     }

@@ -86,8 +86,15 @@ pub struct RankAllocator {
 
 impl RankAllocator {
     pub fn new(schedule: Schedule, groups: &[Triplet]) -> Self {
-        let emas = groups.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
-        RankAllocator { schedule, emas, keep: None }
+        let emas = groups
+            .iter()
+            .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
+            .collect();
+        RankAllocator {
+            schedule,
+            emas,
+            keep: None,
+        }
     }
 
     fn n_modules(groups: &[Triplet]) -> i64 {
@@ -166,7 +173,10 @@ impl RankAllocator {
             }
         } else if step == final_step {
             self.mask_to_budget(groups, budget);
-            self.emas = groups.iter().map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)]).collect();
+            self.emas = groups
+                .iter()
+                .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
+                .collect();
         } else {
             self.mask_using_pattern(groups);
         }
@@ -208,7 +218,10 @@ mod tests {
 
     /// A one-module group: the values with a leading module axis of 1.
     fn param(v: &[f32], shape: &[i64]) -> Tensor {
-        Tensor::from_slice(v).reshape(shape).unsqueeze(0).set_requires_grad(true)
+        Tensor::from_slice(v)
+            .reshape(shape)
+            .unsqueeze(0)
+            .set_requires_grad(true)
     }
 
     fn keep(alloc: &RankAllocator) -> Vec<bool> {

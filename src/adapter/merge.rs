@@ -35,7 +35,13 @@ pub fn factors(ad: &AdaLora) -> Vec<Factor> {
             for (slot, &l) in g.layers.iter().enumerate() {
                 let key = g.proj.weight_key(l);
                 let rank = ranks.get(&key).copied().unwrap_or(0);
-                out.push(Factor { a: ae.get(slot as i64).copy(), b: b.get(slot as i64).copy(), scale, rank, key });
+                out.push(Factor {
+                    a: ae.get(slot as i64).copy(),
+                    b: b.get(slot as i64).copy(),
+                    scale,
+                    rank,
+                    key,
+                });
             }
         }
         out

@@ -195,8 +195,8 @@ fn summarize(ledger: &Ledger, run: &RunRow) -> Result<(Vec<FactSummary>, Option<
     let locality = ledger
         .locality(&run.id)?
         .into_iter()
-        .filter(|(s, _)| *s >= 0)
-        .last()
+        .rev()
+        .find(|(s, _)| *s >= 0)
         .map(|(_, v)| v);
     Ok((out, locality))
 }
@@ -351,7 +351,7 @@ pub fn run(
         let te = Instant::now();
         injected_order.extend(facts.iter().map(|f| f.hash.clone()));
         let last = g + 1 == n_groups;
-        let full = last || (idx as usize + 1) % config.retention_every.max(1) == 0;
+        let full = last || (idx as usize + 1).is_multiple_of(config.retention_every.max(1));
         let mut eval_hashes: Vec<String> = facts.iter().map(|f| f.hash.clone()).collect();
         if full {
             let earlier: Vec<String> = injected_order

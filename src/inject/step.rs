@@ -66,8 +66,10 @@ pub struct Preserve {
 impl Preserve {
     /// Caches the base model's distributions (call before any edit).
     pub fn new(model: &Llama, examples: &[Example], per_batch: usize) -> Self {
-        let batches: Vec<Batch> =
-            examples.chunks(per_batch.max(1)).map(|c| build(c, usize::MAX, model.device()).remove(0)).collect();
+        let batches: Vec<Batch> = examples
+            .chunks(per_batch.max(1))
+            .map(|c| build(c, usize::MAX, model.device()).remove(0))
+            .collect();
         let base_logp = tch::no_grad(|| {
             batches
                 .iter()
@@ -158,7 +160,13 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let dev = model.device();
         let batches = build(examples, cfg.max_batch_tokens, dev);
-        let adapter = AdaLora::new(&cfg.adalora, &adapter_shapes(model, &cfg.adalora), dev, seed, cfg.max_steps);
+        let adapter = AdaLora::new(
+            &cfg.adalora,
+            &adapter_shapes(model, &cfg.adalora),
+            dev,
+            seed,
+            cfg.max_steps,
+        );
         let opt = tch::nn::adamw(0.9, 0.999, cfg.weight_decay).build(&adapter.vs, cfg.lr)?;
         Ok(Trainer {
             model,
@@ -194,10 +202,11 @@ impl<'a> Trainer<'a> {
 
     /// Regularisers, clipping, the optimizer step and the rank allocator; returns the regulariser.
     pub fn update(&mut self) -> Tensor {
-        let mut reg = self.adapter.orth_reg();
-        if let (Some(p), true) = (self.preserve, self.cfg.preserve > 0.0) {
-            reg = reg + p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve;
-        }
+        let orth = self.adapter.orth_reg();
+        let reg = match (self.preserve, self.cfg.preserve > 0.0) {
+            (Some(p), true) => orth + p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve,
+            _ => orth,
+        };
         reg.backward();
         self.adapter.clip_grad_norm(self.cfg.clip_grad_norm);
         self.opt.step();
@@ -242,7 +251,9 @@ pub fn train(
                 vec![0.0; examples.len()]
             }
         } else {
-            acc.iter().map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 }).collect()
+            acc.iter()
+                .map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+                .collect()
         };
         recall = per_fact(&ex_acc, owner, n_facts);
         let min_recall = recall.iter().cloned().fold(f64::INFINITY, f64::min);

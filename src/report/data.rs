@@ -14,6 +14,9 @@ pub struct FactInfo {
     pub step: i64,
 }
 
+/// (x, y) points of a chart line.
+pub type Curve = Vec<(f64, f64)>;
+
 /// One run's rows, indexed for the pages.
 pub struct RunData {
     pub run: RunRow,
@@ -112,7 +115,7 @@ impl RunData {
                     .filter_map(|f| self.probe(&f.hash, f.step).map(|p| p.recall)),
             )
             .unwrap_or(f64::NAN),
-            locality: self.locality.iter().filter(|(s, _)| *s >= 0).last().map(|(_, v)| *v),
+            locality: self.locality.iter().rev().find(|(s, _)| *s >= 0).map(|(_, v)| *v),
             first_quarter_recall: mean(self.facts[..quarter].iter().filter_map(|f| at_end(f).map(|p| p.recall)))
                 .unwrap_or(f64::NAN),
             wall_seconds: self.steps.iter().map(|s| s.seconds + s.eval_seconds).sum(),
@@ -125,7 +128,7 @@ impl RunData {
 
     /// Mean recall and generalisation, after each step, over the facts injected so far that were
     /// evaluated at that step.
-    pub fn curves(&self) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    pub fn curves(&self) -> (Curve, Curve) {
         let (mut rec, mut gen) = (Vec::new(), Vec::new());
         for s in &self.steps {
             let rows: Vec<&ProbeRow> = self

@@ -174,10 +174,10 @@ pub fn heatmap(title: &str, rows: &[String], cols: &[String], cell: impl Fn(usiz
                 esc(r)
             );
         }
-        for j in 0..cols.len() {
+        for (j, col) in cols.iter().enumerate() {
             let (fill, tip) = match cell(i, j) {
-                Some(v) => (heat(v), format!("{}, step {}: {v:.2}", r, cols[j])),
-                None => ("#eee".to_string(), format!("{}, step {}: not measured", r, cols[j])),
+                Some(v) => (heat(v), format!("{r}, step {col}: {v:.2}")),
+                None => ("#eee".to_string(), format!("{r}, step {col}: not measured")),
             };
             let _ = write!(
                 svg,
