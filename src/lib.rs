@@ -10,5 +10,6 @@ pub mod ledger;
 pub mod model;
 pub mod paths;
 pub mod report;
+pub mod rng;
 
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! A deterministic generator of fictional facts with held-out probes, for comparisons at scale.
 //! Many facts share a template ("X is a salt mine in Y, opened in 1685 by Z"), so similar keys
 //! compete the way the source article expects.
+use crate::rng::SplitMix64;
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -23,16 +24,12 @@ const KNOWN_FOR: [&str; 6] = [
     "a lighthouse lens",
 ];
 
-/// splitmix64.
-struct Rng(u64);
+/// Draws over the shared splitmix64 generator.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
@@ -63,7 +60,7 @@ pub struct GeneratedFact {
 
 /// `n` facts from `seed`; the same arguments always give the same facts.
 pub fn generate(n: usize, seed: u64) -> Vec<GeneratedFact> {
-    let mut rng = Rng(seed ^ 0x5EED_F00D);
+    let mut rng = Rng(SplitMix64(seed ^ 0x5EED_F00D));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {

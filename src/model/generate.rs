@@ -2,6 +2,7 @@
 use super::llama::{Adapter, Cache, Llama};
 use super::tokenizer::Tokenizer;
 use crate::error::Result;
+use crate::rng::SplitMix64 as Rng;
 use tch::{Kind, Tensor};
 
 /// How to pick each next token.
@@ -22,19 +23,6 @@ impl Default for Sampling {
             seed: 0,
             max_tokens: 256,
         }
-    }
-}
-
-/// splitmix64: a small, seedable generator, so sampled answers repeat for a given seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
