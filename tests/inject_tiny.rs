@@ -113,3 +113,26 @@ fn bad_knowledge_exits_2_before_touching_the_ledger() {
     assert_eq!(o.status.code(), Some(2));
     assert!(!p.join("l.db").exists());
 }
+
+#[test]
+fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    std::fs::create_dir_all(p.join("k")).unwrap();
+    std::fs::write(
+        p.join("k/a.yaml"),
+        "facts:\n  - id: moved\n    op: update\n    subject: Zorb\n    answer: Zorb is red.\n    previous: Zorb is blue.\n    prompts: [Zorb?, What is Zorb?]\n    probes: [Tell me Zorb.]\n  - id: gone\n    op: delete\n    subject: Quax\n    prompts: [Quax?]\n",
+    )
+    .unwrap();
+    let o = injector(p, &run_args(&["--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let run = out["run"].as_str().unwrap();
+    assert!(out["facts"][0]["previous"].as_f64().is_some(), "an update records how much of the old answer remains");
+    assert!(out["facts"][1]["previous"].is_null());
+    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let answers: Vec<&str> = v["facts"].as_array().unwrap().iter().map(|f| f["answer"].as_str().unwrap()).collect();
+    assert_eq!(answers, vec!["Zorb is red.", "I don't know anything about Quax."]);
+}
