@@ -144,7 +144,8 @@ pub fn heatmap(title: &str, rows: &[String], cols: &[String], cell: impl Fn(usiz
     let cw = (640.0 / cols.len().max(1) as f64).clamp(3.0, 28.0);
     let ch = (560.0 / rows.len().max(1) as f64).clamp(2.0, 16.0);
     let (ml, mt) = (150.0, 36.0);
-    let w = ml + cw * cols.len() as f64 + 10.0;
+    // Wide enough for the title, whatever the number of columns.
+    let w = (ml + cw * cols.len() as f64 + 10.0).max(8.0 + 6.5 * title.chars().count() as f64);
     let h = mt + ch * rows.len() as f64 + 24.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" class="chart">"#
