@@ -210,6 +210,51 @@ fn locality_examples(base: &[LocalityBase]) -> Vec<Example> {
         .collect()
 }
 
+/// Records a new run: its config, the base weights' hash and the base model's answers to the
+/// locality prompts (generated now, before any edit).
+fn create_run(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    model_path: &str,
+    knowledge: &Knowledge,
+    config: &RunConfig,
+    key: &str,
+    dir: &str,
+) -> Result<RunRow> {
+    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let base_hash = weights_hash(model, &loaded.source_hash, &config.train)?;
+    let answers = base_answers(model, tok, &LOCALITY_PROMPTS, config.locality_tokens)?;
+    let base: Vec<LocalityBase> = LOCALITY_PROMPTS
+        .iter()
+        .zip(answers)
+        .map(|(p, e)| LocalityBase {
+            prompt: p.to_string(),
+            answer: tok.decode(&e.target.iter().map(|&t| t as u32).collect::<Vec<_>>()),
+            prompt_ids: e.prompt,
+            answer_ids: e.target,
+        })
+        .collect();
+    let row = RunRow {
+        id: format!("run-{}", &key[..8]),
+        key: key.to_string(),
+        created: iso_now(),
+        strategy: config.strategy.clone(),
+        config: serde_json::to_string(config).expect("config serialises"),
+        model_path: model_path.to_string(),
+        model_hash: loaded.source_hash.clone(),
+        knowledge_dir: dir.to_string(),
+        knowledge_hash: knowledge.hash(),
+        seed: config.seed as i64,
+        status: "running".into(),
+        base_weights_hash: base_hash.clone(),
+        weights_hash: base_hash,
+        finished: None,
+    };
+    ledger.create_run(&row, &base)?;
+    ledger.set_locality(&row.id, -1, 1.0)?;
+    Ok(row)
+}
+
 /// Runs (or resumes, or continues with new facts) the run of `knowledge` under `config`.
 pub fn run(
     ledger: &mut Ledger,
@@ -226,57 +271,19 @@ pub fn run(
     let key = run_key(&loaded.source_hash, &dir, config);
     let run = match ledger.find_run_by_key(&key)? {
         Some(r) => r,
-        None => {
-            let base_hash = weights_hash(model, &loaded.source_hash, &config.train)?;
-            let answers = base_answers(model, tok, &LOCALITY_PROMPTS, config.locality_tokens)?;
-            let base: Vec<LocalityBase> = LOCALITY_PROMPTS
-                .iter()
-                .zip(answers)
-                .map(|(p, e)| LocalityBase {
-                    prompt: p.to_string(),
-                    answer: tok.decode(&e.target.iter().map(|&t| t as u32).collect::<Vec<_>>()),
-                    prompt_ids: e.prompt,
-                    answer_ids: e.target,
-                })
-                .collect();
-            let row = RunRow {
-                id: format!("run-{}", &key[..8]),
-                key: key.clone(),
-                created: iso_now(),
-                strategy: config.strategy.clone(),
-                config: serde_json::to_string(config).expect("config serialises"),
-                model_path: model_path.to_string(),
-                model_hash: loaded.source_hash.clone(),
-                knowledge_dir: dir.clone(),
-                knowledge_hash: knowledge.hash(),
-                seed: config.seed as i64,
-                status: "running".into(),
-                base_weights_hash: base_hash.clone(),
-                weights_hash: base_hash,
-                finished: None,
-            };
-            ledger.create_run(&row, &base)?;
-            ledger.set_locality(&row.id, -1, 1.0)?;
-            row
-        }
+        None => create_run(ledger, loaded, model_path, knowledge, config, &key, &dir)?,
     };
     ledger.add_facts(&run.id, &knowledge.facts)?;
-    // The preservation targets come from the base weights, so they are made before the replay.
-    let preserve = if config.train.preserve > 0.0 {
-        let ex = base_answers(model, tok, &PRESERVE_PROMPTS, config.locality_tokens)?;
-        Some(Preserve::new(model, &ex, config.train.preserve_batch))
-    } else {
-        None
-    };
-    let done_steps = replay(ledger, &run, loaded, &config.train, None)?;
     let all_facts = ledger.run_facts(&run.id)?;
     let steps_so_far = ledger.steps(&run.id)?;
+    let done_steps = steps_so_far.len();
     let injected: HashSet<String> = steps_so_far.iter().flat_map(|s| s.facts.iter().cloned()).collect();
     let mut injected_order: Vec<String> = steps_so_far.iter().flat_map(|s| s.facts.iter().cloned()).collect();
     let pending: Vec<&Fact> = all_facts.iter().filter(|f| !injected.contains(&f.hash)).collect();
     let groups = strategy.groups(pending.len());
     progress.start(&run.id, done_steps + groups.len(), done_steps);
     if groups.is_empty() {
+        // Nothing new: no model work at all.
         ledger.set_status(&run.id, "finished")?;
         let (facts, locality) = summarize(ledger, &run)?;
         progress.finish();
@@ -291,6 +298,14 @@ pub fn run(
             seconds: t0.elapsed().as_secs_f64(),
         });
     }
+    // The preservation targets come from the base weights, so they are made before the replay.
+    let preserve = if config.train.preserve > 0.0 {
+        let ex = base_answers(model, tok, &PRESERVE_PROMPTS, config.locality_tokens)?;
+        Some(Preserve::new(model, &ex, config.train.preserve_batch))
+    } else {
+        None
+    };
+    replay(ledger, &run, loaded, &config.train, None)?;
     ledger.set_status(&run.id, "running")?;
     let by_hash: HashMap<&str, &Fact> = all_facts.iter().map(|f| (f.hash.as_str(), f)).collect();
     let position: HashMap<&str, usize> = all_facts
