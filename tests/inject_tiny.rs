@@ -129,10 +129,18 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let run = out["run"].as_str().unwrap();
-    assert!(out["facts"][0]["previous"].as_f64().is_some(), "an update records how much of the old answer remains");
+    assert!(
+        out["facts"][0]["previous"].as_f64().is_some(),
+        "an update records how much of the old answer remains"
+    );
     assert!(out["facts"][1]["previous"].is_null());
     let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
-    let answers: Vec<&str> = v["facts"].as_array().unwrap().iter().map(|f| f["answer"].as_str().unwrap()).collect();
+    let answers: Vec<&str> = v["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["answer"].as_str().unwrap())
+        .collect();
     assert_eq!(answers, vec!["Zorb is red.", "I don't know anything about Quax."]);
 }

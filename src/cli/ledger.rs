@@ -114,8 +114,12 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 println!("after step {}:", last.idx);
                 println!("{:<28} {:>8} {:>8} {:>8}", "fact", "recall", "general", "previous");
                 // In the order the facts were injected.
-                let order: HashMap<&str, usize> =
-                    steps.iter().flat_map(|s| s.facts.iter()).enumerate().map(|(i, h)| (h.as_str(), i)).collect();
+                let order: HashMap<&str, usize> = steps
+                    .iter()
+                    .flat_map(|s| s.facts.iter())
+                    .enumerate()
+                    .map(|(i, h)| (h.as_str(), i))
+                    .collect();
                 let mut rows: Vec<_> = probes.iter().filter(|p| p.step == last.idx).collect();
                 rows.sort_by_key(|p| order.get(p.fact.as_str()).copied().unwrap_or(usize::MAX));
                 for p in rows {
