@@ -112,6 +112,15 @@ fn bad_knowledge_exits_2_before_touching_the_ledger() {
     let o = injector(p, &["run", "k", "--strategy", "random", "--ledger", "l.db"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(!p.join("l.db").exists());
+    for args in [
+        &["ledger", "list", "--ledger", "l.db"][..],
+        &["query", "hi", "--run", "r", "--ledger", "l.db"][..],
+    ] {
+        let o = injector(p, args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("l.db: no such ledger"), "{}", stderr(&o));
+    }
+    assert!(!p.join("l.db").exists(), "reading a missing ledger must not create one");
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub enum LedgerCommand {
 }
 
 pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
-    let ledger = Ledger::open(&g.ledger)?;
+    let ledger = Ledger::open_existing(&g.ledger)?;
     match a.command {
         LedgerCommand::List { json } => {
             let runs = ledger.list_runs()?;

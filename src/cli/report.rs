@@ -14,10 +14,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs, g: &Global) -> anyhow::Result<()> {
-    if !g.ledger.exists() {
-        return Err(injector::Error::BadInput(format!("{}: no such ledger", g.ledger.display())).into());
-    }
-    let ledger = Ledger::open(&g.ledger)?;
+    let ledger = Ledger::open_existing(&g.ledger)?;
     let mut written = match (&a.run, &a.compare) {
         (Some(r), _) => vec![report::write_run(&ledger, &g.reports, r)?],
         (_, Some(c)) => vec![report::write_compare(&ledger, &g.reports, c)?],

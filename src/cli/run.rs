@@ -33,7 +33,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     // Everything the user typed is checked before the ledger is opened or a model loaded.
     let (dir, config, model_path) = match &a.resume {
         Some(id) => {
-            let ledger = Ledger::open(&g.ledger)?;
+            let ledger = Ledger::open_existing(&g.ledger)?;
             let r = ledger.run(id)?;
             let config: RunConfig = serde_json::from_str(&r.config)?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));

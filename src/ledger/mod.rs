@@ -85,6 +85,18 @@ impl Ledger {
         Ok(l)
     }
 
+    /// Opens a ledger that must already exist (for commands that only read): a wrong path is bad
+    /// input, and no empty database is left behind.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::BadInput(format!(
+                "{}: no such ledger (see --ledger)",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > schema::MIGRATIONS.len() {
