@@ -17,6 +17,11 @@ if [ ! -f .venv/.torch-2.11.0 ]; then
     torch==2.11.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85
   touch .venv/.torch-2.11.0
 fi
+# Headers for the CUDA build's graph shim (INJECTOR_CUDA=1; README "GPU build"); 134 kB.
+if [ ! -f .venv/.cuda-crt-13.0.88 ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps nvidia-cuda-crt==13.0.88
+  touch .venv/.cuda-crt-13.0.88
+fi
 # .cargo/config.toml points at lib/python3.11; give other Python versions that path too.
 [ -e .venv/lib/python3.11 ] || ln -s "$(basename .venv/lib/python3.*)" .venv/lib/python3.11
 

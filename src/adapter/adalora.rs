@@ -197,6 +197,27 @@ impl AdaLora {
         self.allocator.update_and_allocate(&triplets, step)
     }
 
+    /// [`RankAllocator::plan`] for this adapter: true when step `step`'s allocator work is
+    /// [`allocate_in_graph`](Self::allocate_in_graph).
+    pub fn plan_allocation(&mut self, step: i64) -> bool {
+        let triplets = Self::triplets_of(&self.groups);
+        self.allocator.plan(&triplets, step).1
+    }
+
+    /// The allocator's work at a step before the final one, after [`plan_allocation`](Self::plan_allocation).
+    pub fn allocate_in_graph(&mut self) {
+        let triplets = Self::triplets_of(&self.groups);
+        self.allocator.update_in_graph(&triplets)
+    }
+
+    /// Every trained tensor (A, E, B of each group).
+    pub fn params(&self) -> Vec<Tensor> {
+        self.groups
+            .iter()
+            .flat_map(|g| [g.a.shallow_clone(), g.e.shallow_clone(), g.b.shallow_clone()])
+            .collect()
+    }
+
     /// Current rank (unmasked singular values) per adapted weight, in site order within groups.
     pub fn rank_pattern(&self) -> Vec<(String, i64)> {
         let mut out = Vec::new();
@@ -214,17 +235,23 @@ impl AdaLora {
 }
 
 impl Adapter for AdaLora {
+    /// In fp32 on an fp32 base. On a bf16 base the product runs in bf16 like peft under autocast
+    /// (the parameters, their gradients and the optimizer stay fp32; the casts are differentiable):
+    /// an fp32 copy of every adapted input would cost a cast kernel each way and, at 7B, a
+    /// gigabyte of saved activations.
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
         let &(gi, slot) = self.index.get(&(layer, proj))?;
         let g = &self.groups[gi];
+        let kind = x.kind();
         let (a, e, b) = (g.a.get(slot), g.e.get(slot), g.b.get(slot));
-        let xf = x.to_kind(Kind::Float);
-        let xf = if self.training && self.cfg.dropout > 0.0 {
-            xf.dropout(self.cfg.dropout, true)
+        let x = if self.training && self.cfg.dropout > 0.0 {
+            x.dropout(self.cfg.dropout, true)
         } else {
-            xf
+            x.shallow_clone()
         };
-        let y = xf.linear::<Tensor>(&(a * e), None).linear::<Tensor>(&b, None) * self.scale();
-        Some(y.to_kind(x.kind()))
+        let y = x
+            .linear::<Tensor>(&(a * e).to_kind(kind), None)
+            .linear::<Tensor>(&b.to_kind(kind), None);
+        Some(y * self.scale())
     }
 }

@@ -49,15 +49,23 @@ impl Ema {
         }
     }
 
-    /// I = |p ⊙ ∇p|; Ī ← β1 Ī + (1−β1) I; Ū ← β2 Ū + (1−β2) |I − Ī|.
+    /// I = |p ⊙ ∇p|; Ī ← β1 Ī + (1−β1) I; Ū ← β2 Ū + (1−β2) |I − Ī| (in place: a captured graph
+    /// must read and write the same tensors on every replay).
     fn update(&mut self, p: &Tensor, b1: f64, b2: f64) {
         let g = p.grad();
         if !g.defined() {
             return;
         }
         let i = (p.detach() * g).abs();
-        self.ipt = &self.ipt * b1 + &i * (1.0 - b1);
-        self.unc = &self.unc * b2 + (&i - &self.ipt).abs() * (1.0 - b2);
+        let _ = self.ipt.g_mul_scalar_(b1);
+        let _ = self.ipt.g_add_(&(&i * (1.0 - b1)));
+        let _ = self.unc.g_mul_scalar_(b2);
+        let _ = self.unc.g_add_(&((&i - &self.ipt).abs() * (1.0 - b2)));
+    }
+
+    fn reset(&mut self) {
+        let _ = self.ipt.zero_();
+        let _ = self.unc.zero_();
     }
 
     fn score(&self) -> Tensor {
@@ -76,12 +84,15 @@ pub struct Triplet<'a> {
 }
 
 /// Importance state for every module of an adapter. All work is a few batched kernels per group,
-/// and nothing is read back to the host.
+/// nothing is read back to the host, and the number of values to mask is a device tensor: before
+/// the final step the update is the same kernels at every step, which a CUDA graph can replay.
 pub struct RankAllocator {
     pub schedule: Schedule,
     emas: Vec<[Ema; 3]>,
     /// Which singular values survived the last masking, per group: bool [L, r] (`true` = kept).
     pub keep: Option<Vec<Tensor>>,
+    /// How many singular values the next masking drops (int64 [1] on the adapter's device; ≤ 0 = none).
+    k: Tensor,
 }
 
 impl RankAllocator {
@@ -90,10 +101,12 @@ impl RankAllocator {
             .iter()
             .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
             .collect();
+        let device = groups.first().map(|g| g.a.device()).unwrap_or(tch::Device::Cpu);
         RankAllocator {
             schedule,
             emas,
             keep: None,
+            k: Tensor::zeros([1], (Kind::Int64, device)),
         }
     }
 
@@ -124,18 +137,15 @@ impl RankAllocator {
             .collect()
     }
 
-    /// Zeroes E_i wherever the score is at or below the k-th smallest (k = total − budget).
-    fn mask_to_budget(&mut self, groups: &[Triplet], budget: i64) {
-        let total: i64 = groups.iter().map(|g| g.a.size()[0] * g.a.size()[1]).sum();
-        let k = total - budget;
+    /// Zeroes E_i wherever the score is at or below the k-th smallest (k = `self.k`, read on the
+    /// device: the k-th smallest is element k−1 of the sorted scores; k ≤ 0 drops nothing).
+    fn mask_to_budget(&mut self, groups: &[Triplet]) {
         let scores = self.triplet_scores();
-        if k <= 0 {
-            self.keep = Some(scores.iter().map(|s| s.ones_like().to_kind(Kind::Bool)).collect());
-            return;
-        }
         let flat: Vec<Tensor> = scores.iter().map(|s| s.reshape([-1])).collect();
-        let threshold = Tensor::cat(&flat, 0).kthvalue(k, 0, false).0;
         let keep = tch::no_grad(|| {
+            let sorted = Tensor::cat(&flat, 0).sort(0, false).0;
+            let kth = sorted.index_select(0, &(&self.k - 1).clamp_min(0));
+            let threshold = kth.where_scalarother(&self.k.gt(0), f64::NEG_INFINITY);
             scores
                 .iter()
                 .zip(groups)
@@ -160,23 +170,39 @@ impl RankAllocator {
         });
     }
 
+    /// Sets up the allocator for optimizer step `step` (0-based) and says whether the step is one of
+    /// the steps before the final one, whose work is [`update_in_graph`](Self::update_in_graph):
+    /// the same kernels every time, with the budget carried in a device tensor set here.
+    pub fn plan(&mut self, groups: &[Triplet], step: i64) -> (i64, bool) {
+        let s = &self.schedule;
+        let n = Self::n_modules(groups);
+        let (budget, mask) = budget_schedule(s, n, step);
+        let total = s.init_r * n;
+        let k = if mask || step == s.total_step - s.tfinal {
+            total - budget
+        } else {
+            0
+        };
+        let _ = self.k.fill_(k);
+        (budget, step < s.total_step - s.tfinal)
+    }
+
+    /// The allocator's work at a step before the final one: importance averages, then masking to
+    /// the budget [`plan`](Self::plan) set (a no-op mask when the step does not mask).
+    pub fn update_in_graph(&mut self, groups: &[Triplet]) {
+        self.update_ipt(groups);
+        self.mask_to_budget(groups);
+    }
+
     /// Runs after the optimizer step `step` (0-based), with gradients still in place
     /// (peft `AdaLoraModel.update_and_allocate`). Returns the budget in force.
     pub fn update_and_allocate(&mut self, groups: &[Triplet], step: i64) -> i64 {
-        let s = self.schedule.clone();
-        let (budget, mask) = budget_schedule(&s, Self::n_modules(groups), step);
-        let final_step = s.total_step - s.tfinal;
-        if step < final_step {
-            self.update_ipt(groups);
-            if mask {
-                self.mask_to_budget(groups, budget);
-            }
-        } else if step == final_step {
-            self.mask_to_budget(groups, budget);
-            self.emas = groups
-                .iter()
-                .map(|m| [Ema::new(m.a), Ema::new(m.e), Ema::new(m.b)])
-                .collect();
+        let (budget, before_final) = self.plan(groups, step);
+        if before_final {
+            self.update_in_graph(groups);
+        } else if step == self.schedule.total_step - self.schedule.tfinal {
+            self.mask_to_budget(groups);
+            tch::no_grad(|| self.emas.iter_mut().flatten().for_each(Ema::reset));
         } else {
             self.mask_using_pattern(groups);
         }

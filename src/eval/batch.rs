@@ -41,6 +41,8 @@ pub struct Batch {
     pub gather: Tensor,
     pub targets: Tensor,
     pub owner: Vec<usize>,
+    /// `owner` on the device (int64).
+    pub owner_t: Tensor,
     /// Real (non-padding) tokens in the batch.
     pub tokens: usize,
 }
@@ -86,6 +88,7 @@ fn pack(examples: &[Example], idx: &[usize], device: Device) -> Batch {
             .to_device(device),
         gather: Tensor::from_slice(&gather).to_device(device),
         targets: Tensor::from_slice(&targets).to_device(device),
+        owner_t: Tensor::from_slice(&owner.iter().map(|&o| o as i64).collect::<Vec<_>>()).to_device(device),
         owner,
         tokens,
     }
@@ -107,6 +110,17 @@ impl Batch {
             acc[o].0 += *h as usize;
             acc[o].1 += 1;
         }
+    }
+}
+
+impl Batch {
+    /// Adds each example's count of right argmax target tokens into `correct` (float [n_examples]),
+    /// on the device: nothing is read back.
+    pub fn add_correct(&self, logits: &Tensor, correct: &mut Tensor) {
+        tch::no_grad(|| {
+            let hit = logits.argmax(-1, false).eq_tensor(&self.targets).to_kind(Kind::Float);
+            let _ = correct.index_add_(0, &self.owner_t, &hit);
+        });
     }
 }
 

@@ -1,13 +1,14 @@
 //! One injection step: a fresh AdaLoRA adapter trained on every prompt of the group's facts until
 //! each fact reaches the recall threshold on its training prompts (or max_steps), then its factors.
+use crate::adapter::adamw::AdamW;
 use crate::adapter::merge::{factors, Factor};
 use crate::adapter::{AdaLora, AdaLoraConfig};
+use crate::cuda::{Graph, SideStream};
 use crate::error::Result;
 use crate::eval::batch::{build, loss_sum, token_accuracy, Batch, Example};
 use crate::model::{Llama, Proj};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor};
 
 /// Training hyper-parameters of a step (saved with the run, so results can be reproduced).
@@ -134,20 +135,51 @@ fn per_fact(acc: &[f64], owner: &[usize], n_facts: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Eager steps before the step is captured as CUDA graphs: the first backward allocates the
+/// gradients the graph then accumulates into, and cuBLAS sets up its workspace on the stream.
+const EAGER_STEPS: i64 = 3;
+
+/// A step's outputs: the loss (cross-entropy + regularisers, a float scalar) and each example's
+/// count of right argmax target tokens (float [n_examples]), both on the device.
+pub struct Pass {
+    pub loss: Tensor,
+    pub correct: Tensor,
+}
+
+impl Pass {
+    fn shallow_clone(&self) -> Pass {
+        Pass {
+            loss: self.loss.shallow_clone(),
+            correct: self.correct.shallow_clone(),
+        }
+    }
+}
+
+/// The captured graphs of a trainer on a GPU: one forward+backward per preservation batch (the
+/// batch changes with the step) and one update.
+struct Graphs {
+    forward_backward: Vec<Option<(Graph, Pass)>>,
+    update: Option<Graph>,
+    // Last: the stream is left (and the device synchronised) after the graphs are freed.
+    _stream: SideStream,
+}
+
 /// One adapter being trained on pre-built batches: the loop body of [`train`], also timed by
-/// `bench/train_step.rs`.
+/// `bench/train_step.rs`. On a GPU of a CUDA build, after [`EAGER_STEPS`] eager steps each
+/// forward+backward and each update before the allocator's final step is a replayed CUDA graph.
 pub struct Trainer<'a> {
     model: &'a Llama,
     pub batches: Vec<Batch>,
     n_examples: usize,
     n_targets: usize,
     pub adapter: AdaLora,
-    opt: tch::nn::Optimizer,
+    opt: AdamW,
     cfg: TrainConfig,
     preserve: Option<&'a Preserve>,
     step: i64,
     /// Real tokens through forward passes so far.
     pub tokens: usize,
+    graphs: Option<Graphs>,
 }
 
 impl<'a> Trainer<'a> {
@@ -159,6 +191,12 @@ impl<'a> Trainer<'a> {
         seed: u64,
     ) -> Result<Self> {
         let dev = model.device();
+        // Everything the graphs touch is created on the side stream they are captured on.
+        let stream = if crate::cuda::available(dev) {
+            Some(SideStream::enter(dev)?)
+        } else {
+            None
+        };
         let batches = build(examples, cfg.max_batch_tokens, dev);
         let adapter = AdaLora::new(
             &cfg.adalora,
@@ -167,7 +205,8 @@ impl<'a> Trainer<'a> {
             seed,
             cfg.max_steps,
         );
-        let opt = tch::nn::adamw(0.9, 0.999, cfg.weight_decay).build(&adapter.vs, cfg.lr)?;
+        let opt = AdamW::new(adapter.params(), cfg.lr, 0.9, 0.999, cfg.weight_decay);
+        let n_preserve = preserve.map(|p| p.batches.len()).unwrap_or(1).max(1);
         Ok(Trainer {
             model,
             batches,
@@ -179,40 +218,103 @@ impl<'a> Trainer<'a> {
             preserve,
             step: 0,
             tokens: 0,
+            graphs: stream.map(|s| Graphs {
+                forward_backward: (0..n_preserve).map(|_| None).collect(),
+                update: None,
+                _stream: s,
+            }),
         })
     }
 
-    /// Forward and backward over every micro-batch; returns the loss (a scalar tensor, not read here)
-    /// and the per-example (correct, total) argmax counts of this pass.
-    pub fn forward_backward(&mut self) -> (Tensor, Vec<(usize, usize)>) {
+    fn preserving(&self) -> Option<&'a Preserve> {
+        self.preserve
+            .filter(|p| self.cfg.preserve > 0.0 && !p.batches.is_empty())
+    }
+
+    /// Forward and backward of the step's whole objective: cross-entropy over every micro-batch,
+    /// the orthogonal regulariser and the preservation term.
+    fn forward_backward_eager(&mut self) -> Pass {
         self.opt.zero_grad();
         self.adapter.training = true;
-        let mut acc = vec![(0usize, 0usize); self.n_examples];
-        let mut total = Tensor::zeros([], (Kind::Float, self.model.device()));
+        let dev = self.model.device();
+        let mut correct = Tensor::zeros([self.n_examples as i64], (Kind::Float, dev));
+        let mut total = Tensor::zeros([], (Kind::Float, dev));
         for b in &self.batches {
             let logits = b.logits(self.model, &self.adapter);
-            b.count_correct(&logits, &mut acc);
+            b.add_correct(&logits, &mut correct);
             let loss = loss_sum(b, &logits) / self.n_targets as f64;
             loss.backward();
             total += loss.detach();
-            self.tokens += b.tokens;
         }
-        (total, acc)
+        let mut reg = self.adapter.orth_reg();
+        if let Some(p) = self.preserving() {
+            reg += p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve;
+        }
+        reg.backward();
+        Pass {
+            loss: total + reg.detach(),
+            correct,
+        }
     }
 
-    /// Regularisers, clipping, the optimizer step and the rank allocator; returns the regulariser.
-    pub fn update(&mut self) -> Tensor {
-        let orth = self.adapter.orth_reg();
-        let reg = match (self.preserve, self.cfg.preserve > 0.0) {
-            (Some(p), true) => orth + p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve,
-            _ => orth,
-        };
-        reg.backward();
+    /// Forward and backward over every micro-batch. The returned tensors are not read here; on a
+    /// GPU they are the graph's outputs, valid until the next call.
+    pub fn forward_backward(&mut self) -> Result<Pass> {
+        self.tokens += self.batches.iter().map(|b| b.tokens).sum::<usize>();
+        if self.graphs.is_none() || self.step < EAGER_STEPS {
+            return Ok(self.forward_backward_eager());
+        }
+        let i = self
+            .preserving()
+            .map(|p| self.step as usize % p.batches.len())
+            .unwrap_or(0);
+        if self.graphs.as_ref().is_some_and(|g| g.forward_backward[i].is_none()) {
+            crate::cuda::empty_cache()?;
+            let captured = Graph::capture(|| self.forward_backward_eager())?;
+            if let Some(g) = self.graphs.as_mut() {
+                g.forward_backward[i] = Some(captured);
+            }
+        }
+        let (graph, pass) = self
+            .graphs
+            .as_ref()
+            .and_then(|g| g.forward_backward[i].as_ref())
+            .expect("captured");
+        graph.replay()?;
+        Ok(pass.shallow_clone())
+    }
+
+    /// Clipping, the optimizer step and the rank allocator, in place.
+    fn update_eager(&mut self, before_final: bool) {
         self.adapter.clip_grad_norm(self.cfg.clip_grad_norm);
         self.opt.step();
-        self.adapter.update_and_allocate(self.step);
+        if before_final {
+            self.adapter.allocate_in_graph();
+        } else {
+            self.adapter.update_and_allocate(self.step);
+        }
+    }
+
+    /// The optimizer step after [`forward_backward`](Self::forward_backward).
+    pub fn update(&mut self) -> Result<()> {
+        let before_final = self.adapter.plan_allocation(self.step);
+        if self.graphs.is_none() || self.step < EAGER_STEPS || !before_final {
+            self.update_eager(before_final);
+        } else {
+            if self.graphs.as_ref().is_some_and(|g| g.update.is_none()) {
+                let (graph, ()) = Graph::capture(|| self.update_eager(true))?;
+                if let Some(g) = self.graphs.as_mut() {
+                    g.update = Some(graph);
+                }
+            }
+            self.graphs
+                .as_ref()
+                .and_then(|g| g.update.as_ref())
+                .expect("captured")
+                .replay()?;
+        }
         self.step += 1;
-        reg.detach()
+        Ok(())
     }
 
     /// Optimizer steps taken.
@@ -237,10 +339,14 @@ pub fn train(
     let t0 = Instant::now();
     let mut tr = Trainer::new(model, examples, cfg, preserve, seed)?;
     let check_separately = cfg.adalora.dropout > 0.0;
+    let totals = examples.iter().map(|e| e.target.len() as f64).collect::<Vec<_>>();
     let mut losses = Vec::new();
     let mut recall = vec![0.0; n_facts];
     for step in 0..cfg.max_steps {
-        let (loss, acc) = tr.forward_backward();
+        let pass = tr.forward_backward()?;
+        // One read per step: the loss and the argmax counts of this pass.
+        let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
+        let loss = read[0] as f64;
         // With dropout off, this pass's argmax is exactly the current weights' recall: stopping
         // here costs no extra forward. With dropout on, measure without it every 5 steps.
         let ex_acc: Vec<f64> = if check_separately {
@@ -251,20 +357,21 @@ pub fn train(
                 vec![0.0; examples.len()]
             }
         } else {
-            acc.iter()
-                .map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+            read[1..]
+                .iter()
+                .zip(&totals)
+                .map(|(&c, &t)| if t == 0.0 { 0.0 } else { c as f64 / t })
                 .collect()
         };
         recall = per_fact(&ex_acc, owner, n_facts);
         let min_recall = recall.iter().cloned().fold(f64::INFINITY, f64::min);
         if step > 0 && min_recall >= cfg.threshold {
-            on_step(step, loss.double_value(&[]), min_recall);
+            on_step(step, loss, min_recall);
             break;
         }
-        let reg = tr.update();
-        let loss_total = (loss + reg).double_value(&[]);
-        losses.push(loss_total);
-        on_step(step, loss_total, min_recall);
+        tr.update()?;
+        losses.push(loss);
+        on_step(step, loss, min_recall);
     }
     let steps = tr.steps();
     if steps == cfg.max_steps {

@@ -1,0 +1,76 @@
+// CUDA graphs for the training step: tch exposes no graph capture, so this thin C ABI wraps
+// at::cuda::CUDAGraph (which handles the private memory pool and the RNG offsets of dropout), a
+// side stream to capture on, and the caching allocator's empty_cache. Compiled only when the build
+// links CUDA (INJECTOR_CUDA=1, see build.rs). Every entry point catches C++ exceptions and returns
+// the message (malloc'd, freed by the caller with inj_free_error) instead of unwinding into Rust.
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
+namespace {
+char* copy_message(const char* what) {
+  char* s = static_cast<char*>(std::malloc(std::strlen(what) + 1));
+  if (s) std::strcpy(s, what);
+  return s;
+}
+
+template <typename F>
+char* guarded(F f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_message(e.what());
+  } catch (...) {
+    return copy_message("unknown C++ exception");
+  }
+}
+}  // namespace
+
+extern "C" {
+
+void inj_free_error(char* e) { std::free(e); }
+
+// Makes a fresh (non-default) stream of `device` current on this thread; graphs cannot be captured
+// on the default stream. The returned guard restores the previous stream when freed.
+char* inj_stream_enter(int device, void** guard) {
+  return guarded([&] {
+    auto stream = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
+    *guard = new c10::cuda::CUDAStreamGuard(stream);
+  });
+}
+
+char* inj_stream_exit(void* guard) {
+  return guarded([&] { delete static_cast<c10::cuda::CUDAStreamGuard*>(guard); });
+}
+
+char* inj_graph_new(void** graph) {
+  return guarded([&] { *graph = new at::cuda::CUDAGraph(); });
+}
+
+char* inj_graph_free(void* graph) {
+  return guarded([&] { delete static_cast<at::cuda::CUDAGraph*>(graph); });
+}
+
+// Starts capturing the current stream's work into `graph` (its own private memory pool).
+char* inj_graph_begin(void* graph) {
+  return guarded([&] { static_cast<at::cuda::CUDAGraph*>(graph)->capture_begin(); });
+}
+
+char* inj_graph_end(void* graph) {
+  return guarded([&] { static_cast<at::cuda::CUDAGraph*>(graph)->capture_end(); });
+}
+
+char* inj_graph_replay(void* graph) {
+  return guarded([&] { static_cast<at::cuda::CUDAGraph*>(graph)->replay(); });
+}
+
+// Returns the caching allocator's unused blocks to the driver (torch.cuda.empty_cache()).
+char* inj_empty_cache() {
+  return guarded([&] { c10::cuda::CUDACachingAllocator::emptyCache(); });
+}
+}

@@ -1,0 +1,153 @@
+//! CUDA graphs for the training step, through the C++ shim `src/cuda/graph.cpp` (tch exposes no
+//! graph capture). A step of a small model is a few thousand small kernels; launched one by one from
+//! the host they cost far more than their arithmetic, and replaying them as one captured graph
+//! removes that cost (bench/NOTES.md). Builds without CUDA (`cfg(injector_cuda)` unset) compile the
+//! same API, where [`available`] is false and nothing else is ever called.
+use crate::error::{Error, Result};
+
+#[cfg(injector_cuda)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        pub fn inj_free_error(e: *mut c_char);
+        pub fn inj_stream_enter(device: c_int, guard: *mut *mut c_void) -> *mut c_char;
+        pub fn inj_stream_exit(guard: *mut c_void) -> *mut c_char;
+        pub fn inj_graph_new(graph: *mut *mut c_void) -> *mut c_char;
+        pub fn inj_graph_free(graph: *mut c_void) -> *mut c_char;
+        pub fn inj_graph_begin(graph: *mut c_void) -> *mut c_char;
+        pub fn inj_graph_end(graph: *mut c_void) -> *mut c_char;
+        pub fn inj_graph_replay(graph: *mut c_void) -> *mut c_char;
+        pub fn inj_empty_cache() -> *mut c_char;
+    }
+}
+
+#[cfg(injector_cuda)]
+fn check(e: *mut std::ffi::c_char) -> Result<()> {
+    if e.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated message malloc'd by the shim, freed here once.
+    let msg = unsafe {
+        let m = std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned();
+        ffi::inj_free_error(e);
+        m
+    };
+    Err(Error::Torch(tch::TchError::Torch(format!("CUDA graph: {msg}"))))
+}
+
+#[cfg(not(injector_cuda))]
+fn unavailable() -> Error {
+    Error::Torch(tch::TchError::Torch(
+        "this build has no CUDA graphs (INJECTOR_CUDA=1)".into(),
+    ))
+}
+
+/// Whether training steps on `device` are captured and replayed as CUDA graphs: a CUDA build on a
+/// GPU, unless `INJECTOR_CUDA_GRAPHS=0` asks for eager launches (for comparison and debugging).
+pub fn available(device: tch::Device) -> bool {
+    cfg!(injector_cuda) && device.is_cuda() && std::env::var("INJECTOR_CUDA_GRAPHS").as_deref() != Ok("0")
+}
+
+/// A non-default stream of the device made current on this thread (graphs cannot be captured on
+/// the default stream). Entering and leaving synchronise the device, so work on either side of the
+/// switch needs no further ordering; leaving also returns the stream's cached blocks to the driver.
+#[cfg_attr(not(injector_cuda), allow(dead_code))]
+pub struct SideStream {
+    guard: *mut std::ffi::c_void,
+    device: i64,
+}
+
+impl SideStream {
+    pub fn enter(device: tch::Device) -> Result<Self> {
+        let tch::Device::Cuda(d) = device else {
+            return Err(Error::BadDevice("CUDA graphs need a CUDA device".into()));
+        };
+        tch::Cuda::synchronize(d as i64);
+        #[cfg(injector_cuda)]
+        {
+            let mut guard = std::ptr::null_mut();
+            // SAFETY: the shim writes a heap-allocated guard into `guard` on success.
+            check(unsafe { ffi::inj_stream_enter(d as i32, &mut guard) })?;
+            // Blocks cached for the default stream (the model's loading, earlier evaluation) cannot
+            // serve the side stream's allocations: hand them back so they do not add to the peak.
+            empty_cache()?;
+            Ok(SideStream {
+                guard,
+                device: d as i64,
+            })
+        }
+        #[cfg(not(injector_cuda))]
+        Err(unavailable())
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        tch::Cuda::synchronize(self.device);
+        #[cfg(injector_cuda)]
+        // SAFETY: `guard` came from inj_stream_enter and is freed exactly once.
+        unsafe {
+            let _ = check(ffi::inj_stream_exit(self.guard));
+            let _ = check(ffi::inj_empty_cache());
+        }
+    }
+}
+
+/// Returns the caching allocator's unused blocks to the driver (before a capture, so the graph's
+/// private pool does not come on top of memory the eager warm-up steps left cached).
+pub fn empty_cache() -> Result<()> {
+    #[cfg(injector_cuda)]
+    // SAFETY: no arguments; errors come back as a message.
+    return check(unsafe { ffi::inj_empty_cache() });
+    #[cfg(not(injector_cuda))]
+    Err(unavailable())
+}
+
+/// A captured sequence of kernels with its private memory pool. Tensors created while capturing
+/// live in that pool: each replay rewrites them in place, so they are the graph's outputs, valid
+/// until the next replay. State carried from one replay to the next must be updated in place in
+/// tensors created before the capture.
+#[cfg_attr(not(injector_cuda), allow(dead_code))]
+pub struct Graph(*mut std::ffi::c_void);
+
+impl Graph {
+    /// Captures the kernels `f` launches on the current (side) stream. Nothing runs: replay to
+    /// execute them.
+    pub fn capture<T>(f: impl FnOnce() -> T) -> Result<(Graph, T)> {
+        #[cfg(injector_cuda)]
+        {
+            let mut g = std::ptr::null_mut();
+            // SAFETY: the shim allocates the graph; it is owned by the returned `Graph`.
+            check(unsafe { ffi::inj_graph_new(&mut g) })?;
+            let graph = Graph(g);
+            check(unsafe { ffi::inj_graph_begin(graph.0) })?;
+            let out = f();
+            check(unsafe { ffi::inj_graph_end(graph.0) })?;
+            Ok((graph, out))
+        }
+        #[cfg(not(injector_cuda))]
+        {
+            let _ = f;
+            Err(unavailable())
+        }
+    }
+
+    /// Launches the captured kernels on the current stream.
+    pub fn replay(&self) -> Result<()> {
+        #[cfg(injector_cuda)]
+        // SAFETY: `self.0` is a live graph from inj_graph_new.
+        return check(unsafe { ffi::inj_graph_replay(self.0) });
+        #[cfg(not(injector_cuda))]
+        Err(unavailable())
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        #[cfg(injector_cuda)]
+        // SAFETY: `self.0` came from inj_graph_new and is freed exactly once.
+        unsafe {
+            let _ = check(ffi::inj_graph_free(self.0));
+        }
+    }
+}
