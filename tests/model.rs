@@ -32,6 +32,71 @@ fn gguf_and_hf_folder_give_the_same_logits() {
     );
 }
 
+/// Left-padded rows of different lengths, decoded together with one cache, give each row the
+/// logits it gets alone: padding shifts neither positions nor attention.
+#[test]
+fn padded_batch_rows_match_each_row_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, 5);
+    let m = load(&g, Device::Cpu).unwrap();
+    let rows: Vec<Vec<i64>> = [9usize, 4, 13]
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| (0..n as i64).map(|i| 3 + ((i + 7 * r as i64) * 41 % 250)).collect())
+        .collect();
+    let next: Vec<i64> = vec![17, 99, 200];
+    let len = rows.iter().map(Vec::len).max().unwrap();
+    let mut ids = vec![0i64; rows.len() * len];
+    let pad: Vec<i64> = rows.iter().map(|r| (len - r.len()) as i64).collect();
+    for (i, r) in rows.iter().enumerate() {
+        ids[i * len + pad[i] as usize..(i + 1) * len].copy_from_slice(r);
+    }
+    let pad_t = Tensor::from_slice(&pad);
+    let mut cache = Cache::new(&m.model.cfg);
+    let (prefill, step) = tch::no_grad(|| {
+        let h = m.model.hidden_padded(
+            &Tensor::from_slice(&ids).view([rows.len() as i64, len as i64]),
+            Some(&mut cache),
+            Some(&pad_t),
+            &NoAdapter,
+        );
+        let h2 = m.model.hidden_padded(
+            &Tensor::from_slice(&next).view([-1, 1]),
+            Some(&mut cache),
+            Some(&pad_t),
+            &NoAdapter,
+        );
+        (m.model.logits(&h), m.model.logits(&h2))
+    });
+    for (i, r) in rows.iter().enumerate() {
+        let mut alone_ids = r.clone();
+        alone_ids.push(next[i]);
+        let alone = tch::no_grad(|| {
+            m.model
+                .forward(&Tensor::from_slice(&alone_ids).unsqueeze(0), None, &NoAdapter)
+        });
+        let n = r.len() as i64;
+        let got = Tensor::cat(&[prefill.get(i as i64).narrow(0, pad[i], n), step.get(i as i64)], 0);
+        let diff = (alone.get(0) - got).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "row {i} differs from its forward alone by {diff}");
+    }
+    // No padding at all: the padded path is the plain one.
+    let plain = tch::no_grad(|| {
+        m.model
+            .forward(&Tensor::from_slice(&rows[2]).unsqueeze(0), None, &NoAdapter)
+    });
+    let zero = tch::no_grad(|| {
+        m.model.logits(&m.model.hidden_padded(
+            &Tensor::from_slice(&rows[2]).unsqueeze(0),
+            None,
+            Some(&Tensor::from_slice(&[0i64])),
+            &NoAdapter,
+        ))
+    });
+    assert!((plain - zero).abs().max().double_value(&[]) < 1e-5);
+}
+
 #[test]
 fn kv_cache_matches_full_recompute() {
     let dir = tempfile::tempdir().unwrap();

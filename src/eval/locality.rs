@@ -2,7 +2,7 @@
 //! The base answers are generated once per run (greedy) and kept in the ledger.
 use super::batch::Example;
 use crate::error::Result;
-use crate::model::generate::{generate, Sampling};
+use crate::model::generate::greedy_batch;
 use crate::model::{Llama, NoAdapter, Tokenizer};
 
 /// Unrelated prompts for the locality metric (never trained on, never used by the preservation term).
@@ -95,27 +95,42 @@ pub const PRESERVE_PROMPTS: [&str; 48] = [
 ];
 
 /// Greedy answers of the model as it is now (call before any edit), as token ids including the
-/// end-of-turn token when the model produced it within `max_tokens`.
+/// end-of-turn token when the model produced it within `max_tokens`. The prompts are decoded in
+/// batches of similar length.
 pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens: usize) -> Result<Vec<Example>> {
-    let s = Sampling {
-        max_tokens,
-        ..Default::default()
-    };
-    prompts
+    let rendered: Vec<Vec<i64>> = prompts
         .iter()
-        .map(|p| {
-            let prompt = Example::chat(tok, p, "")?.prompt;
-            let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-            let mut out: Vec<i64> = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?
-                .into_iter()
-                .map(i64::from)
-                .collect();
-            if out.len() < max_tokens {
+        .map(|p| Ok(Example::chat(tok, p, "")?.prompt))
+        .collect::<Result<_>>()?;
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| (rendered[i].len(), i));
+    let mut answers: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    for chunk in order.chunks(GENERATION_BATCH) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|&i| rendered[i].iter().map(|&t| t as u32).collect())
+            .collect();
+        for (&i, out) in chunk
+            .iter()
+            .zip(greedy_batch(model, tok, &ids, max_tokens, &NoAdapter)?)
+        {
+            answers[i] = out;
+        }
+    }
+    Ok(rendered
+        .into_iter()
+        .zip(answers)
+        .map(|(prompt, out)| {
+            let mut target: Vec<i64> = out.into_iter().map(i64::from).collect();
+            if target.len() < max_tokens {
                 if let Some(&stop) = tok.stop_ids.first() {
-                    out.push(stop as i64);
+                    target.push(stop as i64);
                 }
             }
-            Ok(Example { prompt, target: out })
+            Example { prompt, target }
         })
-        .collect()
+        .collect())
 }
+
+/// Prompts decoded together by [`base_answers`].
+const GENERATION_BATCH: usize = 16;

@@ -5,7 +5,7 @@ use super::batch::{build, token_accuracy, Example};
 use super::metrics::token_f1;
 use crate::error::Result;
 use crate::knowledge::Fact;
-use crate::model::generate::{generate, Sampling};
+use crate::model::generate::greedy_batch;
 use crate::model::{Llama, NoAdapter, Tokenizer};
 use serde::Serialize;
 
@@ -85,15 +85,30 @@ pub fn mean_accuracy(model: &Llama, examples: &[Example], max_batch_tokens: usiz
 
 /// A greedy answer to `question` and its F1 against `answer`.
 pub fn generate_f1(model: &Llama, tok: &Tokenizer, question: &str, answer: &str) -> Result<(String, f64)> {
-    let prompt = Example::chat(tok, question, "")?.prompt;
-    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-    let max_tokens = tok.encode(answer)?.len() + 16;
-    let s = Sampling {
-        max_tokens,
-        ..Default::default()
-    };
-    let out = generate(model, tok, &ids, &s, &NoAdapter, |_| {})?;
-    let text = tok.decode(&out);
-    let f1 = token_f1(&text, answer);
-    Ok((text, f1))
+    Ok(generate_f1_all(model, tok, &[(question, answer)])?.remove(0))
+}
+
+/// [`generate_f1`] for several (question, answer) pairs, decoded together in one batch; each
+/// answer is capped at its own length, as alone.
+pub fn generate_f1_all(model: &Llama, tok: &Tokenizer, qa: &[(&str, &str)]) -> Result<Vec<(String, f64)>> {
+    let mut prompts = Vec::with_capacity(qa.len());
+    let mut caps = Vec::with_capacity(qa.len());
+    for (q, a) in qa {
+        let prompt = Example::chat(tok, q, "")?.prompt;
+        prompts.push(prompt.iter().map(|&t| t as u32).collect::<Vec<u32>>());
+        caps.push(tok.encode(a)?.len() + 16);
+    }
+    let max = caps.iter().copied().max().unwrap_or(0);
+    let outs = greedy_batch(model, tok, &prompts, max, &NoAdapter)?;
+    Ok(outs
+        .into_iter()
+        .zip(caps)
+        .zip(qa)
+        .map(|((mut out, cap), (_, a))| {
+            out.truncate(cap);
+            let text = tok.decode(&out);
+            let f1 = token_f1(&text, a);
+            (text, f1)
+        })
+        .collect())
 }

@@ -6,10 +6,10 @@ use crate::adapter::merge;
 use crate::error::{Error, Result};
 use crate::eval::batch::Example;
 use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
-use crate::eval::probe::{generate_f1, mean_accuracy, score, FactExamples, FactScore};
+use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{GenerationRow, Ledger, LocalityBase, ProbeRow, RunRow, StepRecord, StepRow};
-use crate::model::{Llama, Loaded};
+use crate::model::{Llama, Loaded, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -335,21 +335,9 @@ pub fn run(
             }
         }
         // What the model says before this step, for the reports' before/after samples.
-        let mut generations = Vec::new();
-        for f in facts
-            .iter()
-            .filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS)
-        {
-            let q = f.probes.first().unwrap_or(&f.prompts[0]);
-            let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
-            generations.push(GenerationRow {
-                step: -1,
-                fact: f.hash.clone(),
-                prompt: q.clone(),
-                text,
-                f1,
-            });
-        }
+        let sampled = |f: &&Fact| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS;
+        let before: Vec<&Fact> = facts.iter().copied().filter(sampled).collect();
+        let mut generations = sample_generations(model, tok, &before, -1)?;
         let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
         let trained = train(
             model,
@@ -403,20 +391,8 @@ pub fn run(
         } else {
             facts.clone()
         };
-        for f in gen_facts
-            .into_iter()
-            .filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS)
-        {
-            let q = f.probes.first().unwrap_or(&f.prompts[0]);
-            let (text, f1) = generate_f1(model, tok, q, &f.answer)?;
-            generations.push(GenerationRow {
-                step: idx,
-                fact: f.hash.clone(),
-                prompt: q.clone(),
-                text,
-                f1,
-            });
-        }
+        let after: Vec<&Fact> = gen_facts.into_iter().filter(sampled).collect();
+        generations.extend(sample_generations(model, tok, &after, idx)?);
         let locality = full.then(|| mean_accuracy(model, &loc_examples, config.eval_batch_tokens));
         let hash = weights_hash(model, &loaded.source_hash, &config.train)?;
         let own_recall = scores[..facts.len()]
@@ -484,4 +460,24 @@ pub fn iso_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Greedy answers to each fact's first probe (its first prompt when it has none), decoded
+/// together, as the reports' before/after samples of step `step`.
+fn sample_generations(model: &Llama, tok: &Tokenizer, facts: &[&Fact], step: i64) -> Result<Vec<GenerationRow>> {
+    let qa: Vec<(&str, &str)> = facts
+        .iter()
+        .map(|f| (f.probes.first().unwrap_or(&f.prompts[0]).as_str(), f.answer.as_str()))
+        .collect();
+    Ok(generate_f1_all(model, tok, &qa)?
+        .into_iter()
+        .zip(facts.iter().zip(&qa))
+        .map(|((text, f1), (f, (q, _)))| GenerationRow {
+            step,
+            fact: f.hash.clone(),
+            prompt: q.to_string(),
+            text,
+            f1,
+        })
+        .collect())
 }

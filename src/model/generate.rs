@@ -95,3 +95,57 @@ pub fn generate(
     }
     Ok(out)
 }
+
+/// Greedy answers to several prompts at once: the prompts are left-padded into one batch and
+/// decoded together with one cache, one forward per new token for all of them (rows that have
+/// stopped ride along until every row has). Each row's answer is the one [`generate`] gives for
+/// that prompt alone, up to floating-point differences of batched arithmetic. Returns the token ids
+/// of each answer, without the stop token.
+pub fn greedy_batch(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+    ad: &dyn Adapter,
+) -> Result<Vec<Vec<u32>>> {
+    let _guard = tch::no_grad_guard();
+    let dev = model.device();
+    let b = prompts.len();
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); b];
+    if b == 0 || len == 0 {
+        return Ok(outs);
+    }
+    let mut ids = vec![0i64; b * len];
+    let mut pad = vec![0i64; b];
+    for (i, p) in prompts.iter().enumerate() {
+        pad[i] = (len - p.len()) as i64;
+        for (j, &t) in p.iter().enumerate() {
+            ids[i * len + pad[i] as usize + j] = t as i64;
+        }
+    }
+    let pad = Tensor::from_slice(&pad).to_device(dev);
+    let mut input = Tensor::from_slice(&ids).view([b as i64, len as i64]).to_device(dev);
+    let mut cache = Cache::new(&model.cfg);
+    let mut done = vec![false; b];
+    for _ in 0..max_tokens {
+        let h = model.hidden_padded(&input, Some(&mut cache), Some(&pad), ad);
+        let next = model.logits(&h.select(1, -1)).argmax(-1, false);
+        let picked = Vec::<i64>::try_from(next.to_device(tch::Device::Cpu))?;
+        for (i, &t) in picked.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if tok.stop_ids.contains(&(t as u32)) {
+                done[i] = true;
+            } else {
+                outs[i].push(t as u32);
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = next.view([b as i64, 1]);
+    }
+    Ok(outs)
+}

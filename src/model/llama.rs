@@ -211,17 +211,25 @@ fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
         .reshape([b, h * rep, t, d])
 }
 
+/// What attention needs of the positions of a forward: the rotary tables ([t, d], or [b, 1, t, d]
+/// per row) and, for left-padded rows, the boolean mask [b, 1, t, past + t] of visible keys.
+struct Positions {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
 impl Attention {
     /// x: [b, t, hidden] -> [b, t, hidden]
     fn forward(
         &self,
         layer: usize,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        pos: &Positions,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         ad: &dyn Adapter,
     ) -> Tensor {
+        let (cos, sin) = (&pos.cos, &pos.sin);
         let (b, t, _) = x.size3().expect("attention input is [b, t, h]");
         let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
         let q = heads(proj(layer, Proj::Q, &self.q_proj, x, ad), self.n_head);
@@ -244,15 +252,19 @@ impl Attention {
             None => (k, v, 0),
         };
         // libtorch's CPU SDPA with `enable_gqa` is ~100x slower than on repeated heads (measured:
-        // 505 µs vs 5 µs a call at SmolLM2's decode shape), so heads are repeated there.
+        // 505 µs vs 5 µs a call at SmolLM2's decode shape), so heads are repeated there. With a
+        // padding mask (batched generation) they are repeated too: mask and grouped heads together
+        // is the less travelled kernel path, and generation is not where the time goes.
         let rep = self.n_head / self.n_kv_head;
-        let gqa = rep > 1 && x.device().is_cuda();
+        let gqa = rep > 1 && x.device().is_cuda() && pos.mask.is_none();
         let (k, v) = if rep > 1 && !gqa {
             (repeat_kv(&k, rep), repeat_kv(&v, rep))
         } else {
             (k, v)
         };
-        let y = if t == 1 {
+        let y = if let Some(m) = &pos.mask {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, None, gqa)
+        } else if t == 1 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, false, None, gqa)
         } else if past == 0 {
             Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, gqa)
@@ -461,23 +473,58 @@ impl Llama {
     }
 
     /// ids: [b, t] (positions start at the cache length) -> final hidden states [b, t, hidden]
+    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, ad: &dyn Adapter) -> Tensor {
+        self.hidden_padded(ids, cache, None, ad)
+    }
+
+    /// [`hidden`](Self::hidden) for rows of different lengths, left-padded: `pad[i]` (int64 [b])
+    /// leading positions of row i are padding. Positions count from each row's first real token and
+    /// no real token attends to padding, so each row's hidden states are those of the row alone.
     // `x = x + a`, not `x += a`: an in-place add would overwrite a tensor autograd saved for backward.
     #[allow(clippy::assign_op_pattern)]
-    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, ad: &dyn Adapter) -> Tensor {
+    pub fn hidden_padded(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut Cache>,
+        pad: Option<&Tensor>,
+        ad: &dyn Adapter,
+    ) -> Tensor {
         let (_, t) = ids.size2().expect("ids are [b, t]");
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let pos = Tensor::arange_start(past, past + t, (Kind::Float, ids.device()));
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], 1);
+        let dev = ids.device();
+        let pos = Tensor::arange_start(past, past + t, (Kind::Float, dev));
         let kind = self.kind();
-        let (cos, sin) = (emb.cos().to_kind(kind), emb.sin().to_kind(kind));
+        let (cos, sin, mask) = match pad {
+            None => {
+                let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+                let emb = Tensor::cat(&[&freqs, &freqs], 1);
+                (emb.cos().to_kind(kind), emb.sin().to_kind(kind), None)
+            }
+            Some(pad) => {
+                // Per-row positions [b, t] -> rotary tables [b, 1, t, d].
+                let padf = pad.to_kind(Kind::Float).unsqueeze(1);
+                let rows = (pos.unsqueeze(0) - &padf).clamp_min(0.0);
+                let freqs = rows.unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
+                let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+                // Query q (absolute q_abs = past + q) sees key k when pad <= k <= q_abs; a padding
+                // query also sees itself, so that no row of the softmax is empty.
+                let q_abs = Tensor::arange_start(past, past + t, (Kind::Int64, dev)).view([1, t, 1]);
+                let k_abs = Tensor::arange(past + t, (Kind::Int64, dev)).view([1, 1, -1]);
+                let real = k_abs
+                    .le_tensor(&q_abs)
+                    .logical_and(&k_abs.ge_tensor(&pad.view([-1, 1, 1])));
+                let mask = real.logical_or(&k_abs.eq_tensor(&q_abs)).unsqueeze(1);
+                (emb.cos().to_kind(kind), emb.sin().to_kind(kind), Some(mask))
+            }
+        };
+        let pos = Positions { cos, sin, mask };
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let mut cache = cache;
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().map(|c| &mut c.kv[l]);
             let a = layer
                 .self_attn
-                .forward(l, &layer.input_layernorm.forward(&x), &cos, &sin, slot, ad);
+                .forward(l, &layer.input_layernorm.forward(&x), &pos, slot, ad);
             x = x + a;
             let m = layer.mlp.forward(l, &layer.post_attention_layernorm.forward(&x), ad);
             x = x + m;
