@@ -110,6 +110,53 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
     );
 }
 
+/// `--jobs 2`: the strategies run at once in two `injector run` processes on one ledger and end
+/// with the weights of the same strategies run one after another in one process.
+#[test]
+fn parallel_processes_give_the_weights_of_one_process() {
+    let hashes = |jobs: Option<&str>| -> Vec<String> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        write_tiny_gguf(&p.join("tiny.gguf"), 5);
+        write_many(&p.join("k"), 4);
+        let mut args = vec![
+            "compare",
+            "k",
+            "--strategy",
+            "sequential,batch:2",
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(&TRAIN);
+        if let Some(j) = jobs {
+            args.extend_from_slice(&["--jobs", j]);
+        }
+        let o = injector(p, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let id = v["comparison"].as_str().unwrap();
+        assert!(p.join(format!("reports/compare-{id}.html")).exists());
+        v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let run = r["run"].as_str().unwrap();
+                let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+                let l: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+                assert_eq!(l["run"]["status"], "finished");
+                l["run"]["weights_hash"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let one = hashes(None);
+    let two = hashes(Some("2"));
+    assert_eq!(one.len(), 2);
+    assert_ne!(one[0], one[1], "the strategies end at different weights");
+    assert_eq!(one, two);
+}
+
 #[test]
 fn generated_facts_are_valid_knowledge() {
     let d = tempfile::tempdir().unwrap();

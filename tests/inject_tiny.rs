@@ -153,3 +153,31 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
         .collect();
     assert_eq!(answers, vec!["Zorb is red.", "I don't know anything about Quax."]);
 }
+
+/// A step that runs out of optimizer steps before every fact reaches the threshold says so.
+#[test]
+fn running_out_of_steps_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    write_small(&p.join("k"));
+    // Two steps at a tiny learning rate cannot reach accuracy 1.0.
+    let args = [
+        "run",
+        "k",
+        "--model",
+        "tiny.gguf",
+        "--ledger",
+        "l.db",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "2",
+        "--lr",
+        "0.0001",
+    ];
+    let o = injector(p, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("raise --max-steps"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! `injector compare DIR --strategy a,b,...`: the same facts, base, seed and hyper-parameters under
 //! several strategies, into one ledger, then the comparison report. With several GPUs visible, one
-//! process per GPU; otherwise one strategy after another. Finished runs are taken from the ledger.
+//! process per GPU (or `--jobs N` processes on any device); otherwise one strategy after another in
+//! this process. Finished runs are taken from the ledger.
 use super::progress::Bar;
 use super::train_args::TrainArgs;
 use super::Global;
@@ -10,7 +11,7 @@ use injector::knowledge::load_dir;
 use injector::ledger::Ledger;
 use injector::report::{self, data::RunData, html::num};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -22,6 +23,11 @@ pub struct CompareArgs {
     /// Print the comparison as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Strategies to run at once, each in its own `injector run` process writing to the same
+    /// ledger. Default: one per visible GPU when several are visible and --device is auto or cuda
+    /// (strategy i on GPU i mod N), otherwise 1 (one after another in this process).
+    #[arg(long)]
+    pub jobs: Option<usize>,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -36,39 +42,58 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let device = injector::device::parse_device(&g.device)?;
     let model_path = g.model_path();
     let gpus = tch::Cuda::device_count() as usize;
+    let per_gpu = gpus > 1 && matches!(g.device.as_str(), "auto" | "cuda");
+    let jobs = a.jobs.unwrap_or(if per_gpu { gpus } else { 1 }).max(1);
     let mut run_ids = Vec::new();
-    if gpus > 1 && matches!(g.device.as_str(), "auto" | "cuda") && configs.len() > 1 {
-        // One child process per GPU, round-robin, all writing to the same WAL ledger.
+    if jobs > 1 && configs.len() > 1 {
+        // Child processes, `jobs` at a time, all writing to the same WAL ledger.
         let exe = std::env::current_exe()?;
-        for chunk in configs.chunks(gpus) {
+        for chunk in configs.chunks(jobs) {
             let children: Vec<_> = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, c)| {
-                    Command::new(&exe)
-                        .args(["run", &a.dir.display().to_string(), "--json", "-q"])
+                    let device = if per_gpu {
+                        format!("cuda:{}", i % gpus)
+                    } else {
+                        g.device.clone()
+                    };
+                    let mut cmd = Command::new(&exe);
+                    if !per_gpu && std::env::var_os("OMP_NUM_THREADS").is_none() {
+                        // CPU processes side by side share the cores instead of each taking all.
+                        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                        cmd.env("OMP_NUM_THREADS", (cores / jobs).max(1).to_string());
+                    }
+                    cmd.args(["run", &a.dir.display().to_string(), "--json", "-q"])
                         .args(["--config-json", &serde_json::to_string(c).expect("config serialises")])
-                        .args([
-                            "--device",
-                            &format!("cuda:{i}"),
-                            "--ledger",
-                            &g.ledger.display().to_string(),
-                        ])
+                        .args(["--device", &device, "--ledger", &g.ledger.display().to_string()])
                         .args([
                             "--model",
                             &model_path.display().to_string(),
                             "--reports",
                             &g.reports.display().to_string(),
                         ])
-                        .output()
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
                 })
                 .collect();
+            // All of the chunk are running now; collect them in order.
             for ch in children {
-                let out = ch?;
+                let out = ch?.wait_with_output()?;
                 if !out.status.success() {
                     anyhow::bail!("a strategy's run failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                if !g.quiet && !a.json {
+                    eprintln!(
+                        "{} ({}): {} new steps, {:.0}s",
+                        v["run"].as_str().unwrap_or_default(),
+                        v["strategy"].as_str().unwrap_or_default(),
+                        v["new_steps"],
+                        v["seconds"].as_f64().unwrap_or_default()
+                    );
+                }
                 run_ids.push(v["run"].as_str().unwrap_or_default().to_string());
             }
         }

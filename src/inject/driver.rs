@@ -349,6 +349,16 @@ pub fn run(
             seed,
             |s, loss, rec| progress.train_step(s, loss, rec),
         )?;
+        let weakest = trained.recall.iter().cloned().fold(f64::INFINITY, f64::min);
+        if trained.optimizer_steps >= config.train.max_steps && weakest < config.train.threshold {
+            tracing::warn!(
+                "step {idx}: training stopped at --max-steps {} with the weakest of its {} facts at {weakest:.2} \
+                 on its training prompts (threshold {}); raise --max-steps (or --lr) to put every fact in",
+                config.train.max_steps,
+                train_facts.len(),
+                config.train.threshold
+            );
+        }
         merge::merge(model, &trained.factors)?;
         let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
         let te = Instant::now();

@@ -107,9 +107,16 @@ impl Ledger {
             )));
         }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i + 1)?;
+            // Several processes may open a new ledger at once (`compare --jobs`): take the write
+            // lock first, then look again whether another one has migrated meanwhile.
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if now <= i {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i + 1)?;
+            }
             tx.commit()?;
         }
         Ok(())
