@@ -46,7 +46,8 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let jobs = a.jobs.unwrap_or(if per_gpu { gpus } else { 1 }).max(1);
     let mut run_ids = Vec::new();
     if jobs > 1 && configs.len() > 1 {
-        // Child processes, `jobs` at a time, all writing to the same WAL ledger.
+        // Child processes, `jobs` at a time, all writing to the same WAL ledger (created here first).
+        drop(Ledger::open(&g.ledger)?);
         let exe = std::env::current_exe()?;
         for chunk in configs.chunks(jobs) {
             let children: Vec<_> = chunk

@@ -74,8 +74,26 @@ impl Ledger {
         let conn = Connection::open(path)
             .map_err(|e| Error::BadInput(format!("{}: cannot open ledger: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| Error::BadInput(format!("{}: not a ledger database: {e}", path.display())))?;
+        // Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once rather
+        // than waiting when another process is switching it too: try again for a while.
+        let mut tries = 0;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 300 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => {
+                    return Err(Error::BadInput(format!(
+                        "{}: not a ledger database: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut l = Ledger {
             conn,
@@ -425,6 +443,26 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several processes (here: connections on threads) creating the same new ledger at once: each
+    /// opens it, and the schema is migrated exactly once.
+    #[test]
+    fn concurrent_creation_migrates_once() {
+        for round in 0..5 {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("l.db");
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let p = p.clone();
+                    std::thread::spawn(move || Ledger::open(&p).map(|l| l.schema_version().unwrap()))
+                })
+                .collect();
+            for h in handles {
+                let v = h.join().unwrap().unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(v, schema::MIGRATIONS.len() as i64);
+            }
+        }
+    }
 
     #[test]
     fn migrates_once_and_refuses_newer_schemas() {
