@@ -73,6 +73,8 @@ pub struct AdaLora {
     index: BTreeMap<(usize, Proj), (usize, i64)>,
     pub allocator: RankAllocator,
     pub training: bool,
+    /// Per group, [L, in, in] projections applied to the input before A (null-space editing).
+    projections: Vec<Option<Tensor>>,
 }
 
 impl AdaLora {
@@ -129,6 +131,7 @@ impl AdaLora {
             beta2: cfg.beta2,
         };
         let allocator = RankAllocator::new(schedule, &Self::triplets_of(&groups));
+        let projections = groups.iter().map(|_| None).collect();
         AdaLora {
             vs,
             cfg: cfg.clone(),
@@ -136,6 +139,7 @@ impl AdaLora {
             index,
             allocator,
             training: true,
+            projections,
         }
     }
 
@@ -210,6 +214,28 @@ impl AdaLora {
         self.allocator.update_in_graph(&triplets)
     }
 
+    /// Makes every adapted site with a projection P see P·x instead of x (its A becomes A·P, in
+    /// training and in the merged factors).
+    pub fn set_projections(&mut self, by_site: &std::collections::HashMap<(usize, Proj), Tensor>) {
+        let device = self.vs.device();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let ps: Option<Vec<Tensor>> = g
+                .layers
+                .iter()
+                .map(|&l| by_site.get(&(l, g.proj)).map(|p| p.to_device(device)))
+                .collect();
+            self.projections[gi] = ps.map(|ps| Tensor::stack(&ps, 0));
+        }
+    }
+
+    /// The A of group `gi` as the adapter applies it: [L, r, in].
+    pub fn effective_a(&self, gi: usize) -> Tensor {
+        match &self.projections[gi] {
+            Some(p) => self.groups[gi].a.bmm(p),
+            None => self.groups[gi].a.shallow_clone(),
+        }
+    }
+
     /// Every trained tensor (A, E, B of each group).
     pub fn params(&self) -> Vec<Tensor> {
         self.groups
@@ -243,7 +269,11 @@ impl Adapter for AdaLora {
         let &(gi, slot) = self.index.get(&(layer, proj))?;
         let g = &self.groups[gi];
         let kind = x.kind();
-        let (a, e, b) = (g.a.get(slot), g.e.get(slot), g.b.get(slot));
+        let a = match &self.projections[gi] {
+            Some(p) => g.a.get(slot).matmul(&p.get(slot)),
+            None => g.a.get(slot),
+        };
+        let (e, b) = (g.e.get(slot), g.b.get(slot));
         let x = if self.training && self.cfg.dropout > 0.0 {
             x.dropout(self.cfg.dropout, true)
         } else {

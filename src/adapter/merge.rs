@@ -29,8 +29,8 @@ pub fn factors(ad: &AdaLora) -> Vec<Factor> {
     let ranks: std::collections::HashMap<String, i64> = ad.rank_pattern().into_iter().collect();
     tch::no_grad(|| {
         let mut out = Vec::new();
-        for g in &ad.groups {
-            let ae = (&g.a * &g.e).to_device(tch::Device::Cpu);
+        for (gi, g) in ad.groups.iter().enumerate() {
+            let ae = (ad.effective_a(gi) * &g.e).to_device(tch::Device::Cpu);
             let b = g.b.to_device(tch::Device::Cpu);
             for (slot, &l) in g.layers.iter().enumerate() {
                 let key = g.proj.weight_key(l);

@@ -7,8 +7,8 @@ use injector::Error;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Start from a named preset: `default` (MLP projections, alpha 32, preservation 4, stop at
-    /// accuracy 1.0) or `article` (the source article: q_proj/v_proj, alpha 32, dropout 0.1, no
+    /// Start from a named preset: `default` (MLP projections, alpha 32, preservation 4, null-space
+    /// projection 0.9, stop at accuracy 1.0) or `article` (the source article: q_proj/v_proj, alpha 32, dropout 0.1, no
     /// preservation, stop at 0.9). Flags below override it.
     #[arg(long, default_value = "default")]
     pub preset: String,
@@ -51,6 +51,11 @@ pub struct TrainArgs {
     /// Preservation prompts per optimizer step (taken in turn from the set of 48).
     #[arg(long)]
     pub preserve_batch: Option<usize>,
+    /// Null-space projection: each adapter's input loses the principal directions carrying this
+    /// share (0–1) of the base model's input energy on the preservation prompts (default 0.9;
+    /// 0 = off, the defaults before it).
+    #[arg(long)]
+    pub null_space: Option<f64>,
     /// Evaluate every injected fact (retention) after every k-th step; always after the last.
     #[arg(long)]
     pub retention_every: Option<usize>,
@@ -96,6 +101,7 @@ impl TrainArgs {
                 lr: 5e-3,
                 threshold: 0.9,
                 preserve: 0.0,
+                null_space: 0.0,
                 adalora: AdaLoraConfig {
                     lora_alpha: 32.0,
                     dropout: 0.1,
@@ -160,6 +166,12 @@ impl TrainArgs {
         }
         if let Some(v) = self.preserve_batch {
             t.preserve_batch = v.max(1);
+        }
+        if let Some(v) = self.null_space {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::BadInput("--null-space: expected a share in [0, 1)".into()));
+            }
+            t.null_space = v;
         }
         if t.lr <= 0.0 || t.max_steps < 1 || !(0.0..=1.0).contains(&t.threshold) {
             return Err(Error::BadInput(

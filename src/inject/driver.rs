@@ -1,6 +1,6 @@
 //! The batch driver: plans a run's steps from a knowledge directory and a strategy, replays what the
 //! ledger already holds, then trains, merges, evaluates and commits each remaining step.
-use super::step::{train, Preserve, TrainConfig};
+use super::step::{adapter_shapes, null_space_projections, train, Preserve, TrainConfig};
 use super::strategy::Strategy;
 use crate::adapter::merge;
 use crate::error::{Error, Result};
@@ -9,7 +9,7 @@ use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
 use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{GenerationRow, Ledger, LocalityBase, ProbeRow, RunRow, StepRecord, StepRow};
-use crate::model::{Llama, Loaded, Tokenizer};
+use crate::model::{Llama, Loaded, Proj, Tokenizer};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -299,9 +299,17 @@ pub fn run(
         });
     }
     // The preservation targets come from the base weights, so they are made before the replay.
-    let preserve = if config.train.preserve > 0.0 {
+    let preserve = if config.train.preserve > 0.0 || config.train.null_space > 0.0 {
         let ex = base_answers(model, tok, &PRESERVE_PROMPTS, config.locality_tokens)?;
-        Some(Preserve::new(model, &ex, config.train.preserve_batch))
+        let mut p = Preserve::new(model, &ex, config.train.preserve_batch);
+        if config.train.null_space > 0.0 {
+            let sites: Vec<(usize, Proj)> = adapter_shapes(model, &config.train.adalora)
+                .into_iter()
+                .map(|(l, p, _, _)| (l, p))
+                .collect();
+            p.projections = null_space_projections(model, &ex, &sites, config.train.null_space)?;
+        }
+        Some(p)
     } else {
         None
     };
