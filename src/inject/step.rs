@@ -127,6 +127,9 @@ pub fn null_space_projections(
     });
     let mut out = HashMap::new();
     for (site, k) in rec.sums.into_inner() {
+        // On the CPU in double precision whatever the model's device: small matrices, once per run.
+        let device = k.device();
+        let k = k.to_device(tch::Device::Cpu);
         let (vals, vecs) = k.linalg_eigh("L");
         // Eigenvalues ascending: walk from the largest until `share` of the energy is covered.
         let vals = Vec::<f64>::try_from(vals.clamp_min(0.0))?;
@@ -142,8 +145,8 @@ pub fn null_space_projections(
         }
         let n = vals.len() as i64;
         let u = vecs.narrow(1, n - top as i64, top as i64);
-        let p = Tensor::eye(n, (Kind::Double, k.device())) - u.matmul(&u.transpose(0, 1));
-        out.insert(site, p.to_kind(Kind::Float));
+        let p = Tensor::eye(n, (Kind::Double, tch::Device::Cpu)) - u.matmul(&u.transpose(0, 1));
+        out.insert(site, p.to_kind(Kind::Float).to_device(device));
     }
     Ok(out)
 }
