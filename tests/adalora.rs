@@ -96,6 +96,16 @@ fn tiny() -> (tempfile::TempDir, injector::model::Loaded) {
     (dir, m)
 }
 
+/// Large random singular values, so that the adapter changes the outputs visibly.
+fn randomise_e(ad: &AdaLora) {
+    tch::no_grad(|| {
+        for g in &ad.groups {
+            let mut e = g.e.shallow_clone();
+            e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * 5.0));
+        }
+    });
+}
+
 fn shapes(m: &injector::model::Llama, targets: &[Proj]) -> Vec<(usize, Proj, i64, i64)> {
     let mut v = Vec::new();
     for l in 0..m.cfg.num_hidden_layers {
@@ -118,12 +128,7 @@ fn merged_weights_reproduce_base_plus_adapter() {
     };
     let mut ad = AdaLora::new(&cfg, &shapes(&m.model, &targets), Device::Cpu, 3, 10);
     ad.training = false;
-    tch::no_grad(|| {
-        for g in &ad.groups {
-            let mut e = g.e.shallow_clone();
-            e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * 5.0));
-        }
-    });
+    randomise_e(&ad);
     let ids = Tensor::from_slice(&[5i64, 60, 70, 80, 90, 100, 7, 8]).unsqueeze(0);
     let with_adapter = tch::no_grad(|| m.model.forward(&ids, None, &ad));
     let base = tch::no_grad(|| m.model.forward(&ids, None, &NoAdapter));
@@ -223,12 +228,7 @@ fn null_space_projection_removes_the_preserved_directions() {
     };
     let mut ad = AdaLora::new(&cfg, &shapes(&m.model, &targets), Device::Cpu, 3, 10);
     ad.set_projections(&ps);
-    tch::no_grad(|| {
-        for g in &ad.groups {
-            let mut e = g.e.shallow_clone();
-            e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * 5.0));
-        }
-    });
+    randomise_e(&ad);
     let ids = Tensor::from_slice(&[5i64, 60, 70, 80, 90, 100, 7, 8]).unsqueeze(0);
     let with_adapter = tch::no_grad(|| m.model.forward(&ids, None, &ad));
     merge::merge(&m.model, &merge::factors(&ad)).unwrap();

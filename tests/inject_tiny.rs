@@ -6,7 +6,8 @@ use common::*;
 
 const FAST: [&str; 6] = ["--lr", "0.05", "--max-steps", "25", "--alpha", "32"];
 
-fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+/// `run k` on the tiny model and a scratch ledger, then `flags`.
+fn run_with<'a>(flags: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "run",
         "k",
@@ -17,7 +18,12 @@ fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         "--device",
         "cpu",
     ];
-    v.extend_from_slice(&FAST);
+    v.extend_from_slice(flags);
+    v
+}
+
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = run_with(&FAST);
     v.extend_from_slice(extra);
     v
 }
@@ -162,20 +168,7 @@ fn running_out_of_steps_is_reported() {
     write_tiny_gguf(&p.join("tiny.gguf"), 4);
     write_small(&p.join("k"));
     // Two steps at a tiny learning rate cannot reach accuracy 1.0.
-    let args = [
-        "run",
-        "k",
-        "--model",
-        "tiny.gguf",
-        "--ledger",
-        "l.db",
-        "--device",
-        "cpu",
-        "--max-steps",
-        "2",
-        "--lr",
-        "0.0001",
-    ];
+    let args = run_with(&["--max-steps", "2", "--lr", "0.0001"]);
     let o = injector(p, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
