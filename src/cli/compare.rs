@@ -32,6 +32,11 @@ pub struct CompareArgs {
     pub train: TrainArgs,
 }
 
+/// One line on stderr when a strategy's run is done (in this process or a child).
+fn announce(run: &str, strategy: &str, new_steps: usize, seconds: f64) {
+    eprintln!("{run} ({strategy}): {new_steps} new steps, {seconds:.0}s");
+}
+
 pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let configs: Vec<RunConfig> = strategies
@@ -86,16 +91,16 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                     anyhow::bail!("a strategy's run failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let run = v["run"].as_str().unwrap_or_default().to_string();
                 if !g.quiet && !a.json {
-                    eprintln!(
-                        "{} ({}): {} new steps, {:.0}s",
-                        v["run"].as_str().unwrap_or_default(),
+                    announce(
+                        &run,
                         v["strategy"].as_str().unwrap_or_default(),
-                        v["new_steps"],
-                        v["seconds"].as_f64().unwrap_or_default()
+                        v["new_steps"].as_u64().unwrap_or_default() as usize,
+                        v["seconds"].as_f64().unwrap_or_default(),
                     );
                 }
-                run_ids.push(v["run"].as_str().unwrap_or_default().to_string());
+                run_ids.push(run);
             }
         }
     } else {
@@ -113,10 +118,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                 &mut bar,
             )?;
             if !g.quiet && !a.json {
-                eprintln!(
-                    "{} ({}): {} new steps, {:.0}s",
-                    out.run, out.strategy, out.new_steps, out.seconds
-                );
+                announce(&out.run, &out.strategy, out.new_steps, out.seconds);
             }
             run_ids.push(out.run);
         }
