@@ -157,6 +157,26 @@ fn parallel_processes_give_the_weights_of_one_process() {
     assert_eq!(one, two);
 }
 
+/// A model that is not one: exit 2 and no ledger, in one process or in several.
+#[test]
+fn a_bad_model_leaves_no_ledger() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_many(&p.join("k"), 2);
+    std::fs::write(p.join("junk.gguf"), b"not a model").unwrap();
+    for jobs in [None, Some("2")] {
+        let mut args = vec!["compare", "k", "--strategy", "sequential,mixed", "--model", "junk.gguf"];
+        args.extend_from_slice(&["--ledger", "l.db", "--device", "cpu"]);
+        if let Some(j) = jobs {
+            args.extend_from_slice(&["--jobs", j]);
+        }
+        let o = injector(p, &args);
+        assert_eq!(o.status.code(), Some(2), "{:?}: {}", jobs, stderr(&o));
+        assert!(stderr(&o).contains("junk.gguf"), "{}", stderr(&o));
+        assert!(!p.join("l.db").exists(), "{jobs:?}: a ledger was created for bad input");
+    }
+}
+
 #[test]
 fn generated_facts_are_valid_knowledge() {
     let d = tempfile::tempdir().unwrap();

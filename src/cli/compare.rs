@@ -51,8 +51,8 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let jobs = a.jobs.unwrap_or(if per_gpu { gpus } else { 1 }).max(1);
     let mut run_ids = Vec::new();
     if jobs > 1 && configs.len() > 1 {
-        // Child processes, `jobs` at a time, all writing to the same WAL ledger (created here first).
-        drop(Ledger::open(&g.ledger)?);
+        // Child processes, `jobs` at a time, all writing to the same WAL ledger. Each checks its
+        // model before it creates the ledger, as `run` does, so bad input leaves nothing behind.
         let exe = std::env::current_exe()?;
         for chunk in configs.chunks(jobs) {
             let children: Vec<_> = chunk
@@ -88,7 +88,13 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             for ch in children {
                 let out = ch?.wait_with_output()?;
                 if !out.status.success() {
-                    anyhow::bail!("a strategy's run failed: {}", String::from_utf8_lossy(&out.stderr));
+                    let msg = String::from_utf8_lossy(&out.stderr);
+                    let msg = msg.trim().trim_start_matches("error: ").to_string();
+                    if out.status.code() == Some(2) {
+                        // The child's bad input is this command's bad input (exit 2).
+                        return Err(injector::Error::BadInput(msg).into());
+                    }
+                    anyhow::bail!("a strategy's run failed: {msg}");
                 }
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
                 let run = v["run"].as_str().unwrap_or_default().to_string();
@@ -104,13 +110,18 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             }
         }
     } else {
-        let mut ledger = Ledger::open(&g.ledger)?;
+        let mut ledger: Option<Ledger> = None;
         for c in &configs {
-            // A fresh base for every strategy.
+            // A fresh base for every strategy; the first load also checks the model before the
+            // ledger is created.
             let loaded = injector::model::load(&model_path, device)?;
+            if ledger.is_none() {
+                ledger = Some(Ledger::open(&g.ledger)?);
+            }
+            let ledger = ledger.as_mut().expect("opened above");
             let mut bar = Bar::new(g.quiet || a.json);
             let out = inject::run(
-                &mut ledger,
+                ledger,
                 &loaded,
                 &model_path.display().to_string(),
                 &knowledge,
