@@ -260,28 +260,57 @@ impl AdaLora {
     }
 }
 
-impl Adapter for AdaLora {
+/// One forward's view of an [`AdaLora`]: every site's factors derived from the stacked parameters
+/// in a few kernels per group (A⊙E and B·scaling in the activations' kind, then split by layer),
+/// where doing it per layer and per forward cost a few kernels per site each way, and gradients of
+/// per-layer slices came back as full-size zero tensors summed layer by layer.
+struct Prepared<'a> {
+    ada: &'a AdaLora,
+    /// Per group, per layer slot: (A⊙E [r, in], B·scaling [out, r]).
+    factors: Vec<(Vec<Tensor>, Vec<Tensor>)>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(ada: &'a AdaLora, kind: Kind) -> Self {
+        let factors = ada
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(gi, g)| {
+                let ae = (ada.effective_a(gi) * &g.e).to_kind(kind).unbind(0);
+                let b = (&g.b * ada.scale()).to_kind(kind).unbind(0);
+                (ae, b)
+            })
+            .collect();
+        Prepared { ada, factors }
+    }
+}
+
+impl Adapter for Prepared<'_> {
     /// In fp32 on an fp32 base. On a bf16 base the product runs in bf16 like peft under autocast
     /// (the parameters, their gradients and the optimizer stay fp32; the casts are differentiable):
     /// an fp32 copy of every adapted input would cost a cast kernel each way and, at 7B, a
     /// gigabyte of saved activations.
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
-        let &(gi, slot) = self.index.get(&(layer, proj))?;
-        let g = &self.groups[gi];
-        let kind = x.kind();
-        let a = match &self.projections[gi] {
-            Some(p) => g.a.get(slot).matmul(&p.get(slot)),
-            None => g.a.get(slot),
-        };
-        let (e, b) = (g.e.get(slot), g.b.get(slot));
-        let x = if self.training && self.cfg.dropout > 0.0 {
-            x.dropout(self.cfg.dropout, true)
+        let &(gi, slot) = self.ada.index.get(&(layer, proj))?;
+        let (ae, b) = &self.factors[gi];
+        let x = if self.ada.training && self.ada.cfg.dropout > 0.0 {
+            x.dropout(self.ada.cfg.dropout, true)
         } else {
             x.shallow_clone()
         };
-        let y = x
-            .linear::<Tensor>(&(a * e).to_kind(kind), None)
-            .linear::<Tensor>(&b.to_kind(kind), None);
-        Some(y * self.scale())
+        Some(x.linear::<Tensor>(&ae[slot as usize], None).linear::<Tensor>(&b[slot as usize], None))
+    }
+}
+
+impl Adapter for AdaLora {
+    /// The model calls [`prepare`](Adapter::prepare) and uses its result; this serves a direct call
+    /// by preparing every group for it.
+    fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
+        Prepared::new(self, x.kind()).delta(layer, proj, x)
+    }
+
+    fn prepare(&self, kind: Kind) -> Option<Box<dyn Adapter + '_>> {
+        Some(Box::new(Prepared::new(self, kind)))
     }
 }

@@ -61,6 +61,14 @@ impl Proj {
 pub trait Adapter {
     /// The extra output of projection `proj` of layer `layer` for input `x: [.., in] -> [.., out]`.
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor>;
+
+    /// Called once at the start of each forward with the activations' kind: an adapter whose
+    /// per-layer factors come from stacked parameters can derive them all at once here (one kernel
+    /// per tensor, one gradient kernel back, instead of one per layer) and return the adapter that
+    /// serves this forward's `delta` calls.
+    fn prepare(&self, _kind: Kind) -> Option<Box<dyn Adapter + '_>> {
+        None
+    }
 }
 
 /// The base model alone.
@@ -518,6 +526,8 @@ impl Llama {
             }
         };
         let pos = Positions { cos, sin, mask };
+        let prepared = ad.prepare(kind);
+        let ad: &dyn Adapter = prepared.as_deref().unwrap_or(ad);
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
         let mut cache = cache;
         for (l, layer) in self.layers.iter().enumerate() {
