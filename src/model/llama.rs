@@ -117,6 +117,30 @@ impl Linear {
     }
 }
 
+/// Projections that read the same input (q/k/v; gate/up), stored as one [Σ out, in] weight: one
+/// matrix product forward and one back instead of one per projection, wider products that fill the
+/// GPU better, and no sum of per-projection input gradients. Each projection's weight is a row
+/// block of the fused one (a view), so edits through [`Llama::weight`] change it.
+struct Fused {
+    linear: Linear,
+    sizes: Vec<i64>,
+}
+
+impl Fused {
+    /// `x: [.., in]` -> one `[.., out_i]` view per projection.
+    fn forward(&self, x: &Tensor) -> Vec<Tensor> {
+        self.linear.forward(x).split_with_sizes(&self.sizes, -1)
+    }
+}
+
+/// `y` plus the adapter's update of projection `p` for input `x`, if it has one.
+fn adapted(layer: usize, p: Proj, y: Tensor, x: &Tensor, ad: &dyn Adapter) -> Tensor {
+    match ad.delta(layer, p, x) {
+        Some(d) => y + d,
+        None => y,
+    }
+}
+
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -138,9 +162,8 @@ impl RmsNorm {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q_proj, k_proj, v_proj
+    qkv: Fused,
     o_proj: Linear,
     n_head: i64,
     n_kv_head: i64,
@@ -148,8 +171,8 @@ struct Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate_proj, up_proj
+    gate_up: Fused,
     down_proj: Linear,
 }
 
@@ -175,17 +198,12 @@ pub struct Llama {
     masters: std::sync::Mutex<HashMap<String, Tensor>>,
 }
 
-fn proj(layer: usize, p: Proj, lin: &Linear, x: &Tensor, ad: &dyn Adapter) -> Tensor {
-    let y = lin.forward(x);
-    match ad.delta(layer, p, x) {
-        Some(d) => y + d,
-        None => y,
-    }
-}
-
-fn rotate_half(x: &Tensor) -> Tensor {
+/// Rotary embedding `x·cos + rotate_half(x)·sin` with rotate_half(x) = [-x₂, x₁] written as
+/// roll(x, d/2)·[-1, 1]: `sin` here is the signed table, so the rotation is three kernels each
+/// way instead of the narrow/neg/cat chain.
+fn rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
-    Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3)
+    (x * cos).addcmul(&x.roll([half], [3]), signed_sin)
 }
 
 /// Inverse RoPE frequencies, with Llama 3 frequency-dependent scaling when configured.
@@ -211,6 +229,14 @@ pub fn rope_inv_freq(cfg: &Config) -> Vec<f32> {
     inv.into_iter().map(|f| f as f32).collect()
 }
 
+/// Angles [.., d/2] -> the rotary tables [.., d] of [`rotary`]: cos of [θ, θ] and sin of [-θ, θ].
+fn rotary_tables(freqs: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    let (cos, sin) = (freqs.cos(), freqs.sin());
+    let cos = Tensor::cat(&[&cos, &cos], -1).to_kind(kind);
+    let sin = Tensor::cat(&[&(-&sin), &sin], -1).to_kind(kind);
+    (cos, sin)
+}
+
 /// [b, kv_heads, t, d] -> [b, kv_heads * rep, t, d], each head repeated `rep` times in place.
 fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
     let (b, h, t, d) = x.size4().expect("kv is [b, h, t, d]");
@@ -220,7 +246,8 @@ fn repeat_kv(x: &Tensor, rep: i64) -> Tensor {
 }
 
 /// What attention needs of the positions of a forward: the rotary tables ([t, d], or [b, 1, t, d]
-/// per row) and, for left-padded rows, the boolean mask [b, 1, t, past + t] of visible keys.
+/// per row; `sin` with its first half negated, see [`rotary`]) and, for left-padded rows, the
+/// boolean mask [b, 1, t, past + t] of visible keys.
 struct Positions {
     cos: Tensor,
     sin: Tensor,
@@ -240,11 +267,15 @@ impl Attention {
         let (cos, sin) = (&pos.cos, &pos.sin);
         let (b, t, _) = x.size3().expect("attention input is [b, t, h]");
         let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = heads(proj(layer, Proj::Q, &self.q_proj, x, ad), self.n_head);
-        let k = heads(proj(layer, Proj::K, &self.k_proj, x, ad), self.n_kv_head);
-        let v = heads(proj(layer, Proj::V, &self.v_proj, x, ad), self.n_kv_head);
-        let q = &q * cos + rotate_half(&q) * sin;
-        let k = &k * cos + rotate_half(&k) * sin;
+        let mut qkv = self.qkv.forward(x).into_iter();
+        let mut next = |p: Proj| adapted(layer, p, qkv.next().expect("q, k, v"), x, ad);
+        let (q, k, v) = (next(Proj::Q), next(Proj::K), next(Proj::V));
+        let q = rotary(&heads(q, self.n_head), cos, sin);
+        let k = rotary(&heads(k, self.n_kv_head), cos, sin);
+        // An unadapted v is a view of the fused q/k/v output: attention would keep all of it alive
+        // for backward (and the cache for generation), so copy v out.
+        let v = if v.is_contiguous() { v } else { v.contiguous() };
+        let v = heads(v, self.n_kv_head);
         let (k, v, past) = match kv {
             Some(slot) => {
                 let (k, v, past) = match slot.take() {
@@ -282,22 +313,25 @@ impl Attention {
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
         };
         let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
-        proj(layer, Proj::O, &self.o_proj, &y, ad)
+        adapted(layer, Proj::O, self.o_proj.forward(&y), &y, ad)
     }
 }
 
 impl Mlp {
     fn forward(&self, layer: usize, x: &Tensor, ad: &dyn Adapter) -> Tensor {
-        let g = proj(layer, Proj::Gate, &self.gate_proj, x, ad).silu();
-        let u = proj(layer, Proj::Up, &self.up_proj, x, ad);
-        proj(layer, Proj::Down, &self.down_proj, &(g * u), ad)
+        let mut gu = self.gate_up.forward(x).into_iter();
+        let g = adapted(layer, Proj::Gate, gu.next().expect("gate"), x, ad);
+        let u = adapted(layer, Proj::Up, gu.next().expect("up"), x, ad);
+        let h = g.silu() * u;
+        adapted(layer, Proj::Down, self.down_proj.forward(&h), &h, ad)
     }
 }
 
 /// Weights by Hugging Face name, consumed while the model is built.
 pub type Weights = HashMap<String, Tensor>;
 
-fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+/// Removes tensor `name` from `w`, checking its shape.
+fn fetch(w: &mut Weights, name: &str, shape: &[i64]) -> Result<Tensor> {
     let t = w
         .remove(name)
         .ok_or_else(|| Error::BadInput(format!("model is missing tensor '{name}'")))?;
@@ -307,15 +341,63 @@ fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind)
             t.size()
         )));
     }
+    Ok(t)
+}
+
+/// Adds `t` (already on the store's device, of its final kind) to the store under `name`.
+fn register(root: &nn::Path, name: &str, t: Tensor) -> Tensor {
     let mut p = root.clone();
     let parts: Vec<&str> = name.split('.').collect();
     for part in &parts[..parts.len() - 1] {
         p = p / *part;
     }
-    // `add` keeps the tensor's own kind; `var_copy` would make an fp32 variable (the store's
-    // default kind) and silently run a bf16 model in fp32.
-    let t = t.to_device(root.device()).to_kind(kind).contiguous();
-    Ok(p.add(parts[parts.len() - 1], t, false))
+    // `add` keeps the tensor itself (its kind, and for a fused weight's block, its storage);
+    // `var_copy` would make an fp32 variable (the store's default kind) and silently run a bf16
+    // model in fp32.
+    p.add(parts[parts.len() - 1], t, false)
+}
+
+fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+    let t = fetch(w, name, shape)?;
+    Ok(register(root, name, t.to_device(root.device()).to_kind(kind).contiguous()))
+}
+
+/// Fuses the named [out_i, in] weights (and [out_i] biases) into one [`Fused`] projection; each
+/// part is registered in the store as a view of the fused tensor.
+fn take_fused(
+    w: &mut Weights,
+    root: &nn::Path,
+    names: &[(String, i64)],
+    inp: i64,
+    bias: bool,
+    kind: Kind,
+) -> Result<Fused> {
+    let sizes: Vec<i64> = names.iter().map(|(_, out)| *out).collect();
+    let fuse = |w: &mut Weights, suffix: Option<&str>| -> Result<Tensor> {
+        let parts = names
+            .iter()
+            .map(|(name, out)| {
+                let (name, shape) = match suffix {
+                    Some(s) => (name.replace(".weight", s), vec![*out]),
+                    None => (name.clone(), vec![*out, inp]),
+                };
+                Ok((name.clone(), fetch(w, &name, &shape)?.to_device(root.device()).to_kind(kind)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fused = tch::no_grad(|| Tensor::cat(&parts.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0));
+        let mut row = 0;
+        for ((name, _), out) in parts.iter().zip(&sizes) {
+            let _ = register(root, name, fused.narrow(0, row, *out));
+            row += out;
+        }
+        Ok(fused)
+    };
+    let weight = fuse(w, None)?;
+    let bias = if bias { Some(fuse(w, Some(".bias"))?) } else { None };
+    Ok(Fused {
+        linear: Linear { weight, bias },
+        sizes,
+    })
 }
 
 impl Llama {
@@ -338,30 +420,29 @@ impl Llama {
         )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let mut lin = |p: Proj, out: i64, inp: i64, bias: bool| -> Result<Linear> {
-                let key = p.weight_key(l);
-                let weight = take(&mut w, &root, &key, &[out, inp], kind)?;
-                let bias = if bias {
-                    Some(take(&mut w, &root, &key.replace(".weight", ".bias"), &[out], kind)?)
-                } else {
-                    None
-                };
-                Ok(Linear { weight, bias })
+            let o_proj = Linear {
+                weight: take(&mut w, &root, &Proj::O.weight_key(l), &[h, nh * hd], kind)?,
+                bias: None,
             };
-            let ab = cfg.attention_bias;
+            let down_proj = Linear {
+                weight: take(&mut w, &root, &Proj::Down.weight_key(l), &[h, i], kind)?,
+                bias: None,
+            };
+            let named = |ps: &[(Proj, i64)]| -> Vec<(String, i64)> {
+                ps.iter().map(|(p, out)| (p.weight_key(l), *out)).collect()
+            };
+            let qkv = named(&[(Proj::Q, nh * hd), (Proj::K, nkv * hd), (Proj::V, nkv * hd)]);
             let self_attn = Attention {
-                q_proj: lin(Proj::Q, nh * hd, h, ab)?,
-                k_proj: lin(Proj::K, nkv * hd, h, ab)?,
-                v_proj: lin(Proj::V, nkv * hd, h, ab)?,
-                o_proj: lin(Proj::O, h, nh * hd, false)?,
+                qkv: take_fused(&mut w, &root, &qkv, h, cfg.attention_bias, kind)?,
+                o_proj,
                 n_head: nh,
                 n_kv_head: nkv,
                 head_dim: hd,
             };
+            let gate_up = named(&[(Proj::Gate, i), (Proj::Up, i)]);
             let mlp = Mlp {
-                gate_proj: lin(Proj::Gate, i, h, false)?,
-                up_proj: lin(Proj::Up, i, h, false)?,
-                down_proj: lin(Proj::Down, h, i, false)?,
+                gate_up: take_fused(&mut w, &root, &gate_up, h, false, kind)?,
+                down_proj,
             };
             let mut norm = |name: &str| -> Result<RmsNorm> {
                 let weight = take(&mut w, &root, &format!("model.layers.{l}.{name}.weight"), &[h], kind)?;
@@ -505,15 +586,15 @@ impl Llama {
         let (cos, sin, mask) = match pad {
             None => {
                 let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-                let emb = Tensor::cat(&[&freqs, &freqs], 1);
-                (emb.cos().to_kind(kind), emb.sin().to_kind(kind), None)
+                let (cos, sin) = rotary_tables(&freqs, kind);
+                (cos, sin, None)
             }
             Some(pad) => {
                 // Per-row positions [b, t] -> rotary tables [b, 1, t, d].
                 let padf = pad.to_kind(Kind::Float).unsqueeze(1);
                 let rows = (pos.unsqueeze(0) - &padf).clamp_min(0.0);
                 let freqs = rows.unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-                let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+                let (cos, sin) = rotary_tables(&freqs.unsqueeze(1), kind);
                 // Query q (absolute q_abs = past + q) sees key k when pad <= k <= q_abs; a padding
                 // query also sees itself, so that no row of the softmax is empty.
                 let q_abs = Tensor::arange_start(past, past + t, (Kind::Int64, dev)).view([1, t, 1]);
@@ -522,7 +603,7 @@ impl Llama {
                     .le_tensor(&q_abs)
                     .logical_and(&k_abs.ge_tensor(&pad.view([-1, 1, 1])));
                 let mask = real.logical_or(&k_abs.eq_tensor(&q_abs)).unsqueeze(1);
-                (emb.cos().to_kind(kind), emb.sin().to_kind(kind), Some(mask))
+                (cos, sin, Some(mask))
             }
         };
         let pos = Positions { cos, sin, mask };
