@@ -322,7 +322,7 @@ impl Mlp {
         let mut gu = self.gate_up.forward(x).into_iter();
         let g = adapted(layer, Proj::Gate, gu.next().expect("gate"), x, ad);
         let u = adapted(layer, Proj::Up, gu.next().expect("up"), x, ad);
-        let h = g.silu() * u;
+        let h = crate::cuda::swiglu(&g, &u);
         adapted(layer, Proj::Down, self.down_proj.forward(&h), &h, ad)
     }
 }
