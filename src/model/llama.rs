@@ -117,30 +117,6 @@ impl Linear {
     }
 }
 
-/// Projections that read the same input (q/k/v; gate/up), stored as one [Σ out, in] weight: one
-/// matrix product forward and one back instead of one per projection, wider products that fill the
-/// GPU better, and no sum of per-projection input gradients. Each projection's weight is a row
-/// block of the fused one (a view), so edits through [`Llama::weight`] change it.
-struct Fused {
-    linear: Linear,
-    sizes: Vec<i64>,
-}
-
-impl Fused {
-    /// `x: [.., in]` -> one `[.., out_i]` view per projection.
-    fn forward(&self, x: &Tensor) -> Vec<Tensor> {
-        self.linear.forward(x).split_with_sizes(&self.sizes, -1)
-    }
-}
-
-/// `y` plus the adapter's update of projection `p` for input `x`, if it has one.
-fn adapted(layer: usize, p: Proj, y: Tensor, x: &Tensor, ad: &dyn Adapter) -> Tensor {
-    match ad.delta(layer, p, x) {
-        Some(d) => y + d,
-        None => y,
-    }
-}
-
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -162,8 +138,9 @@ impl RmsNorm {
 }
 
 struct Attention {
-    /// q_proj, k_proj, v_proj
-    qkv: Fused,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
     o_proj: Linear,
     n_head: i64,
     n_kv_head: i64,
@@ -171,8 +148,8 @@ struct Attention {
 }
 
 struct Mlp {
-    /// gate_proj, up_proj
-    gate_up: Fused,
+    gate_proj: Linear,
+    up_proj: Linear,
     down_proj: Linear,
 }
 
@@ -198,12 +175,22 @@ pub struct Llama {
     masters: std::sync::Mutex<HashMap<String, Tensor>>,
 }
 
-/// Rotary embedding `x·cos + rotate_half(x)·sin` with rotate_half(x) = [-x₂, x₁] written as
-/// roll(x, d/2)·[-1, 1]: `sin` here is the signed table, so the rotation is three kernels each
-/// way instead of the narrow/neg/cat chain.
+fn proj(layer: usize, p: Proj, lin: &Linear, x: &Tensor, ad: &dyn Adapter) -> Tensor {
+    let y = lin.forward(x);
+    match ad.delta(layer, p, x) {
+        Some(d) => y + d,
+        None => y,
+    }
+}
+
+/// Rotary embedding `x·cos + rotate_half(x)·sin`, x: [b, h, t, d]. rotate_half(x) = [-x₂, x₁] is
+/// the two halves swapped (one `flip` over a [.., 2, d/2] view, in place of narrow/neg/cat) times
+/// [-1, 1], folded into the signed `sin` table of [`rotary_tables`]: three kernels each way, and
+/// none of them copies the transposed heads into another layout first.
 fn rotary(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    (x * cos).addcmul(&x.roll([half], [3]), signed_sin)
+    let (b, h, t, d) = x.size4().expect("rotary input is [b, h, t, d]");
+    let swapped = x.view([b, h, t, 2, d / 2]).flip([3]).view([b, h, t, d]);
+    (x * cos).addcmul(&swapped, signed_sin)
 }
 
 /// Inverse RoPE frequencies, with Llama 3 frequency-dependent scaling when configured.
@@ -267,15 +254,11 @@ impl Attention {
         let (cos, sin) = (&pos.cos, &pos.sin);
         let (b, t, _) = x.size3().expect("attention input is [b, t, h]");
         let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let mut qkv = self.qkv.forward(x).into_iter();
-        let mut next = |p: Proj| adapted(layer, p, qkv.next().expect("q, k, v"), x, ad);
-        let (q, k, v) = (next(Proj::Q), next(Proj::K), next(Proj::V));
-        let q = rotary(&heads(q, self.n_head), cos, sin);
-        let k = rotary(&heads(k, self.n_kv_head), cos, sin);
-        // An unadapted v is a view of the fused q/k/v output: attention would keep all of it alive
-        // for backward (and the cache for generation), so copy v out.
-        let v = if v.is_contiguous() { v } else { v.contiguous() };
-        let v = heads(v, self.n_kv_head);
+        let q = heads(proj(layer, Proj::Q, &self.q_proj, x, ad), self.n_head);
+        let k = heads(proj(layer, Proj::K, &self.k_proj, x, ad), self.n_kv_head);
+        let v = heads(proj(layer, Proj::V, &self.v_proj, x, ad), self.n_kv_head);
+        let q = rotary(&q, cos, sin);
+        let k = rotary(&k, cos, sin);
         let (k, v, past) = match kv {
             Some(slot) => {
                 let (k, v, past) = match slot.take() {
@@ -313,25 +296,22 @@ impl Attention {
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
         };
         let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
-        adapted(layer, Proj::O, self.o_proj.forward(&y), &y, ad)
+        proj(layer, Proj::O, &self.o_proj, &y, ad)
     }
 }
 
 impl Mlp {
     fn forward(&self, layer: usize, x: &Tensor, ad: &dyn Adapter) -> Tensor {
-        let mut gu = self.gate_up.forward(x).into_iter();
-        let g = adapted(layer, Proj::Gate, gu.next().expect("gate"), x, ad);
-        let u = adapted(layer, Proj::Up, gu.next().expect("up"), x, ad);
-        let h = crate::cuda::swiglu(&g, &u);
-        adapted(layer, Proj::Down, self.down_proj.forward(&h), &h, ad)
+        let g = proj(layer, Proj::Gate, &self.gate_proj, x, ad);
+        let u = proj(layer, Proj::Up, &self.up_proj, x, ad);
+        proj(layer, Proj::Down, &self.down_proj, &crate::cuda::swiglu(&g, &u), ad)
     }
 }
 
 /// Weights by Hugging Face name, consumed while the model is built.
 pub type Weights = HashMap<String, Tensor>;
 
-/// Removes tensor `name` from `w`, checking its shape.
-fn fetch(w: &mut Weights, name: &str, shape: &[i64]) -> Result<Tensor> {
+fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
     let t = w
         .remove(name)
         .ok_or_else(|| Error::BadInput(format!("model is missing tensor '{name}'")))?;
@@ -341,63 +321,15 @@ fn fetch(w: &mut Weights, name: &str, shape: &[i64]) -> Result<Tensor> {
             t.size()
         )));
     }
-    Ok(t)
-}
-
-/// Adds `t` (already on the store's device, of its final kind) to the store under `name`.
-fn register(root: &nn::Path, name: &str, t: Tensor) -> Tensor {
     let mut p = root.clone();
     let parts: Vec<&str> = name.split('.').collect();
     for part in &parts[..parts.len() - 1] {
         p = p / *part;
     }
-    // `add` keeps the tensor itself (its kind, and for a fused weight's block, its storage);
-    // `var_copy` would make an fp32 variable (the store's default kind) and silently run a bf16
-    // model in fp32.
-    p.add(parts[parts.len() - 1], t, false)
-}
-
-fn take(w: &mut Weights, root: &nn::Path, name: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
-    let t = fetch(w, name, shape)?;
-    Ok(register(root, name, t.to_device(root.device()).to_kind(kind).contiguous()))
-}
-
-/// Fuses the named [out_i, in] weights (and [out_i] biases) into one [`Fused`] projection; each
-/// part is registered in the store as a view of the fused tensor.
-fn take_fused(
-    w: &mut Weights,
-    root: &nn::Path,
-    names: &[(String, i64)],
-    inp: i64,
-    bias: bool,
-    kind: Kind,
-) -> Result<Fused> {
-    let sizes: Vec<i64> = names.iter().map(|(_, out)| *out).collect();
-    let fuse = |w: &mut Weights, suffix: Option<&str>| -> Result<Tensor> {
-        let parts = names
-            .iter()
-            .map(|(name, out)| {
-                let (name, shape) = match suffix {
-                    Some(s) => (name.replace(".weight", s), vec![*out]),
-                    None => (name.clone(), vec![*out, inp]),
-                };
-                Ok((name.clone(), fetch(w, &name, &shape)?.to_device(root.device()).to_kind(kind)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let fused = tch::no_grad(|| Tensor::cat(&parts.iter().map(|(_, t)| t).collect::<Vec<_>>(), 0));
-        let mut row = 0;
-        for ((name, _), out) in parts.iter().zip(&sizes) {
-            let _ = register(root, name, fused.narrow(0, row, *out));
-            row += out;
-        }
-        Ok(fused)
-    };
-    let weight = fuse(w, None)?;
-    let bias = if bias { Some(fuse(w, Some(".bias"))?) } else { None };
-    Ok(Fused {
-        linear: Linear { weight, bias },
-        sizes,
-    })
+    // `add` keeps the tensor's own kind; `var_copy` would make an fp32 variable (the store's
+    // default kind) and silently run a bf16 model in fp32.
+    let t = t.to_device(root.device()).to_kind(kind).contiguous();
+    Ok(p.add(parts[parts.len() - 1], t, false))
 }
 
 impl Llama {
@@ -420,29 +352,30 @@ impl Llama {
         )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let o_proj = Linear {
-                weight: take(&mut w, &root, &Proj::O.weight_key(l), &[h, nh * hd], kind)?,
-                bias: None,
+            let mut lin = |p: Proj, out: i64, inp: i64, bias: bool| -> Result<Linear> {
+                let key = p.weight_key(l);
+                let weight = take(&mut w, &root, &key, &[out, inp], kind)?;
+                let bias = if bias {
+                    Some(take(&mut w, &root, &key.replace(".weight", ".bias"), &[out], kind)?)
+                } else {
+                    None
+                };
+                Ok(Linear { weight, bias })
             };
-            let down_proj = Linear {
-                weight: take(&mut w, &root, &Proj::Down.weight_key(l), &[h, i], kind)?,
-                bias: None,
-            };
-            let named = |ps: &[(Proj, i64)]| -> Vec<(String, i64)> {
-                ps.iter().map(|(p, out)| (p.weight_key(l), *out)).collect()
-            };
-            let qkv = named(&[(Proj::Q, nh * hd), (Proj::K, nkv * hd), (Proj::V, nkv * hd)]);
+            let ab = cfg.attention_bias;
             let self_attn = Attention {
-                qkv: take_fused(&mut w, &root, &qkv, h, cfg.attention_bias, kind)?,
-                o_proj,
+                q_proj: lin(Proj::Q, nh * hd, h, ab)?,
+                k_proj: lin(Proj::K, nkv * hd, h, ab)?,
+                v_proj: lin(Proj::V, nkv * hd, h, ab)?,
+                o_proj: lin(Proj::O, h, nh * hd, false)?,
                 n_head: nh,
                 n_kv_head: nkv,
                 head_dim: hd,
             };
-            let gate_up = named(&[(Proj::Gate, i), (Proj::Up, i)]);
             let mlp = Mlp {
-                gate_up: take_fused(&mut w, &root, &gate_up, h, false, kind)?,
-                down_proj,
+                gate_proj: lin(Proj::Gate, i, h, false)?,
+                up_proj: lin(Proj::Up, i, h, false)?,
+                down_proj: lin(Proj::Down, h, i, false)?,
             };
             let mut norm = |name: &str| -> Result<RmsNorm> {
                 let weight = take(&mut w, &root, &format!("model.layers.{l}.{name}.weight"), &[h], kind)?;
