@@ -115,6 +115,16 @@ impl Ledger {
         Self::open(path)
     }
 
+    /// A transaction that takes the write lock at its start. A deferred one that reads first
+    /// (the next step index, the next fact order) and writes later fails at once with "database is
+    /// locked" when another process (`compare --jobs`) committed in between: SQLite cannot upgrade
+    /// a read snapshot that is no longer the latest, and waiting would not help.
+    fn write_transaction(&mut self) -> Result<rusqlite::Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+    }
+
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > schema::MIGRATIONS.len() {
@@ -127,9 +137,7 @@ impl Ledger {
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
             // Several processes may open a new ledger at once (`compare --jobs`): take the write
             // lock first, then look again whether another one has migrated meanwhile.
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = self.write_transaction()?;
             let now: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
             if now <= i {
                 tx.execute_batch(sql)?;
@@ -185,7 +193,7 @@ impl Ledger {
 
     /// Creates a run with its locality baseline, in one transaction.
     pub fn create_run(&mut self, run: &RunRow, base: &[LocalityBase]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         tx.execute(
             &format!("INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
             params![
@@ -217,7 +225,7 @@ impl Ledger {
 
     /// Records the facts of a run (in knowledge order); facts already there are kept.
     pub fn add_facts(&mut self, run: &str, facts: &[Fact]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(ord) + 1, 0) FROM run_facts WHERE run = ?1",
             [run],
@@ -280,7 +288,7 @@ impl Ledger {
     /// is not the next one, so no step is ever applied twice.
     pub fn commit_step(&mut self, rec: &StepRecord) -> Result<()> {
         let s = &rec.step;
-        let tx = self.conn.transaction()?;
+        let tx = self.write_transaction()?;
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(idx) + 1, 0) FROM steps WHERE run = ?1",
             [&s.run],
