@@ -180,6 +180,85 @@ impl Preserve {
     }
 }
 
+/// The preservation batches padded to one shape (rows × length, and one count of scored positions)
+/// plus static tensors that each step's batch is copied into. A CUDA graph captured over a step
+/// reads the static tensors, so one capture serves every step's batch; with a graph per batch,
+/// each batch's first step cost a capture (about the cost of an eager step) and a step's training
+/// rarely lasts long enough to replay them. Right padding and zero weights leave the value of
+/// [`Preserve::kl`] unchanged.
+struct StaticPreserve {
+    ids: Tensor,
+    gather: Tensor,
+    base: Tensor,
+    /// 1/n on each of a batch's n scored positions, 0 on padding.
+    weight: Tensor,
+    /// Per batch: ids, gather, base, weight, padded.
+    padded: Vec<[Tensor; 4]>,
+}
+
+impl StaticPreserve {
+    fn new(p: &Preserve) -> Self {
+        let max = |f: &dyn Fn(usize) -> i64| (0..p.batches.len()).map(f).max().unwrap_or(1).max(1);
+        let rows = max(&|i| p.batches[i].ids.size()[0]);
+        let len = max(&|i| p.batches[i].ids.size()[1]);
+        let scored = max(&|i| p.base_logp[i].size()[0]);
+        let vocab = p.base_logp.first().map(|t| t.size()[1]).unwrap_or(1);
+        let dev = p.base_logp.first().map(|t| t.device()).unwrap_or(tch::Device::Cpu);
+        let padded: Vec<[Tensor; 4]> = tch::no_grad(|| {
+            p.batches
+                .iter()
+                .zip(&p.base_logp)
+                .map(|(b, base)| {
+                    let (r, l) = b.ids.size2().expect("ids are [rows, length]");
+                    let k = base.size()[0];
+                    let ids = Tensor::zeros([rows, len], (Kind::Int64, dev));
+                    ids.narrow(0, 0, r).narrow(1, 0, l).copy_(&b.ids);
+                    // Flat position row·l + col in the batch -> row·len + col in the padded one.
+                    let at = b.gather.divide_scalar_mode(l, "floor") * len + b.gather.remainder(l);
+                    let gather = Tensor::zeros([scored], (Kind::Int64, dev));
+                    gather.narrow(0, 0, k).copy_(&at);
+                    let padded_base = Tensor::zeros([scored, vocab], (Kind::Float, dev));
+                    padded_base.narrow(0, 0, k).copy_(base);
+                    let weight = Tensor::zeros([scored], (Kind::Float, dev));
+                    let _ = weight.narrow(0, 0, k).fill_(1.0 / k.max(1) as f64);
+                    [ids, gather, padded_base, weight]
+                })
+                .collect()
+        });
+        let [ids, gather, base, weight] = padded[0].each_ref().map(|t| t.copy());
+        StaticPreserve {
+            ids,
+            gather,
+            base,
+            weight,
+            padded,
+        }
+    }
+
+    /// Copies batch `i` into the static tensors.
+    fn load(&mut self, i: usize) {
+        tch::no_grad(|| {
+            for (dst, src) in [&mut self.ids, &mut self.gather, &mut self.base, &mut self.weight]
+                .into_iter()
+                .zip(&self.padded[i])
+            {
+                dst.copy_(src);
+            }
+        });
+    }
+
+    /// [`Preserve::kl`] of the loaded batch.
+    fn kl(&self, model: &Llama, ad: &AdaLora) -> Tensor {
+        let h = model.hidden(&self.ids, None, ad);
+        let hidden = h.size()[2];
+        let cur = model
+            .logits(&h.view([-1, hidden]).index_select(0, &self.gather))
+            .log_softmax(-1, Kind::Float);
+        let per_position = (self.base.exp() * (&self.base - cur)).sum_dim_intlist(-1, false, Kind::Float);
+        (per_position * &self.weight).sum(Kind::Float)
+    }
+}
+
 /// What a step produced.
 pub struct Trained {
     pub factors: Vec<Factor>,
@@ -246,11 +325,12 @@ impl Pass {
     }
 }
 
-/// The captured graphs of a trainer on a GPU: one forward+backward per preservation batch (the
-/// batch changes with the step) and one update.
+/// The captured graphs of a trainer on a GPU: the forward+backward (the preservation batch of each
+/// step copied into [`StaticPreserve`]'s tensors first) and the update.
 struct Graphs {
-    forward_backward: Vec<Option<(Graph, Pass)>>,
+    forward_backward: Option<(Graph, Pass)>,
     update: Option<Graph>,
+    preserve: Option<StaticPreserve>,
     // Last: the stream is left (and the device synchronised) after the graphs are freed.
     _stream: SideStream,
 }
@@ -301,7 +381,9 @@ impl<'a> Trainer<'a> {
             adapter.set_projections(&p.projections);
         }
         let opt = AdamW::new(adapter.params(), cfg.lr, 0.9, 0.999, cfg.weight_decay);
-        let n_preserve = preserve.map(|p| p.batches.len()).unwrap_or(1).max(1);
+        let static_preserve = preserve
+            .filter(|p| cfg.preserve > 0.0 && !p.batches.is_empty() && stream.is_some())
+            .map(StaticPreserve::new);
         Ok(Trainer {
             model,
             batches,
@@ -314,8 +396,9 @@ impl<'a> Trainer<'a> {
             step: 0,
             tokens: 0,
             graphs: stream.map(|s| Graphs {
-                forward_backward: (0..n_preserve).map(|_| None).collect(),
+                forward_backward: None,
                 update: None,
+                preserve: static_preserve,
                 _stream: s,
             }),
         })
@@ -343,7 +426,11 @@ impl<'a> Trainer<'a> {
         }
         let mut reg = self.adapter.orth_reg();
         if let Some(p) = self.preserving() {
-            reg += p.kl(self.model, &self.adapter, self.step) * self.cfg.preserve;
+            let kl = match self.graphs.as_ref().and_then(|g| g.preserve.as_ref()) {
+                Some(loaded) => loaded.kl(self.model, &self.adapter),
+                None => p.kl(self.model, &self.adapter, self.step),
+            };
+            reg += kl * self.cfg.preserve;
         }
         reg.backward();
         Pass {
@@ -356,24 +443,24 @@ impl<'a> Trainer<'a> {
     /// GPU they are the graph's outputs, valid until the next call.
     pub fn forward_backward(&mut self) -> Result<Pass> {
         self.tokens += self.batches.iter().map(|b| b.tokens).sum::<usize>();
+        let step = self.step as usize;
+        if let Some(p) = self.graphs.as_mut().and_then(|g| g.preserve.as_mut()) {
+            p.load(step % p.padded.len());
+        }
         if self.graphs.is_none() || self.step < EAGER_STEPS {
             return Ok(self.forward_backward_eager());
         }
-        let i = self
-            .preserving()
-            .map(|p| self.step as usize % p.batches.len())
-            .unwrap_or(0);
-        if self.graphs.as_ref().is_some_and(|g| g.forward_backward[i].is_none()) {
+        if self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_none()) {
             crate::cuda::empty_cache()?;
             let captured = Graph::capture(|| self.forward_backward_eager())?;
             if let Some(g) = self.graphs.as_mut() {
-                g.forward_backward[i] = Some(captured);
+                g.forward_backward = Some(captured);
             }
         }
         let (graph, pass) = self
             .graphs
             .as_ref()
-            .and_then(|g| g.forward_backward[i].as_ref())
+            .and_then(|g| g.forward_backward.as_ref())
             .expect("captured");
         graph.replay()?;
         Ok(pass.shallow_clone())
@@ -488,4 +575,58 @@ pub fn train(
         seconds: t0.elapsed().as_secs_f64(),
         rank_pattern: tr.adapter.rank_pattern(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Config;
+    use tch::Device;
+
+    /// The padded static batches give each preservation batch the KL of the batch itself (batches of
+    /// different row counts and lengths), with an adapter that moves the distributions.
+    #[test]
+    fn static_preservation_batches_give_the_same_kl() {
+        tch::manual_seed(0);
+        let cfg = Config {
+            architecture: "llama".into(),
+            vocab_size: 97,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        };
+        let model = Llama::random(&cfg, Device::Cpu, Kind::Float).unwrap();
+        let examples: Vec<Example> = (0..7i64)
+            .map(|i| Example {
+                prompt: (0..3 + i).map(|j| (7 * i + 3 * j) % 97).collect(),
+                target: (0..1 + i % 3).map(|j| (11 * i + j) % 97).collect(),
+            })
+            .collect();
+        let preserve = Preserve::new(&model, &examples, 3);
+        assert_eq!(preserve.batches.len(), 3);
+        let ac = AdaLoraConfig::default();
+        let ad = AdaLora::new(&ac, &adapter_shapes(&model, &ac), Device::Cpu, 1, 10);
+        tch::no_grad(|| {
+            for g in &ad.groups {
+                g.e.shallow_clone().copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * 5.0));
+            }
+        });
+        let mut fixed = StaticPreserve::new(&preserve);
+        for i in 0..3 {
+            let want = preserve.kl(&model, &ad, i as i64).double_value(&[]);
+            fixed.load(i);
+            let got = fixed.kl(&model, &ad).double_value(&[]);
+            assert!(want > 1e-4, "the adapter must move batch {i}: KL {want}");
+            assert!((got - want).abs() < 1e-5 * want.max(1.0), "batch {i}: {got} vs {want}");
+        }
+    }
 }
