@@ -299,7 +299,10 @@ impl Adapter for Prepared<'_> {
         } else {
             x.shallow_clone()
         };
-        Some(x.linear::<Tensor>(&ae[slot as usize], None).linear::<Tensor>(&b[slot as usize], None))
+        Some(
+            x.linear::<Tensor>(&ae[slot as usize], None)
+                .linear::<Tensor>(&b[slot as usize], None),
+        )
     }
 }
 

@@ -617,7 +617,8 @@ mod tests {
         let ad = AdaLora::new(&ac, &adapter_shapes(&model, &ac), Device::Cpu, 1, 10);
         tch::no_grad(|| {
             for g in &ad.groups {
-                g.e.shallow_clone().copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * 5.0));
+                g.e.shallow_clone()
+                    .copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * 5.0));
             }
         });
         let mut fixed = StaticPreserve::new(&preserve);
