@@ -28,12 +28,18 @@ fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// A temporary folder with the tiny model (`tiny.gguf`) and the small knowledge set (`k/`).
+fn small_workspace() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_gguf(&d.path().join("tiny.gguf"), 4);
+    write_small(&d.path().join("k"));
+    d
+}
+
 #[test]
 fn run_records_every_step_and_a_second_run_is_a_no_op() {
-    let d = tempfile::tempdir().unwrap();
+    let d = small_workspace();
     let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_small(&p.join("k"));
     let o = injector(p, &run_args(&["--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -163,10 +169,8 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
 /// A step that runs out of optimizer steps before every fact reaches the threshold says so.
 #[test]
 fn running_out_of_steps_is_reported() {
-    let d = tempfile::tempdir().unwrap();
+    let d = small_workspace();
     let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_small(&p.join("k"));
     // Two steps at a tiny learning rate cannot reach accuracy 1.0.
     let args = run_with(&["--max-steps", "2", "--lr", "0.0001"]);
     let o = injector(p, &args);

@@ -97,9 +97,7 @@ fn pack(examples: &[Example], idx: &[usize], device: Device) -> Batch {
 impl Batch {
     /// Logits at the target positions: [n_targets, vocab] (fp32).
     pub fn logits(&self, model: &Llama, ad: &dyn Adapter) -> Tensor {
-        let h = model.hidden(&self.ids, None, ad);
-        let hidden = h.size()[2];
-        model.logits(&h.view([-1, hidden]).index_select(0, &self.gather))
+        gathered_logits(model, ad, &self.ids, &self.gather)
     }
 
     /// Per-example (correct, total) target-token counts of the argmax, added into `acc`.
@@ -122,6 +120,13 @@ impl Batch {
             let _ = correct.index_add_(0, &self.owner_t, &hit);
         });
     }
+}
+
+/// Logits of ids [n, L] at the flat positions `gather` of [n·L] only: [positions, vocab] (fp32).
+pub fn gathered_logits(model: &Llama, ad: &dyn Adapter, ids: &Tensor, gather: &Tensor) -> Tensor {
+    let h = model.hidden(ids, None, ad);
+    let hidden = h.size()[2];
+    model.logits(&h.view([-1, hidden]).index_select(0, gather))
 }
 
 /// Teacher-forced token accuracy of every example (share of target tokens whose argmax is right).

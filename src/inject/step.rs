@@ -5,7 +5,7 @@ use crate::adapter::merge::{factors, Factor};
 use crate::adapter::{AdaLora, AdaLoraConfig};
 use crate::cuda::{Graph, SideStream};
 use crate::error::Result;
-use crate::eval::batch::{build, loss_sum, token_accuracy, Batch, Example};
+use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example};
 use crate::model::{Llama, Proj};
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -176,8 +176,14 @@ impl Preserve {
         let i = step as usize % self.batches.len();
         let (b, base) = (&self.batches[i], &self.base_logp[i]);
         let cur = b.logits(model, ad).log_softmax(-1, Kind::Float);
-        (base.exp() * (base - cur)).sum(Kind::Float) / base.size()[0].max(1) as f64
+        kl_terms(base, &cur).sum(Kind::Float) / base.size()[0].max(1) as f64
     }
+}
+
+/// KL(base ‖ current) before summing: p·(log p − log q) per position and vocabulary entry, from
+/// log-probabilities.
+fn kl_terms(base: &Tensor, cur: &Tensor) -> Tensor {
+    base.exp() * (base - cur)
 }
 
 /// The preservation batches padded to one shape (rows × length, and one count of scored positions)
@@ -249,12 +255,8 @@ impl StaticPreserve {
 
     /// [`Preserve::kl`] of the loaded batch.
     fn kl(&self, model: &Llama, ad: &AdaLora) -> Tensor {
-        let h = model.hidden(&self.ids, None, ad);
-        let hidden = h.size()[2];
-        let cur = model
-            .logits(&h.view([-1, hidden]).index_select(0, &self.gather))
-            .log_softmax(-1, Kind::Float);
-        let per_position = (self.base.exp() * (&self.base - cur)).sum_dim_intlist(-1, false, Kind::Float);
+        let cur = gathered_logits(model, ad, &self.ids, &self.gather).log_softmax(-1, Kind::Float);
+        let per_position = kl_terms(&self.base, &cur).sum_dim_intlist(-1, false, Kind::Float);
         (per_position * &self.weight).sum(Kind::Float)
     }
 }
