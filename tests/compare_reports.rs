@@ -175,6 +175,23 @@ fn a_bad_model_leaves_no_ledger() {
         assert!(stderr(&o).contains("junk.gguf"), "{}", stderr(&o));
         assert!(!p.join("l.db").exists(), "{jobs:?}: a ledger was created for bad input");
     }
+    // No processes at all is bad input too, not one process in disguise.
+    let o = injector(
+        p,
+        &[
+            "compare",
+            "k",
+            "--strategy",
+            "sequential",
+            "--jobs",
+            "0",
+            "--ledger",
+            "l.db",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--jobs"), "{}", stderr(&o));
+    assert!(!p.join("l.db").exists(), "--jobs 0: a ledger was created");
 }
 
 #[test]

@@ -48,7 +48,10 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let model_path = g.model_path();
     let gpus = tch::Cuda::device_count() as usize;
     let per_gpu = gpus > 1 && matches!(g.device.as_str(), "auto" | "cuda");
-    let jobs = a.jobs.unwrap_or(if per_gpu { gpus } else { 1 }).max(1);
+    if a.jobs == Some(0) {
+        return Err(injector::Error::BadInput("--jobs: expected at least 1".into()).into());
+    }
+    let jobs = a.jobs.unwrap_or(if per_gpu { gpus } else { 1 });
     let mut run_ids = Vec::new();
     if jobs > 1 && configs.len() > 1 {
         // Child processes, `jobs` at a time, all writing to the same WAL ledger. Each checks its
