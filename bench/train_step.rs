@@ -3,10 +3,10 @@
 //! 8 × 96 tokens (loss on the last 64 of each row), AdaLoRA init_r 12 on q_proj/v_proj, alpha 32,
 //! dropout 0.1, allocator every step (tinit 2, tfinal 2, total_step 35), AdamW lr 5e-3, clip 1.0.
 //! bf16 base weights on CUDA, fp32 on the CPU. Prints one JSON line per shape, as the peer does.
-use injector::adapter::AdaLoraConfig;
+use injector::config::{AdaLoraConfig, Proj, TrainConfig};
 use injector::eval::batch::Example;
-use injector::inject::step::{TrainConfig, Trainer};
-use injector::model::{Config, Llama, Proj};
+use injector::inject::step::Trainer;
+use injector::model::{Config, Llama};
 use std::time::Instant;
 use tch::{Device, Kind};
 

@@ -1,6 +1,7 @@
 //! `injector`: inject facts into a language model by fine-tuning AdaLoRA adapters and merging them,
 //! and treat the model as a knowledge store with a ledger of every change.
 pub mod adapter;
+pub mod config;
 pub mod cuda;
 pub mod device;
 pub mod error;

@@ -3,7 +3,8 @@ mod common;
 
 use common::*;
 use injector::adapter::budget::{RankAllocator, Schedule, Triplet};
-use injector::adapter::{merge, AdaLora, AdaLoraConfig};
+use injector::adapter::{merge, AdaLora};
+use injector::config::AdaLoraConfig;
 use injector::model::{load, NoAdapter, Proj};
 use tch::{Device, Kind, Tensor};
 
@@ -178,7 +179,7 @@ fn full_schedule_ends_at_the_target_budget() {
 #[test]
 fn null_space_projection_removes_the_preserved_directions() {
     use injector::eval::batch::Example;
-    use injector::inject::step::null_space_projections;
+    use injector::inject::preserve::null_space_projections;
     let (_d, m) = tiny();
     let examples: Vec<Example> = (0..6)
         .map(|i| Example {

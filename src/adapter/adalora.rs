@@ -6,47 +6,10 @@
 //!
 //! The adapter lives in its own `VarStore`, the only one handed to the optimizer.
 use super::budget::{RankAllocator, Schedule, Triplet};
-use crate::model::{Adapter, Proj};
+use crate::config::{AdaLoraConfig, Proj};
+use crate::model::Adapter;
 use std::collections::BTreeMap;
 use tch::{nn, Device, Kind, Tensor};
-
-/// Adapter hyper-parameters: peft's defaults, except where measurement chose otherwise (README,
-/// "Choosing the defaults"): alpha 32 and the MLP projections instead of alpha 8 on q_proj/v_proj.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdaLoraConfig {
-    pub init_r: i64,
-    pub target_r: i64,
-    pub lora_alpha: f64,
-    pub dropout: f64,
-    pub orth_reg_weight: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub tinit: i64,
-    pub tfinal: i64,
-    pub delta_t: i64,
-    pub targets: Vec<Proj>,
-    /// Layers to adapt; empty means all.
-    pub layers: Vec<usize>,
-}
-
-impl Default for AdaLoraConfig {
-    fn default() -> Self {
-        AdaLoraConfig {
-            init_r: 12,
-            target_r: 8,
-            lora_alpha: 32.0,
-            dropout: 0.0,
-            orth_reg_weight: 0.5,
-            beta1: 0.85,
-            beta2: 0.85,
-            tinit: 0,
-            tfinal: 0,
-            delta_t: 1,
-            targets: vec![Proj::Gate, Proj::Up, Proj::Down],
-            layers: Vec::new(),
-        }
-    }
-}
 
 /// The adapted projections of one kind (`q_proj`, …) across layers, stacked: every tensor has a
 /// leading module axis, so the regulariser, the allocator, clipping and AdamW each touch a few large

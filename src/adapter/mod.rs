@@ -4,4 +4,4 @@ pub mod adamw;
 pub mod budget;
 pub mod merge;
 
-pub use adalora::{AdaLora, AdaLoraConfig};
+pub use adalora::AdaLora;

@@ -6,10 +6,11 @@ use super::progress::Bar;
 use super::train_args::TrainArgs;
 use super::Global;
 use clap::Args;
-use injector::inject::{self, RunConfig, Strategy};
+use injector::config::{RunConfig, Strategy};
+use injector::inject;
 use injector::knowledge::load_dir;
 use injector::ledger::Ledger;
-use injector::report::{self, data::RunData, html::num};
+use injector::report::{self, data::RunData, num};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -74,7 +75,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                         cmd.env("OMP_NUM_THREADS", (cores / jobs).max(1).to_string());
                     }
                     cmd.args(["run", &a.dir.display().to_string(), "--json", "-q"])
-                        .args(["--config-json", &serde_json::to_string(c).expect("config serialises")])
+                        .args(["--config-json", &c.to_json()])
                         .args(["--device", &device, "--ledger", &g.ledger.display().to_string()])
                         .args([
                             "--model",
@@ -118,6 +119,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             // A fresh base for every strategy; the first load also checks the model before the
             // ledger is created.
             let loaded = injector::model::load(&model_path, device)?;
+            c.check_layers(loaded.model.cfg.num_hidden_layers)?;
             if ledger.is_none() {
                 ledger = Some(Ledger::open(&g.ledger)?);
             }

@@ -1,7 +1,9 @@
 //! `injector ledger list | show RUN`: what the ledger holds.
 use super::Global;
 use clap::{Args, Subcommand};
+use injector::eval::retention::Matrix;
 use injector::ledger::Ledger;
+use injector::report::num;
 use std::collections::HashMap;
 
 #[derive(Args, Debug)]
@@ -67,6 +69,7 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                     "run": r, "config": serde_json::from_str::<serde_json::Value>(&r.config)?,
                     "facts": facts, "steps": steps, "probes": probes, "locality": locality,
                     "generations": ledger.generations(&r.id)?,
+                    "summary": Matrix::new(&steps, &facts, probes.clone()).fact_summaries(&steps),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -111,25 +114,29 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 );
             }
             if let Some(last) = steps.last() {
-                println!("after step {}:", last.idx);
-                println!("{:<28} {:>8} {:>8} {:>8}", "fact", "recall", "general", "previous");
-                // In the order the facts were injected.
-                let order: HashMap<&str, usize> = steps
-                    .iter()
-                    .flat_map(|s| s.facts.iter())
-                    .enumerate()
-                    .map(|(i, h)| (h.as_str(), i))
-                    .collect();
-                let mut rows: Vec<_> = probes.iter().filter(|p| p.step == last.idx).collect();
-                rows.sort_by_key(|p| order.get(p.fact.as_str()).copied().unwrap_or(usize::MAX));
-                for p in rows {
-                    let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "facts, at their latest measurement (after step {} unless said):",
+                    last.idx
+                );
+                println!(
+                    "{:<28} {:>4} {:>11} {:>8} {:>8} {:>8}",
+                    "fact", "step", "recall@step", "recall", "general", "previous"
+                );
+                let matrix = Matrix::new(&steps, &facts, probes);
+                for f in matrix.fact_summaries(&steps) {
+                    let at = if f.measured_at == last.idx {
+                        String::new()
+                    } else {
+                        format!("  (after step {})", f.measured_at)
+                    };
                     println!(
-                        "{:<28} {:>8.2} {:>8} {:>8}",
-                        ids.get(p.fact.as_str()).copied().unwrap_or("?"),
-                        p.recall,
-                        f(p.general),
-                        f(p.previous)
+                        "{:<28} {:>4} {:>11} {:>8} {:>8} {:>8}{at}",
+                        f.id,
+                        f.step,
+                        num(Some(f.recall_at_step)),
+                        num(Some(f.recall)),
+                        num(f.general),
+                        num(f.previous)
                     );
                 }
             }

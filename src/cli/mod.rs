@@ -82,20 +82,11 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     };
     let ledger = injector::ledger::Ledger::open_existing(&g.ledger)?;
     let r = ledger.run(id)?;
-    let config: injector::inject::RunConfig = serde_json::from_str(&r.config)?;
+    let config = injector::config::RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let loaded = injector::model::load(&path, device)?;
-    if loaded.source_hash != r.model_hash {
-        return Err(injector::Error::BadInput(format!(
-            "{}: not the model run {} was made with (hash {} vs {})",
-            path.display(),
-            r.id,
-            &loaded.source_hash[..12],
-            &r.model_hash[..12]
-        ))
-        .into());
-    }
-    injector::inject::driver::replay(&ledger, &r, &loaded, &config.train, None)?;
+    injector::inject::plan::check_model(&r, &loaded, &path.display().to_string())?;
+    injector::inject::state::replay(&ledger, &r, &loaded, &config.train, None)?;
     Ok(loaded)
 }
 

@@ -1,8 +1,10 @@
 //! `injector probe DIR [--run RUN]`: score facts on the base model or a run's weights, no training.
 use super::Global;
 use clap::Args;
+use injector::config::RunConfig;
 use injector::eval::probe::{score, FactExamples};
 use injector::knowledge::load_dir;
+use injector::report::num;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -26,7 +28,7 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         .map(|f| FactExamples::new(&loaded.tokenizer, f))
         .collect::<Result<_, _>>()?;
     let refs: Vec<&FactExamples> = ex.iter().collect();
-    let scores = score(&loaded.model, &refs, 8192);
+    let scores = score(&loaded.model, &refs, RunConfig::default().eval_batch_tokens);
     if a.json {
         let rows: Vec<_> = knowledge
             .facts
@@ -37,15 +39,14 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
     println!("{:<28} {:>8} {:>8} {:>8}", "fact", "recall", "general", "previous");
     for (fact, s) in knowledge.facts.iter().zip(&scores) {
         println!(
             "{:<28} {:>8.2} {:>8} {:>8}",
             fact.id,
             s.recall,
-            f(s.general),
-            f(s.previous)
+            num(s.general),
+            num(s.previous)
         );
     }
     Ok(())

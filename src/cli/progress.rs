@@ -43,7 +43,7 @@ impl Progress for Bar {
         self.bar.set_message(self.label.clone());
     }
 
-    fn train_step(&mut self, opt_step: i64, loss: f64, recall: f64) {
+    fn opt_step(&mut self, opt_step: i64, loss: f64, recall: f64) {
         self.bar.set_message(format!(
             "{}  opt {opt_step}  loss {loss:.3}  recall {recall:.2}",
             self.label

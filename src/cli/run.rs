@@ -3,9 +3,12 @@ use super::progress::Bar;
 use super::train_args::TrainArgs;
 use super::Global;
 use clap::Args;
-use injector::inject::{self, RunConfig, RunOutcome, Strategy};
+use injector::config::{RunConfig, Strategy};
+use injector::eval::retention::FactSummary;
+use injector::inject::{self, RunOutcome};
 use injector::knowledge::load_dir;
 use injector::ledger::Ledger;
+use injector::report::num;
 use injector::Error;
 use std::path::PathBuf;
 
@@ -16,7 +19,8 @@ pub struct RunArgs {
     /// sequential, batch:K, mixed or replay:K.
     #[arg(long, default_value = "sequential")]
     pub strategy: String,
-    /// Continue this run with the config it recorded (the same command again does the same).
+    /// Continue this run with the config it recorded, on the facts of DIR (default: the folder it was
+    /// made from); facts it has injected are skipped. The same command again does the same.
     #[arg(long)]
     pub resume: Option<String>,
     /// Print the outcome as JSON on stdout.
@@ -31,17 +35,15 @@ pub struct RunArgs {
 
 pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     // Everything the user typed is checked before the ledger is opened or a model loaded.
-    let (dir, config, model_path) = match &a.resume {
+    let device = injector::device::parse_device(&g.device)?;
+    let (resumed, config, dir, model_path) = match &a.resume {
         Some(id) => {
-            let ledger = Ledger::open_existing(&g.ledger)?;
-            let r = ledger.run(id)?;
-            let config: RunConfig = serde_json::from_str(&r.config)?;
+            let r = Ledger::open_existing(&g.ledger)?.run(id)?;
+            // The recorded config goes through the same validation as flags before anything loads.
+            let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
-            (
-                dir,
-                config,
-                g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path)),
-            )
+            let model = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
+            (Some(r), config, dir, model)
         }
         None => {
             let dir = a
@@ -49,25 +51,22 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 .clone()
                 .ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
             let config = match &a.config_json {
-                Some(j) => serde_json::from_str(j).map_err(|e| Error::BadInput(format!("--config-json: {e}")))?,
+                Some(j) => RunConfig::from_json(j, "--config-json")?,
                 None => a.train.run_config(a.strategy.parse::<Strategy>()?, g.seed)?,
             };
-            (dir, config, g.model_path())
+            (None, config, dir, g.model_path())
         }
     };
     let knowledge = load_dir(&dir)?;
-    let device = injector::device::parse_device(&g.device)?;
     let loaded = injector::model::load(&model_path, device)?;
+    config.check_layers(loaded.model.cfg.num_hidden_layers)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
-    let out = inject::run(
-        &mut ledger,
-        &loaded,
-        &model_path.display().to_string(),
-        &knowledge,
-        &config,
-        &mut bar,
-    )?;
+    let path = model_path.display().to_string();
+    let out = match resumed {
+        Some(r) => inject::resume(&mut ledger, &loaded, &path, r, &knowledge, &mut bar)?,
+        None => inject::run(&mut ledger, &loaded, &path, &knowledge, &config, &mut bar)?,
+    };
     let page = injector::report::write_run(&ledger, &g.reports, &out.run)?;
     injector::report::write_index(&ledger, &g.reports)?;
     if a.json {
@@ -77,10 +76,6 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         println!("report: {}", page.display());
     }
     Ok(())
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
 }
 
 /// The one-screen summary: per fact recall / generalisation / seconds, then the run's totals.
@@ -102,11 +97,11 @@ pub fn print_summary(o: &RunOutcome) {
             f.step,
             f.recall_at_step,
             f.recall,
-            opt(f.general),
+            num(f.general),
             f.seconds
         );
     }
-    let mean = |get: &dyn Fn(&inject::driver::FactSummary) -> Option<f64>| {
+    let mean = |get: &dyn Fn(&FactSummary) -> Option<f64>| {
         let v: Vec<f64> = o.facts.iter().filter_map(get).collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
@@ -116,9 +111,9 @@ pub fn print_summary(o: &RunOutcome) {
         o.strategy,
         o.facts.len(),
         o.total_steps,
-        opt(mean(&|f| Some(f.recall))),
-        opt(mean(&|f| f.general)),
-        opt(o.locality),
+        num(mean(&|f| Some(f.recall))),
+        num(mean(&|f| f.general)),
+        num(o.locality),
         o.seconds,
         &o.weights_hash[..12]
     );

@@ -1,8 +1,10 @@
 //! Evaluation: teacher-forced token accuracy on training prompts (recall) and held-out probes
-//! (generalisation), locality on unrelated prompts, and greedy generation scored by F1.
+//! (generalisation), locality on unrelated prompts, greedy generation scored by F1, and retention
+//! (which earlier facts are scored when, and the fact × step matrix; tch-free, for the reports too).
 pub mod batch;
 pub mod locality;
 pub mod metrics;
 pub mod probe;
+pub mod retention;
 
 pub use batch::{Batch, Example};

@@ -1,9 +1,12 @@
-//! Injection: one step (train a fresh adapter on a group of facts), strategies (how facts are
-//! grouped into steps) and the driver that runs, records and resumes them.
+//! Injection: a run's stages — plan (which run, which facts, which steps), prepare (base answers,
+//! preservation, projections, replay), then per injection step train (one fresh adapter on a group of
+//! facts), merge, evaluate and commit — and the weights' state (hash, replay of stored deltas).
 pub mod driver;
+pub mod evaluate;
+pub mod plan;
+pub mod prepare;
+pub mod preserve;
+pub mod state;
 pub mod step;
-pub mod strategy;
 
-pub use driver::{run, Progress, RunConfig, RunOutcome, Silent};
-pub use step::TrainConfig;
-pub use strategy::Strategy;
+pub use driver::{resume, run, Progress, RunOutcome, Silent};

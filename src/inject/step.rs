@@ -1,195 +1,21 @@
 //! One injection step: a fresh AdaLoRA adapter trained on every prompt of the group's facts until
 //! each fact reaches the recall threshold on its training prompts (or max_steps), then its factors.
+use super::preserve::{kl_terms, Preserve};
 use crate::adapter::adamw::AdamW;
 use crate::adapter::merge::{factors, Factor};
-use crate::adapter::{AdaLora, AdaLoraConfig};
+use crate::adapter::AdaLora;
+use crate::config::{AdaLoraConfig, Proj, TrainConfig};
 use crate::cuda::{Graph, SideStream};
 use crate::error::Result;
 use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example};
-use crate::model::{Llama, Proj};
-use serde::{Deserialize, Serialize};
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use crate::model::Llama;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-/// Training hyper-parameters of a step (saved with the run, so results can be reproduced).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    pub adalora: AdaLoraConfig,
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub max_steps: i64,
-    /// Training of a step stops once every fact's token accuracy on its training prompts reaches
-    /// this (1.0 by default: stopping at 0.9 leaves facts at the edge, where later edits push them out).
-    pub threshold: f64,
-    /// Padded tokens per micro-batch; a larger group is split and its gradients accumulated.
-    pub max_batch_tokens: usize,
-    pub clip_grad_norm: f64,
-    /// Multiplies the merged update (1 = merge as trained).
-    pub merge_scale: f64,
-    /// Weight of the preservation term: KL(base ‖ current) of the next-token distributions on the
-    /// base model's own answers to unrelated prompts (0 = off).
-    #[serde(default)]
-    pub preserve: f64,
-    /// Preservation prompts per optimizer step (taken in turn from the whole set).
-    #[serde(default = "default_preserve_batch")]
-    pub preserve_batch: usize,
-    /// Null-space projection (0 = off; 0.9 by default): each adapter sees its input with the
-    /// principal directions that carry this share of the base model's input energy on the
-    /// preservation prompts removed, so its update barely moves what those prompts produce (after
-    /// AlphaEdit, arXiv:2410.02355). Measured on the shipped facts: locality 0.864 → 0.909 at the
-    /// same recall (README, "Choosing the defaults"). Left out of the serialised config when 0, so
-    /// the run keys of configurations from before it existed stay the same.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub null_space: f64,
-}
-
-fn is_zero(v: &f64) -> bool {
-    *v == 0.0
-}
-
-fn default_preserve_batch() -> usize {
-    8
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            adalora: AdaLoraConfig::default(),
-            lr: 5e-3,
-            weight_decay: 0.01,
-            max_steps: 60,
-            threshold: 1.0,
-            max_batch_tokens: 4096,
-            clip_grad_norm: 1.0,
-            merge_scale: 1.0,
-            preserve: 4.0,
-            preserve_batch: default_preserve_batch(),
-            null_space: 0.9,
-        }
-    }
-}
-
-/// The preservation set: unrelated prompts with the base model's own answers, in batches of a few
-/// prompts each, with the base model's log-probabilities at their target positions. Optimizer step
-/// s uses batch s mod n, so over a step's training every prompt takes its turn.
-pub struct Preserve {
-    pub batches: Vec<Batch>,
-    pub base_logp: Vec<Tensor>,
-    /// Per adapted (layer, projection): the projection [in, in] onto the null space of the base
-    /// model's inputs there (empty when `null_space` is off).
-    pub projections: HashMap<(usize, Proj), Tensor>,
-}
-
-/// Records Σ xᵀx of the inputs of chosen projections during forwards of the base model.
-struct InputEnergy {
-    sites: HashSet<(usize, Proj)>,
-    sums: RefCell<HashMap<(usize, Proj), Tensor>>,
-}
-
-impl crate::model::Adapter for InputEnergy {
-    fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
-        if self.sites.contains(&(layer, proj)) {
-            let n = x.size().last().copied().unwrap_or(1);
-            let x = x.reshape([-1, n]).to_kind(Kind::Double);
-            let xtx = x.transpose(0, 1).matmul(&x);
-            let mut sums = self.sums.borrow_mut();
-            match sums.get_mut(&(layer, proj)) {
-                Some(t) => *t += xtx,
-                None => {
-                    sums.insert((layer, proj), xtx);
-                }
-            }
-        }
-        None
-    }
-}
-
-/// For each site, I − U Uᵀ where U holds the fewest principal directions of the base model's inputs
-/// (on `examples`, each run alone, so no padding) that carry `share` of their energy.
-pub fn null_space_projections(
-    model: &Llama,
-    examples: &[Example],
-    sites: &[(usize, Proj)],
-    share: f64,
-) -> Result<HashMap<(usize, Proj), Tensor>> {
-    let rec = InputEnergy {
-        sites: sites.iter().copied().collect(),
-        sums: RefCell::new(HashMap::new()),
-    };
-    tch::no_grad(|| {
-        for e in examples {
-            let ids: Vec<i64> = e.prompt.iter().chain(&e.target).copied().collect();
-            let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(model.device());
-            let _ = model.hidden(&ids, None, &rec);
-        }
-    });
-    let mut out = HashMap::new();
-    for (site, k) in rec.sums.into_inner() {
-        // On the CPU in double precision whatever the model's device: small matrices, once per run.
-        let device = k.device();
-        let k = k.to_device(tch::Device::Cpu);
-        let (vals, vecs) = k.linalg_eigh("L");
-        // Eigenvalues ascending: walk from the largest until `share` of the energy is covered.
-        let vals = Vec::<f64>::try_from(vals.clamp_min(0.0))?;
-        let total: f64 = vals.iter().sum();
-        let mut acc = 0.0;
-        let mut top = 0;
-        for v in vals.iter().rev() {
-            if total <= 0.0 || acc >= share * total {
-                break;
-            }
-            acc += v;
-            top += 1;
-        }
-        let n = vals.len() as i64;
-        let u = vecs.narrow(1, n - top as i64, top as i64);
-        let p = Tensor::eye(n, (Kind::Double, tch::Device::Cpu)) - u.matmul(&u.transpose(0, 1));
-        out.insert(site, p.to_kind(Kind::Float).to_device(device));
-    }
-    Ok(out)
-}
-
-impl Preserve {
-    /// Caches the base model's distributions (call before any edit).
-    pub fn new(model: &Llama, examples: &[Example], per_batch: usize) -> Self {
-        let batches: Vec<Batch> = examples
-            .chunks(per_batch.max(1))
-            .map(|c| build(c, usize::MAX, model.device()).remove(0))
-            .collect();
-        let base_logp = tch::no_grad(|| {
-            batches
-                .iter()
-                .map(|b| b.logits(model, &crate::model::NoAdapter).log_softmax(-1, Kind::Float))
-                .collect()
-        });
-        Preserve {
-            batches,
-            base_logp,
-            projections: HashMap::new(),
-        }
-    }
-
-    /// Mean over the positions of batch `step mod n` of KL(base ‖ current).
-    fn kl(&self, model: &Llama, ad: &AdaLora, step: i64) -> Tensor {
-        let i = step as usize % self.batches.len();
-        let (b, base) = (&self.batches[i], &self.base_logp[i]);
-        let cur = b.logits(model, ad).log_softmax(-1, Kind::Float);
-        kl_terms(base, &cur).sum(Kind::Float) / base.size()[0].max(1) as f64
-    }
-}
-
-/// KL(base ‖ current) before summing: p·(log p − log q) per position and vocabulary entry, from
-/// log-probabilities.
-fn kl_terms(base: &Tensor, cur: &Tensor) -> Tensor {
-    base.exp() * (base - cur)
-}
-
 /// The preservation batches padded to one shape (rows × length, and one count of scored positions)
-/// plus static tensors that each step's batch is copied into. A CUDA graph captured over a step
-/// reads the static tensors, so one capture serves every step's batch; with a graph per batch,
-/// each batch's first step cost a capture (about the cost of an eager step) and a step's training
+/// plus static tensors that each optimizer step's batch is copied into. A CUDA graph captured over
+/// an optimizer step reads the static tensors, so one capture serves every batch; with a graph per
+/// batch, each batch's first use cost a capture (about the cost of an eager step) and a step's training
 /// rarely lasts long enough to replay them. Right padding and zero weights leave the value of
 /// [`Preserve::kl`] unchanged.
 struct StaticPreserve {
@@ -307,11 +133,11 @@ fn per_fact(acc: &[f64], owner: &[usize], n_facts: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Eager steps before the step is captured as CUDA graphs: the first backward allocates the
+/// Eager optimizer steps before the optimizer step is captured as CUDA graphs: the first backward allocates the
 /// gradients the graph then accumulates into, and cuBLAS sets up its workspace on the stream.
 const EAGER_STEPS: i64 = 3;
 
-/// A step's outputs: the loss (cross-entropy + regularisers, a float scalar) and each example's
+/// An optimizer step's outputs: the loss (cross-entropy + regularisers, a float scalar) and each example's
 /// count of right argmax target tokens (float [n_examples]), both on the device.
 pub struct Pass {
     pub loss: Tensor,
@@ -328,7 +154,7 @@ impl Pass {
 }
 
 /// The captured graphs of a trainer on a GPU: the forward+backward (the preservation batch of each
-/// step copied into [`StaticPreserve`]'s tensors first) and the update.
+/// optimizer step copied into [`StaticPreserve`]'s tensors first) and the update.
 struct Graphs {
     forward_backward: Option<(Graph, Pass)>,
     update: Option<Graph>,
@@ -349,7 +175,8 @@ pub struct Trainer<'a> {
     opt: AdamW,
     cfg: TrainConfig,
     preserve: Option<&'a Preserve>,
-    step: i64,
+    /// Optimizer steps taken.
+    opt_step: i64,
     /// Real tokens through forward passes so far.
     pub tokens: usize,
     graphs: Option<Graphs>,
@@ -395,7 +222,7 @@ impl<'a> Trainer<'a> {
             opt,
             cfg: cfg.clone(),
             preserve,
-            step: 0,
+            opt_step: 0,
             tokens: 0,
             graphs: stream.map(|s| Graphs {
                 forward_backward: None,
@@ -430,7 +257,7 @@ impl<'a> Trainer<'a> {
         if let Some(p) = self.preserving() {
             let kl = match self.graphs.as_ref().and_then(|g| g.preserve.as_ref()) {
                 Some(loaded) => loaded.kl(self.model, &self.adapter),
-                None => p.kl(self.model, &self.adapter, self.step),
+                None => p.kl(self.model, &self.adapter, self.opt_step),
             };
             reg += kl * self.cfg.preserve;
         }
@@ -445,11 +272,11 @@ impl<'a> Trainer<'a> {
     /// GPU they are the graph's outputs, valid until the next call.
     pub fn forward_backward(&mut self) -> Result<Pass> {
         self.tokens += self.batches.iter().map(|b| b.tokens).sum::<usize>();
-        let step = self.step as usize;
+        let opt_step = self.opt_step as usize;
         if let Some(p) = self.graphs.as_mut().and_then(|g| g.preserve.as_mut()) {
-            p.load(step % p.padded.len());
+            p.load(opt_step % p.padded.len());
         }
-        if self.graphs.is_none() || self.step < EAGER_STEPS {
+        if self.graphs.is_none() || self.opt_step < EAGER_STEPS {
             return Ok(self.forward_backward_eager());
         }
         if self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_none()) {
@@ -475,14 +302,14 @@ impl<'a> Trainer<'a> {
         if before_final {
             self.adapter.allocate_in_graph();
         } else {
-            self.adapter.update_and_allocate(self.step);
+            self.adapter.update_and_allocate(self.opt_step);
         }
     }
 
     /// The optimizer step after [`forward_backward`](Self::forward_backward).
     pub fn update(&mut self) -> Result<()> {
-        let before_final = self.adapter.plan_allocation(self.step);
-        if self.graphs.is_none() || self.step < EAGER_STEPS || !before_final {
+        let before_final = self.adapter.plan_allocation(self.opt_step);
+        if self.graphs.is_none() || self.opt_step < EAGER_STEPS || !before_final {
             self.update_eager(before_final);
         } else {
             if self.graphs.as_ref().is_some_and(|g| g.update.is_none()) {
@@ -497,18 +324,18 @@ impl<'a> Trainer<'a> {
                 .expect("captured")
                 .replay()?;
         }
-        self.step += 1;
+        self.opt_step += 1;
         Ok(())
     }
 
     /// Optimizer steps taken.
     pub fn steps(&self) -> i64 {
-        self.step
+        self.opt_step
     }
 }
 
 /// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to)
-/// until every fact reaches the threshold or `max_steps`. `on_step(step, loss, min_recall)` reports.
+/// until every fact reaches the threshold or `max_steps`. `on_step(opt_step, loss, min_recall)` reports.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &Llama,
@@ -526,15 +353,15 @@ pub fn train(
     let totals = examples.iter().map(|e| e.target.len() as f64).collect::<Vec<_>>();
     let mut losses = Vec::new();
     let mut recall = vec![0.0; n_facts];
-    for step in 0..cfg.max_steps {
+    for opt_step in 0..cfg.max_steps {
         let pass = tr.forward_backward()?;
-        // One read per step: the loss and the argmax counts of this pass.
+        // One read per optimizer step: the loss and the argmax counts of this pass.
         let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
         let loss = read[0] as f64;
         // With dropout off, this pass's argmax is exactly the current weights' recall: stopping
         // here costs no extra forward. With dropout on, measure without it every 5 steps.
         let ex_acc: Vec<f64> = if check_separately {
-            if step % 5 == 0 {
+            if opt_step % 5 == 0 {
                 tr.adapter.training = false;
                 token_accuracy(model, &tr.adapter, &tr.batches, examples.len())
             } else {
@@ -549,13 +376,13 @@ pub fn train(
         };
         recall = per_fact(&ex_acc, owner, n_facts);
         let min_recall = recall.iter().cloned().fold(f64::INFINITY, f64::min);
-        if step > 0 && min_recall >= cfg.threshold {
-            on_step(step, loss, min_recall);
+        if opt_step > 0 && min_recall >= cfg.threshold {
+            on_step(opt_step, loss, min_recall);
             break;
         }
         tr.update()?;
         losses.push(loss);
-        on_step(step, loss, min_recall);
+        on_step(opt_step, loss, min_recall);
     }
     let steps = tr.steps();
     if steps == cfg.max_steps {

@@ -191,15 +191,16 @@ impl Ledger {
         Ok(rows)
     }
 
-    /// Creates a run with its locality baseline, in one transaction.
+    /// Creates a run with its locality baseline, in one transaction; the ledger stamps `created` (UTC).
     pub fn create_run(&mut self, run: &RunRow, base: &[LocalityBase]) -> Result<()> {
         let tx = self.write_transaction()?;
         tx.execute(
-            &format!("INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+            &format!(
+                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,strftime('%Y-%m-%dT%H:%M:%SZ','now'),?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
+            ),
             params![
                 run.id,
                 run.key,
-                run.created,
                 run.strategy,
                 run.config,
                 run.model_path,
@@ -446,6 +447,17 @@ impl Ledger {
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
+
+    /// The run's locality after its latest step that measured it (None before any).
+    pub fn last_locality(&self, run: &str) -> Result<Option<f64>> {
+        Ok(last_locality(&self.locality(run)?))
+    }
+}
+
+/// The latest locality after a step among `(step, value)` rows in step order (the row of step -1,
+/// the base model's 1.0, does not count).
+pub fn last_locality(rows: &[(i64, f64)]) -> Option<f64> {
+    rows.iter().rev().find(|(s, _)| *s >= 0).map(|(_, v)| *v)
 }
 
 #[cfg(test)]

@@ -11,51 +11,7 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use tch::{nn, Device, Kind, Tensor};
 
-/// The linear projections of a decoder layer, the sites an adapter can attach to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub enum Proj {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Proj {
-    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
-
-    /// The checkpoint name of the projection (`q_proj`, …).
-    pub fn name(self) -> &'static str {
-        match self {
-            Proj::Q => "q_proj",
-            Proj::K => "k_proj",
-            Proj::V => "v_proj",
-            Proj::O => "o_proj",
-            Proj::Gate => "gate_proj",
-            Proj::Up => "up_proj",
-            Proj::Down => "down_proj",
-        }
-    }
-
-    /// Parses a checkpoint name (`q_proj` or `q`).
-    pub fn parse(s: &str) -> Option<Proj> {
-        Proj::ALL
-            .into_iter()
-            .find(|p| p.name() == s || p.name().trim_end_matches("_proj") == s)
-    }
-
-    /// The full key of this projection's weight in layer `layer`.
-    pub fn weight_key(self, layer: usize) -> String {
-        let block = if matches!(self, Proj::Gate | Proj::Up | Proj::Down) {
-            "mlp"
-        } else {
-            "self_attn"
-        };
-        format!("model.layers.{layer}.{block}.{}.weight", self.name())
-    }
-}
+pub use crate::config::Proj;
 
 /// A low-rank (or any) additive update to the projections: `y = W x + delta(x)`.
 pub trait Adapter {

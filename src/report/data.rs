@@ -1,30 +1,18 @@
 //! What the reports show, gathered from ledger rows alone.
-use crate::error::Result;
-use crate::ledger::{GenerationRow, Ledger, ProbeRow, RunRow, StepRow};
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+pub use crate::eval::retention::Curve;
+use crate::eval::retention::{FactInfo, FactSummary, Matrix};
+use crate::ledger::{last_locality, GenerationRow, Ledger, ProbeRow, RunRow, StepRow};
 use serde::Serialize;
-use std::collections::HashMap;
-
-/// A fact as the reports name it.
-#[derive(Debug, Clone, Serialize)]
-pub struct FactInfo {
-    pub hash: String,
-    pub id: String,
-    pub answer: String,
-    /// The step that injected it.
-    pub step: i64,
-}
-
-/// (x, y) points of a chart line.
-pub type Curve = Vec<(f64, f64)>;
 
 /// One run's rows, indexed for the pages.
 pub struct RunData {
     pub run: RunRow,
-    pub config: serde_json::Value,
-    /// In injection order.
-    pub facts: Vec<FactInfo>,
+    pub config: RunConfig,
     pub steps: Vec<StepRow>,
-    pub probes: HashMap<(String, i64), ProbeRow>,
+    /// The fact × step scores.
+    pub matrix: Matrix,
     pub locality: Vec<(i64, f64)>,
     pub generations: Vec<GenerationRow>,
 }
@@ -49,47 +37,27 @@ pub struct Summary {
     pub peak_rss_bytes: i64,
 }
 
-fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
-    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    (n > 0).then(|| s / n as f64)
-}
-
 impl RunData {
     pub fn load(ledger: &Ledger, run: &str) -> Result<Self> {
         let run = ledger.run(run)?;
         let steps = ledger.steps(&run.id)?;
-        let by_hash: HashMap<String, crate::knowledge::Fact> = ledger
-            .run_facts(&run.id)?
-            .into_iter()
-            .map(|f| (f.hash.clone(), f))
-            .collect();
-        let mut facts = Vec::new();
-        for s in &steps {
-            for h in &s.facts {
-                if let Some(f) = by_hash.get(h) {
-                    facts.push(FactInfo {
-                        hash: h.clone(),
-                        id: f.id.clone(),
-                        answer: f.answer.clone(),
-                        step: s.idx,
-                    });
-                }
-            }
-        }
-        let probes = ledger
-            .probes(&run.id)?
-            .into_iter()
-            .map(|p| ((p.fact.clone(), p.step), p))
-            .collect();
+        // Typed as the run recorded it; not validated again, so a page renders whatever the row holds.
+        let config: RunConfig = serde_json::from_str(&run.config)
+            .map_err(|e| Error::Ledger(format!("run {}: unreadable config: {e}", run.id)))?;
+        let matrix = Matrix::new(&steps, &ledger.run_facts(&run.id)?, ledger.probes(&run.id)?);
         Ok(RunData {
-            config: serde_json::from_str(&run.config).unwrap_or(serde_json::Value::Null),
+            config,
             locality: ledger.locality(&run.id)?,
             generations: ledger.generations(&run.id)?,
             run,
-            facts,
             steps,
-            probes,
+            matrix,
         })
+    }
+
+    /// The facts in injection order.
+    pub fn facts(&self) -> &[FactInfo] {
+        &self.matrix.facts
     }
 
     pub fn last_step(&self) -> Option<i64> {
@@ -97,27 +65,26 @@ impl RunData {
     }
 
     pub fn probe(&self, fact: &str, step: i64) -> Option<&ProbeRow> {
-        self.probes.get(&(fact.to_string(), step))
+        self.matrix.at(fact, step)
+    }
+
+    /// One summary per fact, in injection order.
+    pub fn fact_summaries(&self) -> Vec<FactSummary> {
+        self.matrix.fact_summaries(&self.steps)
     }
 
     pub fn summary(&self) -> Summary {
         let last = self.last_step().unwrap_or(-1);
-        let at_end = |f: &FactInfo| self.probe(&f.hash, last);
-        let quarter = self.facts.len().div_ceil(4);
+        let n = self.facts().len();
+        let (final_recall, final_general) = self.matrix.mean_after(last, n);
         Summary {
-            facts: self.facts.len(),
+            facts: n,
             steps: self.steps.len(),
-            final_recall: mean(self.facts.iter().filter_map(|f| at_end(f).map(|p| p.recall))).unwrap_or(f64::NAN),
-            final_general: mean(self.facts.iter().filter_map(|f| at_end(f).and_then(|p| p.general))),
-            recall_at_step: mean(
-                self.facts
-                    .iter()
-                    .filter_map(|f| self.probe(&f.hash, f.step).map(|p| p.recall)),
-            )
-            .unwrap_or(f64::NAN),
-            locality: self.locality.iter().rev().find(|(s, _)| *s >= 0).map(|(_, v)| *v),
-            first_quarter_recall: mean(self.facts[..quarter].iter().filter_map(|f| at_end(f).map(|p| p.recall)))
-                .unwrap_or(f64::NAN),
+            final_recall: final_recall.unwrap_or(f64::NAN),
+            final_general,
+            recall_at_step: self.matrix.recall_at_step().unwrap_or(f64::NAN),
+            locality: last_locality(&self.locality),
+            first_quarter_recall: self.matrix.mean_after(last, n.div_ceil(4)).0.unwrap_or(f64::NAN),
             wall_seconds: self.steps.iter().map(|s| s.seconds + s.eval_seconds).sum(),
             train_seconds: self.steps.iter().map(|s| s.seconds).sum(),
             optimizer_steps: self.steps.iter().map(|s| s.optimizer_steps).sum(),
@@ -129,21 +96,6 @@ impl RunData {
     /// Mean recall and generalisation, after each step, over the facts injected so far that were
     /// evaluated at that step.
     pub fn curves(&self) -> (Curve, Curve) {
-        let (mut rec, mut gen) = (Vec::new(), Vec::new());
-        for s in &self.steps {
-            let rows: Vec<&ProbeRow> = self
-                .facts
-                .iter()
-                .filter(|f| f.step <= s.idx)
-                .filter_map(|f| self.probe(&f.hash, s.idx))
-                .collect();
-            if let Some(m) = mean(rows.iter().map(|p| p.recall)) {
-                rec.push((s.idx as f64, m));
-            }
-            if let Some(m) = mean(rows.iter().filter_map(|p| p.general)) {
-                gen.push((s.idx as f64, m));
-            }
-        }
-        (rec, gen)
+        self.matrix.curves(&self.steps)
     }
 }

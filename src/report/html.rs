@@ -1,7 +1,9 @@
 //! The HTML pages: one per run, one per comparison, and the index. Self-contained: inline CSS and
 //! SVG, no script, no network.
 use super::data::{RunData, Summary};
+use super::num;
 use super::svg::{esc, heat, heatmap, line_chart, Series, PALETTE};
+use crate::config::Proj;
 use std::fmt::Write;
 
 const CSS: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
@@ -17,14 +19,6 @@ fn page(title: &str, body: &str) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body>{body}</body></html>\n",
         esc(title)
     )
-}
-
-/// A number as the pages print it (two decimals; '-' when absent).
-pub fn num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => format!("{v:.2}"),
-        _ => "-".into(),
-    }
 }
 
 fn mib(b: i64) -> String {
@@ -74,23 +68,21 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     let Some(last) = d.steps.last() else {
         return String::new();
     };
-    let init_r = d.config["train"]["adalora"]["init_r"].as_f64().unwrap_or(12.0);
+    let init_r = d.config.train.adalora.init_r as f64;
     let mut layers: Vec<usize> = Vec::new();
     let mut modules: Vec<String> = Vec::new();
     let mut val = std::collections::HashMap::new();
     for (key, rank) in &last.rank_pattern {
-        // model.layers.{l}.{block}.{proj}.weight
-        let parts: Vec<&str> = key.split('.').collect();
-        let (Some(l), Some(p)) = (parts.get(2).and_then(|l| l.parse::<usize>().ok()), parts.get(4)) else {
+        let Some((l, p)) = Proj::parse_weight_key(key) else {
             continue;
         };
         if !layers.contains(&l) {
             layers.push(l);
         }
-        if !modules.iter().any(|m| m == p) {
-            modules.push(p.to_string());
+        if !modules.iter().any(|m| m == p.name()) {
+            modules.push(p.name().to_string());
         }
-        val.insert((l, p.to_string()), *rank as f64 / init_r);
+        val.insert((l, p.name().to_string()), *rank as f64 / init_r);
     }
     layers.sort();
     let rows: Vec<String> = modules.clone();
@@ -101,10 +93,10 @@ fn rank_chart(d: &RunData, title: &str) -> String {
 }
 
 fn retention_chart(d: &RunData, title: &str) -> String {
-    let rows: Vec<String> = d.facts.iter().map(|f| f.id.clone()).collect();
+    let rows: Vec<String> = d.facts().iter().map(|f| f.id.clone()).collect();
     let cols: Vec<String> = d.steps.iter().map(|s| s.idx.to_string()).collect();
     heatmap(title, &rows, &cols, |i, j| {
-        let f = &d.facts[i];
+        let f = &d.facts()[i];
         let step = d.steps[j].idx;
         (f.step <= step)
             .then(|| d.probe(&f.hash, step).map(|p| p.recall))
@@ -116,7 +108,7 @@ fn generations_table(d: &RunData, limit: usize) -> String {
     let last = d.last_step().unwrap_or(-1);
     let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before its step</th><th class=l>after the last step</th><th>F1</th></tr>");
     let mut n = 0;
-    for f in &d.facts {
+    for f in d.facts() {
         let before = d.generations.iter().find(|g| g.fact == f.hash && g.step == -1);
         let after = d.generations.iter().find(|g| g.fact == f.hash && g.step == last);
         let Some(after) = after else { continue };
@@ -166,21 +158,18 @@ pub fn run_page(d: &RunData) -> String {
     }
     b.push_str("</tr></table>");
     b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>previous answer</th></tr>");
-    let last = d.last_step().unwrap_or(-1);
-    for f in &d.facts {
-        let at = d.probe(&f.hash, f.step);
-        let end = d.probe(&f.hash, last);
+    for f in d.fact_summaries() {
         let _ = write!(
             b,
             "<tr><td class=l>{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&f.id),
             f.step,
-            heat(at.map(|p| p.recall).unwrap_or(0.0)),
-            num(at.map(|p| p.recall)),
-            heat(end.map(|p| p.recall).unwrap_or(0.0)),
-            num(end.map(|p| p.recall)),
-            num(end.and_then(|p| p.general)),
-            num(end.and_then(|p| p.previous))
+            heat(if f.recall_at_step.is_finite() { f.recall_at_step } else { 0.0 }),
+            num(Some(f.recall_at_step)),
+            heat(if f.recall.is_finite() { f.recall } else { 0.0 }),
+            num(Some(f.recall)),
+            num(f.general),
+            num(f.previous)
         );
     }
     b.push_str("</table>");

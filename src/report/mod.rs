@@ -9,6 +9,14 @@ use crate::ledger::Ledger;
 use data::RunData;
 use std::path::{Path, PathBuf};
 
+/// A number as the pages and the command line print it: two decimals, '-' when absent or not finite.
+pub fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() => format!("{v:.2}"),
+        _ => "-".into(),
+    }
+}
+
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;

@@ -1,6 +1,7 @@
-//! How facts are grouped into steps. Every strategy sees the same facts in the same order with the
+//! How facts are grouped into injection steps. Every strategy sees the same facts in the same order with the
 //! same hyper-parameters; only the grouping differs.
 use crate::error::Error;
+use crate::rng;
 use std::fmt;
 use std::str::FromStr;
 
@@ -58,20 +59,11 @@ impl Strategy {
         (0..n).collect::<Vec<_>>().chunks(size).map(<[usize]>::to_vec).collect()
     }
 
-    /// Earlier facts to rehearse at a step: K of `earlier`, drawn with a generator seeded by the run's
-    /// seed and the step index, so a resumed run rehearses the same ones.
+    /// Earlier facts to rehearse at a step: K of `earlier`, drawn by [`rng::sample_distinct`] seeded
+    /// with the run's seed and the step index, so a resumed run rehearses the same ones.
     pub fn rehearse(&self, earlier: &[String], seed: u64, step: i64) -> Vec<String> {
         let Strategy::Replay(k) = self else { return Vec::new() };
-        let mut pool: Vec<String> = earlier.to_vec();
-        let mut state = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-        let mut out = Vec::new();
-        while out.len() < *k && !pool.is_empty() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.push(pool.swap_remove((state % pool.len() as u64) as usize));
-        }
-        out
+        rng::sample_distinct(earlier, *k, seed, step)
     }
 }
 

@@ -1,0 +1,118 @@
+//! The evaluation stage after an injection step's merge: the step's own facts and, at retention checks
+//! (see [`Cadence`]), earlier facts, scored in one batched teacher-forced pass; greedy generations
+//! for the reports' before/after samples; locality at full checks; the new weights' hash.
+use super::plan::Plan;
+use super::prepare::Prepared;
+use super::state::weights_hash;
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
+use crate::eval::retention::Cadence;
+use crate::knowledge::Fact;
+use crate::ledger::{GenerationRow, ProbeRow};
+use crate::model::{Llama, Loaded, Tokenizer};
+use std::collections::HashMap;
+
+/// Greedy generations (before and after) are sampled for this many facts of a run, the first ones.
+const MAX_SAMPLED_GENERATIONS: usize = 64;
+
+/// What the evaluation after one step measured.
+pub struct Evaluated {
+    pub probes: Vec<ProbeRow>,
+    /// Greedy answers after the step (the step's facts; at the last step, every injected fact).
+    pub generations: Vec<GenerationRow>,
+    /// Locality, at full checks.
+    pub locality: Option<f64>,
+    pub weights_hash: String,
+    /// The lowest recall among the step's own facts.
+    pub own_recall: f64,
+}
+
+/// Those of `facts` whose greedy answers the reports show (the run's first ones).
+pub fn sampled<'a>(plan: &Plan, facts: impl IntoIterator<Item = &'a Fact>) -> Vec<&'a Fact> {
+    let position: HashMap<&str, usize> = plan
+        .facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.hash.as_str(), i))
+        .collect();
+    facts
+        .into_iter()
+        .filter(|f| position[f.hash.as_str()] < MAX_SAMPLED_GENERATIONS)
+        .collect()
+}
+
+/// Evaluates the model after step `idx` (`last`: the last step of this invocation) that injected
+/// `own`; `injected` holds every fact injected so far, in order, `own` included.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    loaded: &Loaded,
+    prepared: &Prepared,
+    config: &RunConfig,
+    plan: &Plan,
+    idx: i64,
+    last: bool,
+    own: &[&Fact],
+    injected: &[String],
+) -> Result<Evaluated> {
+    let model = &loaded.model;
+    let cadence = Cadence::of(config);
+    let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
+    let scored = cadence.facts_to_score(idx, last, &own_hashes, injected);
+    let ex: Vec<&FactExamples> = scored.iter().map(|h| &prepared.examples[h]).collect();
+    let scores: Vec<FactScore> = score(model, &ex, config.eval_batch_tokens);
+    let probes: Vec<ProbeRow> = scored
+        .iter()
+        .zip(&scores)
+        .map(|(h, s)| ProbeRow {
+            step: idx,
+            fact: h.clone(),
+            recall: s.recall,
+            general: s.general,
+            previous: s.previous,
+            detail: serde_json::json!({"recall": s.recall_each, "general": s.general_each}).to_string(),
+        })
+        .collect();
+    let shown: Vec<&Fact> = if last {
+        let by_hash: HashMap<&str, &Fact> = plan.facts.iter().map(|f| (f.hash.as_str(), f)).collect();
+        sampled(plan, injected.iter().filter_map(|h| by_hash.get(h.as_str()).copied()))
+    } else {
+        sampled(plan, own.iter().copied())
+    };
+    let generations = sample_generations(model, &loaded.tokenizer, &shown, idx)?;
+    let locality = cadence
+        .is_full(idx, last)
+        .then(|| mean_accuracy(model, &prepared.locality, config.eval_batch_tokens));
+    let weights_hash = weights_hash(model, &loaded.source_hash, &config.train)?;
+    let own_recall = scores[..own.len()]
+        .iter()
+        .map(|s| s.recall)
+        .fold(f64::INFINITY, f64::min);
+    Ok(Evaluated {
+        probes,
+        generations,
+        locality,
+        weights_hash,
+        own_recall,
+    })
+}
+
+/// Greedy answers to each fact's first probe (its first prompt when it has none), decoded
+/// together, as the reports' before/after samples of step `step` (-1: before any step of the run).
+pub fn sample_generations(model: &Llama, tok: &Tokenizer, facts: &[&Fact], step: i64) -> Result<Vec<GenerationRow>> {
+    let qa: Vec<(&str, &str)> = facts
+        .iter()
+        .map(|f| (f.probes.first().unwrap_or(&f.prompts[0]).as_str(), f.answer.as_str()))
+        .collect();
+    Ok(generate_f1_all(model, tok, &qa)?
+        .into_iter()
+        .zip(facts.iter().zip(&qa))
+        .map(|((text, f1), (f, (q, _)))| GenerationRow {
+            step,
+            fact: f.hash.clone(),
+            prompt: q.to_string(),
+            text,
+            f1,
+        })
+        .collect())
+}

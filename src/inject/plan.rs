@@ -1,0 +1,137 @@
+//! The first stage of a run: which run this is (found in the ledger by its key, or recorded now), the
+//! facts it holds, what its committed steps injected, and how the facts still to inject are grouped
+//! into the coming injection steps. No training here; a new run's record includes the base model's
+//! answers to the locality prompts, made before any edit.
+use super::prepare::locality_baseline;
+use super::state::weights_hash;
+use crate::config::{RunConfig, Strategy};
+use crate::error::{Error, Result};
+use crate::knowledge::{Fact, Knowledge};
+use crate::ledger::{Ledger, RunRow};
+use crate::model::Loaded;
+use std::collections::HashSet;
+
+/// What a run will do in this invocation.
+pub struct Plan {
+    pub run: RunRow,
+    pub strategy: Strategy,
+    /// Every fact of the run, in the order it was added to the run.
+    pub facts: Vec<Fact>,
+    /// Hashes of the facts injected by the committed steps, in injection order.
+    pub injected: Vec<String>,
+    /// Committed steps.
+    pub done_steps: usize,
+    /// The coming injection steps: indices into `facts` of each step's facts.
+    pub groups: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    /// The index the `g`-th coming step will have in the ledger.
+    pub fn step_index(&self, g: usize) -> i64 {
+        (self.done_steps + g) as i64
+    }
+}
+
+/// The identity of a run: same model, knowledge directory and config give the same run.
+pub fn run_key(model_hash: &str, knowledge_dir: &str, config: &RunConfig) -> String {
+    let s = serde_json::json!({"model": model_hash, "knowledge": knowledge_dir, "config": config});
+    blake3::hash(s.to_string().as_bytes()).to_hex().to_string()
+}
+
+fn canonical_dir(k: &Knowledge) -> String {
+    std::fs::canonicalize(&k.dir)
+        .unwrap_or_else(|_| k.dir.clone())
+        .display()
+        .to_string()
+}
+
+/// The run of `knowledge` under `config` on the loaded model: found by its key, or recorded now.
+pub fn find_or_record(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    model_path: &str,
+    knowledge: &Knowledge,
+    config: &RunConfig,
+) -> Result<RunRow> {
+    let dir = canonical_dir(knowledge);
+    let key = run_key(&loaded.source_hash, &dir, config);
+    match ledger.find_run_by_key(&key)? {
+        Some(r) => Ok(r),
+        None => record_run(ledger, loaded, model_path, knowledge, config, &key, &dir),
+    }
+}
+
+/// Records a new run: its config, the base weights' hash and the base model's answers to the
+/// locality prompts (generated now, before any edit).
+fn record_run(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    model_path: &str,
+    knowledge: &Knowledge,
+    config: &RunConfig,
+    key: &str,
+    dir: &str,
+) -> Result<RunRow> {
+    let base_hash = weights_hash(&loaded.model, &loaded.source_hash, &config.train)?;
+    let base = locality_baseline(loaded, config.locality_tokens)?;
+    let row = RunRow {
+        id: format!("run-{}", &key[..8]),
+        key: key.to_string(),
+        // The ledger stamps the time of creation.
+        created: String::new(),
+        strategy: config.strategy.clone(),
+        config: config.to_json(),
+        model_path: model_path.to_string(),
+        model_hash: loaded.source_hash.clone(),
+        knowledge_dir: dir.to_string(),
+        knowledge_hash: knowledge.hash(),
+        seed: config.seed as i64,
+        status: "running".into(),
+        base_weights_hash: base_hash.clone(),
+        weights_hash: base_hash,
+        finished: None,
+    };
+    ledger.create_run(&row, &base)?;
+    ledger.set_locality(&row.id, -1, 1.0)?;
+    ledger.run(&row.id)
+}
+
+/// Checks that `run` was made with the loaded model (bad input otherwise).
+pub fn check_model(run: &RunRow, loaded: &Loaded, model_path: &str) -> Result<()> {
+    if loaded.source_hash == run.model_hash {
+        return Ok(());
+    }
+    Err(Error::BadInput(format!(
+        "{model_path}: not the model run {} was made with (hash {} vs {})",
+        run.id,
+        &loaded.source_hash[..12],
+        &run.model_hash[..12]
+    )))
+}
+
+/// Adds the knowledge's facts to `run` (facts it holds already are kept) and plans the steps that
+/// inject the ones no committed step has.
+pub fn plan(ledger: &mut Ledger, run: RunRow, knowledge: &Knowledge, config: &RunConfig) -> Result<Plan> {
+    let strategy = config.strategy()?;
+    ledger.add_facts(&run.id, &knowledge.facts)?;
+    let facts = ledger.run_facts(&run.id)?;
+    let steps = ledger.steps(&run.id)?;
+    let injected: Vec<String> = steps.iter().flat_map(|s| s.facts.iter().cloned()).collect();
+    let done: HashSet<&str> = injected.iter().map(String::as_str).collect();
+    let pending: Vec<usize> = (0..facts.len())
+        .filter(|&i| !done.contains(facts[i].hash.as_str()))
+        .collect();
+    let groups = strategy
+        .groups(pending.len())
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| pending[i]).collect())
+        .collect();
+    Ok(Plan {
+        run,
+        strategy,
+        facts,
+        injected,
+        done_steps: steps.len(),
+        groups,
+    })
+}
