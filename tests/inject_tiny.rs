@@ -178,3 +178,57 @@ fn running_out_of_steps_is_reported() {
     let err = stderr(&o);
     assert!(err.contains("raise --max-steps"), "{err}");
 }
+
+/// Where the time went is recorded: every step's phases, the invocation's fixed costs (with the
+/// model load), in `run --json`, the ledger and the run report.
+#[test]
+fn phases_are_recorded_per_step_and_per_invocation() {
+    let d = small_workspace();
+    let p = d.path();
+    let o = injector(p, &run_args(&["--json", "--reports", "r"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let sp = &out["step_phases"];
+    for k in [
+        "before",
+        "setup",
+        "train",
+        "merge",
+        "own_probes",
+        "retention",
+        "generations",
+        "locality",
+        "hash",
+    ] {
+        assert!(sp[k].as_f64().unwrap() > 0.0, "step phase {k}: {sp}");
+    }
+    assert!(out["fixed"]["model_load"].as_f64().unwrap() > 0.0);
+    assert!(out["fixed"]["commit"].as_f64().unwrap() > 0.0);
+    // The parts add up to no more than the invocation's wall time.
+    let parts: f64 = sp
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum::<f64>()
+        + out["fixed"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum::<f64>()
+        - out["fixed"]["model_load"].as_f64().unwrap();
+    assert!(
+        parts <= out["seconds"].as_f64().unwrap() + 1e-3,
+        "{parts} > {}",
+        out["seconds"]
+    );
+    let run = out["run"].as_str().unwrap();
+    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    for s in v["steps"].as_array().unwrap() {
+        assert!(s["phases"]["train"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    let page = std::fs::read_to_string(p.join("r").join(run).join("index.html")).unwrap();
+    assert!(page.contains("Where the time went") && page.contains("id=invocations"));
+}

@@ -41,12 +41,22 @@ fn a_ledger_of_the_previous_release_opens_and_resumes() {
         injector(p, &a.iter().map(String::as_str).collect::<Vec<_>>())
     };
 
-    // Read: the list, the run with its typed config and per-fact summary, and its report.
+    // Read: the list, the run with its config and per-fact summary, and its report.
     let list = json(&run(&["ledger", "list", "--json"]));
     assert_eq!(list[0]["id"], RUN);
     let show = json(&run(&["ledger", "show", RUN, "--json"]));
     assert_eq!(show["run"]["weights_hash"], RECORDED);
     assert_eq!(show["config"]["train"]["lr"], 0.05);
+    // Today's code derives the same run key from the recorded config (the key hashes the config's
+    // serialised form, so the same command still finds the same run).
+    let r = &show["run"];
+    let config = injector::config::RunConfig::from_json(r["config"].as_str().unwrap(), "ledger").unwrap();
+    let key = injector::inject::plan::run_key(
+        r["model_hash"].as_str().unwrap(),
+        r["knowledge_dir"].as_str().unwrap(),
+        &config,
+    );
+    assert_eq!(key, r["key"].as_str().unwrap());
     let ids: Vec<&str> = show["summary"]
         .as_array()
         .unwrap()
@@ -75,7 +85,6 @@ fn a_ledger_of_the_previous_release_opens_and_resumes() {
     assert_ne!(out["weights_hash"], RECORDED);
     let show = json(&run(&["ledger", "show", RUN, "--json"]));
     assert_eq!(show["run"]["status"], "finished");
-    assert_eq!(show["steps"][1]["weights_hash"], RECORDED);
 
     // And the same command again is a no-op.
     let again = json(&run(&["run", "--resume", RUN, "k", "--model", "tiny.gguf", "--json"]));

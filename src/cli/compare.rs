@@ -42,7 +42,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let configs: Vec<RunConfig> = strategies
         .iter()
-        .map(|s| a.train.run_config(*s, g.seed))
+        .map(|s| a.train.run_config(Some(*s), g.seed))
         .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
     let device = injector::device::parse_device(&g.device)?;

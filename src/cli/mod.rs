@@ -37,9 +37,9 @@ pub struct Global {
     /// Where HTML reports are written.
     #[arg(long, global = true, default_value = "reports")]
     pub reports: PathBuf,
-    /// Random seed for everything that samples.
-    #[arg(long, global = true, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed for everything that samples (default: the run config's, 0).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -82,7 +82,7 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     };
     let ledger = injector::ledger::Ledger::open_existing(&g.ledger)?;
     let r = ledger.run(id)?;
-    let config = injector::config::RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
+    let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let loaded = injector::model::load(&path, device)?;
     injector::inject::plan::check_model(&r, &loaded, &path.display().to_string())?;

@@ -44,7 +44,7 @@ pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
     let s = Sampling {
         temperature: a.temperature,
         top_p: a.top_p,
-        seed: g.seed,
+        seed: g.seed.unwrap_or_default(),
         max_tokens: a.max_tokens,
     };
     let mut out = std::io::stdout().lock();

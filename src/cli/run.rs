@@ -16,9 +16,9 @@ use std::path::PathBuf;
 pub struct RunArgs {
     /// The knowledge directory (or one YAML file). Optional with --resume.
     pub dir: Option<PathBuf>,
-    /// sequential, batch:K, mixed or replay:K.
-    #[arg(long, default_value = "sequential")]
-    pub strategy: String,
+    /// sequential (the default), batch:K, mixed or replay:K.
+    #[arg(long)]
+    pub strategy: Option<String>,
     /// Continue this run with the config it recorded, on the facts of DIR (default: the folder it was
     /// made from); facts it has injected are skipped. The same command again does the same.
     #[arg(long)]
@@ -52,13 +52,19 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 .ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
             let config = match &a.config_json {
                 Some(j) => RunConfig::from_json(j, "--config-json")?,
-                None => a.train.run_config(a.strategy.parse::<Strategy>()?, g.seed)?,
+                None => {
+                    let strategy = a.strategy.as_deref().map(str::parse::<Strategy>).transpose()?;
+                    a.train.run_config(strategy, g.seed)?
+                }
             };
             (None, config, dir, g.model_path())
         }
     };
     let knowledge = load_dir(&dir)?;
     let loaded = injector::model::load(&model_path, device)?;
+    if let Some(r) = &resumed {
+        inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;
+    }
     config.check_layers(loaded.model.cfg.num_hidden_layers)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
@@ -92,11 +98,11 @@ pub fn print_summary(o: &RunOutcome) {
     );
     for f in &o.facts {
         println!(
-            "{:<28} {:>4} {:>10.2} {:>8.2} {:>8} {:>8.1}",
+            "{:<28} {:>4} {:>10} {:>8} {:>8} {:>8.1}",
             truncate(&f.id, 28),
             f.step,
-            f.recall_at_step,
-            f.recall,
+            num(Some(f.recall_at_step)),
+            num(Some(f.recall)),
             num(f.general),
             f.seconds
         );

@@ -57,14 +57,15 @@ pub struct TrainArgs {
     /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1); always after the last.
     #[arg(long)]
     pub retention_every: Option<usize>,
-    /// At intermediate retention checks, score only a fixed sample of this many earlier facts.
+    /// At intermediate retention checks, score only a seeded sample of this many earlier facts (0 = all).
     #[arg(long)]
     pub retention_sample: Option<usize>,
 }
 
 impl TrainArgs {
-    /// The preset with the flags applied, under `strategy` and `seed`, validated (bad input).
-    pub fn run_config(&self, strategy: Strategy, seed: u64) -> Result<RunConfig, Error> {
+    /// The preset with the flags applied, under `strategy` and `seed` (the config's defaults when not
+    /// given), validated (bad input).
+    pub fn run_config(&self, strategy: Option<Strategy>, seed: Option<u64>) -> Result<RunConfig, Error> {
         let mut t = TrainConfig::preset(&self.preset)?;
         let a = &mut t.adalora;
         set(&mut a.lora_alpha, self.alpha);
@@ -85,7 +86,14 @@ impl TrainArgs {
         set(&mut t.preserve, self.preserve);
         set(&mut t.preserve_batch, self.preserve_batch);
         set(&mut t.null_space, self.null_space);
-        let mut c = RunConfig::new(strategy, seed, t);
+        let mut c = RunConfig {
+            train: t,
+            ..RunConfig::default()
+        };
+        if let Some(s) = strategy {
+            c.strategy = s.to_string();
+        }
+        set(&mut c.seed, seed);
         set(&mut c.retention_every, self.retention_every);
         set(&mut c.retention_sample, self.retention_sample);
         c.validate()?;

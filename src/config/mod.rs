@@ -76,6 +76,13 @@ pub struct TrainConfig {
     pub lr: f64,
     /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
+    /// AdamW's β1 and β2 (names as in transformers' TrainingArguments). Left out of the serialised
+    /// config at 0.9 / 0.999, the values every run used before they were configurable, so run keys
+    /// stay the same.
+    #[serde(default = "adam_beta1", skip_serializing_if = "is_adam_beta1")]
+    pub adam_beta1: f64,
+    #[serde(default = "adam_beta2", skip_serializing_if = "is_adam_beta2")]
+    pub adam_beta2: f64,
     /// Most optimizer steps of one injection step (also the allocator's total_step).
     pub max_steps: i64,
     /// Training of a step stops once every fact's token accuracy on its training prompts reaches
@@ -108,6 +115,22 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn adam_beta1() -> f64 {
+    0.9
+}
+
+fn adam_beta2() -> f64 {
+    0.999
+}
+
+fn is_adam_beta1(v: &f64) -> bool {
+    *v == adam_beta1()
+}
+
+fn is_adam_beta2(v: &f64) -> bool {
+    *v == adam_beta2()
+}
+
 /// `preserve_batch` of configs written before the field existed.
 fn legacy_preserve_batch() -> usize {
     8
@@ -119,6 +142,8 @@ impl Default for TrainConfig {
             adalora: AdaLoraConfig::default(),
             lr: 5e-3,
             weight_decay: 0.01,
+            adam_beta1: adam_beta1(),
+            adam_beta2: adam_beta2(),
             max_steps: 60,
             threshold: 1.0,
             max_batch_tokens: 4096,
@@ -172,7 +197,7 @@ pub struct RunConfig {
     pub train: TrainConfig,
     /// Evaluate retention (earlier facts) after every k-th injection step; always after the last.
     pub retention_every: usize,
-    /// At intermediate retention checks, score only a fixed sample of this many earlier facts; 0 = all.
+    /// At intermediate retention checks, score only a seeded sample of this many earlier facts; 0 = all.
     pub retention_sample: usize,
     /// Tokens of the base model's greedy answers kept for locality (and for the preservation set).
     pub locality_tokens: usize,
@@ -220,6 +245,14 @@ impl RunConfig {
         Ok(c)
     }
 
+    /// Reads a config the ledger recorded for a run, for uses that only read the run (its replayed
+    /// weights, its report): typed, not range-checked, so a run recorded by an earlier, laxer release
+    /// can still be read. Continuing to train it goes through [`RunConfig::from_json`].
+    /// Errors: a config that does not parse (a ledger error naming the run).
+    pub fn from_ledger(json: &str, run: &str) -> Result<RunConfig> {
+        serde_json::from_str(json).map_err(|e| Error::Ledger(format!("run {run}: unreadable config: {e}")))
+    }
+
     /// The config as JSON, as the ledger stores it.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a config serialises")
@@ -234,13 +267,15 @@ impl RunConfig {
         let mut c = Checks::default();
         c.positive(t.lr, "--lr", "train.lr");
         c.non_negative(t.weight_decay, "", "train.weight_decay");
+        c.within(t.adam_beta1, false, "", "train.adam_beta1");
+        c.within(t.adam_beta2, false, "", "train.adam_beta2");
         c.at_least_one(t.max_steps, "--max-steps", "train.max_steps");
         c.within(t.threshold, true, "--threshold", "train.threshold");
-        c.at_least_one(t.max_batch_tokens as i64, "", "train.max_batch_tokens");
+        c.at_least_one(t.max_batch_tokens as u64, "", "train.max_batch_tokens");
         c.positive(t.clip_grad_norm, "", "train.clip_grad_norm");
-        c.positive(t.merge_scale, "--merge-scale", "train.merge_scale");
+        c.non_negative(t.merge_scale, "--merge-scale", "train.merge_scale");
         c.non_negative(t.preserve, "--preserve", "train.preserve");
-        c.at_least_one(t.preserve_batch as i64, "--preserve-batch", "train.preserve_batch");
+        c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
         c.within(t.null_space, false, "--null-space", "train.null_space");
         c.at_least_one(a.init_r, "--init-r", "train.adalora.init_r");
         c.check(
@@ -258,6 +293,14 @@ impl RunConfig {
         c.check(a.tinit >= 0, "", "train.adalora.tinit", "at least 0", a.tinit);
         c.check(a.tfinal >= 0, "", "train.adalora.tfinal", "at least 0", a.tfinal);
         c.at_least_one(a.delta_t, "", "train.adalora.delta_t");
+        // The budget falls between tinit and max_steps - tfinal (peft asserts the same).
+        c.check(
+            a.tinit + a.tfinal < t.max_steps,
+            "",
+            "train.adalora.tinit + train.adalora.tfinal",
+            "less than --max-steps",
+            a.tinit + a.tfinal,
+        );
         let targets: Vec<&str> = a.targets.iter().map(|p| p.name()).collect();
         c.check(
             !targets.is_empty() && !has_repeats(&targets),
@@ -273,9 +316,9 @@ impl RunConfig {
             "a list without repeats",
             format!("{:?}", a.layers),
         );
-        c.at_least_one(self.retention_every as i64, "--retention-every", "retention_every");
-        c.at_least_one(self.locality_tokens as i64, "", "locality_tokens");
-        c.at_least_one(self.eval_batch_tokens as i64, "", "eval_batch_tokens");
+        c.at_least_one(self.retention_every as u64, "--retention-every", "retention_every");
+        c.at_least_one(self.locality_tokens as u64, "", "locality_tokens");
+        c.at_least_one(self.eval_batch_tokens as u64, "", "eval_batch_tokens");
         match c.problems.is_empty() {
             true => Ok(()),
             false => Err(Error::BadInput(c.problems.join("; "))),
@@ -329,8 +372,8 @@ impl Checks {
         self.check(ok, flag, field, if closed { "in [0, 1]" } else { "in [0, 1)" }, v);
     }
 
-    fn at_least_one(&mut self, v: i64, flag: &str, field: &str) {
-        self.check(v >= 1, flag, field, "at least 1", v);
+    fn at_least_one(&mut self, v: impl Into<i128> + Copy + std::fmt::Display, flag: &str, field: &str) {
+        self.check(v.into() >= 1, flag, field, "at least 1", v);
     }
 }
 
@@ -402,6 +445,8 @@ mod tests {
         let mut off = config();
         off.train.null_space = 0.0;
         assert!(!off.to_json().contains("null_space"));
+        off.train.adam_beta1 = 0.8;
+        assert!(off.to_json().contains(r#""adam_beta1":0.8"#));
     }
 
     /// A config of the first release (no preserve, preserve_batch or null_space) reads with the
@@ -430,6 +475,9 @@ mod tests {
             (Box::new(|c| c.train.adalora.lora_alpha = f64::NAN), "--alpha"),
             (Box::new(|c| c.train.adalora.lora_alpha = 0.0), "--alpha"),
             (Box::new(|c| c.train.merge_scale = f64::NAN), "--merge-scale"),
+            (Box::new(|c| c.train.merge_scale = -1.0), "--merge-scale"),
+            (Box::new(|c| c.train.adam_beta2 = 1.0), "adam_beta2"),
+            (Box::new(|c| c.train.adalora.tinit = 60), "tinit + train.adalora.tfinal"),
             (Box::new(|c| c.train.preserve = -1.0), "--preserve"),
             (Box::new(|c| c.train.adalora.orth_reg_weight = -5.0), "--orth-reg"),
             (Box::new(|c| c.train.null_space = 1.0), "--null-space"),

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// When and what retention scores: every earlier fact after every `every`-th injection step (and
-/// always after an invocation's last), or a fixed sample of `sample` of them (0 = all) at the
+/// always after an invocation's last), or a sample of `sample` of them (0 = all) at the
 /// intermediate checks.
 pub struct Cadence {
     pub every: usize,
@@ -36,8 +36,9 @@ impl Cadence {
 
     /// The facts to score after step `idx`: the step's `own` facts first, then, at a full check, the
     /// earlier ones of `injected` (every fact injected so far, in order, own included), all of them
-    /// or the fixed sample. The sample is drawn with the run's seed alone, so every check scores the
-    /// same earlier facts (those that exist by then).
+    /// or a sample of `sample`. The sample is drawn with the run's seed from the earlier facts, so the
+    /// same earlier facts give the same sample (a resumed run scores what it would have), while a
+    /// later check, with more earlier facts, draws another.
     pub fn facts_to_score(&self, idx: i64, last: bool, own: &[String], injected: &[String]) -> Vec<String> {
         let mut out: Vec<String> = own.to_vec();
         if self.is_full(idx, last) {
@@ -66,7 +67,8 @@ pub struct FactInfo {
 }
 
 /// One fact's standing: right after its own step and at its latest measurement. The one per-fact
-/// summary of a run, used by `run`'s outcome, `ledger show`, `compare` and the reports.
+/// summary of a run, used by `run`'s outcome, `ledger show` and the run report (the run-level
+/// headline numbers of `compare` are the report's `Summary`, from the same matrix).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FactSummary {
     pub id: String,
@@ -92,8 +94,8 @@ pub struct Matrix {
     /// In injection order.
     pub facts: Vec<FactInfo>,
     probes: HashMap<(String, i64), ProbeRow>,
-    /// Per fact hash, its most recent row.
-    latest: HashMap<String, ProbeRow>,
+    /// Per fact hash, the step of its most recent row.
+    latest: HashMap<String, i64>,
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -119,7 +121,7 @@ impl Matrix {
             .collect();
         let mut latest = HashMap::new();
         for p in &probes {
-            latest.insert(p.fact.clone(), p.clone());
+            latest.insert(p.fact.clone(), p.step);
         }
         let probes = probes.into_iter().map(|p| ((p.fact.clone(), p.step), p)).collect();
         Matrix { facts, probes, latest }
@@ -139,7 +141,7 @@ impl Matrix {
         self.facts
             .iter()
             .map(|f| {
-                let end = self.latest.get(&f.hash);
+                let end = self.latest.get(&f.hash).and_then(|&s| self.at(&f.hash, s));
                 FactSummary {
                     id: f.id.clone(),
                     hash: f.hash.clone(),

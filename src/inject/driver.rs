@@ -6,12 +6,13 @@ use super::evaluate::{evaluate, sample_generations, sampled, Evaluated};
 use super::plan::{check_model, find_or_record, plan, Plan};
 use super::prepare::{prepare, Prepared};
 use super::step::{train, Trained};
+use super::Clock;
 use crate::adapter::merge;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::eval::retention::{FactSummary, Matrix};
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{Ledger, RunRow, StepRecord, StepRow};
+use crate::ledger::{FixedPhases, InvocationRow, Ledger, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
 use serde::Serialize;
 use std::time::Instant;
@@ -40,7 +41,12 @@ pub struct RunOutcome {
     pub facts: Vec<FactSummary>,
     pub locality: Option<f64>,
     pub weights_hash: String,
+    /// Wall seconds of this invocation from the driver's start (the model load is before it).
     pub seconds: f64,
+    /// Where this invocation's time went outside its steps, the model load included.
+    pub fixed: FixedPhases,
+    /// The sum of the phases of the steps this invocation trained.
+    pub step_phases: StepPhases,
 }
 
 /// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
@@ -54,7 +60,8 @@ pub fn peak_rss_bytes() -> i64 {
 }
 
 /// Runs (or resumes, or continues with new facts) the run of `knowledge` under `config`: the run is
-/// found by its key (model, knowledge directory, config) or recorded now.
+/// found by its key (model, knowledge directory, config) or recorded now. Errors: an invalid
+/// `config` (bad input, before the ledger is touched).
 pub fn run(
     ledger: &mut Ledger,
     loaded: &Loaded,
@@ -64,6 +71,7 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<RunOutcome> {
     let t0 = Instant::now();
+    config.validate()?;
     let run = find_or_record(ledger, loaded, model_path, knowledge, config)?;
     drive(ledger, loaded, run, knowledge, config, progress, t0)
 }
@@ -94,17 +102,30 @@ fn drive(
     progress: &mut dyn Progress,
     t0: Instant,
 ) -> Result<RunOutcome> {
+    let started = ledger.now()?;
     let plan = plan(ledger, run, knowledge, config)?;
+    let mut fixed = FixedPhases {
+        model_load: loaded.load_seconds,
+        plan: t0.elapsed().as_secs_f64(),
+        ..FixedPhases::default()
+    };
+    let mut step_phases = StepPhases::default();
     progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps);
     // A run with nothing new does no model work at all.
     if !plan.groups.is_empty() {
         let prepared = prepare(ledger, loaded, config, &plan)?;
+        fixed = FixedPhases {
+            model_load: fixed.model_load,
+            plan: fixed.plan,
+            ..prepared.phases.clone()
+        };
         ledger.set_status(&plan.run.id, "running")?;
         let mut injected = plan.injected.clone();
         for (g, group) in plan.groups.iter().enumerate() {
             let idx = plan.step_index(g);
             let own: Vec<&Fact> = group.iter().map(|&i| &plan.facts[i]).collect();
             progress.step_start(idx as usize, &own);
+            let mut clock = Clock::start();
             let rehearsed = plan.strategy.rehearse(&injected, config.seed, idx);
             // What the model says before this step, for the reports' before/after samples.
             let before = sample_generations(
@@ -113,9 +134,12 @@ fn drive(
                 &sampled(&plan, own.iter().copied()),
                 -1,
             )?;
+            let before_seconds = clock.lap();
             let trained = train_stage(loaded, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
+            clock.lap();
             merge::merge(&loaded.model, &trained.factors)?;
             let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
+            let merge_seconds = clock.lap();
             let te = Instant::now();
             injected.extend(own.iter().map(|f| f.hash.clone()));
             let last = g + 1 == plan.groups.len();
@@ -127,7 +151,27 @@ fn drive(
                 locality,
                 weights_hash,
                 own_recall,
+                phases,
             } = evaluated;
+            let phases = StepPhases {
+                before: before_seconds,
+                setup: trained.setup_seconds,
+                warmup: trained.warmup_seconds,
+                train: trained.seconds - trained.setup_seconds - trained.warmup_seconds,
+                merge: merge_seconds,
+                ..phases
+            };
+            tracing::info!(
+                "step {idx}: {} optimizer steps; {}",
+                trained.optimizer_steps,
+                phases
+                    .named()
+                    .iter()
+                    .map(|(n, s)| format!("{n} {s:.3}s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            step_phases.add(&phases);
             let step = StepRow {
                 run: plan.run.id.clone(),
                 idx,
@@ -143,22 +187,38 @@ fn drive(
                 rank_pattern: trained.rank_pattern,
                 weights_hash,
                 created: String::new(),
+                phases,
             };
             // Commit: the step with everything measured around it, in one transaction.
             let mut all_generations = before;
             all_generations.extend(generations);
+            clock.lap();
             ledger.commit_step(&StepRecord {
                 step,
                 probes,
                 generations: all_generations,
                 locality,
             })?;
+            fixed.commit += clock.lap();
             progress.step_end(idx as usize, own_recall);
         }
     }
     ledger.set_status(&plan.run.id, "finished")?;
+    let seconds = t0.elapsed().as_secs_f64();
+    if !plan.groups.is_empty() {
+        ledger.add_invocation(&InvocationRow {
+            run: plan.run.id.clone(),
+            idx: 0,
+            started,
+            finished: String::new(),
+            steps: plan.groups.len() as i64,
+            seconds,
+            fixed: fixed.clone(),
+            step_phases: step_phases.clone(),
+        })?;
+    }
     progress.finish();
-    outcome(ledger, &plan, t0)
+    outcome(ledger, &plan, seconds, fixed, step_phases)
 }
 
 /// Trains a fresh adapter on the step's own facts and the rehearsed ones, and warns when the
@@ -214,7 +274,13 @@ fn train_stage(
 }
 
 /// The run's outcome, read back from the ledger.
-fn outcome(ledger: &Ledger, plan: &Plan, t0: Instant) -> Result<RunOutcome> {
+fn outcome(
+    ledger: &Ledger,
+    plan: &Plan,
+    seconds: f64,
+    fixed: FixedPhases,
+    step_phases: StepPhases,
+) -> Result<RunOutcome> {
     let id = &plan.run.id;
     let steps = ledger.steps(id)?;
     let matrix = Matrix::new(&steps, &ledger.run_facts(id)?, ledger.probes(id)?);
@@ -226,6 +292,8 @@ fn outcome(ledger: &Ledger, plan: &Plan, t0: Instant) -> Result<RunOutcome> {
         facts: matrix.fact_summaries(&steps),
         locality: ledger.last_locality(id)?,
         weights_hash: ledger.run(id)?.weights_hash,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
+        fixed,
+        step_phases,
     })
 }

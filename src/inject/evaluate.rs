@@ -4,12 +4,13 @@
 use super::plan::Plan;
 use super::prepare::Prepared;
 use super::state::weights_hash;
+use super::Clock;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
 use crate::eval::retention::Cadence;
 use crate::knowledge::Fact;
-use crate::ledger::{GenerationRow, ProbeRow};
+use crate::ledger::{GenerationRow, ProbeRow, StepPhases};
 use crate::model::{Llama, Loaded, Tokenizer};
 use std::collections::HashMap;
 
@@ -26,6 +27,8 @@ pub struct Evaluated {
     pub weights_hash: String,
     /// The lowest recall among the step's own facts.
     pub own_recall: f64,
+    /// Seconds of the evaluation's phases (the others are zero).
+    pub phases: StepPhases,
 }
 
 /// Those of `facts` whose greedy answers the reports show (the run's first ones).
@@ -56,11 +59,17 @@ pub fn evaluate(
     injected: &[String],
 ) -> Result<Evaluated> {
     let model = &loaded.model;
+    let mut clock = Clock::start();
+    let mut phases = StepPhases::default();
     let cadence = Cadence::of(config);
     let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
     let scored = cadence.facts_to_score(idx, last, &own_hashes, injected);
-    let ex: Vec<&FactExamples> = scored.iter().map(|h| &prepared.examples[h]).collect();
-    let scores: Vec<FactScore> = score(model, &ex, config.eval_batch_tokens);
+    // Own facts and earlier ones in two passes, so each has its time.
+    let (own_part, earlier) = scored.split_at(own.len());
+    let mut scores = score_facts(model, prepared, config, own_part);
+    phases.own_probes = clock.lap();
+    scores.extend(score_facts(model, prepared, config, earlier));
+    phases.retention = clock.lap();
     let probes: Vec<ProbeRow> = scored
         .iter()
         .zip(&scores)
@@ -80,10 +89,13 @@ pub fn evaluate(
         sampled(plan, own.iter().copied())
     };
     let generations = sample_generations(model, &loaded.tokenizer, &shown, idx)?;
+    phases.generations = clock.lap();
     let locality = cadence
         .is_full(idx, last)
         .then(|| mean_accuracy(model, &prepared.locality, config.eval_batch_tokens));
+    phases.locality = clock.lap();
     let weights_hash = weights_hash(model, &loaded.source_hash, &config.train)?;
+    phases.hash = clock.lap();
     let own_recall = scores[..own.len()]
         .iter()
         .map(|s| s.recall)
@@ -94,7 +106,17 @@ pub fn evaluate(
         locality,
         weights_hash,
         own_recall,
+        phases,
     })
+}
+
+/// Scores the facts of `hashes` in one batched pass (none: no pass).
+fn score_facts(model: &Llama, prepared: &Prepared, config: &RunConfig, hashes: &[String]) -> Vec<FactScore> {
+    if hashes.is_empty() {
+        return Vec::new();
+    }
+    let ex: Vec<&FactExamples> = hashes.iter().map(|h| &prepared.examples[h]).collect();
+    score(model, &ex, config.eval_batch_tokens)
 }
 
 /// Greedy answers to each fact's first probe (its first prompt when it has none), decoded

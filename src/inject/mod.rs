@@ -10,3 +10,22 @@ pub mod state;
 pub mod step;
 
 pub use driver::{resume, run, Progress, RunOutcome, Silent};
+
+use std::time::Instant;
+
+/// Laps of wall-clock time, for the phases recorded in the ledger.
+pub(crate) struct Clock(Instant);
+
+impl Clock {
+    pub(crate) fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Seconds since the start or the previous lap.
+    pub(crate) fn lap(&mut self) -> f64 {
+        let now = Instant::now();
+        let s = now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
+        s
+    }
+}

@@ -5,12 +5,13 @@ use super::plan::Plan;
 use super::preserve::{null_space_projections, Preserve};
 use super::state::replay;
 use super::step::adapter_shapes;
+use super::Clock;
 use crate::config::{Proj, RunConfig};
 use crate::error::Result;
 use crate::eval::batch::Example;
 use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
 use crate::eval::probe::FactExamples;
-use crate::ledger::{Ledger, LocalityBase};
+use crate::ledger::{FixedPhases, Ledger, LocalityBase};
 use crate::model::Loaded;
 use std::collections::HashMap;
 
@@ -22,6 +23,8 @@ pub struct Prepared {
     pub examples: HashMap<String, FactExamples>,
     /// The base model's answers to the locality prompts, as examples.
     pub locality: Vec<Example>,
+    /// Seconds of preparing (preservation, projections, replay, tokenize).
+    pub phases: FixedPhases,
 }
 
 /// The base model's greedy answers (`tokens` at most) to the locality prompts, for a new run's record.
@@ -40,21 +43,25 @@ pub fn locality_baseline(loaded: &Loaded, tokens: usize) -> Result<Vec<LocalityB
         .collect())
 }
 
-/// The preservation set and null-space projections of `config`, from the (still unedited) base model.
-fn preservation(loaded: &Loaded, config: &RunConfig) -> Result<Option<Preserve>> {
+/// The preservation set and null-space projections of `config`, from the (still unedited) base
+/// model; their seconds go to `phases`.
+fn preservation(loaded: &Loaded, config: &RunConfig, phases: &mut FixedPhases) -> Result<Option<Preserve>> {
     let t = &config.train;
     if t.preserve <= 0.0 && t.null_space <= 0.0 {
         return Ok(None);
     }
+    let mut clock = Clock::start();
     let model = &loaded.model;
     let ex = base_answers(model, &loaded.tokenizer, &PRESERVE_PROMPTS, config.locality_tokens)?;
     let mut p = Preserve::new(model, &ex, t.preserve_batch);
+    phases.preservation = clock.lap();
     if t.null_space > 0.0 {
         let sites: Vec<(usize, Proj)> = adapter_shapes(model, &t.adalora)
             .into_iter()
             .map(|(l, p, _, _)| (l, p))
             .collect();
         p.projections = null_space_projections(model, &ex, &sites, t.null_space)?;
+        phases.projections = clock.lap();
     }
     Ok(Some(p))
 }
@@ -62,8 +69,11 @@ fn preservation(loaded: &Loaded, config: &RunConfig) -> Result<Option<Preserve>>
 /// Prepares the coming steps of `plan`: the preservation targets come from the base weights, so they
 /// are made before the committed steps are replayed onto the model.
 pub fn prepare(ledger: &Ledger, loaded: &Loaded, config: &RunConfig, plan: &Plan) -> Result<Prepared> {
-    let preserve = preservation(loaded, config)?;
+    let mut phases = FixedPhases::default();
+    let preserve = preservation(loaded, config, &mut phases)?;
+    let mut clock = Clock::start();
     replay(ledger, &plan.run, loaded, &config.train, None)?;
+    phases.replay = clock.lap();
     let mut examples = HashMap::new();
     for f in &plan.facts {
         examples.insert(f.hash.clone(), FactExamples::new(&loaded.tokenizer, f)?);
@@ -76,9 +86,11 @@ pub fn prepare(ledger: &Ledger, loaded: &Loaded, config: &RunConfig, plan: &Plan
             target: b.answer_ids,
         })
         .collect();
+    phases.tokenize = clock.lap();
     Ok(Prepared {
         preserve,
         examples,
         locality,
+        phases,
     })
 }

@@ -97,7 +97,11 @@ pub struct Trained {
     pub recall: Vec<f64>,
     /// Real tokens processed in forward passes.
     pub tokens: usize,
+    /// Wall seconds of the whole training, of which `setup_seconds` made the adapter, optimizer and
+    /// batches and `warmup_seconds` ran the eager optimizer steps and the captures (GPU only).
     pub seconds: f64,
+    pub setup_seconds: f64,
+    pub warmup_seconds: f64,
     /// Unmasked rank per adapted weight.
     pub rank_pattern: Vec<(String, i64)>,
 }
@@ -209,7 +213,13 @@ impl<'a> Trainer<'a> {
         if let Some(p) = preserve.filter(|p| !p.projections.is_empty()) {
             adapter.set_projections(&p.projections);
         }
-        let opt = AdamW::new(adapter.params(), cfg.lr, 0.9, 0.999, cfg.weight_decay);
+        let opt = AdamW::new(
+            adapter.params(),
+            cfg.lr,
+            cfg.adam_beta1,
+            cfg.adam_beta2,
+            cfg.weight_decay,
+        );
         let static_preserve = preserve
             .filter(|p| cfg.preserve > 0.0 && !p.batches.is_empty() && stream.is_some())
             .map(StaticPreserve::new);
@@ -328,6 +338,11 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Whether the next optimizer step is still eager or a capture (on a GPU of a CUDA build).
+    pub fn warming_up(&self) -> bool {
+        self.graphs.is_some() && self.opt_step <= EAGER_STEPS
+    }
+
     /// Optimizer steps taken.
     pub fn steps(&self) -> i64 {
         self.opt_step
@@ -349,11 +364,16 @@ pub fn train(
 ) -> Result<Trained> {
     let t0 = Instant::now();
     let mut tr = Trainer::new(model, examples, cfg, preserve, seed)?;
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let mut warm_end: Option<Instant> = None;
     let check_separately = cfg.adalora.dropout > 0.0;
     let totals = examples.iter().map(|e| e.target.len() as f64).collect::<Vec<_>>();
     let mut losses = Vec::new();
     let mut recall = vec![0.0; n_facts];
     for opt_step in 0..cfg.max_steps {
+        if warm_end.is_none() && !tr.warming_up() {
+            warm_end = Some(Instant::now());
+        }
         let pass = tr.forward_backward()?;
         // One read per optimizer step: the loss and the argmax counts of this pass.
         let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
@@ -402,6 +422,9 @@ pub fn train(
         recall,
         tokens: tr.tokens,
         seconds: t0.elapsed().as_secs_f64(),
+        setup_seconds,
+        // Training that ended while still warming up was all warm-up.
+        warmup_seconds: warm_end.unwrap_or_else(Instant::now).duration_since(t0).as_secs_f64() - setup_seconds,
         rank_pattern: tr.adapter.rank_pattern(),
     })
 }

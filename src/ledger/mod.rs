@@ -62,6 +62,7 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
         rank_pattern: parse(r.get(11)?)?,
         weights_hash: r.get(12)?,
         created: r.get(13)?,
+        phases: parse(r.get(14)?)?,
     })
 }
 
@@ -279,7 +280,8 @@ impl Ledger {
     pub fn steps(&self, run: &str) -> Result<Vec<StepRow>> {
         let mut st = self.conn.prepare(
             "SELECT run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
-             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created FROM steps WHERE run = ?1 ORDER BY idx",
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created, phases FROM steps WHERE run = ?1 \
+             ORDER BY idx",
         )?;
         let rows = st.query_map([run], step_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -303,8 +305,8 @@ impl Ledger {
         }
         tx.execute(
             "INSERT INTO steps (run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
-             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, phases, created) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
             params![
                 s.run,
                 s.idx,
@@ -318,7 +320,8 @@ impl Ledger {
                 s.peak_rss_bytes,
                 s.delta_file,
                 json(&s.rank_pattern),
-                s.weights_hash
+                s.weights_hash,
+                json(&s.phases)
             ],
         )?;
         for (module, rank) in &s.rank_pattern {
@@ -446,6 +449,65 @@ impl Ledger {
             .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Records one invocation of a run (its index is the next free one).
+    pub fn add_invocation(&mut self, inv: &InvocationRow) -> Result<()> {
+        let tx = self.write_transaction()?;
+        let idx: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM invocations WHERE run = ?1",
+            [&inv.run],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO invocations (run, idx, started, finished, steps, seconds, phases) \
+             VALUES (?1,?2,?3,strftime('%Y-%m-%dT%H:%M:%SZ','now'),?4,?5,?6)",
+            params![
+                inv.run,
+                idx,
+                inv.started,
+                inv.steps,
+                inv.seconds,
+                json(&serde_json::json!({"fixed": inv.fixed, "steps": inv.step_phases}))
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The invocations of a run, oldest first.
+    pub fn invocations(&self, run: &str) -> Result<Vec<InvocationRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT run, idx, started, finished, steps, seconds, phases FROM invocations WHERE run = ?1 ORDER BY idx",
+        )?;
+        let rows = st
+            .query_map([run], |r| {
+                let phases: serde_json::Value = parse(r.get(6)?)?;
+                fn field<T: serde::de::DeserializeOwned>(v: &serde_json::Value, k: &str) -> rusqlite::Result<T> {
+                    serde_json::from_value(v[k].clone()).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+                    })
+                }
+                Ok(InvocationRow {
+                    run: r.get(0)?,
+                    idx: r.get(1)?,
+                    started: r.get(2)?,
+                    finished: r.get(3)?,
+                    steps: r.get(4)?,
+                    seconds: r.get(5)?,
+                    fixed: field(&phases, "fixed")?,
+                    step_phases: field(&phases, "steps")?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The current UTC time as the ledger stamps it (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub fn now(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT strftime('%Y-%m-%dT%H:%M:%SZ','now')", [], |r| r.get(0))?)
     }
 
     /// The run's locality after its latest step that measured it (None before any).

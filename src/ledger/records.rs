@@ -42,6 +42,108 @@ pub struct StepRow {
     pub rank_pattern: Vec<(String, i64)>,
     pub weights_hash: String,
     pub created: String,
+    /// Where the step's time went (all zero for steps recorded before phases were).
+    pub phases: StepPhases,
+}
+
+/// Seconds spent in each phase of one injection step, in order. Each phase ends with a read of its
+/// results on the host, so on a GPU its time is the work's, not the launches'.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StepPhases {
+    /// Greedy answers before the step (the reports' "before" samples).
+    pub before: f64,
+    /// Adapter, optimizer and batches made for the step.
+    pub setup: f64,
+    /// The eager optimizer steps before the CUDA graphs are captured, and the captures (GPU only).
+    pub warmup: f64,
+    /// The other optimizer steps (graph replays on a GPU).
+    pub train: f64,
+    /// The factors merged into the weights and stored.
+    pub merge: f64,
+    /// The step's own facts scored.
+    pub own_probes: f64,
+    /// Earlier facts scored (retention checks).
+    pub retention: f64,
+    /// Greedy answers after the step (the reports' "after" samples).
+    pub generations: f64,
+    /// Locality scored (full checks).
+    pub locality: f64,
+    /// The edited weights hashed.
+    pub hash: f64,
+}
+
+impl StepPhases {
+    /// (name, seconds) of every phase, in order.
+    pub fn named(&self) -> [(&'static str, f64); 10] {
+        [
+            ("before", self.before),
+            ("setup", self.setup),
+            ("warmup", self.warmup),
+            ("train", self.train),
+            ("merge", self.merge),
+            ("own_probes", self.own_probes),
+            ("retention", self.retention),
+            ("generations", self.generations),
+            ("locality", self.locality),
+            ("hash", self.hash),
+        ]
+    }
+
+    pub fn total(&self) -> f64 {
+        self.named().iter().map(|(_, s)| s).sum()
+    }
+
+    /// Adds another step's phases to these.
+    pub fn add(&mut self, o: &StepPhases) {
+        self.before += o.before;
+        self.setup += o.setup;
+        self.warmup += o.warmup;
+        self.train += o.train;
+        self.merge += o.merge;
+        self.own_probes += o.own_probes;
+        self.retention += o.retention;
+        self.generations += o.generations;
+        self.locality += o.locality;
+        self.hash += o.hash;
+    }
+}
+
+/// Seconds of one invocation's work outside its steps (the model load is measured by the caller).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FixedPhases {
+    /// Reading the checkpoint and building the model.
+    pub model_load: f64,
+    /// Finding or recording the run; for a new run, the base model's answers to the locality prompts.
+    pub plan: f64,
+    /// The base model's answers and log-probabilities on the preservation prompts.
+    pub preservation: f64,
+    /// The null-space projections.
+    pub projections: f64,
+    /// Committed steps merged back onto the base weights.
+    pub replay: f64,
+    /// Every fact's examples tokenised.
+    pub tokenize: f64,
+    /// The steps' SQLite commits, together.
+    pub commit: f64,
+}
+
+/// One invocation of a run (`run`, a resume, a continuation): when, how many steps, and where its
+/// time went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InvocationRow {
+    pub run: String,
+    pub idx: i64,
+    pub started: String,
+    pub finished: String,
+    /// Steps this invocation committed.
+    pub steps: i64,
+    /// Wall seconds from the start of the driver to the end (the model load is before it).
+    pub seconds: f64,
+    pub fixed: FixedPhases,
+    /// The sum of its steps' phases.
+    pub step_phases: StepPhases,
 }
 
 /// Scores of one fact after one step.

@@ -104,4 +104,18 @@ pub const MIGRATIONS: &[&str] = &[
         runs TEXT NOT NULL
     );
     "#,
+    // 3: where the time goes: each step's phases, and each invocation's fixed costs.
+    r#"
+    ALTER TABLE steps ADD COLUMN phases TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE invocations (
+        run TEXT NOT NULL REFERENCES runs(id),
+        idx INTEGER NOT NULL,
+        started TEXT NOT NULL,
+        finished TEXT NOT NULL,
+        steps INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        phases TEXT NOT NULL,
+        PRIMARY KEY (run, idx)
+    );
+    "#,
 ];

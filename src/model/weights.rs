@@ -15,6 +15,8 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
     /// blake3 of the checkpoint's bytes (the file, or the folder's weight files in name order).
     pub source_hash: String,
+    /// Wall seconds the load took (reading, dequantising, building the model, hashing the source).
+    pub load_seconds: f64,
 }
 
 /// GGUF tensor names to Hugging Face names (llama.cpp `convert_hf_to_gguf.py`'s table, reversed).
@@ -145,6 +147,7 @@ fn hash_source(path: &Path) -> Result<String> {
 /// Loads a checkpoint: a `.gguf` file or a Hugging Face folder. Base weights are fp32 on the CPU
 /// and bf16 on CUDA.
 pub fn load(path: &Path, device: Device) -> Result<Loaded> {
+    let t0 = std::time::Instant::now();
     if !path.exists() {
         return Err(Error::bad_model(path, "no such file or folder"));
     }
@@ -158,10 +161,12 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
         Error::BadInput(msg) => Error::bad_model(path, msg),
         other => other,
     })?;
+    let source_hash = hash_source(path)?;
     Ok(Loaded {
         model,
         tokenizer,
-        source_hash: hash_source(path)?,
+        source_hash,
+        load_seconds: t0.elapsed().as_secs_f64(),
     })
 }
 

@@ -1,20 +1,23 @@
 //! What the reports show, gathered from ledger rows alone.
 use crate::config::RunConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 pub use crate::eval::retention::Curve;
 use crate::eval::retention::{FactInfo, FactSummary, Matrix};
-use crate::ledger::{last_locality, GenerationRow, Ledger, ProbeRow, RunRow, StepRow};
+use crate::ledger::{last_locality, GenerationRow, InvocationRow, Ledger, ProbeRow, RunRow, StepRow};
 use serde::Serialize;
 
 /// One run's rows, indexed for the pages.
 pub struct RunData {
     pub run: RunRow,
-    pub config: RunConfig,
+    /// The run's config, typed; None when the row does not parse (the page still renders).
+    pub config: Option<RunConfig>,
     pub steps: Vec<StepRow>,
     /// The fact × step scores.
     pub matrix: Matrix,
     pub locality: Vec<(i64, f64)>,
     pub generations: Vec<GenerationRow>,
+    /// Each invocation's fixed costs (none for runs recorded before they were).
+    pub invocations: Vec<InvocationRow>,
 }
 
 /// The headline numbers of a run (the comparison table's row).
@@ -41,14 +44,15 @@ impl RunData {
     pub fn load(ledger: &Ledger, run: &str) -> Result<Self> {
         let run = ledger.run(run)?;
         let steps = ledger.steps(&run.id)?;
-        // Typed as the run recorded it; not validated again, so a page renders whatever the row holds.
-        let config: RunConfig = serde_json::from_str(&run.config)
-            .map_err(|e| Error::Ledger(format!("run {}: unreadable config: {e}", run.id)))?;
+        // A config that no longer parses costs its run the rank chart's scale, not the page (nor the
+        // index of every run).
+        let config = RunConfig::from_ledger(&run.config, &run.id).ok();
         let matrix = Matrix::new(&steps, &ledger.run_facts(&run.id)?, ledger.probes(&run.id)?);
         Ok(RunData {
             config,
             locality: ledger.locality(&run.id)?,
             generations: ledger.generations(&run.id)?,
+            invocations: ledger.invocations(&run.id)?,
             run,
             steps,
             matrix,

@@ -2,7 +2,7 @@
 //! SVG, no script, no network.
 use super::data::{RunData, Summary};
 use super::num;
-use super::svg::{esc, heat, heatmap, line_chart, Series, PALETTE};
+use super::svg::{esc, heat, heatmap, line_chart, stacked_bars, Series, PALETTE};
 use crate::config::Proj;
 use std::fmt::Write;
 
@@ -68,7 +68,11 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     let Some(last) = d.steps.last() else {
         return String::new();
     };
-    let init_r = d.config.train.adalora.init_r as f64;
+    // Without a readable config, the largest rank seen stands in for init_r.
+    let init_r = match &d.config {
+        Some(c) => c.train.adalora.init_r as f64,
+        None => last.rank_pattern.iter().map(|(_, r)| *r).max().unwrap_or(1).max(1) as f64,
+    };
     let mut layers: Vec<usize> = Vec::new();
     let mut modules: Vec<String> = Vec::new();
     let mut val = std::collections::HashMap::new();
@@ -158,6 +162,14 @@ pub fn run_page(d: &RunData) -> String {
     }
     b.push_str("</tr></table>");
     b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>previous answer</th></tr>");
+    let last = d.last_step().unwrap_or(-1);
+    let stale = |at: i64| {
+        if at == last {
+            String::new()
+        } else {
+            format!(" <small>(step {at})</small>")
+        }
+    };
     for f in d.fact_summaries() {
         let _ = write!(
             b,
@@ -167,7 +179,7 @@ pub fn run_page(d: &RunData) -> String {
             heat(if f.recall_at_step.is_finite() { f.recall_at_step } else { 0.0 }),
             num(Some(f.recall_at_step)),
             heat(if f.recall.is_finite() { f.recall } else { 0.0 }),
-            num(Some(f.recall)),
+            num(Some(f.recall)) + &stale(f.measured_at),
             num(f.general),
             num(f.previous)
         );
@@ -231,15 +243,100 @@ pub fn run_page(d: &RunData) -> String {
             num(locs.get(&st.idx).copied())
         );
     }
-    b.push_str("</table><h2>Sample generations</h2>");
+    b.push_str("</table>");
+    b.push_str(&phase_charts(d));
+    b.push_str("<h2>Sample generations</h2>");
     b.push_str(&generations_table(d, 20));
     let _ = write!(
         b,
         "<h2>Config</h2><pre>{}</pre>",
-        esc(&serde_json::to_string_pretty(&d.config).unwrap_or_default())
+        esc(&serde_json::from_str::<serde_json::Value>(&d.run.config)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| d.run.config.clone()))
     );
     page(&format!("injector {}", r.id), &b)
 }
+
+/// Bars per step (at most [`MAX_BARS`]: consecutive steps binned, each bar their mean) of where a
+/// step's time went, and a table of each invocation's costs outside its steps.
+fn phase_charts(d: &RunData) -> String {
+    let timed: Vec<_> = d.steps.iter().filter(|s| s.phases.total() > 0.0).collect();
+    if timed.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = timed[0].phases.named().iter().map(|(n, _)| *n).collect();
+    let per_bar = timed.len().div_ceil(MAX_BARS);
+    let bars: Vec<(String, Vec<f64>)> = timed
+        .chunks(per_bar)
+        .map(|c| {
+            let label = match c {
+                [one] => format!("step {}", one.idx),
+                _ => format!("steps {}-{}", c[0].idx, c[c.len() - 1].idx),
+            };
+            let mean = (0..names.len())
+                .map(|i| c.iter().map(|s| s.phases.named()[i].1).sum::<f64>() / c.len() as f64)
+                .collect();
+            (label, mean)
+        })
+        .collect();
+    let mut b = String::from("<h2>Where the time went</h2><div class=grid>");
+    let what = if per_bar > 1 {
+        format!("mean of {per_bar} steps a bar")
+    } else {
+        "one bar a step".into()
+    };
+    b.push_str(&stacked_bars(
+        &format!("seconds per step, by phase ({what})"),
+        "step",
+        &names,
+        &bars,
+    ));
+    b.push_str("</div><table id=invocations><tr><th>invocation</th><th>started</th><th>steps</th><th>wall s</th>");
+    let fixed = [
+        "model load",
+        "plan",
+        "preservation",
+        "projections",
+        "replay",
+        "tokenize",
+        "commits",
+        "in steps",
+    ];
+    for h in fixed {
+        let _ = write!(b, "<th>{h}</th>");
+    }
+    b.push_str("</tr>");
+    for inv in &d.invocations {
+        let f = &inv.fixed;
+        let cells = [
+            f.model_load,
+            f.plan,
+            f.preservation,
+            f.projections,
+            f.replay,
+            f.tokenize,
+            f.commit,
+            inv.step_phases.total(),
+        ];
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>",
+            inv.idx,
+            esc(&inv.started),
+            inv.steps,
+            inv.seconds
+        );
+        for c in cells {
+            let _ = write!(b, "<td>{c:.2}</td>");
+        }
+        b.push_str("</tr>");
+    }
+    b.push_str("</table>");
+    b
+}
+
+/// Most bars in a chart of steps.
+const MAX_BARS: usize = 60;
 
 /// x = facts injected after each step, so strategies with different step counts line up.
 fn by_facts(d: &RunData, points: &[(f64, f64)]) -> Vec<(f64, f64)> {

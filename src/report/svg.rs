@@ -1,9 +1,9 @@
-//! Inline SVG charts: line charts, heatmaps. Plain strings, no script.
+//! Inline SVG charts: line charts, heatmaps, stacked bars. Plain strings, no script.
 use std::fmt::Write;
 
 /// Colours for series, in order.
-pub const PALETTE: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+pub const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
 ];
 
 /// Escapes text for HTML and SVG.
@@ -19,6 +19,91 @@ pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
     pub points: Vec<(f64, f64)>,
+}
+
+/// Stacked bars: one bar per entry of `bars` (label, one value per category), the categories stacked
+/// bottom-up in their order, with a legend; y from 0 to the tallest bar.
+pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(String, Vec<f64>)]) -> String {
+    let (w, h, ml, mr, mt, mb) = (560.0, 260.0, 48.0, 130.0, 28.0, 36.0);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" class="chart">"#
+    );
+    let _ = write!(svg, r#"<text x="{ml}" y="16" class="title">{}</text>"#, esc(title));
+    let top = bars
+        .iter()
+        .map(|(_, v)| v.iter().filter(|x| x.is_finite()).sum::<f64>())
+        .fold(0.0, f64::max);
+    if bars.is_empty() || top <= 0.0 {
+        svg.push_str(r#"<text x="60" y="120">no data</text></svg>"#);
+        return svg;
+    }
+    let py = |y: f64| h - mb - y / top * (h - mt - mb);
+    for i in 0..=4 {
+        let y = top * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{ml}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
+            w - mr,
+            py(y),
+            py(y),
+            ml - 4.0,
+            py(y) + 4.0,
+            fmt_tick(y)
+        );
+    }
+    let slot = (w - ml - mr) / bars.len() as f64;
+    for (i, (label, values)) in bars.iter().enumerate() {
+        let x = ml + slot * i as f64 + slot * 0.1;
+        let mut base = 0.0;
+        for (c, v) in values.iter().enumerate() {
+            if !v.is_finite() || *v <= 0.0 {
+                continue;
+            }
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {} {:.3}s</title></rect>"#,
+                py(base + v),
+                slot * 0.8,
+                py(base) - py(base + v),
+                PALETTE[c % PALETTE.len()],
+                esc(label),
+                esc(categories.get(c).copied().unwrap_or("")),
+                v
+            );
+            base += v;
+        }
+    }
+    for (i, label) in [0, bars.len() - 1].iter().map(|&i| (i, &bars[i].0)) {
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
+            ml + slot * (i as f64 + 0.5),
+            h - 20.0,
+            esc(label)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
+        (ml + w - mr) / 2.0,
+        h - 6.0,
+        esc(y_label)
+    );
+    for (i, c) in categories.iter().enumerate() {
+        let ly = mt + 14.0 * i as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}" class="tick">{}</text>"#,
+            w - mr + 8.0,
+            ly,
+            PALETTE[i % PALETTE.len()],
+            w - mr + 22.0,
+            ly + 9.0,
+            esc(c)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 /// A line chart with axes; `y_range` fixes the y axis (else it fits the data).
