@@ -190,7 +190,6 @@ fn phases_are_recorded_per_step_and_per_invocation() {
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let sp = &out["step_phases"];
     for k in [
-        "before",
         "setup",
         "train",
         "merge",
@@ -204,6 +203,7 @@ fn phases_are_recorded_per_step_and_per_invocation() {
     }
     assert!(out["fixed"]["model_load"].as_f64().unwrap() > 0.0);
     assert!(out["fixed"]["commit"].as_f64().unwrap() > 0.0);
+    assert!(out["fixed"]["before"].as_f64().unwrap() > 0.0);
     // The parts add up to no more than the invocation's wall time.
     let parts: f64 = sp
         .as_object()
@@ -231,4 +231,34 @@ fn phases_are_recorded_per_step_and_per_invocation() {
     }
     let page = std::fs::read_to_string(p.join("r").join(run).join("index.html")).unwrap();
     assert!(page.contains("Where the time went") && page.contains("id=invocations"));
+}
+
+/// The base model's answers are decoded once per model and kept in the ledger: a second run (another
+/// seed) reads them back, and ends exactly where the same run ends in a fresh ledger.
+#[test]
+fn base_answers_are_kept_per_model_and_change_nothing() {
+    let d = small_workspace();
+    let p = d.path();
+    let hash = |ledger: &str, seed: &str| -> String {
+        let mut a = run_args(&["--json", "-q", "--seed", seed]);
+        a[5] = ledger;
+        let o = injector(p, &a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["weights_hash"].as_str().unwrap().to_string()
+    };
+    hash("shared.db", "0");
+    let kept = rusqlite_rows(&p.join("shared.db"), "SELECT COUNT(*) FROM base_answers");
+    assert_eq!(kept, 2, "the locality and the preservation prompts");
+    let second = hash("shared.db", "1");
+    assert_eq!(
+        rusqlite_rows(&p.join("shared.db"), "SELECT COUNT(*) FROM base_answers"),
+        2
+    );
+    assert_eq!(second, hash("fresh.db", "1"));
+}
+
+fn rusqlite_rows(db: &std::path::Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
 }

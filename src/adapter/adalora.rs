@@ -51,22 +51,8 @@ impl AdaLora {
         total_step: i64,
     ) -> Self {
         let vs = nn::VarStore::new(device);
-        tch::manual_seed(seed as i64);
+        let (order, mut drawn) = Self::draw(cfg, shapes, seed);
         let r = cfg.init_r;
-        // Draw every module's A and B first, then stack them per projection.
-        let mut drawn: BTreeMap<Proj, Drawn> = BTreeMap::new();
-        let mut order: Vec<Proj> = Vec::new();
-        for &(layer, proj, out, inp) in shapes {
-            let a = Tensor::randn([r, inp], (Kind::Float, Device::Cpu)) * 0.02;
-            let b = Tensor::randn([out, r], (Kind::Float, Device::Cpu)) * 0.02;
-            let entry = drawn.entry(proj).or_insert_with(|| {
-                order.push(proj);
-                (Vec::new(), Vec::new(), Vec::new())
-            });
-            entry.0.push(layer);
-            entry.1.push(a);
-            entry.2.push(b);
-        }
         let mut groups = Vec::new();
         let mut index = BTreeMap::new();
         for proj in order {
@@ -104,6 +90,43 @@ impl AdaLora {
             training: true,
             projections,
         }
+    }
+
+    /// The initial A and B of every site, drawn on the CPU from `seed` in the order of `shapes` (so
+    /// they do not depend on the device), grouped by projection in order of first appearance.
+    fn draw(cfg: &AdaLoraConfig, shapes: &[(usize, Proj, i64, i64)], seed: u64) -> (Vec<Proj>, BTreeMap<Proj, Drawn>) {
+        tch::manual_seed(seed as i64);
+        let r = cfg.init_r;
+        let mut drawn: BTreeMap<Proj, Drawn> = BTreeMap::new();
+        let mut order: Vec<Proj> = Vec::new();
+        for &(layer, proj, out, inp) in shapes {
+            let a = Tensor::randn([r, inp], (Kind::Float, Device::Cpu)) * 0.02;
+            let b = Tensor::randn([out, r], (Kind::Float, Device::Cpu)) * 0.02;
+            let entry = drawn.entry(proj).or_insert_with(|| {
+                order.push(proj);
+                (Vec::new(), Vec::new(), Vec::new())
+            });
+            entry.0.push(layer);
+            entry.1.push(a);
+            entry.2.push(b);
+        }
+        (order, drawn)
+    }
+
+    /// Makes this adapter what [`AdaLora::new`] with `seed` on the same `shapes` makes, in place (the
+    /// same tensors, as a captured CUDA graph needs): A and B drawn again, E zero, the allocator's
+    /// state cleared. Projections stay.
+    pub fn reset(&mut self, shapes: &[(usize, Proj, i64, i64)], seed: u64) {
+        let (_, mut drawn) = Self::draw(&self.cfg, shapes, seed);
+        tch::no_grad(|| {
+            for g in &mut self.groups {
+                let (_, a, b) = drawn.remove(&g.proj).expect("the same sites as at creation");
+                g.a.copy_(&Tensor::stack(&a, 0));
+                g.b.copy_(&Tensor::stack(&b, 0));
+                let _ = g.e.zero_();
+            }
+        });
+        self.allocator.reset();
     }
 
     fn triplets_of(groups: &[Group]) -> Vec<Triplet<'_>> {

@@ -35,6 +35,16 @@ impl AdamW {
         }
     }
 
+    /// Back to the state of a new optimizer (moments and step count zero), in place.
+    pub fn reset(&mut self) {
+        tch::no_grad(|| {
+            for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+                let _ = t.zero_();
+            }
+            let _ = self.t.zero_();
+        });
+    }
+
     /// Zeroes the gradients in place (they stay allocated, as a captured graph needs).
     pub fn zero_grad(&self) {
         for p in &self.params {

@@ -110,6 +110,13 @@ impl RankAllocator {
         }
     }
 
+    /// Back to the state of a new allocator (importance averages zero), in place. `keep` stays: a
+    /// captured graph writes its masks there, and every masking sets it before it is read.
+    pub fn reset(&mut self) {
+        tch::no_grad(|| self.emas.iter_mut().flatten().for_each(Ema::reset));
+        let _ = self.k.zero_();
+    }
+
     fn n_modules(groups: &[Triplet]) -> i64 {
         groups.iter().map(|g| g.a.size()[0]).sum()
     }

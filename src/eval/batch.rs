@@ -104,10 +104,87 @@ impl Batch {
     pub fn count_correct(&self, logits: &Tensor, acc: &mut [(usize, usize)]) {
         let hit = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&self.targets));
         let hit = Vec::<bool>::try_from(hit.to_device(Device::Cpu)).expect("bool vector");
-        for (h, &o) in hit.iter().zip(&self.owner) {
+        // Padding targets (owner `PADDING`) belong to no example.
+        for (h, &o) in hit.iter().zip(&self.owner).filter(|(_, &o)| o != PADDING) {
             acc[o].0 += *h as usize;
             acc[o].1 += 1;
         }
+    }
+}
+
+/// The owner of a padding target in a [`Batch`] made by [`Batch::padded`].
+pub const PADDING: usize = usize::MAX;
+
+/// The shape of a batch padded to fixed sizes: rows (examples), length (tokens per row) and target
+/// tokens. Examples of the same shape reuse one batch's tensors, so a CUDA graph captured on them
+/// serves every injection step of that shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub rows: usize,
+    pub len: usize,
+    pub targets: usize,
+}
+
+impl Shape {
+    /// The shape `examples` fit in: their count, the longest rounded up to a multiple of 16, the
+    /// target tokens rounded up to a multiple of 64.
+    pub fn of(examples: &[Example]) -> Shape {
+        let up = |v: usize, m: usize| v.div_ceil(m).max(1) * m;
+        Shape {
+            rows: examples.len(),
+            len: up(examples.iter().map(Example::len).max().unwrap_or(1), 16),
+            targets: up(examples.iter().map(|e| e.target.len()).sum(), 64),
+        }
+    }
+}
+
+impl Batch {
+    /// A batch of `shape` on `device`, all padding, for [`Batch::fill`].
+    pub fn padded(shape: Shape, device: Device) -> Batch {
+        let t = shape.targets as i64;
+        Batch {
+            ids: Tensor::zeros([shape.rows as i64, shape.len as i64], (Kind::Int64, device)),
+            gather: Tensor::zeros([t], (Kind::Int64, device)),
+            targets: Tensor::full([t], -100, (Kind::Int64, device)),
+            owner: vec![PADDING; shape.targets],
+            owner_t: Tensor::zeros([t], (Kind::Int64, device)),
+            tokens: 0,
+        }
+    }
+
+    /// Writes `examples` (which fit the batch's shape: see [`Shape::of`]) into its tensors in place,
+    /// one example per row in order, right-padded; the unused target slots gather position 0 with
+    /// target −100, which the loss ignores and no argmax equals, and count for example 0 (adding
+    /// nothing to it).
+    pub fn fill(&mut self, examples: &[Example]) {
+        let (rows, len) = (self.ids.size()[0] as usize, self.ids.size()[1] as usize);
+        let slots = self.owner.len();
+        let mut ids = vec![0i64; rows * len];
+        let (mut gather, mut targets, mut owner) = (vec![0i64; slots], vec![-100i64; slots], vec![PADDING; slots]);
+        let mut k = 0;
+        let mut tokens = 0;
+        for (row, ex) in examples.iter().enumerate() {
+            let seq: Vec<i64> = ex.prompt.iter().chain(&ex.target).copied().collect();
+            ids[row * len..row * len + seq.len()].copy_from_slice(&seq);
+            tokens += seq.len();
+            for (j, &t) in ex.target.iter().enumerate() {
+                gather[k] = (row * len + ex.prompt.len() + j - 1) as i64;
+                targets[k] = t;
+                owner[k] = row;
+                k += 1;
+            }
+        }
+        let owner_t: Vec<i64> = owner.iter().map(|&o| if o == PADDING { 0 } else { o as i64 }).collect();
+        let dev = self.ids.device();
+        tch::no_grad(|| {
+            self.ids
+                .copy_(&Tensor::from_slice(&ids).view([rows as i64, len as i64]).to_device(dev));
+            self.gather.copy_(&Tensor::from_slice(&gather).to_device(dev));
+            self.targets.copy_(&Tensor::from_slice(&targets).to_device(dev));
+            self.owner_t.copy_(&Tensor::from_slice(&owner_t).to_device(dev));
+        });
+        self.owner = owner;
+        self.tokens = tokens;
     }
 }
 

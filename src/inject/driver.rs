@@ -2,10 +2,10 @@
 //! [prepare](super::prepare) (base answers, preservation set, projections, replay of committed steps),
 //! then for each injection step train, merge, [evaluate](super::evaluate) and commit, one SQLite
 //! transaction a step.
-use super::evaluate::{evaluate, sample_generations, sampled, Evaluated};
+use super::evaluate::{evaluate, Evaluated};
 use super::plan::{check_model, find_or_record, plan, Plan};
 use super::prepare::{prepare, Prepared};
-use super::step::{train, Trained};
+use super::step::{train, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
 use crate::config::RunConfig;
@@ -120,6 +120,7 @@ fn drive(
             ..prepared.phases.clone()
         };
         ledger.set_status(&plan.run.id, "running")?;
+        let mut trainers = Trainers::new(&loaded.model, &config.train, prepared.preserve.as_ref())?;
         let mut injected = plan.injected.clone();
         for (g, group) in plan.groups.iter().enumerate() {
             let idx = plan.step_index(g);
@@ -127,15 +128,7 @@ fn drive(
             progress.step_start(idx as usize, &own);
             let mut clock = Clock::start();
             let rehearsed = plan.strategy.rehearse(&injected, config.seed, idx);
-            // What the model says before this step, for the reports' before/after samples.
-            let before = sample_generations(
-                &loaded.model,
-                &loaded.tokenizer,
-                &sampled(&plan, own.iter().copied()),
-                -1,
-            )?;
-            let before_seconds = clock.lap();
-            let trained = train_stage(loaded, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
+            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
             clock.lap();
             merge::merge(&loaded.model, &trained.factors)?;
             let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
@@ -154,7 +147,6 @@ fn drive(
                 phases,
             } = evaluated;
             let phases = StepPhases {
-                before: before_seconds,
                 setup: trained.setup_seconds,
                 warmup: trained.warmup_seconds,
                 train: trained.seconds - trained.setup_seconds - trained.warmup_seconds,
@@ -190,7 +182,10 @@ fn drive(
                 phases,
             };
             // Commit: the step with everything measured around it, in one transaction.
-            let mut all_generations = before;
+            let mut all_generations: Vec<_> = own
+                .iter()
+                .filter_map(|f| prepared.before.get(&f.hash).cloned())
+                .collect();
             all_generations.extend(generations);
             clock.lap();
             ledger.commit_step(&StepRecord {
@@ -225,7 +220,7 @@ fn drive(
 /// optimizer-step budget ran out before every fact reached the threshold.
 #[allow(clippy::too_many_arguments)]
 fn train_stage(
-    loaded: &Loaded,
+    trainers: &mut Trainers,
     prepared: &Prepared,
     config: &RunConfig,
     plan: &Plan,
@@ -250,16 +245,9 @@ fn train_stage(
     }
     let t = &config.train;
     let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
-    let trained = train(
-        &loaded.model,
-        &examples,
-        &owner,
-        facts.len(),
-        t,
-        prepared.preserve.as_ref(),
-        seed,
-        |s, loss, rec| progress.opt_step(s, loss, rec),
-    )?;
+    let trained = train(trainers, &examples, &owner, facts.len(), seed, |s, loss, rec| {
+        progress.opt_step(s, loss, rec)
+    })?;
     let weakest = trained.recall.iter().cloned().fold(f64::INFINITY, f64::min);
     if trained.optimizer_steps >= t.max_steps && weakest < t.threshold {
         tracing::warn!(

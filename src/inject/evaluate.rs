@@ -1,6 +1,6 @@
 //! The evaluation stage after an injection step's merge: the step's own facts and, at retention checks
-//! (see [`Cadence`]), earlier facts, scored in one batched teacher-forced pass; greedy generations
-//! for the reports' before/after samples; locality at full checks; the new weights' hash.
+//! (see [`Cadence`]), earlier facts, scored in batched teacher-forced passes; greedy generations for
+//! the reports' "after" samples (at the last step); locality at full checks; the new weights' hash.
 use super::plan::Plan;
 use super::prepare::Prepared;
 use super::state::weights_hash;
@@ -20,7 +20,8 @@ const MAX_SAMPLED_GENERATIONS: usize = 64;
 /// What the evaluation after one step measured.
 pub struct Evaluated {
     pub probes: Vec<ProbeRow>,
-    /// Greedy answers after the step (the step's facts; at the last step, every injected fact).
+    /// Greedy answers after the step: at an invocation's last step, to every sampled injected fact;
+    /// none before it.
     pub generations: Vec<GenerationRow>,
     /// Locality, at full checks.
     pub locality: Option<f64>,
@@ -82,11 +83,12 @@ pub fn evaluate(
             detail: serde_json::json!({"recall": s.recall_each, "general": s.general_each}).to_string(),
         })
         .collect();
+    // The reports show the samples after the last step only: none are decoded before it.
     let shown: Vec<&Fact> = if last {
         let by_hash: HashMap<&str, &Fact> = plan.facts.iter().map(|f| (f.hash.as_str(), f)).collect();
         sampled(plan, injected.iter().filter_map(|h| by_hash.get(h.as_str()).copied()))
     } else {
-        sampled(plan, own.iter().copied())
+        Vec::new()
     };
     let generations = sample_generations(model, &loaded.tokenizer, &shown, idx)?;
     phases.generations = clock.lap();
@@ -122,6 +124,9 @@ fn score_facts(model: &Llama, prepared: &Prepared, config: &RunConfig, hashes: &
 /// Greedy answers to each fact's first probe (its first prompt when it has none), decoded
 /// together, as the reports' before/after samples of step `step` (-1: before any step of the run).
 pub fn sample_generations(model: &Llama, tok: &Tokenizer, facts: &[&Fact], step: i64) -> Result<Vec<GenerationRow>> {
+    if facts.is_empty() {
+        return Ok(Vec::new());
+    }
     let qa: Vec<(&str, &str)> = facts
         .iter()
         .map(|f| (f.probes.first().unwrap_or(&f.prompts[0]).as_str(), f.answer.as_str()))

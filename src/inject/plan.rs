@@ -73,7 +73,7 @@ fn record_run(
     dir: &str,
 ) -> Result<RunRow> {
     let base_hash = weights_hash(&loaded.model, &loaded.source_hash, &config.train)?;
-    let base = locality_baseline(loaded, config.locality_tokens)?;
+    let base = locality_baseline(ledger, loaded, config.locality_tokens)?;
     let row = RunRow {
         id: format!("run-{}", &key[..8]),
         key: key.to_string(),

@@ -1,6 +1,8 @@
 //! The second stage of a run, before its first new step: the base model's answers (to the locality
-//! prompts for a new run, to the preservation prompts for the KL term), the null-space projections,
-//! the committed steps replayed onto the model, and every fact's examples tokenised once.
+//! prompts for a new run, to the preservation prompts for the KL term, to the sampled facts for the
+//! reports' "before" column), the null-space projections, the committed steps replayed onto the
+//! model, and every fact's examples tokenised once.
+use super::evaluate::{sample_generations, sampled};
 use super::plan::Plan;
 use super::preserve::{null_space_projections, Preserve};
 use super::state::replay;
@@ -11,7 +13,7 @@ use crate::error::Result;
 use crate::eval::batch::Example;
 use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
 use crate::eval::probe::FactExamples;
-use crate::ledger::{FixedPhases, Ledger, LocalityBase};
+use crate::ledger::{FixedPhases, GenerationRow, Ledger, LocalityBase};
 use crate::model::Loaded;
 use std::collections::HashMap;
 
@@ -23,14 +25,42 @@ pub struct Prepared {
     pub examples: HashMap<String, FactExamples>,
     /// The base model's answers to the locality prompts, as examples.
     pub locality: Vec<Example>,
-    /// Seconds of preparing (preservation, projections, replay, tokenize).
+    /// Seconds of preparing (preservation, projections, replay, tokenize, before samples).
     pub phases: FixedPhases,
+    /// The base model's greedy answers to the sampled pending facts (the reports' "before" samples,
+    /// step -1), by fact hash; committed with the step that injects the fact.
+    pub before: HashMap<String, GenerationRow>,
+}
+
+/// The base model's greedy answers (`tokens` at most) to `prompts`, as examples: from the ledger when
+/// a run of this model (same weights, same weight type) has kept them, else decoded now and kept.
+/// Call before any edit of the weights.
+pub fn base_answers_kept(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    prompts: &[&str],
+    tokens: usize,
+) -> Result<Vec<Example>> {
+    let kind = format!("{:?}", loaded.model.kind());
+    let set = blake3::hash(prompts.join("\n").as_bytes()).to_hex().to_string();
+    if let Some(kept) = ledger.base_answers(&loaded.source_hash, &kind, &set, tokens)? {
+        if kept.len() == prompts.len() {
+            return Ok(kept
+                .into_iter()
+                .map(|(prompt, target)| Example { prompt, target })
+                .collect());
+        }
+    }
+    let answers = base_answers(&loaded.model, &loaded.tokenizer, prompts, tokens)?;
+    let rows: Vec<(Vec<i64>, Vec<i64>)> = answers.iter().map(|e| (e.prompt.clone(), e.target.clone())).collect();
+    ledger.keep_base_answers(&loaded.source_hash, &kind, &set, tokens, &rows)?;
+    Ok(answers)
 }
 
 /// The base model's greedy answers (`tokens` at most) to the locality prompts, for a new run's record.
-pub fn locality_baseline(loaded: &Loaded, tokens: usize) -> Result<Vec<LocalityBase>> {
+pub fn locality_baseline(ledger: &mut Ledger, loaded: &Loaded, tokens: usize) -> Result<Vec<LocalityBase>> {
     let tok = &loaded.tokenizer;
-    let answers = base_answers(&loaded.model, tok, &LOCALITY_PROMPTS, tokens)?;
+    let answers = base_answers_kept(ledger, loaded, &LOCALITY_PROMPTS, tokens)?;
     Ok(LOCALITY_PROMPTS
         .iter()
         .zip(answers)
@@ -45,14 +75,19 @@ pub fn locality_baseline(loaded: &Loaded, tokens: usize) -> Result<Vec<LocalityB
 
 /// The preservation set and null-space projections of `config`, from the (still unedited) base
 /// model; their seconds go to `phases`.
-fn preservation(loaded: &Loaded, config: &RunConfig, phases: &mut FixedPhases) -> Result<Option<Preserve>> {
+fn preservation(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    config: &RunConfig,
+    phases: &mut FixedPhases,
+) -> Result<Option<Preserve>> {
     let t = &config.train;
     if t.preserve <= 0.0 && t.null_space <= 0.0 {
         return Ok(None);
     }
     let mut clock = Clock::start();
     let model = &loaded.model;
-    let ex = base_answers(model, &loaded.tokenizer, &PRESERVE_PROMPTS, config.locality_tokens)?;
+    let ex = base_answers_kept(ledger, loaded, &PRESERVE_PROMPTS, config.locality_tokens)?;
     let mut p = Preserve::new(model, &ex, t.preserve_batch);
     phases.preservation = clock.lap();
     if t.null_space > 0.0 {
@@ -68,10 +103,17 @@ fn preservation(loaded: &Loaded, config: &RunConfig, phases: &mut FixedPhases) -
 
 /// Prepares the coming steps of `plan`: the preservation targets come from the base weights, so they
 /// are made before the committed steps are replayed onto the model.
-pub fn prepare(ledger: &Ledger, loaded: &Loaded, config: &RunConfig, plan: &Plan) -> Result<Prepared> {
+pub fn prepare(ledger: &mut Ledger, loaded: &Loaded, config: &RunConfig, plan: &Plan) -> Result<Prepared> {
     let mut phases = FixedPhases::default();
-    let preserve = preservation(loaded, config, &mut phases)?;
+    let preserve = preservation(ledger, loaded, config, &mut phases)?;
     let mut clock = Clock::start();
+    // Still the base model: one batch of greedy answers for every sampled fact still to inject.
+    let pending = plan.groups.iter().flatten().map(|&i| &plan.facts[i]);
+    let before = sample_generations(&loaded.model, &loaded.tokenizer, &sampled(plan, pending), -1)?
+        .into_iter()
+        .map(|g| (g.fact.clone(), g))
+        .collect();
+    phases.before = clock.lap();
     replay(ledger, &plan.run, loaded, &config.train, None)?;
     phases.replay = clock.lap();
     let mut examples = HashMap::new();
@@ -92,5 +134,6 @@ pub fn prepare(ledger: &Ledger, loaded: &Loaded, config: &RunConfig, plan: &Plan
         examples,
         locality,
         phases,
+        before,
     })
 }

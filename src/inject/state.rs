@@ -26,7 +26,8 @@ pub fn weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -> Resu
         let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
         w.copy_data_u8(&mut buf, w.numel());
         h.update(k.as_bytes());
-        h.update(&buf);
+        // Same digest as `update`, on every core.
+        h.update_rayon(&buf);
     }
     Ok(h.finalize().to_hex().to_string())
 }

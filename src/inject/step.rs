@@ -7,8 +7,9 @@ use crate::adapter::AdaLora;
 use crate::config::{AdaLoraConfig, Proj, TrainConfig};
 use crate::cuda::{Graph, SideStream};
 use crate::error::Result;
-use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example};
+use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example, Shape};
 use crate::model::Llama;
+use std::collections::HashMap;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -163,8 +164,9 @@ struct Graphs {
     forward_backward: Option<(Graph, Pass)>,
     update: Option<Graph>,
     preserve: Option<StaticPreserve>,
-    // Last: the stream is left (and the device synchronised) after the graphs are freed.
-    _stream: SideStream,
+    // Last: the stream is left (and the device synchronised) after the graphs are freed. None when
+    // the trainer belongs to a [`Trainers`] pool, which holds the stream.
+    _stream: Option<SideStream>,
 }
 
 /// One adapter being trained on pre-built batches: the loop body of [`train`], also timed by
@@ -175,6 +177,9 @@ pub struct Trainer<'a> {
     pub batches: Vec<Batch>,
     n_examples: usize,
     n_targets: usize,
+    /// 1 / target tokens as a device scalar, for a pooled trainer (its graph must read the count
+    /// of each injection step's examples; a fresh trainer divides by the constant).
+    inv_targets: Option<Tensor>,
     pub adapter: AdaLora,
     opt: AdamW,
     cfg: TrainConfig,
@@ -228,6 +233,7 @@ impl<'a> Trainer<'a> {
             batches,
             n_examples: examples.len(),
             n_targets: examples.iter().map(|e| e.target.len()).sum(),
+            inv_targets: None,
             adapter,
             opt,
             cfg: cfg.clone(),
@@ -238,7 +244,7 @@ impl<'a> Trainer<'a> {
                 forward_backward: None,
                 update: None,
                 preserve: static_preserve,
-                _stream: s,
+                _stream: Some(s),
             }),
         })
     }
@@ -259,7 +265,10 @@ impl<'a> Trainer<'a> {
         for b in &self.batches {
             let logits = b.logits(self.model, &self.adapter);
             b.add_correct(&logits, &mut correct);
-            let loss = loss_sum(b, &logits) / self.n_targets as f64;
+            let loss = match &self.inv_targets {
+                Some(inv) => loss_sum(b, &logits) * inv,
+                None => loss_sum(b, &logits) / self.n_targets as f64,
+            };
             loss.backward();
             total += loss.detach();
         }
@@ -286,7 +295,8 @@ impl<'a> Trainer<'a> {
         if let Some(p) = self.graphs.as_mut().and_then(|g| g.preserve.as_mut()) {
             p.load(opt_step % p.padded.len());
         }
-        if self.graphs.is_none() || self.opt_step < EAGER_STEPS {
+        let captured = self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_some());
+        if self.graphs.is_none() || (!captured && self.opt_step < EAGER_STEPS) {
             return Ok(self.forward_backward_eager());
         }
         if self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_none()) {
@@ -319,7 +329,8 @@ impl<'a> Trainer<'a> {
     /// The optimizer step after [`forward_backward`](Self::forward_backward).
     pub fn update(&mut self) -> Result<()> {
         let before_final = self.adapter.plan_allocation(self.opt_step);
-        if self.graphs.is_none() || self.opt_step < EAGER_STEPS || !before_final {
+        let captured = self.graphs.as_ref().is_some_and(|g| g.update.is_some());
+        if self.graphs.is_none() || !before_final || (!captured && self.opt_step < EAGER_STEPS) {
             self.update_eager(before_final);
         } else {
             if self.graphs.as_ref().is_some_and(|g| g.update.is_none()) {
@@ -340,7 +351,70 @@ impl<'a> Trainer<'a> {
 
     /// Whether the next optimizer step is still eager or a capture (on a GPU of a CUDA build).
     pub fn warming_up(&self) -> bool {
-        self.graphs.is_some() && self.opt_step <= EAGER_STEPS
+        self.graphs
+            .as_ref()
+            .is_some_and(|g| g.forward_backward.is_none() && self.opt_step <= EAGER_STEPS)
+    }
+
+    /// A trainer for examples of `shape`, to be [`reset`](Self::reset) before each use; on a GPU its
+    /// graphs, once captured, serve every later use. For a [`Trainers`] pool on a GPU.
+    pub fn pooled(model: &'a Llama, shape: Shape, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
+        let dev = model.device();
+        let mut adapter = AdaLora::new(
+            &cfg.adalora,
+            &adapter_shapes(model, &cfg.adalora),
+            dev,
+            0,
+            cfg.max_steps,
+        );
+        if let Some(p) = preserve.filter(|p| !p.projections.is_empty()) {
+            adapter.set_projections(&p.projections);
+        }
+        let opt = AdamW::new(
+            adapter.params(),
+            cfg.lr,
+            cfg.adam_beta1,
+            cfg.adam_beta2,
+            cfg.weight_decay,
+        );
+        let static_preserve = preserve
+            .filter(|p| cfg.preserve > 0.0 && !p.batches.is_empty())
+            .map(StaticPreserve::new);
+        Trainer {
+            model,
+            batches: vec![Batch::padded(shape, dev)],
+            n_examples: shape.rows,
+            n_targets: 0,
+            inv_targets: Some(Tensor::zeros([], (Kind::Float, dev))),
+            adapter,
+            opt,
+            cfg: cfg.clone(),
+            preserve,
+            opt_step: 0,
+            tokens: 0,
+            graphs: crate::cuda::available(dev).then_some(Graphs {
+                forward_backward: None,
+                update: None,
+                preserve: static_preserve,
+                _stream: None,
+            }),
+        }
+    }
+
+    /// Makes a pooled trainer what [`Trainer::new`] on `examples` with `seed` makes (up to the
+    /// padding of its batch), in place: the examples written into its batch, the adapter drawn
+    /// again, the optimizer's and allocator's state cleared.
+    pub fn reset(&mut self, examples: &[Example], seed: u64) {
+        self.batches[0].fill(examples);
+        self.n_examples = examples.len();
+        self.n_targets = examples.iter().map(|e| e.target.len()).sum();
+        if let Some(inv) = &mut self.inv_targets {
+            let _ = inv.fill_(1.0 / self.n_targets.max(1) as f64);
+        }
+        self.adapter.reset(&adapter_shapes(self.model, &self.cfg.adalora), seed);
+        self.opt.reset();
+        self.opt_step = 0;
+        self.tokens = 0;
     }
 
     /// Optimizer steps taken.
@@ -349,21 +423,63 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// The trainers of a run's injection steps. On a GPU of a CUDA build, a step whose examples fit one
+/// batch is trained by a trainer kept per padded batch [`Shape`] and reset in place, so its CUDA
+/// graphs are captured once per run and shape instead of once per injection step (their warm-up
+/// and capture cost more than the replays of a step's ~14 optimizer steps). Elsewhere, and for
+/// larger groups, each step gets a fresh [`Trainer`], as before.
+pub struct Trainers<'a> {
+    model: &'a Llama,
+    cfg: TrainConfig,
+    preserve: Option<&'a Preserve>,
+    pooled: HashMap<Shape, Trainer<'a>>,
+    // Last: left (the device synchronised) after the pooled trainers' graphs are freed.
+    stream: Option<SideStream>,
+}
+
+impl<'a> Trainers<'a> {
+    pub fn new(model: &'a Llama, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Result<Self> {
+        let dev = model.device();
+        let stream = match crate::cuda::available(dev) && std::env::var("INJECTOR_REUSE_GRAPHS").as_deref() != Ok("0") {
+            true => Some(SideStream::enter(dev)?),
+            false => None,
+        };
+        Ok(Trainers {
+            model,
+            cfg: cfg.clone(),
+            preserve,
+            pooled: HashMap::new(),
+            stream,
+        })
+    }
+}
+
 /// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to)
 /// until every fact reaches the threshold or `max_steps`. `on_step(opt_step, loss, min_recall)` reports.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
-    model: &Llama,
+    trainers: &mut Trainers,
     examples: &[Example],
     owner: &[usize],
     n_facts: usize,
-    cfg: &TrainConfig,
-    preserve: Option<&Preserve>,
     seed: u64,
     mut on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let t0 = Instant::now();
-    let mut tr = Trainer::new(model, examples, cfg, preserve, seed)?;
+    let (model, cfg, preserve) = (trainers.model, &trainers.cfg.clone(), trainers.preserve);
+    let shape = Shape::of(examples);
+    let mut fresh;
+    let tr: &mut Trainer = if trainers.stream.is_some() && shape.rows * shape.len <= cfg.max_batch_tokens {
+        let tr = trainers
+            .pooled
+            .entry(shape)
+            .or_insert_with(|| Trainer::pooled(model, shape, cfg, preserve));
+        tr.reset(examples, seed);
+        tr
+    } else {
+        fresh = Trainer::new(model, examples, cfg, preserve, seed)?;
+        &mut fresh
+    };
     let setup_seconds = t0.elapsed().as_secs_f64();
     let mut warm_end: Option<Instant> = None;
     let check_separately = cfg.adalora.dropout > 0.0;
@@ -435,10 +551,88 @@ mod tests {
     use crate::model::Config;
     use tch::Device;
 
+    /// libtorch's random generator is global: tests that seed it and draw run one at a time.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A pooled trainer, reset for one group and then for another, trains each as a fresh trainer
+    /// does (the same factors up to the float rounding of its padded batch): nothing of the first
+    /// group's adapter, optimizer or allocator survives the reset.
+    #[test]
+    fn a_reset_trainer_trains_like_a_fresh_one() {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let cfg = Config {
+            architecture: "llama".into(),
+            vocab_size: 97,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            attention_bias: false,
+        };
+        let model = Llama::random(&cfg, Device::Cpu, Kind::Float).unwrap();
+        let group = |k: i64| -> Vec<Example> {
+            (0..4i64)
+                .map(|i| Example {
+                    prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
+                    target: (0..4).map(|j| (11 * k + j) % 97).collect(),
+                })
+                .collect()
+        };
+        let (a, b) = (group(1), group(2));
+        let train_cfg = TrainConfig {
+            lr: 0.05,
+            max_steps: 6,
+            adalora: AdaLoraConfig {
+                tinit: 1,
+                tfinal: 1,
+                ..AdaLoraConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let run = |tr: &mut Trainer| -> Vec<Factor> {
+            for _ in 0..6 {
+                tr.forward_backward().unwrap();
+                tr.update().unwrap();
+            }
+            factors(&tr.adapter)
+        };
+        let close = |x: &[Factor], y: &[Factor]| {
+            for (f, g) in x.iter().zip(y) {
+                let d = (f.delta_weight() - g.delta_weight()).abs().max().double_value(&[]);
+                let scale = g.delta_weight().abs().max().double_value(&[]);
+                assert!(scale > 0.0 && d <= 1e-4 * scale, "{}: {d} vs {scale}", f.key);
+                assert_eq!(f.rank, g.rank, "{}", f.key);
+            }
+        };
+        let mut pooled = Trainer::pooled(&model, Shape::of(&a), &train_cfg, None);
+        pooled.reset(&a, 5);
+        let first = run(&mut pooled);
+        close(
+            &first,
+            &run(&mut Trainer::new(&model, &a, &train_cfg, None, 5).unwrap()),
+        );
+        // Same shape, other examples and seed: the trainer's state is all new.
+        assert_eq!(Shape::of(&a), Shape::of(&b));
+        pooled.reset(&b, 9);
+        close(
+            &run(&mut pooled),
+            &run(&mut Trainer::new(&model, &b, &train_cfg, None, 9).unwrap()),
+        );
+    }
+
     /// The padded static batches give each preservation batch the KL of the batch itself (batches of
     /// different row counts and lengths), with an adapter that moves the distributions.
     #[test]
     fn static_preservation_batches_give_the_same_kl() {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let cfg = Config {
             architecture: "llama".into(),

@@ -503,6 +503,44 @@ impl Ledger {
         Ok(rows)
     }
 
+    /// The base model's answers to a prompt set, if a run has kept them: per prompt, (prompt ids,
+    /// answer ids). Keyed by the model's source hash, its weight type on the device (`kind`: answers in
+    /// bf16 and fp32 can differ), the prompt set's hash and the answers' token limit.
+    pub fn base_answers(
+        &self,
+        model_hash: &str,
+        kind: &str,
+        prompts: &str,
+        tokens: usize,
+    ) -> Result<Option<Vec<BaseAnswer>>> {
+        let row: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT answers FROM base_answers WHERE model_hash = ?1 AND kind = ?2 AND prompts = ?3 AND tokens = ?4",
+                params![model_hash, kind, prompts, tokens as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // A row that does not parse is as good as none: the answers are decoded again.
+        Ok(row.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Keeps the base model's answers to a prompt set (see [`Ledger::base_answers`]).
+    pub fn keep_base_answers(
+        &mut self,
+        model_hash: &str,
+        kind: &str,
+        prompts: &str,
+        tokens: usize,
+        answers: &[BaseAnswer],
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO base_answers (model_hash, kind, prompts, tokens, answers) VALUES (?1,?2,?3,?4,?5)",
+            params![model_hash, kind, prompts, tokens as i64, json(&answers)],
+        )?;
+        Ok(())
+    }
+
     /// The current UTC time as the ledger stamps it (`YYYY-MM-DDTHH:MM:SSZ`).
     pub fn now(&self) -> Result<String> {
         Ok(self
@@ -515,6 +553,9 @@ impl Ledger {
         Ok(last_locality(&self.locality(run)?))
     }
 }
+
+/// The base model's answer to one prompt: (prompt ids, answer ids).
+pub type BaseAnswer = (Vec<i64>, Vec<i64>);
 
 /// The latest locality after a step among `(step, value)` rows in step order (the row of step -1,
 /// the base model's 1.0, does not count).

@@ -51,8 +51,6 @@ pub struct StepRow {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StepPhases {
-    /// Greedy answers before the step (the reports' "before" samples).
-    pub before: f64,
     /// Adapter, optimizer and batches made for the step.
     pub setup: f64,
     /// The eager optimizer steps before the CUDA graphs are captured, and the captures (GPU only).
@@ -75,9 +73,8 @@ pub struct StepPhases {
 
 impl StepPhases {
     /// (name, seconds) of every phase, in order.
-    pub fn named(&self) -> [(&'static str, f64); 10] {
+    pub fn named(&self) -> [(&'static str, f64); 9] {
         [
-            ("before", self.before),
             ("setup", self.setup),
             ("warmup", self.warmup),
             ("train", self.train),
@@ -96,7 +93,6 @@ impl StepPhases {
 
     /// Adds another step's phases to these.
     pub fn add(&mut self, o: &StepPhases) {
-        self.before += o.before;
         self.setup += o.setup;
         self.warmup += o.warmup;
         self.train += o.train;
@@ -125,6 +121,8 @@ pub struct FixedPhases {
     pub replay: f64,
     /// Every fact's examples tokenised.
     pub tokenize: f64,
+    /// The base model's greedy answers to the sampled facts (the reports' "before" samples).
+    pub before: f64,
     /// The steps' SQLite commits, together.
     pub commit: f64,
 }

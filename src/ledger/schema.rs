@@ -118,4 +118,15 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, idx)
     );
     "#,
+    // 4: the base model's greedy answers, kept per model so later runs need not decode them again.
+    r#"
+    CREATE TABLE base_answers (
+        model_hash TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        prompts TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        answers TEXT NOT NULL,
+        PRIMARY KEY (model_hash, kind, prompts, tokens)
+    );
+    "#,
 ];

@@ -110,7 +110,7 @@ fn retention_chart(d: &RunData, title: &str) -> String {
 
 fn generations_table(d: &RunData, limit: usize) -> String {
     let last = d.last_step().unwrap_or(-1);
-    let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before its step</th><th class=l>after the last step</th><th>F1</th></tr>");
+    let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before the run (base model)</th><th class=l>after the last step</th><th>F1</th></tr>");
     let mut n = 0;
     for f in d.facts() {
         let before = d.generations.iter().find(|g| g.fact == f.hash && g.step == -1);
@@ -313,6 +313,7 @@ fn phase_charts(d: &RunData) -> String {
             f.plan,
             f.preservation,
             f.projections,
+            f.before,
             f.replay,
             f.tokenize,
             f.commit,
