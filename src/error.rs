@@ -19,6 +19,10 @@ pub enum Error {
     /// Bad user input: a knowledge file, a flag value, a run id. The message names file and line.
     #[error("{0}")]
     BadInput(String),
+    /// Training that stopped being a number: a loss or an update that is NaN or infinite. Nothing of
+    /// the step is merged or committed; the run is marked failed.
+    #[error("training diverged: {0}")]
+    Diverged(String),
     /// Something in the ledger that does not fit what was asked.
     #[error("ledger: {0}")]
     Ledger(String),

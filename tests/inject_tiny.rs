@@ -262,3 +262,37 @@ fn rusqlite_rows(db: &std::path::Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
+
+/// A step whose training diverges (issue #14, item 1) is stopped before anything of it is merged or
+/// committed: exit 1 naming the divergence, the run marked failed, and the ledger still reads, for it
+/// and for a healthy run added afterwards.
+#[test]
+fn a_diverged_step_fails_the_run_and_poisons_nothing() {
+    let d = small_workspace();
+    let p = d.path();
+    let o = injector(p, &run_with(&["--lr", "5e3", "--max-steps", "3", "--json"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("training diverged"), "{}", stderr(&o));
+    let list = injector(p, &["ledger", "list", "--ledger", "l.db", "--json"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
+    assert_eq!(runs[0]["status"], "failed");
+    let failed = runs[0]["id"].as_str().unwrap().to_string();
+    let show = injector(p, &["ledger", "show", &failed, "--ledger", "l.db", "--json"]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(
+        v["steps"].as_array().unwrap().len(),
+        0,
+        "nothing of the diverged step is committed"
+    );
+    // A healthy run in the same ledger trains, commits and reports.
+    let ok = injector(p, &run_args(&["--json", "-q"]));
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    for args in [vec!["ledger", "list"], vec!["report"]] {
+        let mut a = args.clone();
+        a.extend(["--ledger", "l.db"]);
+        let o = injector(p, &a);
+        assert!(o.status.success(), "{a:?}: {}", stderr(&o));
+    }
+}

@@ -18,6 +18,14 @@ pub struct Factor {
 }
 
 impl Factor {
+    /// Whether every value of both factors (and the scale) is finite.
+    pub fn is_finite(&self) -> bool {
+        self.scale.is_finite()
+            && [&self.a, &self.b]
+                .iter()
+                .all(|t| t.isfinite().all().int64_value(&[]) != 0)
+    }
+
     pub fn delta_weight(&self) -> Tensor {
         tch::no_grad(|| self.b.matmul(&self.a) * self.scale)
     }

@@ -93,7 +93,28 @@ pub fn resume(
     drive(ledger, loaded, run, knowledge, &config, progress, t0)
 }
 
+/// [`drive_steps`], and on failure the run marked `failed` (what was committed stays; the same
+/// command tries the rest again).
 fn drive(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    run: RunRow,
+    knowledge: &Knowledge,
+    config: &RunConfig,
+    progress: &mut dyn Progress,
+    t0: Instant,
+) -> Result<RunOutcome> {
+    let id = run.id.clone();
+    let out = drive_steps(ledger, loaded, run, knowledge, config, progress, t0);
+    if out.is_err() {
+        // Best effort: the error that stopped the run matters more than one in marking it.
+        let _ = ledger.set_status(&id, "failed");
+        progress.finish();
+    }
+    out
+}
+
+fn drive_steps(
     ledger: &mut Ledger,
     loaded: &Loaded,
     run: RunRow,

@@ -6,7 +6,7 @@ use crate::adapter::merge::{factors, Factor};
 use crate::adapter::AdaLora;
 use crate::config::{AdaLoraConfig, Proj, TrainConfig};
 use crate::cuda::{Graph, SideStream};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example, Shape};
 use crate::model::Llama;
 use std::collections::HashMap;
@@ -494,6 +494,11 @@ pub fn train(
         // One read per optimizer step: the loss and the argmax counts of this pass.
         let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
         let loss = read[0] as f64;
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!(
+                "the loss is {loss} at optimizer step {opt_step}; nothing of the step was kept (try a lower --lr)"
+            )));
+        }
         // With dropout off, this pass's argmax is exactly the current weights' recall: stopping
         // here costs no extra forward. With dropout on, measure without it every 5 steps.
         let ex_acc: Vec<f64> = if check_separately {
@@ -530,6 +535,10 @@ pub fn train(
     let mut fs = factors(&tr.adapter);
     for f in &mut fs {
         f.scale *= cfg.merge_scale;
+    }
+    // A finite last loss does not make a finite update: the last optimizer step can still overflow.
+    if let Some(f) = fs.iter().find(|f| !f.is_finite()) {
+        return Err(Error::Diverged(format!("the update of {} is not finite", f.key)));
     }
     Ok(Trained {
         factors: fs,

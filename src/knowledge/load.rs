@@ -143,6 +143,8 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
         let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
         bad(path, line, "not valid UTF-8")
     })?;
+    // A byte-order mark is not content: left in, it shifts the parser's idea of the document.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text).to_string();
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
     let stem = path
         .file_stem()
@@ -168,19 +170,61 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
     }
 }
 
-/// Reads every `*.yaml` / `*.yml` file of a directory (sorted by path), or a single file, and checks
-/// the facts together: ids unique, no fact twice.
+/// Whether a directory entry is hidden or editor/OS clutter, skipped without a word: a name that starts
+/// with `.` (`.git`, `.#x.yaml`, `.x.yaml.swp`), ends with `~` (backups), is `#…#` (Emacs autosave),
+/// or `Thumbs.db` / `desktop.ini`.
+fn is_clutter(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || (name.starts_with('#') && name.ends_with('#'))
+        || matches!(name, "Thumbs.db" | "desktop.ini")
+}
+
+/// Whether a file is a knowledge file: `.yaml` or `.yml`, in any case.
+fn is_yaml(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// The knowledge files under `dir`, recursively, sorted by path; and the other files found (neither
+/// knowledge files nor clutter), which the caller names in a warning. Errors: an unreadable folder.
+pub fn discover(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let (mut files, mut other) = (Vec::new(), Vec::new());
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| Error::BadInput(format!("{}: {e}", d.display())))?;
+        for e in rd.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if is_clutter(&e.file_name().to_string_lossy()) {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+            } else if is_yaml(&path) {
+                files.push(path);
+            } else {
+                other.push(path);
+            }
+        }
+    }
+    files.sort();
+    other.sort();
+    Ok((files, other))
+}
+
+/// Reads every knowledge file under a directory (see [`discover`]: `.yaml`/`.yml` in any case, in
+/// subfolders too, sorted by path), or a single file, and checks the facts together: ids unique, no
+/// fact twice. Other files are named in a warning.
 pub fn load_dir(dir: &Path) -> Result<Knowledge> {
     let files: Vec<PathBuf> = if dir.is_file() {
         vec![dir.to_path_buf()]
     } else {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::BadInput(format!("{}: {e}", dir.display())))?;
-        let mut v: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
-        v.sort();
-        v
+        let (files, other) = discover(dir)?;
+        for o in other {
+            tracing::warn!("{}: not read (knowledge files end in .yaml or .yml)", o.display());
+        }
+        files
     };
     let mut facts = Vec::new();
     for f in &files {
@@ -188,7 +232,7 @@ pub fn load_dir(dir: &Path) -> Result<Knowledge> {
     }
     if facts.is_empty() {
         return Err(Error::BadInput(format!(
-            "{}: no facts (no *.yaml files)",
+            "{}: no facts (no .yaml or .yml files)",
             dir.display()
         )));
     }
@@ -217,6 +261,53 @@ pub fn load_dir(dir: &Path) -> Result<Knowledge> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A byte-order mark changes nothing: errors keep their true line, with LF or CRLF line ends,
+    /// and a valid file with one loads.
+    #[test]
+    fn a_byte_order_mark_keeps_the_true_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let body =
+            "facts:\n  - id: a\n    subject: A\n    answer: A is 1.\n  - id: b\n    subject: B\n    answer: ''\n";
+        for (name, text) in [("lf.yaml", body.to_string()), ("crlf.yaml", body.replace('\n', "\r\n"))] {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("\u{FEFF}{text}")).unwrap();
+            let e = load_file(&p).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name}:5:")), "{e}");
+        }
+        let ok = d.path().join("ok.yaml");
+        std::fs::write(&ok, "\u{FEFF}id: a\nsubject: A\nanswer: A is 1.\n").unwrap();
+        assert_eq!(load_file(&ok).unwrap()[0].source, format!("{}:1", ok.display()));
+    }
+
+    /// Knowledge files are found in subfolders and by extension in any case; clutter is skipped; the
+    /// rest is reported.
+    #[test]
+    fn discovery_is_recursive_and_names_what_it_skips() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("places/.git")).unwrap();
+        for f in [
+            "things.yaml",
+            "people.YAML",
+            "places/velmora.yml",
+            "places/.git/x.yaml",
+            ".hidden.yaml",
+            "a.yaml~",
+            "#b.yaml#",
+            "notes.txt",
+        ] {
+            std::fs::write(p.join(f), "").unwrap();
+        }
+        let (files, other) = discover(p).unwrap();
+        let rel = |v: &[PathBuf]| {
+            v.iter()
+                .map(|f| f.strip_prefix(p).unwrap().display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rel(&files), ["people.YAML", "places/velmora.yml", "things.yaml"]);
+        assert_eq!(rel(&other), ["notes.txt"]);
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

@@ -53,7 +53,12 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
         facts: parse(r.get(2)?)?,
         rehearsed: parse(r.get(3)?)?,
         optimizer_steps: r.get(4)?,
-        losses: parse(r.get(5)?)?,
+        // JSON has no NaN: serde writes null, which an earlier release could store for a diverged
+        // step. Such a value reads back as NaN rather than making the whole ledger unreadable.
+        losses: parse::<Vec<Option<f64>>>(r.get(5)?)?
+            .into_iter()
+            .map(|v| v.unwrap_or(f64::NAN))
+            .collect(),
         seconds: r.get(6)?,
         eval_seconds: r.get(7)?,
         tokens: r.get(8)?,
