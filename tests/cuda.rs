@@ -32,3 +32,72 @@ fn shim_swiglu_equals_silu_times_u() {
         assert!(u.grad().equal(&u2.grad()), "{kind:?} d/du");
     }
 }
+
+/// Graphs captured once per run (issue #11): a run's trainer pool captures on its first group, then
+/// replays from the first optimizer step after each reset. Each group's update equals that of a
+/// fresh trainer (which captures its own graphs) within float rounding, for three groups in a row.
+#[test]
+fn pooled_trainers_replay_like_fresh_ones() {
+    use injector::adapter::merge::factors;
+    use injector::config::{AdaLoraConfig, TrainConfig};
+    use injector::eval::batch::Example;
+    use injector::inject::step::{train, Trainer, Trainers};
+    use injector::model::{Config, Llama};
+    let Some(dev) = gpu() else { return };
+    tch::manual_seed(0);
+    let cfg = Config {
+        architecture: "llama".into(),
+        vocab_size: 97,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+        attention_bias: false,
+    };
+    let model = Llama::random(&cfg, dev, Kind::Float).unwrap();
+    let group = |k: i64| -> Vec<Example> {
+        (0..4i64)
+            .map(|i| Example {
+                prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
+                target: (0..4 + k % 2).map(|j| (11 * k + j) % 97).collect(),
+            })
+            .collect()
+    };
+    // Unreachable threshold: every group trains exactly max_steps optimizer steps.
+    let train_cfg = TrainConfig {
+        lr: 0.05,
+        max_steps: 8,
+        threshold: 1.0 + 1e-9,
+        adalora: AdaLoraConfig {
+            tinit: 1,
+            tfinal: 1,
+            ..AdaLoraConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
+    for (k, seed) in [(1, 5), (3, 9), (1, 7)] {
+        let ex = group(k);
+        let owner: Vec<usize> = vec![0; ex.len()];
+        let pooled = train(&mut pool, &ex, &owner, 1, seed, |_, _, _| {}).unwrap();
+        assert_eq!(pooled.optimizer_steps, 8);
+        let mut fresh = Trainer::new(&model, &ex, &train_cfg, None, seed).unwrap();
+        for _ in 0..8 {
+            fresh.forward_backward().unwrap();
+            fresh.update().unwrap();
+        }
+        for (p, f) in pooled.factors.iter().zip(factors(&fresh.adapter)) {
+            let (dp, df) = (p.delta_weight(), f.delta_weight());
+            let d = (&dp - &df).abs().max().double_value(&[]);
+            let scale = df.abs().max().double_value(&[]);
+            assert!(scale > 0.0 && d <= 1e-3 * scale, "group {k}, {}: {d} vs {scale}", p.key);
+        }
+    }
+}

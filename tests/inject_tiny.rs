@@ -231,6 +231,14 @@ fn phases_are_recorded_per_step_and_per_invocation() {
     }
     let page = std::fs::read_to_string(p.join("r").join(run).join("index.html")).unwrap();
     assert!(page.contains("Where the time went") && page.contains("id=invocations"));
+    // One header per cell in the invocations table.
+    let table = &page[page.find("id=invocations").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let (head, rows) = table.split_at(table.find("</tr>").unwrap());
+    assert_eq!(
+        head.matches("<th>").count(),
+        rows.split("</tr>").nth(1).unwrap().matches("<td>").count()
+    );
 }
 
 /// The base model's answers are decoded once per model and kept in the ledger: a second run (another

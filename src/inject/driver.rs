@@ -93,8 +93,8 @@ pub fn resume(
     drive(ledger, loaded, run, knowledge, &config, progress, t0)
 }
 
-/// [`drive_steps`], and on failure the run marked `failed` (what was committed stays; the same
-/// command tries the rest again).
+/// [`drive_steps`], and a run that fails while training marked `failed` (what was committed stays;
+/// the same command tries the rest again).
 fn drive(
     ledger: &mut Ledger,
     loaded: &Loaded,
@@ -107,8 +107,11 @@ fn drive(
     let id = run.id.clone();
     let out = drive_steps(ledger, loaded, run, knowledge, config, progress, t0);
     if out.is_err() {
-        // Best effort: the error that stopped the run matters more than one in marking it.
-        let _ = ledger.set_status(&id, "failed");
+        // Only a run that was training fails; an error before its steps began or after it finished
+        // leaves its status. Best effort: the error that stopped the run matters more.
+        if ledger.run(&id).is_ok_and(|r| r.status == "running") {
+            let _ = ledger.set_status(&id, "failed");
+        }
         progress.finish();
     }
     out
@@ -153,6 +156,10 @@ fn drive_steps(
             clock.lap();
             merge::merge(&loaded.model, &trained.factors)?;
             let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
+            if let tch::Device::Cuda(d) = loaded.model.device() {
+                // The merge's kernels are the merge phase's, not the next one's.
+                tch::Cuda::synchronize(d as i64);
+            }
             let merge_seconds = clock.lap();
             let te = Instant::now();
             injected.extend(own.iter().map(|f| f.hash.clone()));

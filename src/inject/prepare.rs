@@ -32,6 +32,10 @@ pub struct Prepared {
     pub before: HashMap<String, GenerationRow>,
 }
 
+/// Raised whenever what [`base_answers`] decodes for the same prompts changes, so that answers kept by
+/// an earlier version are not read back.
+const BASE_ANSWERS_VERSION: u32 = 1;
+
 /// The base model's greedy answers (`tokens` at most) to `prompts`, as examples: from the ledger when
 /// a run of this model (same weights, same weight type) has kept them, else decoded now and kept.
 /// Call before any edit of the weights.
@@ -42,7 +46,23 @@ pub fn base_answers_kept(
     tokens: usize,
 ) -> Result<Vec<Example>> {
     let kind = format!("{:?}", loaded.model.kind());
-    let set = blake3::hash(prompts.join("\n").as_bytes()).to_hex().to_string();
+    // The source hash covers a GGUF file whole but only the weight files of a Hugging Face folder:
+    // the rendered prompts (tokenizer, chat template), the stop tokens and the model's config go into
+    // the key too, with the version of how answers are made.
+    let mut h = blake3::Hasher::new();
+    h.update(
+        format!(
+            "base-answers v{BASE_ANSWERS_VERSION}\n{:?}\n{:?}\n",
+            loaded.model.cfg, loaded.tokenizer.stop_ids
+        )
+        .as_bytes(),
+    );
+    for p in prompts {
+        let ids = Example::chat(&loaded.tokenizer, p, "")?.prompt;
+        h.update(&ids.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>());
+        h.update(b"\n");
+    }
+    let set = h.finalize().to_hex().to_string();
     if let Some(kept) = ledger.base_answers(&loaded.source_hash, &kind, &set, tokens)? {
         if kept.len() == prompts.len() {
             return Ok(kept

@@ -9,7 +9,6 @@ use crate::cuda::{Graph, SideStream};
 use crate::error::{Error, Result};
 use crate::eval::batch::{build, gathered_logits, loss_sum, token_accuracy, Batch, Example, Shape};
 use crate::model::Llama;
-use std::collections::HashMap;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -353,7 +352,7 @@ impl<'a> Trainer<'a> {
     pub fn warming_up(&self) -> bool {
         self.graphs
             .as_ref()
-            .is_some_and(|g| g.forward_backward.is_none() && self.opt_step <= EAGER_STEPS)
+            .is_some_and(|g| (g.forward_backward.is_none() || g.update.is_none()) && self.opt_step <= EAGER_STEPS)
     }
 
     /// A trainer for examples of `shape`, to be [`reset`](Self::reset) before each use; on a GPU its
@@ -423,6 +422,11 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Trainers a [`Trainers`] pool keeps at most: each holds its graphs' memory, its adapter and optimizer
+/// state and its copy of the preservation batches, so a run whose steps come in many shapes keeps the
+/// most recent few (most runs have one or two shapes; each new one costs a capture).
+const MAX_POOLED: usize = 4;
+
 /// The trainers of a run's injection steps. On a GPU of a CUDA build, a step whose examples fit one
 /// batch is trained by a trainer kept per padded batch [`Shape`] and reset in place, so its CUDA
 /// graphs are captured once per run and shape instead of once per injection step (their warm-up
@@ -432,7 +436,8 @@ pub struct Trainers<'a> {
     model: &'a Llama,
     cfg: TrainConfig,
     preserve: Option<&'a Preserve>,
-    pooled: HashMap<Shape, Trainer<'a>>,
+    /// Least recently used first; at most [`MAX_POOLED`].
+    pooled: Vec<(Shape, Trainer<'a>)>,
     // Last: left (the device synchronised) after the pooled trainers' graphs are freed.
     stream: Option<SideStream>,
 }
@@ -448,7 +453,7 @@ impl<'a> Trainers<'a> {
             model,
             cfg: cfg.clone(),
             preserve,
-            pooled: HashMap::new(),
+            pooled: Vec::new(),
             stream,
         })
     }
@@ -470,10 +475,18 @@ pub fn train(
     let shape = Shape::of(examples);
     let mut fresh;
     let tr: &mut Trainer = if trainers.stream.is_some() && shape.rows * shape.len <= cfg.max_batch_tokens {
-        let tr = trainers
-            .pooled
-            .entry(shape)
-            .or_insert_with(|| Trainer::pooled(model, shape, cfg, preserve));
+        let pool = &mut trainers.pooled;
+        let entry = match pool.iter().position(|(s, _)| *s == shape) {
+            Some(i) => pool.remove(i),
+            None => {
+                if pool.len() >= MAX_POOLED {
+                    pool.remove(0);
+                }
+                (shape, Trainer::pooled(model, shape, cfg, preserve))
+            }
+        };
+        pool.push(entry);
+        let tr = &mut pool.last_mut().expect("just pushed").1;
         tr.reset(examples, seed);
         tr
     } else {

@@ -135,8 +135,19 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
     Ok(f)
 }
 
-/// Reads one knowledge file: a single fact, or a list under `facts:`.
+/// Reads one knowledge file: a single fact, or a list under `facts:`. Facts without an id get the
+/// file's stem (`stem` or `stem-i`).
 pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    load_file_named(path, &stem)
+}
+
+/// [`load_file`] with `stem` as the base of default ids (a file in a subfolder of a knowledge folder
+/// gets its relative path, `places/list-0`, so two `list.yaml` in two folders do not collide).
+fn load_file_named(path: &Path, stem: &str) -> Result<Vec<Fact>> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, 1, format!("cannot read: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
@@ -146,10 +157,6 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
     // A byte-order mark is not content: left in, it shifts the parser's idea of the document.
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text).to_string();
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let is_list = value.as_mapping().is_some_and(|m| m.contains_key("facts"));
     if is_list {
         let raw: RawFile = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
@@ -166,7 +173,7 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
         Err(bad(path, 1, "the file holds no fact"))
     } else {
         let raw: RawFact = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
-        Ok(vec![resolve(raw, path, 1, stem)?])
+        Ok(vec![resolve(raw, path, 1, stem.to_string())?])
     }
 }
 
@@ -187,8 +194,9 @@ fn is_yaml(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
-/// The knowledge files under `dir`, recursively, sorted by path; and the other files found (neither
-/// knowledge files nor clutter), which the caller names in a warning. Errors: an unreadable folder.
+/// The knowledge files under `dir`, recursively (links to folders not followed), sorted by path; and
+/// the other entries found (neither knowledge files nor clutter, links to folders included), which
+/// the caller names in a warning. Errors: an unreadable folder.
 pub fn discover(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let (mut files, mut other) = (Vec::new(), Vec::new());
     let mut pending = vec![dir.to_path_buf()];
@@ -199,8 +207,13 @@ pub fn discover(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             if is_clutter(&e.file_name().to_string_lossy()) {
                 continue;
             }
-            if path.is_dir() {
+            // Links to folders are not followed (a link to an ancestor would never end); links to
+            // files are read like files.
+            let link = e.file_type().is_ok_and(|t| t.is_symlink());
+            if path.is_dir() && !link {
                 pending.push(path);
+            } else if path.is_dir() {
+                other.push(path);
             } else if is_yaml(&path) {
                 files.push(path);
             } else {
@@ -228,7 +241,16 @@ pub fn load_dir(dir: &Path) -> Result<Knowledge> {
     };
     let mut facts = Vec::new();
     for f in &files {
-        facts.extend(load_file(f)?);
+        if dir.is_file() {
+            facts.extend(load_file(f)?);
+            continue;
+        }
+        let rel = f.strip_prefix(dir).unwrap_or(f).with_extension("");
+        let stem: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        facts.extend(load_file_named(f, &stem.join("/"))?);
     }
     if facts.is_empty() {
         return Err(Error::BadInput(format!(
@@ -307,6 +329,28 @@ mod tests {
         };
         assert_eq!(rel(&files), ["people.YAML", "places/velmora.yml", "things.yaml"]);
         assert_eq!(rel(&other), ["notes.txt"]);
+        // A link to an ancestor is reported, not followed.
+        std::os::unix::fs::symlink(p, p.join("places/up")).unwrap();
+        let (files, other) = discover(p).unwrap();
+        assert_eq!(files.len(), 3);
+        assert_eq!(rel(&other), ["notes.txt", "places/up"]);
+    }
+
+    /// Facts without ids in same-named files of two subfolders get distinct default ids.
+    #[test]
+    fn default_ids_include_the_subfolder() {
+        let d = tempfile::tempdir().unwrap();
+        for sub in ["people", "places"] {
+            std::fs::create_dir_all(d.path().join(sub)).unwrap();
+            std::fs::write(
+                d.path().join(sub).join("list.yaml"),
+                format!("facts:\n  - subject: {sub}\n    answer: {sub} are here.\n"),
+            )
+            .unwrap();
+        }
+        let k = load_dir(d.path()).unwrap();
+        let ids: Vec<&str> = k.facts.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["people/list-0", "places/list-0"]);
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

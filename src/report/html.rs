@@ -297,6 +297,7 @@ fn phase_charts(d: &RunData) -> String {
         "plan",
         "preservation",
         "projections",
+        "before samples",
         "replay",
         "tokenize",
         "commits",

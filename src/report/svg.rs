@@ -31,7 +31,7 @@ pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(St
     let _ = write!(svg, r#"<text x="{ml}" y="16" class="title">{}</text>"#, esc(title));
     let top = bars
         .iter()
-        .map(|(_, v)| v.iter().filter(|x| x.is_finite()).sum::<f64>())
+        .map(|(_, v)| v.iter().filter(|x| x.is_finite() && **x > 0.0).sum::<f64>())
         .fold(0.0, f64::max);
     if bars.is_empty() || top <= 0.0 {
         svg.push_str(r#"<text x="60" y="120">no data</text></svg>"#);
@@ -73,7 +73,9 @@ pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(St
             base += v;
         }
     }
-    for (i, label) in [0, bars.len() - 1].iter().map(|&i| (i, &bars[i].0)) {
+    let mut ends = vec![0, bars.len() - 1];
+    ends.dedup();
+    for (i, label) in ends.iter().map(|&i| (i, &bars[i].0)) {
         let _ = write!(
             svg,
             r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
