@@ -69,7 +69,7 @@ pub enum Command {
     Compare(compare::CompareArgs),
     /// (Re)render the HTML reports from the ledger alone.
     Report(report::ReportArgs),
-    /// Knowledge-file tools (`facts generate`).
+    /// Knowledge-file tools (`facts generate`, `facts resolve`).
     Facts(facts::FactsArgs),
 }
 

@@ -573,16 +573,8 @@ mod tests {
     use crate::model::Config;
     use tch::Device;
 
-    /// libtorch's random generator is global: tests that seed it and draw run one at a time.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    /// A pooled trainer, reset for one group and then for another, trains each as a fresh trainer
-    /// does (the same factors up to the float rounding of its padded batch): nothing of the first
-    /// group's adapter, optimizer or allocator survives the reset.
-    #[test]
-    fn a_reset_trainer_trains_like_a_fresh_one() {
-        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(0);
+    /// A random 2-layer model (vocabulary 97) on the CPU, drawn from the global generator.
+    fn tiny_model() -> Llama {
         let cfg = Config {
             architecture: "llama".into(),
             vocab_size: 97,
@@ -599,7 +591,20 @@ mod tests {
             tie_word_embeddings: true,
             attention_bias: false,
         };
-        let model = Llama::random(&cfg, Device::Cpu, Kind::Float).unwrap();
+        Llama::random(&cfg, Device::Cpu, Kind::Float).unwrap()
+    }
+
+    /// libtorch's random generator is global: tests that seed it and draw run one at a time.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A pooled trainer, reset for one group and then for another, trains each as a fresh trainer
+    /// does (the same factors up to the float rounding of its padded batch): nothing of the first
+    /// group's adapter, optimizer or allocator survives the reset.
+    #[test]
+    fn a_reset_trainer_trains_like_a_fresh_one() {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let model = tiny_model();
         let group = |k: i64| -> Vec<Example> {
             (0..4i64)
                 .map(|i| Example {
@@ -656,23 +661,7 @@ mod tests {
     fn static_preservation_batches_give_the_same_kl() {
         let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
-        let cfg = Config {
-            architecture: "llama".into(),
-            vocab_size: 97,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            max_position_embeddings: 128,
-            tie_word_embeddings: true,
-            attention_bias: false,
-        };
-        let model = Llama::random(&cfg, Device::Cpu, Kind::Float).unwrap();
+        let model = tiny_model();
         let examples: Vec<Example> = (0..7i64)
             .map(|i| Example {
                 prompt: (0..3 + i).map(|j| (7 * i + 3 * j) % 97).collect(),

@@ -21,6 +21,38 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
+/// Five horizontal grid lines from `y0` to `y1` across [x0, x1], labelled on the left; `py` maps a
+/// value to its pixel row.
+fn y_grid(svg: &mut String, x0: f64, x1: f64, y0: f64, y1: f64, py: &dyn Fn(f64) -> f64) {
+    for i in 0..=4 {
+        let y = y0 + (y1 - y0) * i as f64 / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{x0}" x2="{x1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
+            py(y),
+            py(y),
+            x0 - 4.0,
+            py(y) + 4.0,
+            fmt_tick(y)
+        );
+    }
+}
+
+/// Entry `i` of a legend right of the plot (`x` its right edge, `top` the first entry's row).
+fn legend_entry(svg: &mut String, x: f64, top: f64, i: usize, color: &str, name: &str) {
+    let ly = top + 14.0 * i as f64;
+    let _ = write!(
+        svg,
+        r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}" class="tick">{}</text>"#,
+        x + 8.0,
+        ly,
+        color,
+        x + 22.0,
+        ly + 9.0,
+        esc(name)
+    );
+}
+
 /// Stacked bars: one bar per entry of `bars` (label, one value per category), the categories stacked
 /// bottom-up in their order, with a legend; y from 0 to the tallest bar.
 pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(String, Vec<f64>)]) -> String {
@@ -38,19 +70,7 @@ pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(St
         return svg;
     }
     let py = |y: f64| h - mb - y / top * (h - mt - mb);
-    for i in 0..=4 {
-        let y = top * i as f64 / 4.0;
-        let _ = write!(
-            svg,
-            r##"<line x1="{ml}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
-            w - mr,
-            py(y),
-            py(y),
-            ml - 4.0,
-            py(y) + 4.0,
-            fmt_tick(y)
-        );
-    }
+    y_grid(&mut svg, ml, w - mr, 0.0, top, &py);
     let slot = (w - ml - mr) / bars.len() as f64;
     for (i, (label, values)) in bars.iter().enumerate() {
         let x = ml + slot * i as f64 + slot * 0.1;
@@ -92,17 +112,7 @@ pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(St
         esc(y_label)
     );
     for (i, c) in categories.iter().enumerate() {
-        let ly = mt + 14.0 * i as f64;
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}" class="tick">{}</text>"#,
-            w - mr + 8.0,
-            ly,
-            PALETTE[i % PALETTE.len()],
-            w - mr + 22.0,
-            ly + 9.0,
-            esc(c)
-        );
+        legend_entry(&mut svg, w - mr, mt, i, PALETTE[i % PALETTE.len()], c);
     }
     svg.push_str("</svg>");
     svg
@@ -140,19 +150,7 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
     }
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
-    for i in 0..=4 {
-        let y = y0 + (y1 - y0) * i as f64 / 4.0;
-        let _ = write!(
-            svg,
-            r##"<line x1="{ml}" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"##,
-            w - mr,
-            py(y),
-            py(y),
-            ml - 4.0,
-            py(y) + 4.0,
-            fmt_tick(y)
-        );
-    }
+    y_grid(&mut svg, ml, w - mr, y0, y1, &py);
     let _ = write!(
         svg,
         r#"<text x="{ml}" y="{}" class="tick">{}</text>"#,
@@ -191,17 +189,7 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
                 path.join(" ")
             );
         }
-        let ly = mt + 14.0 * i as f64;
-        let _ = write!(
-            svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{}"/><text x="{}" y="{}" class="tick">{}</text>"#,
-            w - mr + 8.0,
-            ly,
-            s.color,
-            w - mr + 22.0,
-            ly + 9.0,
-            esc(s.name)
-        );
+        legend_entry(&mut svg, w - mr, mt, i, s.color, s.name);
     }
     svg.push_str("</svg>");
     svg
