@@ -206,27 +206,7 @@ impl<'a> Trainer<'a> {
             None
         };
         let batches = build(examples, cfg.max_batch_tokens, dev);
-        let adapter = AdaLora::new(
-            &cfg.adalora,
-            &adapter_shapes(model, &cfg.adalora),
-            dev,
-            seed,
-            cfg.max_steps,
-        );
-        let mut adapter = adapter;
-        if let Some(p) = preserve.filter(|p| !p.projections.is_empty()) {
-            adapter.set_projections(&p.projections);
-        }
-        let opt = AdamW::new(
-            adapter.params(),
-            cfg.lr,
-            cfg.adam_beta1,
-            cfg.adam_beta2,
-            cfg.weight_decay,
-        );
-        let static_preserve = preserve
-            .filter(|p| cfg.preserve > 0.0 && !p.batches.is_empty() && stream.is_some())
-            .map(StaticPreserve::new);
+        let (adapter, opt, static_preserve) = Self::parts(model, cfg, preserve, seed, stream.is_some());
         Ok(Trainer {
             model,
             batches,
@@ -357,13 +337,20 @@ impl<'a> Trainer<'a> {
 
     /// A trainer for examples of `shape`, to be [`reset`](Self::reset) before each use; on a GPU its
     /// graphs, once captured, serve every later use. For a [`Trainers`] pool on a GPU.
-    pub fn pooled(model: &'a Llama, shape: Shape, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
-        let dev = model.device();
+    /// A fresh adapter from `seed` (with the preservation set's projections), its optimizer, and the
+    /// preservation batches padded for graph capture when `graphs` and preservation are on.
+    fn parts(
+        model: &Llama,
+        cfg: &TrainConfig,
+        preserve: Option<&Preserve>,
+        seed: u64,
+        graphs: bool,
+    ) -> (AdaLora, AdamW, Option<StaticPreserve>) {
         let mut adapter = AdaLora::new(
             &cfg.adalora,
             &adapter_shapes(model, &cfg.adalora),
-            dev,
-            0,
+            model.device(),
+            seed,
             cfg.max_steps,
         );
         if let Some(p) = preserve.filter(|p| !p.projections.is_empty()) {
@@ -377,8 +364,14 @@ impl<'a> Trainer<'a> {
             cfg.weight_decay,
         );
         let static_preserve = preserve
-            .filter(|p| cfg.preserve > 0.0 && !p.batches.is_empty())
+            .filter(|p| graphs && cfg.preserve > 0.0 && !p.batches.is_empty())
             .map(StaticPreserve::new);
+        (adapter, opt, static_preserve)
+    }
+
+    pub fn pooled(model: &'a Llama, shape: Shape, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
+        let dev = model.device();
+        let (adapter, opt, static_preserve) = Self::parts(model, cfg, preserve, 0, true);
         Trainer {
             model,
             batches: vec![Batch::padded(shape, dev)],
