@@ -62,10 +62,14 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
         );
         assert_eq!(
             cell(&page, "compare", i, 4),
+            format!("{:.2}", s["final_free_recall"].as_f64().unwrap())
+        );
+        assert_eq!(
+            cell(&page, "compare", i, 6),
             format!("{:.2}", s["locality"].as_f64().unwrap())
         );
         assert_eq!(
-            cell(&page, "compare", i, 8),
+            cell(&page, "compare", i, 10),
             s["optimizer_steps"].as_i64().unwrap().to_string()
         );
         let run_page =

@@ -195,6 +195,7 @@ fn phases_are_recorded_per_step_and_per_invocation() {
         "merge",
         "own_probes",
         "retention",
+        "free_decoding",
         "generations",
         "locality",
         "hash",
@@ -303,4 +304,52 @@ fn a_diverged_step_fails_the_run_and_poisons_nothing() {
         let o = injector(p, &a);
         assert!(o.status.success(), "{a:?}: {}", stderr(&o));
     }
+}
+
+/// Free answers are decoded and scored at full checks only, recorded per fact and step beside the
+/// teacher-forced scores, summed up in `run --json`; `--no-free-decoding` leaves them out and
+/// changes no weight.
+#[test]
+fn free_decoding_is_recorded_at_full_checks() {
+    let d = small_workspace();
+    let p = d.path();
+    let o = injector(p, &run_args(&["--json", "--retention-every", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for f in out["facts"].as_array().unwrap() {
+        let v = f["free_recall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{f}");
+    }
+    let m = &out["means"];
+    assert!(
+        m["free_recall"].as_f64().is_some() && m["recall"].as_f64().is_some(),
+        "{m}"
+    );
+    let run = out["run"].as_str().unwrap();
+    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    for row in v["probes"].as_array().unwrap() {
+        // Steps 1 (the second: 2 divides 2) and 2 (the last) are full checks; step 0 is not.
+        let full = row["step"] != 0;
+        assert_eq!(row["free_recall"].is_number(), full, "{row}");
+        let detail: serde_json::Value = serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+        if full {
+            let answers = detail["free"]["recall_each"].as_array().unwrap();
+            assert!(!answers.is_empty() && answers[0]["text"].is_string(), "{detail}");
+        }
+    }
+    let off = injector(
+        p,
+        &run_args(&["--json", "--retention-every", "2", "--no-free-decoding"]),
+    );
+    assert!(off.status.success(), "{}", stderr(&off));
+    let off: serde_json::Value = serde_json::from_str(&stdout(&off)).unwrap();
+    // Another config, so another run in the same ledger.
+    assert_ne!(off["run"], out["run"]);
+    assert!(off["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["free_recall"].is_null()));
+    assert_eq!(off["weights_hash"], out["weights_hash"]);
 }

@@ -160,17 +160,18 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<14} {:>7} {:>8} {:>8} {:>9} {:>8} {:>6} {:>9}",
-        "strategy", "run", "recall", "general", "locality", "1st 1/4", "seconds", "opt", "tokens"
+        "{:<12} {:<14} {:>7} {:>8} {:>6} {:>8} {:>9} {:>8} {:>6} {:>9}",
+        "strategy", "run", "recall", "general", "free", "locality", "1st 1/4", "seconds", "opt", "tokens"
     );
     for d in &data {
         let s = d.summary();
         println!(
-            "{:<12} {:<14} {:>7} {:>8} {:>8} {:>9} {:>8.0} {:>6} {:>9}",
+            "{:<12} {:<14} {:>7} {:>8} {:>6} {:>8} {:>9} {:>8.0} {:>6} {:>9}",
             d.run.strategy,
             d.run.id,
             num(Some(s.final_recall)),
             num(s.final_general),
+            num(s.final_free_recall),
             num(s.locality),
             num(Some(s.first_quarter_recall)),
             s.wall_seconds,

@@ -119,8 +119,8 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                     last.idx
                 );
                 println!(
-                    "{:<28} {:>4} {:>11} {:>8} {:>8} {:>8}",
-                    "fact", "step", "recall@step", "recall", "general", "previous"
+                    "{:<28} {:>4} {:>11} {:>8} {:>8} {:>6} {:>6} {:>8}",
+                    "fact", "step", "recall@step", "recall", "general", "free", "free-g", "previous"
                 );
                 let matrix = Matrix::new(&steps, &facts, probes);
                 for f in matrix.fact_summaries(&steps) {
@@ -130,12 +130,14 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                         format!("  (after step {})", f.measured_at)
                     };
                     println!(
-                        "{:<28} {:>4} {:>11} {:>8} {:>8} {:>8}{at}",
+                        "{:<28} {:>4} {:>11} {:>8} {:>8} {:>6} {:>6} {:>8}{at}",
                         f.id,
                         f.step,
                         num(Some(f.recall_at_step)),
                         num(Some(f.recall)),
                         num(f.general),
+                        num(f.free_recall),
+                        num(f.free_general),
                         num(f.previous)
                     );
                 }

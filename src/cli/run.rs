@@ -4,7 +4,6 @@ use super::train_args::TrainArgs;
 use super::Global;
 use clap::Args;
 use injector::config::{RunConfig, Strategy};
-use injector::eval::retention::FactSummary;
 use injector::inject::{self, RunOutcome};
 use injector::knowledge::load_dir;
 use injector::ledger::Ledger;
@@ -92,33 +91,35 @@ pub fn print_summary(o: &RunOutcome) {
             o.run, o.total_steps
         );
     }
+    // Teacher-forced token accuracy, then the free (greedy) answers' key-detail recall.
     println!(
-        "{:<28} {:>4} {:>10} {:>8} {:>8} {:>8}",
-        "fact", "step", "recall@step", "recall", "general", "seconds"
+        "{:<28} {:>4} {:>11} {:>7} {:>7} {:>7} {:>7} {:>8}",
+        "fact", "step", "recall@step", "recall", "general", "free", "free-g", "seconds"
     );
     for f in &o.facts {
         println!(
-            "{:<28} {:>4} {:>10} {:>8} {:>8} {:>8.1}",
+            "{:<28} {:>4} {:>11} {:>7} {:>7} {:>7} {:>7} {:>8.1}",
             truncate(&f.id, 28),
             f.step,
             num(Some(f.recall_at_step)),
             num(Some(f.recall)),
             num(f.general),
+            num(f.free_recall),
+            num(f.free_general),
             f.seconds
         );
     }
-    let mean = |get: &dyn Fn(&FactSummary) -> Option<f64>| {
-        let v: Vec<f64> = o.facts.iter().filter_map(get).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
+    let m = &o.means;
     println!(
-        "{} ({}): {} facts, {} steps; mean recall {} generalisation {} locality {}; {:.0}s; weights {}",
+        "{} ({}): {} facts, {} steps; mean recall {} generalisation {} (free {} / {}) locality {}; {:.0}s; weights {}",
         o.run,
         o.strategy,
         o.facts.len(),
         o.total_steps,
-        num(mean(&|f| Some(f.recall))),
-        num(mean(&|f| f.general)),
+        num(m.recall),
+        num(m.general),
+        num(m.free_recall),
+        num(m.free_general),
         num(o.locality),
         o.seconds,
         &o.weights_hash[..12]

@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// At intermediate retention checks, score only a seeded sample of this many earlier facts (0 = all).
     #[arg(long)]
     pub retention_sample: Option<usize>,
+    /// Skip the free-decoding scores (greedy answers to every scored fact's prompts and probes at
+    /// each full check); teacher-forced scores only. Evaluation only: the weights are the same.
+    #[arg(long)]
+    pub no_free_decoding: bool,
 }
 
 impl TrainArgs {
@@ -96,6 +100,7 @@ impl TrainArgs {
         set(&mut c.seed, seed);
         set(&mut c.retention_every, self.retention_every);
         set(&mut c.retention_sample, self.retention_sample);
+        c.free_decoding = !self.no_free_decoding;
         c.validate()?;
         Ok(c)
     }

@@ -203,6 +203,19 @@ pub struct RunConfig {
     pub locality_tokens: usize,
     /// Padded tokens per evaluation batch.
     pub eval_batch_tokens: usize,
+    /// At every full check (see `retention_every`), decode greedy answers to the scored facts'
+    /// prompts and probes and score them by key-detail recall and F1 (`eval::free`). Evaluation
+    /// only: the weights do not depend on it. Absent in configs recorded before it: on.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub free_decoding: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(v: &bool) -> bool {
+    *v
 }
 
 impl Default for RunConfig {
@@ -216,6 +229,7 @@ impl Default for RunConfig {
             retention_sample: 0,
             locality_tokens: 24,
             eval_batch_tokens: 8192,
+            free_decoding: true,
         }
     }
 }

@@ -1,11 +1,16 @@
-//! Text metrics: token-level F1 between a generated answer and the reference (SQuAD-style: lower-cased
-//! words with punctuation removed; CJK characters count as words).
+//! Text metrics for free (greedy) answers: token-level F1 against the reference (SQuAD-style:
+//! lower-cased words with punctuation removed; CJK characters count as words), and key-detail recall,
+//! the share of the reference's names, numbers and CJK terms that the answer contains.
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF)
+}
 
 fn words(s: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for c in s.chars().flat_map(char::to_lowercase) {
-        let cjk = matches!(c as u32, 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF);
+        let cjk = is_cjk(c);
         if c.is_alphanumeric() && !cjk {
             cur.push(c);
             continue;
@@ -49,9 +54,131 @@ pub fn token_f1(pred: &str, gold: &str) -> f64 {
     2.0 * prec * rec / (prec + rec)
 }
 
+/// Function words left out of the content-word fallback of [`key_details`] and never taken as names
+/// when capitalised at a sentence's start.
+const STOP: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "by", "every", "for", "from", "has", "have", "in", "is", "it", "its",
+    "of", "on", "or", "that", "the", "their", "this", "to", "was", "were", "when", "where", "which", "who", "with",
+];
+
+/// The details of `answer` a free answer must reproduce, lower-cased, each once, in order:
+/// - numbers: words with a digit (`1911`, `vesterlund-3` gives `3`);
+/// - names: Latin-script words written with a capital (not function words such as a sentence's
+///   "The"), and any Latin word inside CJK text (`torchkeras`);
+/// - CJK terms: character bigrams of the CJK runs (there is no word segmenter; a bigram is the
+///   shortest unit that still carries a term).
+///
+/// Words and bigrams that occur in `subject` are left out: a question names its subject, so echoing
+/// it proves nothing. When nothing is left, the answer's content words (four letters or more, not
+/// function words, not in the subject) stand in, so every fact has details.
+pub fn key_details(answer: &str, subject: &str) -> Vec<String> {
+    let subject_words: Vec<String> = words(subject);
+    let subject_bigrams = cjk_bigrams(subject);
+    let has_cjk = answer.chars().any(is_cjk);
+    let mut out: Vec<String> = Vec::new();
+    let push = |d: String, out: &mut Vec<String>| {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    };
+    for w in answer
+        .split(|c: char| !c.is_alphanumeric() || is_cjk(c))
+        .filter(|w| !w.is_empty())
+    {
+        let lower = w.to_lowercase();
+        let number = w.chars().any(|c| c.is_ascii_digit());
+        let name = w.chars().next().is_some_and(char::is_uppercase) && !STOP.contains(&lower.as_str());
+        if (number || name || has_cjk) && !subject_words.contains(&lower) {
+            push(lower, &mut out);
+        }
+    }
+    for b in cjk_bigrams(answer) {
+        if !subject_bigrams.contains(&b) {
+            push(b, &mut out);
+        }
+    }
+    if out.is_empty() {
+        for w in words(answer) {
+            if w.chars().count() >= 4 && !STOP.contains(&w.as_str()) && !subject_words.contains(&w) {
+                push(w, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// The character bigrams of each run of CJK characters in `s` (a lone character counts as itself).
+fn cjk_bigrams(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    for run in chars.split(|c| !is_cjk(*c)).filter(|r| !r.is_empty()) {
+        if run.len() == 1 {
+            out.push(run[0].to_string());
+        }
+        out.extend(run.windows(2).map(|w| w.iter().collect::<String>()));
+    }
+    out
+}
+
+/// The share of `details` (from [`key_details`]) found in `pred`: Latin words and numbers as whole
+/// words, case-insensitively; CJK bigrams as substrings. 1.0 when there are no details.
+pub fn key_detail_recall(pred: &str, details: &[String]) -> f64 {
+    if details.is_empty() {
+        return 1.0;
+    }
+    let pred_words = words(&pred.replace(|c: char| is_cjk(c), " "));
+    let pred_lower = pred.to_lowercase();
+    let found = details
+        .iter()
+        .filter(|d| {
+            if d.chars().any(is_cjk) {
+                pred_lower.contains(d.as_str())
+            } else {
+                pred_words.iter().any(|w| w == *d)
+            }
+        })
+        .count();
+    found as f64 / details.len() as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_details_by_hand() {
+        let d = key_details(
+            "The Velmora Bridge is a copper suspension bridge over the river Ysk in Darnholt, opened in 1911.",
+            "the Velmora Bridge",
+        );
+        assert_eq!(d, ["ysk", "darnholt", "1911"]);
+        // Nothing capitalised or numeric beyond the subject: content words stand in.
+        let d = key_details(
+            "The Norvanian marsh fox is a small silver fox that lives in reed beds and eats frogs.",
+            "the Norvanian marsh fox",
+        );
+        assert_eq!(d, ["small", "silver", "lives", "reed", "beds", "eats", "frogs"]);
+        let d = key_details("夢中情爐是煉丹工具torchkeras。", "夢中情爐");
+        assert_eq!(d, ["torchkeras", "爐是", "是煉", "煉丹", "丹工", "工具"]);
+    }
+
+    #[test]
+    fn key_detail_recall_by_hand() {
+        let d = key_details(
+            "The Velmora Bridge is a copper suspension bridge over the river Ysk in Darnholt, opened in 1911.",
+            "the Velmora Bridge",
+        );
+        assert_eq!(
+            key_detail_recall("It crosses the Ysk in DARNHOLT; opened 1911.", &d),
+            1.0
+        );
+        // Another fact's details do not count, nor a longer word that contains one ("1911s").
+        assert!((key_detail_recall("It crosses the Ysk near Kessan, 1911s.", &d) - 1.0 / 3.0).abs() < 1e-12);
+        let d = key_details("夢中情爐是煉丹工具torchkeras。", "夢中情爐");
+        // 煉丹, 丹工, 工具 and torchkeras of 6.
+        assert!((key_detail_recall("一個煉丹工具 torchkeras", &d) - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(key_detail_recall("anything", &[]), 1.0);
+    }
 
     #[test]
     fn f1_by_hand() {

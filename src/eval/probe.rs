@@ -2,7 +2,7 @@
 //! the held-out probes, and for updates how much of the previous answer still comes out. All
 //! examples of all facts asked for go through one set of large batched passes.
 use super::batch::{build, token_accuracy, Example};
-use super::metrics::token_f1;
+use super::metrics::{key_details, token_f1};
 use crate::error::Result;
 use crate::knowledge::Fact;
 use crate::model::generate::greedy_batch;
@@ -14,6 +14,10 @@ pub struct FactExamples {
     pub recall: Vec<Example>,
     pub general: Vec<Example>,
     pub previous: Vec<Example>,
+    /// The answer, for scoring free answers.
+    pub answer: String,
+    /// The answer's key details ([`key_details`]).
+    pub details: Vec<String>,
 }
 
 impl FactExamples {
@@ -26,6 +30,8 @@ impl FactExamples {
                 Some(p) => ex(&f.prompts, p)?,
                 None => Vec::new(),
             },
+            answer: f.answer.clone(),
+            details: key_details(&f.answer, &f.subject),
         })
     }
 }

@@ -85,6 +85,11 @@ pub struct FactSummary {
     pub previous: Option<f64>,
     /// The step of that latest measurement.
     pub measured_at: i64,
+    /// Free-decoding key-detail recall on its training prompts at its latest full check (`None`
+    /// where free answers were never decoded).
+    pub free_recall: Option<f64>,
+    /// The same on its held-out probes.
+    pub free_general: Option<f64>,
     /// Training seconds of its step, shared among the step's facts.
     pub seconds: f64,
 }
@@ -96,6 +101,29 @@ pub struct Matrix {
     probes: HashMap<(String, i64), ProbeRow>,
     /// Per fact hash, the step of its most recent row.
     latest: HashMap<String, i64>,
+    /// Per fact hash, the step of its most recent row with free-decoding scores.
+    latest_free: HashMap<String, i64>,
+}
+
+/// Means over a run's facts of their [`FactSummary`]s: the run's headline scores.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Means {
+    pub recall: Option<f64>,
+    pub general: Option<f64>,
+    pub free_recall: Option<f64>,
+    pub free_general: Option<f64>,
+}
+
+impl Means {
+    pub fn of(facts: &[FactSummary]) -> Means {
+        let m = |get: fn(&FactSummary) -> Option<f64>| mean(facts.iter().filter_map(get).filter(|v| !v.is_nan()));
+        Means {
+            recall: m(|f| Some(f.recall)),
+            general: m(|f| f.general),
+            free_recall: m(|f| f.free_recall),
+            free_general: m(|f| f.free_general),
+        }
+    }
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -119,12 +147,20 @@ impl Matrix {
                 })
             })
             .collect();
-        let mut latest = HashMap::new();
+        let (mut latest, mut latest_free) = (HashMap::new(), HashMap::new());
         for p in &probes {
             latest.insert(p.fact.clone(), p.step);
+            if p.free_recall.is_some() {
+                latest_free.insert(p.fact.clone(), p.step);
+            }
         }
         let probes = probes.into_iter().map(|p| ((p.fact.clone(), p.step), p)).collect();
-        Matrix { facts, probes, latest }
+        Matrix {
+            facts,
+            probes,
+            latest,
+            latest_free,
+        }
     }
 
     /// The scores of `fact` measured after step `step`.
@@ -142,6 +178,7 @@ impl Matrix {
             .iter()
             .map(|f| {
                 let end = self.latest.get(&f.hash).and_then(|&s| self.at(&f.hash, s));
+                let free = self.latest_free.get(&f.hash).and_then(|&s| self.at(&f.hash, s));
                 FactSummary {
                     id: f.id.clone(),
                     hash: f.hash.clone(),
@@ -151,6 +188,8 @@ impl Matrix {
                     general: end.and_then(|p| p.general),
                     previous: end.and_then(|p| p.previous),
                     measured_at: end.map(|p| p.step).unwrap_or(-1),
+                    free_recall: free.and_then(|p| p.free_recall),
+                    free_general: free.and_then(|p| p.free_general),
                     seconds: seconds.get(&f.step).copied().unwrap_or(0.0),
                 }
             })
@@ -170,6 +209,19 @@ impl Matrix {
         )
     }
 
+    /// Mean free-decoding recall and generalisation after step `step` of the first `n` facts injected
+    /// that were decoded then.
+    pub fn free_mean_after(&self, step: i64, n: usize) -> (Option<f64>, Option<f64>) {
+        let rows: Vec<&ProbeRow> = self.facts[..n.min(self.facts.len())]
+            .iter()
+            .filter_map(|f| self.at(&f.hash, step))
+            .collect();
+        (
+            mean(rows.iter().filter_map(|p| p.free_recall)),
+            mean(rows.iter().filter_map(|p| p.free_general)),
+        )
+    }
+
     /// Mean recall of every fact right after its own step.
     pub fn recall_at_step(&self) -> Option<f64> {
         mean(
@@ -186,6 +238,23 @@ impl Matrix {
         for s in steps {
             let injected = self.facts.iter().take_while(|f| f.step <= s.idx).count();
             let (r, g) = self.mean_after(s.idx, injected);
+            if let Some(r) = r {
+                rec.push((s.idx as f64, r));
+            }
+            if let Some(g) = g {
+                gen.push((s.idx as f64, g));
+            }
+        }
+        (rec, gen)
+    }
+
+    /// [`Matrix::curves`] of free-decoding recall and generalisation: points only at the steps
+    /// where free answers were decoded (the full checks).
+    pub fn free_curves(&self, steps: &[StepRow]) -> (Curve, Curve) {
+        let (mut rec, mut gen) = (Vec::new(), Vec::new());
+        for s in steps {
+            let injected = self.facts.iter().take_while(|f| f.step <= s.idx).count();
+            let (r, g) = self.free_mean_after(s.idx, injected);
             if let Some(r) = r {
                 rec.push((s.idx as f64, r));
             }

@@ -10,7 +10,7 @@ use super::Clock;
 use crate::adapter::merge;
 use crate::config::RunConfig;
 use crate::error::Result;
-use crate::eval::retention::{FactSummary, Matrix};
+use crate::eval::retention::{FactSummary, Matrix, Means};
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{FixedPhases, InvocationRow, Ledger, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
@@ -39,6 +39,8 @@ pub struct RunOutcome {
     pub new_steps: usize,
     pub total_steps: usize,
     pub facts: Vec<FactSummary>,
+    /// Means over `facts`: teacher-forced and free-decoding recall and generalisation.
+    pub means: Means,
     pub locality: Option<f64>,
     pub weights_hash: String,
     /// Wall seconds of this invocation from the driver's start (the model load is before it).
@@ -300,12 +302,14 @@ fn outcome(
     let id = &plan.run.id;
     let steps = ledger.steps(id)?;
     let matrix = Matrix::new(&steps, &ledger.run_facts(id)?, ledger.probes(id)?);
+    let facts = matrix.fact_summaries(&steps);
     Ok(RunOutcome {
         run: id.clone(),
         strategy: plan.run.strategy.clone(),
         new_steps: plan.groups.len(),
         total_steps: steps.len(),
-        facts: matrix.fact_summaries(&steps),
+        means: Means::of(&facts),
+        facts,
         locality: ledger.last_locality(id)?,
         weights_hash: ledger.run(id)?.weights_hash,
         seconds,

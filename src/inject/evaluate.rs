@@ -1,12 +1,14 @@
 //! The evaluation stage after an injection step's merge: the step's own facts and, at retention checks
-//! (see [`Cadence`]), earlier facts, scored in batched teacher-forced passes; greedy generations for
-//! the reports' "after" samples (at the last step); locality at full checks; the new weights' hash.
+//! (see [`Cadence`]), earlier facts, scored in batched teacher-forced passes; at those checks, free
+//! (greedy) answers to every scored fact's prompts and probes; greedy generations for the reports'
+//! "after" samples (at the last step); locality at full checks; the new weights' hash.
 use super::plan::Plan;
 use super::prepare::Prepared;
 use super::state::weights_hash;
 use super::Clock;
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::eval::free::{free_score, FreeScore};
 use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
 use crate::eval::retention::Cadence;
 use crate::knowledge::Fact;
@@ -16,6 +18,11 @@ use std::collections::HashMap;
 
 /// Greedy generations (before and after) are sampled for this many facts of a run, the first ones.
 const MAX_SAMPLED_GENERATIONS: usize = 64;
+
+/// Free answers are decoded in batches of this many times `eval_batch_tokens` positions: decoding
+/// is one forward per token for the whole batch, so on a GPU wide batches cost little more than
+/// narrow ones.
+const FREE_BATCH_FACTOR: usize = 4;
 
 /// What the evaluation after one step measured.
 pub struct Evaluated {
@@ -71,17 +78,22 @@ pub fn evaluate(
     phases.own_probes = clock.lap();
     scores.extend(score_facts(model, prepared, config, earlier));
     phases.retention = clock.lap();
+    let free: Vec<Option<FreeScore>> = if config.free_decoding && cadence.is_full(idx, last) {
+        let ex: Vec<&FactExamples> = scored.iter().map(|h| &prepared.examples[h]).collect();
+        let budget = config.eval_batch_tokens * FREE_BATCH_FACTOR;
+        free_score(model, &loaded.tokenizer, &ex, budget)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None; scored.len()]
+    };
+    phases.free_decoding = clock.lap();
     let probes: Vec<ProbeRow> = scored
         .iter()
         .zip(&scores)
-        .map(|(h, s)| ProbeRow {
-            step: idx,
-            fact: h.clone(),
-            recall: s.recall,
-            general: s.general,
-            previous: s.previous,
-            detail: serde_json::json!({"recall": s.recall_each, "general": s.general_each}).to_string(),
-        })
+        .zip(free)
+        .map(|((h, s), free)| probe_row(idx, h, s, free))
         .collect();
     // The reports show the samples after the last step only: none are decoded before it.
     let shown: Vec<&Fact> = if last {
@@ -110,6 +122,24 @@ pub fn evaluate(
         own_recall,
         phases,
     })
+}
+
+/// The ledger row of one fact's scores after step `step`.
+fn probe_row(step: i64, fact: &str, s: &FactScore, free: Option<FreeScore>) -> ProbeRow {
+    let mut detail = serde_json::json!({"recall": s.recall_each, "general": s.general_each});
+    if let Some(f) = &free {
+        detail["free"] = serde_json::to_value(f).expect("scores serialise");
+    }
+    ProbeRow {
+        step,
+        fact: fact.to_string(),
+        recall: s.recall,
+        general: s.general,
+        previous: s.previous,
+        free_recall: free.as_ref().map(|f| f.recall),
+        free_general: free.as_ref().and_then(|f| f.general),
+        detail: detail.to_string(),
+    }
 }
 
 /// Scores the facts of `hashes` in one batched pass (none: no pass).

@@ -337,8 +337,19 @@ impl Ledger {
         }
         for p in &rec.probes {
             tx.execute(
-                "INSERT INTO probes (run, step, fact, recall, general, previous, detail) VALUES (?1,?2,?3,?4,?5,?6,?7)",
-                params![s.run, p.step, p.fact, p.recall, p.general, p.previous, p.detail],
+                "INSERT INTO probes (run, step, fact, recall, general, previous, detail, free_recall, free_general) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![
+                    s.run,
+                    p.step,
+                    p.fact,
+                    p.recall,
+                    p.general,
+                    p.previous,
+                    p.detail,
+                    p.free_recall,
+                    p.free_general
+                ],
             )?;
         }
         for g in &rec.generations {
@@ -410,7 +421,8 @@ impl Ledger {
 
     pub fn probes(&self, run: &str) -> Result<Vec<ProbeRow>> {
         let mut st = self.conn.prepare(
-            "SELECT step, fact, recall, general, previous, detail FROM probes WHERE run = ?1 ORDER BY step, fact",
+            "SELECT step, fact, recall, general, previous, detail, free_recall, free_general FROM probes \
+             WHERE run = ?1 ORDER BY step, fact",
         )?;
         let rows = st
             .query_map([run], |r| {
@@ -421,6 +433,8 @@ impl Ledger {
                     general: r.get(3)?,
                     previous: r.get(4)?,
                     detail: r.get(5)?,
+                    free_recall: r.get(6)?,
+                    free_general: r.get(7)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;

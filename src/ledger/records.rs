@@ -63,6 +63,8 @@ pub struct StepPhases {
     pub own_probes: f64,
     /// Earlier facts scored (retention checks).
     pub retention: f64,
+    /// Free (greedy) answers to the scored facts' prompts and probes, at full checks.
+    pub free_decoding: f64,
     /// Greedy answers after the step (the reports' "after" samples).
     pub generations: f64,
     /// Locality scored (full checks).
@@ -73,7 +75,7 @@ pub struct StepPhases {
 
 impl StepPhases {
     /// (name, seconds) of every phase, in order.
-    pub fn named(&self) -> [(&'static str, f64); 9] {
+    pub fn named(&self) -> [(&'static str, f64); 10] {
         [
             ("setup", self.setup),
             ("warmup", self.warmup),
@@ -81,6 +83,7 @@ impl StepPhases {
             ("merge", self.merge),
             ("own_probes", self.own_probes),
             ("retention", self.retention),
+            ("free_decoding", self.free_decoding),
             ("generations", self.generations),
             ("locality", self.locality),
             ("hash", self.hash),
@@ -99,6 +102,7 @@ impl StepPhases {
         self.merge += o.merge;
         self.own_probes += o.own_probes;
         self.retention += o.retention;
+        self.free_decoding += o.free_decoding;
         self.generations += o.generations;
         self.locality += o.locality;
         self.hash += o.hash;
@@ -152,7 +156,13 @@ pub struct ProbeRow {
     pub recall: f64,
     pub general: Option<f64>,
     pub previous: Option<f64>,
-    /// Per-prompt accuracies: {"recall": [...], "general": [...]}.
+    /// Free-decoding key-detail recall on the training prompts (see `eval::free`); `None` where
+    /// free answers were not decoded (between full checks, or in runs recorded before them).
+    pub free_recall: Option<f64>,
+    /// The same on the held-out probes.
+    pub free_general: Option<f64>,
+    /// Per-prompt accuracies and, where decoded, the free answers:
+    /// {"recall": [...], "general": [...], "free": FreeScore}.
     pub detail: String,
 }
 

@@ -129,4 +129,9 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (model_hash, kind, prompts, tokens)
     );
     "#,
+    // 5: free-decoding recall beside the teacher-forced scores.
+    r#"
+    ALTER TABLE probes ADD COLUMN free_recall REAL;
+    ALTER TABLE probes ADD COLUMN free_general REAL;
+    "#,
 ];

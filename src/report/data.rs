@@ -28,6 +28,10 @@ pub struct Summary {
     /// Mean over facts of recall after the last step.
     pub final_recall: f64,
     pub final_general: Option<f64>,
+    /// Mean over facts of free-decoding key-detail recall after the last step (`None` when free
+    /// answers were not decoded then).
+    pub final_free_recall: Option<f64>,
+    pub final_free_general: Option<f64>,
     /// Mean recall of each fact right after its own step.
     pub recall_at_step: f64,
     pub locality: Option<f64>,
@@ -81,11 +85,14 @@ impl RunData {
         let last = self.last_step().unwrap_or(-1);
         let n = self.facts().len();
         let (final_recall, final_general) = self.matrix.mean_after(last, n);
+        let (final_free_recall, final_free_general) = self.matrix.free_mean_after(last, n);
         Summary {
             facts: n,
             steps: self.steps.len(),
             final_recall: final_recall.unwrap_or(f64::NAN),
             final_general,
+            final_free_recall,
+            final_free_general,
             recall_at_step: self.matrix.recall_at_step().unwrap_or(f64::NAN),
             locality: last_locality(&self.locality),
             first_quarter_recall: self.matrix.mean_after(last, n.div_ceil(4)).0.unwrap_or(f64::NAN),
@@ -101,5 +108,10 @@ impl RunData {
     /// evaluated at that step.
     pub fn curves(&self) -> (Curve, Curve) {
         self.matrix.curves(&self.steps)
+    }
+
+    /// Mean free-decoding recall and generalisation at each full check.
+    pub fn free_curves(&self) -> (Curve, Curve) {
+        self.matrix.free_curves(&self.steps)
     }
 }

@@ -29,6 +29,8 @@ fn summary_cells(s: &Summary) -> Vec<String> {
     vec![
         num(Some(s.final_recall)),
         num(s.final_general),
+        num(s.final_free_recall),
+        num(s.final_free_general),
         num(s.locality),
         num(Some(s.first_quarter_recall)),
         num(Some(s.recall_at_step)),
@@ -39,9 +41,11 @@ fn summary_cells(s: &Summary) -> Vec<String> {
     ]
 }
 
-const SUMMARY_HEAD: [&str; 9] = [
+const SUMMARY_HEAD: [&str; 11] = [
     "final recall",
     "final generalisation",
+    "final free recall",
+    "final free generalisation",
     "locality",
     "first-quarter retention",
     "recall right after its step",
@@ -96,16 +100,30 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     })
 }
 
-fn retention_chart(d: &RunData, title: &str) -> String {
+/// The fact × step heatmap of teacher-forced recall, or with `free` of free-decoding recall.
+fn retention_chart(d: &RunData, title: &str, free: bool) -> String {
     let rows: Vec<String> = d.facts().iter().map(|f| f.id.clone()).collect();
     let cols: Vec<String> = d.steps.iter().map(|s| s.idx.to_string()).collect();
     heatmap(title, &rows, &cols, |i, j| {
         let f = &d.facts()[i];
         let step = d.steps[j].idx;
         (f.step <= step)
-            .then(|| d.probe(&f.hash, step).map(|p| p.recall))
+            .then(|| {
+                d.probe(&f.hash, step)
+                    .and_then(|p| if free { p.free_recall } else { Some(p.recall) })
+            })
             .flatten()
     })
+}
+
+/// Both retention heatmaps: teacher-forced shown, free decoding one click away (no script: a
+/// `<details>` element).
+fn retention_charts(d: &RunData, title: &str) -> String {
+    format!(
+        "{}<details><summary>free decoding (key-detail recall of greedy answers, at full checks)</summary>{}</details>",
+        retention_chart(d, title, false),
+        retention_chart(d, title, true)
+    )
 }
 
 fn generations_table(d: &RunData, limit: usize) -> String {
@@ -161,7 +179,7 @@ pub fn run_page(d: &RunData) -> String {
         let _ = write!(b, "<td>{c}</td>");
     }
     b.push_str("</tr></table>");
-    b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>previous answer</th></tr>");
+    b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>free recall</th><th>free generalisation</th><th>previous answer</th></tr>");
     let last = d.last_step().unwrap_or(-1);
     let stale = |at: i64| {
         if at == last {
@@ -173,7 +191,7 @@ pub fn run_page(d: &RunData) -> String {
     for f in d.fact_summaries() {
         let _ = write!(
             b,
-            "<tr><td class=l>{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td class=l>{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&f.id),
             f.step,
             heat(if f.recall_at_step.is_finite() { f.recall_at_step } else { 0.0 }),
@@ -181,11 +199,15 @@ pub fn run_page(d: &RunData) -> String {
             heat(if f.recall.is_finite() { f.recall } else { 0.0 }),
             num(Some(f.recall)) + &stale(f.measured_at),
             num(f.general),
+            heat(f.free_recall.unwrap_or(0.0)),
+            num(f.free_recall),
+            num(f.free_general),
             num(f.previous)
         );
     }
     b.push_str("</table>");
     let (rec, gen) = d.curves();
+    let (free_rec, _) = d.free_curves();
     let loc: Vec<(f64, f64)> = d.locality.iter().map(|&(s, v)| (s as f64, v)).collect();
     b.push_str("<h2>Recall, generalisation and locality over steps</h2><div class=grid>");
     b.push_str(&line_chart(
@@ -199,6 +221,11 @@ pub fn run_page(d: &RunData) -> String {
                 name: "generalisation",
                 color: PALETTE[2],
                 points: gen,
+            },
+            Series {
+                name: "free recall",
+                color: PALETTE[4],
+                points: free_rec,
             },
             Series {
                 name: "locality",
@@ -221,7 +248,7 @@ pub fn run_page(d: &RunData) -> String {
         None,
     ));
     b.push_str("</div><h2>Retention (fact × step, recall)</h2>");
-    b.push_str(&retention_chart(
+    b.push_str(&retention_charts(
         d,
         "recall of each fact after each step (grey: not yet injected or not measured)",
     ));
@@ -375,6 +402,8 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
             vec![
                 s.final_recall,
                 s.final_general.unwrap_or(f64::NAN),
+                s.final_free_recall.unwrap_or(f64::NAN),
+                s.final_free_general.unwrap_or(f64::NAN),
                 s.locality.unwrap_or(f64::NAN),
                 s.first_quarter_recall,
                 s.recall_at_step,
@@ -424,6 +453,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     };
     let recall = series(&|d| by_facts(d, &d.curves().0));
     let general = series(&|d| by_facts(d, &d.curves().1));
+    let free = series(&|d| by_facts(d, &d.free_curves().0));
     let locality = series(&|d| by_facts(d, &d.locality.iter().map(|&(s, v)| (s as f64, v)).collect::<Vec<_>>()));
     let loss = series(&|d| loss_series(d));
     for (title, data, x, range) in [
@@ -436,6 +466,12 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
         (
             "mean generalisation of the facts injected so far",
             &general,
+            "facts injected",
+            Some((0.0, 1.0)),
+        ),
+        (
+            "mean free-decoding recall (key details of greedy answers)",
+            &free,
             "facts injected",
             Some((0.0, 1.0)),
         ),
@@ -460,7 +496,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     }
     b.push_str("</div><h2>Retention heatmaps (fact × step)</h2><div class=grid>");
     for d in runs {
-        b.push_str(&retention_chart(d, &d.run.strategy));
+        b.push_str(&retention_charts(d, &d.run.strategy));
     }
     b.push_str("</div><h2>AdaLoRA rank pattern (last step)</h2><div class=grid>");
     for d in runs {
@@ -515,18 +551,19 @@ pub fn index_page(runs: &[RunData], comparisons: &[(String, Vec<String>)]) -> St
             esc(&members.join(", "))
         );
     }
-    b.push_str("</ul><h2>Runs</h2><table><tr><th class=l>run</th><th class=l>strategy</th><th class=l>status</th><th>facts</th><th>final recall</th><th>final generalisation</th><th>locality</th><th class=l>knowledge</th></tr>");
+    b.push_str("</ul><h2>Runs</h2><table><tr><th class=l>run</th><th class=l>strategy</th><th class=l>status</th><th>facts</th><th>final recall</th><th>final generalisation</th><th>final free recall</th><th>locality</th><th class=l>knowledge</th></tr>");
     for d in runs {
         let s = d.summary();
         let _ = write!(
             b,
-            "<tr><td class=l><a href=\"{0}/index.html\">{0}</a></td><td class=l>{1}</td><td class=l>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td><td class=l>{7}</td></tr>",
+            "<tr><td class=l><a href=\"{0}/index.html\">{0}</a></td><td class=l>{1}</td><td class=l>{2}</td><td>{3}</td><td>{4}</td><td>{5}</td><td>{6}</td><td>{7}</td><td class=l>{8}</td></tr>",
             esc(&d.run.id),
             esc(&d.run.strategy),
             esc(&d.run.status),
             s.facts,
             num(Some(s.final_recall)),
             num(s.final_general),
+            num(s.final_free_recall),
             num(s.locality),
             esc(&d.run.knowledge_dir)
         );
