@@ -63,15 +63,15 @@ times = dict(l.split() for l in open(f"{work}/times"))
 peer_wall = None
 print(f"device {dev}; seconds per fact from process start to end (model load, evaluation, ledger and report included)")
 print()
-print("| run | facts | s per fact | vs peer | training s per fact | final recall | final generalisation | locality | where the time went |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| run | facts | s per fact | vs peer | training s per fact | final recall | final generalisation | free recall / generalisation | locality | where the time went |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 if "peer" in times:
     rows = [json.loads(l) for l in open(f"{work}/peer.log") if l.startswith("{")]
     peer_final = [r for r in rows if "mode" in r][0]
     peer_steps = [r for r in rows if "step" in r]
     peer_wall = float(times["peer"]) / n
     print(f"| peer: peft, article settings | {n} | {peer_wall:.2f} | 1.0x | {sum(r['secs'] for r in peer_steps)/n:.2f} | "
-          f"{peer_final['final_train_acc']:.3f} | {peer_final['final_probe_acc']:.3f} | {peer_final['locality']:.3f} (its 6 prompts) | |")
+          f"{peer_final['final_train_acc']:.3f} | {peer_final['final_probe_acc']:.3f} | | {peer_final['locality']:.3f} (its 6 prompts) | |")
 def shares(o):
     parts = dict(o["fixed"]); parts.pop("plan", None)
     parts.update(o["step_phases"])
@@ -91,7 +91,9 @@ for label, name, count in [("ours: --preset article", "article", n), ("ours: def
     m = lambda k: sum(f[k] for f in facts if f[k] is not None) / max(1, sum(1 for f in facts if f[k] is not None))
     ratio = f"{peer_wall / wall:.1f}x" if count == n and peer_wall else ""
     loc = o["locality"]
+    means = o.get("means", {})
+    free = " / ".join("-" if means.get(k) is None else f"{means[k]:.3f}" for k in ("free_recall", "free_general"))
     print(f"| {label} | {len(facts)} | {wall:.3f} | {ratio} | {train:.3f} | {m('recall'):.3f} | {m('general'):.3f} | "
-          f"{loc:.3f} | {shares(o)} |")
+          f"{free} | {loc:.3f} | {shares(o)} |")
     print(f"  {name}: process {float(times[name]):.1f} s, run {o['run']}", file=sys.stderr)
 PY

@@ -13,6 +13,27 @@ fn gpu() -> Option<Device> {
     }
 }
 
+/// A random-model shape small enough for any test.
+fn tiny_config() -> injector::model::Config {
+    use injector::model::Config;
+    Config {
+        architecture: "llama".into(),
+        vocab_size: 97,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+        attention_bias: false,
+    }
+}
+
 /// The shim's SwiGLU saves less for backward but computes the same kernels: forward and both
 /// gradients equal libtorch's silu(g)·u exactly.
 #[test]
@@ -42,25 +63,10 @@ fn pooled_trainers_replay_like_fresh_ones() {
     use injector::config::{AdaLoraConfig, TrainConfig};
     use injector::eval::batch::Example;
     use injector::inject::step::{train, Trainer, Trainers};
-    use injector::model::{Config, Llama};
+    use injector::model::Llama;
     let Some(dev) = gpu() else { return };
     tch::manual_seed(0);
-    let cfg = Config {
-        architecture: "llama".into(),
-        vocab_size: 97,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        attention_bias: false,
-    };
+    let cfg = tiny_config();
     let model = Llama::random(&cfg, dev, Kind::Float).unwrap();
     let group = |k: i64| -> Vec<Example> {
         (0..4i64)
@@ -100,4 +106,36 @@ fn pooled_trainers_replay_like_fresh_ones() {
             assert!(scale > 0.0 && d <= 1e-3 * scale, "group {k}, {}: {d} vs {scale}", p.key);
         }
     }
+}
+
+/// The weights hash of a bf16 model on the GPU (one concatenated copy to the host) is the digest of
+/// each weight's bytes copied out one by one, as every recorded hash was made.
+#[test]
+fn weights_hash_on_the_gpu_is_the_per_weight_digest() {
+    use injector::config::TrainConfig;
+    use injector::inject::state::weights_hash;
+    use injector::inject::step::adapter_shapes;
+    use injector::model::Llama;
+    let Some(dev) = gpu() else { return };
+    tch::manual_seed(1);
+    let model = Llama::random(&tiny_config(), dev, Kind::BFloat16).unwrap();
+    let train = TrainConfig::default();
+    let mut keys: Vec<String> = adapter_shapes(&model, &train.adalora)
+        .iter()
+        .map(|(l, p, _, _)| p.weight_key(*l))
+        .collect();
+    keys.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(b"src");
+    for k in &keys {
+        let w = model.weight(k).unwrap().to_device(Device::Cpu).contiguous();
+        let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
+        w.copy_data_u8(&mut buf, w.numel());
+        h.update(k.as_bytes());
+        h.update(&buf);
+    }
+    assert_eq!(
+        weights_hash(&model, "src", &train).unwrap(),
+        h.finalize().to_hex().to_string()
+    );
 }
