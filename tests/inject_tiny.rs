@@ -196,7 +196,6 @@ fn phases_are_recorded_per_step_and_per_invocation() {
         "own_probes",
         "retention",
         "free_decoding",
-        "generations",
         "locality",
         "hash",
     ] {
@@ -306,50 +305,63 @@ fn a_diverged_step_fails_the_run_and_poisons_nothing() {
     }
 }
 
-/// Free answers are decoded and scored at full checks only, recorded per fact and step beside the
-/// teacher-forced scores, summed up in `run --json`; `--no-free-decoding` leaves them out and
-/// changes no weight.
+/// Free answers are decoded after the steps `--free-every` picks and after the last, recorded per
+/// fact and step beside the teacher-forced scores and summed up in `run --json`; by default only
+/// after the last step; `--no-free-decoding` leaves them out. None of it changes a weight.
 #[test]
-fn free_decoding_is_recorded_at_full_checks() {
+fn free_decoding_is_recorded_when_asked() {
     let d = small_workspace();
     let p = d.path();
-    let o = injector(p, &run_args(&["--json", "--retention-every", "2"]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    for f in out["facts"].as_array().unwrap() {
+    // Which steps of a run have free-decoding scores, per fact row.
+    let free_steps = |run: &str| -> Vec<(i64, bool)> {
+        let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        v["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let detail: serde_json::Value = serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
+                let has = row["free_recall"].is_number();
+                assert_eq!(detail["free"]["recall_each"][0]["text"].is_string(), has, "{row}");
+                (row["step"].as_i64().unwrap(), has)
+            })
+            .collect()
+    };
+    let every2 = injector(p, &run_args(&["--json", "--free-every", "2"]));
+    assert!(every2.status.success(), "{}", stderr(&every2));
+    let every2: serde_json::Value = serde_json::from_str(&stdout(&every2)).unwrap();
+    for f in every2["facts"].as_array().unwrap() {
         let v = f["free_recall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&v), "{f}");
     }
-    let m = &out["means"];
+    let m = &every2["means"];
     assert!(
         m["free_recall"].as_f64().is_some() && m["recall"].as_f64().is_some(),
         "{m}"
     );
-    let run = out["run"].as_str().unwrap();
-    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
-    for row in v["probes"].as_array().unwrap() {
-        // Steps 1 (the second: 2 divides 2) and 2 (the last) are full checks; step 0 is not.
-        let full = row["step"] != 0;
-        assert_eq!(row["free_recall"].is_number(), full, "{row}");
-        let detail: serde_json::Value = serde_json::from_str(row["detail"].as_str().unwrap()).unwrap();
-        if full {
-            let answers = detail["free"]["recall_each"].as_array().unwrap();
-            assert!(!answers.is_empty() && answers[0]["text"].is_string(), "{detail}");
-        }
+    // Step 1 (2 divides 2) and step 2 (the last) have free answers, step 0 none.
+    for (step, has) in free_steps(every2["run"].as_str().unwrap()) {
+        assert_eq!(has, step != 0, "step {step}");
     }
-    let off = injector(
-        p,
-        &run_args(&["--json", "--retention-every", "2", "--no-free-decoding"]),
-    );
+    let default = injector(p, &run_args(&["--json"]));
+    let default: serde_json::Value = serde_json::from_str(&stdout(&default)).unwrap();
+    for (step, has) in free_steps(default["run"].as_str().unwrap()) {
+        assert_eq!(has, step == 2, "step {step}");
+    }
+    // The last step's answers are the same whichever steps before it were decoded.
+    assert_eq!(every2["means"], default["means"]);
+    let off = injector(p, &run_args(&["--json", "--no-free-decoding"]));
     assert!(off.status.success(), "{}", stderr(&off));
     let off: serde_json::Value = serde_json::from_str(&stdout(&off)).unwrap();
-    // Another config, so another run in the same ledger.
-    assert_ne!(off["run"], out["run"]);
+    // Other configs, so other runs in the same ledger; the same weights.
+    assert_ne!(off["run"], default["run"]);
+    assert_ne!(every2["run"], default["run"]);
     assert!(off["facts"]
         .as_array()
         .unwrap()
         .iter()
         .all(|f| f["free_recall"].is_null()));
-    assert_eq!(off["weights_hash"], out["weights_hash"]);
+    assert_eq!(off["weights_hash"], default["weights_hash"]);
+    assert_eq!(every2["weights_hash"], default["weights_hash"]);
 }

@@ -60,10 +60,14 @@ pub struct TrainArgs {
     /// At intermediate retention checks, score only a seeded sample of this many earlier facts (0 = all).
     #[arg(long)]
     pub retention_sample: Option<usize>,
-    /// Skip the free-decoding scores (greedy answers to every scored fact's prompts and probes at
-    /// each full check); teacher-forced scores only. Evaluation only: the weights are the same.
+    /// Skip the free-decoding scores (greedy answers to the scored facts' prompts and probes);
+    /// teacher-forced scores only. Evaluation only: the weights are the same.
     #[arg(long)]
     pub no_free_decoding: bool,
+    /// Free-decoding scores also after every k-th step (of the facts scored then), not only after the
+    /// last step (0, the default). Each pass costs about one decoding batch on a GPU.
+    #[arg(long)]
+    pub free_every: Option<usize>,
 }
 
 impl TrainArgs {
@@ -101,6 +105,7 @@ impl TrainArgs {
         set(&mut c.retention_every, self.retention_every);
         set(&mut c.retention_sample, self.retention_sample);
         c.free_decoding = !self.no_free_decoding;
+        set(&mut c.free_every, self.free_every);
         c.validate()?;
         Ok(c)
     }

@@ -203,11 +203,21 @@ pub struct RunConfig {
     pub locality_tokens: usize,
     /// Padded tokens per evaluation batch.
     pub eval_batch_tokens: usize,
-    /// At every full check (see `retention_every`), decode greedy answers to the scored facts'
-    /// prompts and probes and score them by key-detail recall and F1 (`eval::free`). Evaluation
-    /// only: the weights do not depend on it. Absent in configs recorded before it: on.
+    /// Decode greedy answers to the scored facts' prompts and probes and score them by key-detail
+    /// recall and F1 (`eval::free`), after the steps `free_every` picks. Evaluation only: the
+    /// weights do not depend on it. Absent in configs recorded before it: on.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub free_decoding: bool,
+    /// Free answers after every k-th injection step (of the facts scored then: the step's own, and
+    /// the earlier ones at a retention check) and always after an invocation's last step (of every
+    /// fact); 0 = after the last step only. Greedy decoding is one forward per token, so on a GPU
+    /// each decoding pass costs about the same whatever its batch: the default keeps it to one.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub free_every: usize,
+}
+
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
 }
 
 fn yes() -> bool {
@@ -230,6 +240,7 @@ impl Default for RunConfig {
             locality_tokens: 24,
             eval_batch_tokens: 8192,
             free_decoding: true,
+            free_every: 0,
         }
     }
 }

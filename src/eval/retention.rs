@@ -17,6 +17,9 @@ pub struct Cadence {
     pub every: usize,
     pub sample: usize,
     pub seed: u64,
+    /// Free answers: `None` never; `Some(0)` after the last step only; `Some(k)` also after every
+    /// k-th step.
+    pub free: Option<usize>,
 }
 
 impl Cadence {
@@ -25,6 +28,15 @@ impl Cadence {
             every: config.retention_every.max(1),
             sample: config.retention_sample,
             seed: config.seed,
+            free: config.free_decoding.then_some(config.free_every),
+        }
+    }
+
+    /// Whether the facts scored after step `idx` are also free-decoded.
+    pub fn is_free(&self, idx: i64, last: bool) -> bool {
+        match self.free {
+            None => false,
+            Some(k) => last || (k > 0 && (idx as usize + 1).is_multiple_of(k)),
         }
     }
 
@@ -280,8 +292,17 @@ mod tests {
             every: 3,
             sample: 0,
             seed: 1,
+            free: Some(2),
         };
         let all = hashes(5);
+        assert!(!c.is_free(0, false) && c.is_free(1, false) && c.is_free(2, true));
+        let last_only = Cadence { free: Some(0), ..c };
+        assert!(!last_only.is_free(1, false) && last_only.is_free(4, true));
+        let never = Cadence {
+            free: None,
+            ..last_only
+        };
+        assert!(!never.is_free(4, true));
         // Step 0: own only (1 is not a multiple of 3).
         assert_eq!(c.facts_to_score(0, false, &all[..1], &all[..1]), hashes(1));
         assert!(!c.is_full(0, false) && c.is_full(2, false) && c.is_full(0, true));
@@ -296,6 +317,7 @@ mod tests {
             every: 1,
             sample: 2,
             seed: 7,
+            free: None,
         };
         let all = hashes(10);
         let a = c.facts_to_score(8, false, &all[8..9], &all[..9]);

@@ -78,7 +78,7 @@ pub fn evaluate(
     phases.own_probes = clock.lap();
     scores.extend(score_facts(model, prepared, config, earlier));
     phases.retention = clock.lap();
-    let free: Vec<Option<FreeScore>> = if config.free_decoding && cadence.is_full(idx, last) {
+    let free: Vec<Option<FreeScore>> = if cadence.is_free(idx, last) {
         let ex: Vec<&FactExamples> = scored.iter().map(|h| &prepared.examples[h]).collect();
         let budget = config.eval_batch_tokens * FREE_BATCH_FACTOR;
         free_score(model, &loaded.tokenizer, &ex, budget)?
@@ -89,21 +89,33 @@ pub fn evaluate(
         vec![None; scored.len()]
     };
     phases.free_decoding = clock.lap();
-    let probes: Vec<ProbeRow> = scored
-        .iter()
-        .zip(&scores)
-        .zip(free)
-        .map(|((h, s), free)| probe_row(idx, h, s, free))
-        .collect();
-    // The reports show the samples after the last step only: none are decoded before it.
+    // The reports show the samples after the last step only: none are decoded before it. Where
+    // the facts were free-decoded, their answers to the first probe are the samples.
     let shown: Vec<&Fact> = if last {
         let by_hash: HashMap<&str, &Fact> = plan.facts.iter().map(|f| (f.hash.as_str(), f)).collect();
         sampled(plan, injected.iter().filter_map(|h| by_hash.get(h.as_str()).copied()))
     } else {
         Vec::new()
     };
-    let generations = sample_generations(model, &loaded.tokenizer, &shown, idx)?;
+    let decoded: HashMap<&str, &FreeScore> = scored
+        .iter()
+        .zip(&free)
+        .filter_map(|(h, f)| f.as_ref().map(|f| (h.as_str(), f)))
+        .collect();
+    let (reused, to_decode): (Vec<&Fact>, Vec<&Fact>) =
+        shown.into_iter().partition(|f| decoded.contains_key(f.hash.as_str()));
+    let mut generations: Vec<GenerationRow> = reused
+        .iter()
+        .map(|f| sample_from_free(f, decoded[f.hash.as_str()], idx))
+        .collect();
+    generations.extend(sample_generations(model, &loaded.tokenizer, &to_decode, idx)?);
     phases.generations = clock.lap();
+    let probes: Vec<ProbeRow> = scored
+        .iter()
+        .zip(&scores)
+        .zip(free)
+        .map(|((h, s), free)| probe_row(idx, h, s, free))
+        .collect();
     let locality = cadence
         .is_full(idx, last)
         .then(|| mean_accuracy(model, &prepared.locality, config.eval_batch_tokens));
@@ -149,6 +161,22 @@ fn score_facts(model: &Llama, prepared: &Prepared, config: &RunConfig, hashes: &
     }
     let ex: Vec<&FactExamples> = hashes.iter().map(|h| &prepared.examples[h]).collect();
     score(model, &ex, config.eval_batch_tokens)
+}
+
+/// The sample of [`sample_generations`] for `f` taken from its free answers (the same question, the
+/// same cap, decoded in the same kind of batch).
+fn sample_from_free(f: &Fact, free: &FreeScore, step: i64) -> GenerationRow {
+    let (prompt, answer) = match (f.probes.first(), free.general_each.first()) {
+        (Some(q), Some(a)) => (q, a),
+        _ => (&f.prompts[0], &free.recall_each[0]),
+    };
+    GenerationRow {
+        step,
+        fact: f.hash.clone(),
+        prompt: prompt.clone(),
+        text: answer.text.clone(),
+        f1: answer.f1,
+    }
 }
 
 /// Greedy answers to each fact's first probe (its first prompt when it has none), decoded
