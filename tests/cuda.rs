@@ -107,35 +107,3 @@ fn pooled_trainers_replay_like_fresh_ones() {
         }
     }
 }
-
-/// The weights hash of a bf16 model on the GPU (one concatenated copy to the host) is the digest of
-/// each weight's bytes copied out one by one, as every recorded hash was made.
-#[test]
-fn weights_hash_on_the_gpu_is_the_per_weight_digest() {
-    use injector::config::TrainConfig;
-    use injector::inject::state::weights_hash;
-    use injector::inject::step::adapter_shapes;
-    use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
-    tch::manual_seed(1);
-    let model = Llama::random(&tiny_config(), dev, Kind::BFloat16).unwrap();
-    let train = TrainConfig::default();
-    let mut keys: Vec<String> = adapter_shapes(&model, &train.adalora)
-        .iter()
-        .map(|(l, p, _, _)| p.weight_key(*l))
-        .collect();
-    keys.sort();
-    let mut h = blake3::Hasher::new();
-    h.update(b"src");
-    for k in &keys {
-        let w = model.weight(k).unwrap().to_device(Device::Cpu).contiguous();
-        let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
-        w.copy_data_u8(&mut buf, w.numel());
-        h.update(k.as_bytes());
-        h.update(&buf);
-    }
-    assert_eq!(
-        weights_hash(&model, "src", &train).unwrap(),
-        h.finalize().to_hex().to_string()
-    );
-}

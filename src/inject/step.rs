@@ -561,13 +561,13 @@ pub fn train(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::model::Config;
     use tch::Device;
 
     /// A random 2-layer model (vocabulary 97) on the CPU, drawn from the global generator.
-    pub(crate) fn tiny_model() -> Llama {
+    fn tiny_model() -> Llama {
         let cfg = Config {
             architecture: "llama".into(),
             vocab_size: 97,
