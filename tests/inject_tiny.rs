@@ -365,3 +365,65 @@ fn free_decoding_is_recorded_when_asked() {
     assert_eq!(off["weights_hash"], default["weights_hash"]);
     assert_eq!(every2["weights_hash"], default["weights_hash"]);
 }
+
+/// `spaced:K` rehearses by retention and records why; its choices are a function of the ledger, so a
+/// run continued with more facts rehearses, and ends, exactly as the same run made in one go.
+#[test]
+fn spaced_rehearsal_is_recorded_and_continues_exactly() {
+    use common::knowledge::write_many;
+    let flags = ["--strategy", "spaced:1", "--json", "--rehearse-below", "1.0"];
+    let one_go = tempfile::tempdir().unwrap();
+    write_tiny_gguf(&one_go.path().join("tiny.gguf"), 4);
+    write_many(&one_go.path().join("k"), 5);
+    let a = injector(one_go.path(), &run_args(&flags));
+    assert!(a.status.success(), "{}", stderr(&a));
+    let a: serde_json::Value = serde_json::from_str(&stdout(&a)).unwrap();
+
+    let twice = tempfile::tempdir().unwrap();
+    write_tiny_gguf(&twice.path().join("tiny.gguf"), 4);
+    write_many(&twice.path().join("k"), 3);
+    let first = injector(twice.path(), &run_args(&flags));
+    assert!(first.status.success(), "{}", stderr(&first));
+    write_many(&twice.path().join("k"), 5);
+    let b = injector(twice.path(), &run_args(&flags));
+    assert!(b.status.success(), "{}", stderr(&b));
+    let b: serde_json::Value = serde_json::from_str(&stdout(&b)).unwrap();
+    assert_eq!(b["new_steps"], 2);
+    assert_eq!(a["weights_hash"], b["weights_hash"]);
+
+    let steps = |dir: &std::path::Path, run: &str| -> Vec<serde_json::Value> {
+        let show = injector(dir, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        v["steps"].as_array().unwrap().clone()
+    };
+    let sa = steps(one_go.path(), a["run"].as_str().unwrap());
+    let sb = steps(twice.path(), b["run"].as_str().unwrap());
+    let mut rehearsals = 0;
+    for (x, y) in sa.iter().zip(&sb) {
+        assert_eq!(x["rehearsed"], y["rehearsed"]);
+        assert_eq!(x["rehearsal"], y["rehearsal"]);
+        // Each rehearsed fact is recorded with its reason, at most K = 1 a step.
+        let r = x["rehearsal"].as_array().unwrap();
+        assert!(r.len() <= 1);
+        for (h, why) in x["rehearsed"].as_array().unwrap().iter().zip(r) {
+            assert_eq!(h, &why["fact"]);
+            assert!(why["reason"] == "fell" || why["reason"] == "due", "{why}");
+        }
+        rehearsals += r.len();
+    }
+    // The first step has nothing to rehearse; later ones do (a fact is due one step after its own).
+    assert!(sa[0]["rehearsed"].as_array().unwrap().is_empty());
+    assert!(rehearsals >= 3, "{rehearsals} rehearsals in 5 steps");
+    let page = std::fs::read_to_string(
+        one_go
+            .path()
+            .join("reports")
+            .join(a["run"].as_str().unwrap())
+            .join("index.html"),
+    )
+    .unwrap();
+    assert!(
+        page.contains(&format!("{rehearsals} rehearsals in 5 steps")),
+        "no rehearsal section"
+    );
+}

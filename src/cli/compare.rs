@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 pub struct CompareArgs {
     /// The knowledge directory (or one YAML file).
     pub dir: PathBuf,
-    /// Comma-separated strategies: sequential, mixed, batch:K, replay:K.
+    /// Comma-separated strategies: sequential, mixed, batch:K, replay:K, spaced:K.
     #[arg(long, default_value = "sequential,mixed")]
     pub strategy: String,
     /// Print the comparison as JSON.

@@ -15,7 +15,8 @@ use std::path::PathBuf;
 pub struct RunArgs {
     /// The knowledge directory (or one YAML file). Optional with --resume.
     pub dir: Option<PathBuf>,
-    /// sequential (the default), batch:K, mixed or replay:K.
+    /// sequential (the default), batch:K, mixed, replay:K (K random earlier facts rehearsed a step)
+    /// or spaced:K (up to K earlier facts rehearsed a step, chosen by retention).
     #[arg(long)]
     pub strategy: Option<String>,
     /// Continue this run with the config it recorded, on the facts of DIR (default: the folder it was

@@ -68,6 +68,12 @@ pub struct TrainArgs {
     /// last step (0, the default). Each pass costs about one decoding batch on a GPU.
     #[arg(long)]
     pub free_every: Option<usize>,
+    /// spaced:K only: a fact measured below this recall has fallen and is rehearsed first.
+    #[arg(long)]
+    pub rehearse_below: Option<f64>,
+    /// spaced:K only: extra tokens rehearsal may spend, as a multiple of the facts' own tokens.
+    #[arg(long)]
+    pub rehearse_budget: Option<f64>,
 }
 
 impl TrainArgs {
@@ -106,6 +112,8 @@ impl TrainArgs {
         set(&mut c.retention_sample, self.retention_sample);
         c.free_decoding = !self.no_free_decoding;
         set(&mut c.free_every, self.free_every);
+        set(&mut c.rehearsal.below, self.rehearse_below);
+        set(&mut c.rehearsal.budget, self.rehearse_budget);
         c.validate()?;
         Ok(c)
     }

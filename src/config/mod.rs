@@ -214,6 +214,36 @@ pub struct RunConfig {
     /// each decoding pass costs about the same whatever its batch: the default keeps it to one.
     #[serde(default, skip_serializing_if = "is_zero_usize")]
     pub free_every: usize,
+    /// The `spaced:K` strategy's rehearsal rules (unused by the others).
+    #[serde(default, skip_serializing_if = "Rehearsal::is_default")]
+    pub rehearsal: Rehearsal,
+}
+
+/// How `spaced:K` picks the facts it rehearses (see `inject::schedule`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rehearsal {
+    /// A fact whose recall (teacher-forced, on its training prompts) is measured below this has
+    /// fallen: it is rehearsed first, and its interval starts again.
+    pub below: f64,
+    /// Extra tokens rehearsal may spend, as a multiple of the tokens of the facts' own steps
+    /// (1.0: at most twice plain sequential's tokens).
+    pub budget: f64,
+}
+
+impl Default for Rehearsal {
+    fn default() -> Self {
+        Rehearsal {
+            below: 0.95,
+            budget: 1.0,
+        }
+    }
+}
+
+impl Rehearsal {
+    fn is_default(&self) -> bool {
+        *self == Rehearsal::default()
+    }
 }
 
 fn is_zero_usize(v: &usize) -> bool {
@@ -241,6 +271,7 @@ impl Default for RunConfig {
             eval_batch_tokens: 8192,
             free_decoding: true,
             free_every: 0,
+            rehearsal: Rehearsal::default(),
         }
     }
 }
@@ -302,6 +333,8 @@ impl RunConfig {
         c.non_negative(t.preserve, "--preserve", "train.preserve");
         c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
         c.within(t.null_space, false, "--null-space", "train.null_space");
+        c.within(self.rehearsal.below, true, "--rehearse-below", "rehearsal.below");
+        c.non_negative(self.rehearsal.budget, "--rehearse-budget", "rehearsal.budget");
         c.at_least_one(a.init_r, "--init-r", "train.adalora.init_r");
         c.check(
             (1..=a.init_r).contains(&a.target_r),

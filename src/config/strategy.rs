@@ -12,8 +12,12 @@ pub enum Strategy {
     Batch(usize),
     /// All facts in one training run, one merge.
     Mixed,
-    /// One fact per step, rehearsing K earlier facts in each.
+    /// One fact per step, rehearsing K earlier facts in each, drawn at random.
     Replay(usize),
+    /// One fact per step, rehearsing up to K earlier facts chosen by retention: those measured below
+    /// the threshold first, then those whose review is due, at intervals that double while a fact
+    /// holds (spaced repetition), within a token budget (`inject::schedule`).
+    Spaced(usize),
 }
 
 impl FromStr for Strategy {
@@ -21,7 +25,7 @@ impl FromStr for Strategy {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || {
             Error::BadInput(format!(
-                "unknown strategy '{s}': expected sequential, mixed, batch:K or replay:K"
+                "unknown strategy '{s}': expected sequential, mixed, batch:K, replay:K or spaced:K"
             ))
         };
         let k = |v: &str| v.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(bad);
@@ -31,6 +35,7 @@ impl FromStr for Strategy {
             other => match other.split_once(':') {
                 Some(("batch", n)) => Ok(Strategy::Batch(k(n)?)),
                 Some(("replay", n)) => Ok(Strategy::Replay(k(n)?)),
+                Some(("spaced", n)) => Ok(Strategy::Spaced(k(n)?)),
                 _ => Err(bad()),
             },
         }
@@ -44,6 +49,7 @@ impl fmt::Display for Strategy {
             Strategy::Batch(k) => write!(f, "batch:{k}"),
             Strategy::Mixed => write!(f, "mixed"),
             Strategy::Replay(k) => write!(f, "replay:{k}"),
+            Strategy::Spaced(k) => write!(f, "spaced:{k}"),
         }
     }
 }
@@ -54,7 +60,7 @@ impl Strategy {
         let size = match self {
             Strategy::Batch(k) => *k,
             Strategy::Mixed => n.max(1),
-            Strategy::Replay(_) => 1,
+            Strategy::Replay(_) | Strategy::Spaced(_) => 1,
         };
         (0..n).collect::<Vec<_>>().chunks(size).map(<[usize]>::to_vec).collect()
     }
@@ -81,6 +87,9 @@ mod tests {
             vec![vec![0, 1, 2, 3, 4]]
         );
         assert_eq!("replay:2".parse::<Strategy>().unwrap().to_string(), "replay:2");
+        let spaced: Strategy = "spaced:3".parse().unwrap();
+        assert_eq!((spaced.to_string().as_str(), spaced.groups(4).len()), ("spaced:3", 4));
+        assert!("spaced:0".parse::<Strategy>().is_err());
         assert!("batch:0".parse::<Strategy>().is_err());
         assert!("random".parse::<Strategy>().is_err());
     }

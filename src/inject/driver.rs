@@ -5,12 +5,14 @@
 use super::evaluate::{evaluate, Evaluated};
 use super::plan::{check_model, find_or_record, plan, Plan};
 use super::prepare::{prepare, Prepared};
+use super::schedule::Schedule;
 use super::step::{train, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Strategy};
 use crate::error::Result;
 use crate::eval::retention::{FactSummary, Matrix, Means};
+use crate::eval::Example;
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{FixedPhases, InvocationRow, Ledger, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
@@ -148,12 +150,30 @@ fn drive_steps(
         ledger.set_status(&plan.run.id, "running")?;
         let mut trainers = Trainers::new(&loaded.model, &config.train, prepared.preserve.as_ref())?;
         let mut injected = plan.injected.clone();
+        let tokens = |h: &str| prepared.examples[h].recall.iter().map(Example::len).sum::<usize>();
+        let mut schedule = match plan.strategy {
+            Strategy::Spaced(_) => Some(Schedule::rebuild(
+                &config.rehearsal,
+                &ledger.steps(&plan.run.id)?,
+                &ledger.probes(&plan.run.id)?,
+                tokens,
+            )),
+            _ => None,
+        };
         for (g, group) in plan.groups.iter().enumerate() {
             let idx = plan.step_index(g);
             let own: Vec<&Fact> = group.iter().map(|&i| &plan.facts[i]).collect();
             progress.step_start(idx as usize, &own);
             let mut clock = Clock::start();
-            let rehearsed = plan.strategy.rehearse(&injected, config.seed, idx);
+            let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
+            let rehearsal = match (&schedule, plan.strategy) {
+                (Some(s), Strategy::Spaced(k)) => s.pick(idx, k, own_hashes.iter().map(|h| tokens(h)).sum()),
+                _ => Vec::new(),
+            };
+            let rehearsed = match schedule {
+                Some(_) => rehearsal.iter().map(|r| r.fact.clone()).collect(),
+                None => plan.strategy.rehearse(&injected, config.seed, idx),
+            };
             let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
             clock.lap();
             merge::merge(&loaded.model, &trained.factors)?;
@@ -166,7 +186,7 @@ fn drive_steps(
             let te = Instant::now();
             injected.extend(own.iter().map(|f| f.hash.clone()));
             let last = g + 1 == plan.groups.len();
-            let evaluated = evaluate(loaded, &prepared, config, &plan, idx, last, &own, &injected)?;
+            let evaluated = evaluate(loaded, &prepared, config, &plan, idx, last, &own, &injected, &rehearsed)?;
             let eval_seconds = te.elapsed().as_secs_f64();
             let Evaluated {
                 probes,
@@ -194,6 +214,10 @@ fn drive_steps(
                     .join(", ")
             );
             step_phases.add(&phases);
+            if let Some(s) = schedule.as_mut() {
+                s.on_step(idx, &own_hashes, &rehearsed, tokens);
+                s.on_scores(idx, probes.iter().map(|p| (p.fact.as_str(), p.recall)));
+            }
             let step = StepRow {
                 run: plan.run.id.clone(),
                 idx,
@@ -210,6 +234,7 @@ fn drive_steps(
                 weights_hash,
                 created: String::new(),
                 phases,
+                rehearsal,
             };
             // Commit: the step with everything measured around it, in one transaction.
             let mut all_generations: Vec<_> = own

@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod plan;
 pub mod prepare;
 pub mod preserve;
+pub mod schedule;
 pub mod state;
 pub mod step;
 

@@ -44,6 +44,30 @@ pub struct StepRow {
     pub created: String,
     /// Where the step's time went (all zero for steps recorded before phases were).
     pub phases: StepPhases,
+    /// For `spaced:K`, each rehearsed fact with why it was picked (empty for other strategies).
+    #[serde(default)]
+    pub rehearsal: Vec<Rehearsed>,
+}
+
+/// Why a fact was rehearsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    /// Measured below the threshold at its latest check.
+    Fell,
+    /// Its review interval had passed.
+    Due,
+}
+
+/// One rehearsal of one fact at one step, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rehearsed {
+    pub fact: String,
+    pub reason: Reason,
+    /// Its latest measured recall before the step (`None`: never measured since its own step).
+    pub recall: Option<f64>,
+    /// Its review interval, in steps, when it was picked.
+    pub interval: i64,
 }
 
 /// Seconds spent in each phase of one injection step, in order. Each phase ends with a read of its

@@ -129,9 +129,10 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (model_hash, kind, prompts, tokens)
     );
     "#,
-    // 5: free-decoding recall beside the teacher-forced scores.
+    // 5: free-decoding recall beside the teacher-forced scores; why `spaced:K` rehearsed what it did.
     r#"
     ALTER TABLE probes ADD COLUMN free_recall REAL;
     ALTER TABLE probes ADD COLUMN free_general REAL;
+    ALTER TABLE steps ADD COLUMN rehearsal TEXT NOT NULL DEFAULT '[]';
     "#,
 ];

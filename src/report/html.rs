@@ -126,6 +126,55 @@ fn retention_charts(d: &RunData, title: &str) -> String {
     )
 }
 
+/// What the run rehearsed (replay and spaced strategies): how often, why (spaced), and the facts
+/// rehearsed most, with their latest recall. Empty when nothing was rehearsed.
+fn rehearsal_table(d: &RunData) -> String {
+    use crate::ledger::Reason;
+    let total: usize = d.steps.iter().map(|s| s.rehearsed.len()).sum();
+    if total == 0 {
+        return String::new();
+    }
+    let reasons: Vec<Reason> = d
+        .steps
+        .iter()
+        .flat_map(|s| s.rehearsal.iter().map(|r| r.reason))
+        .collect();
+    let fell = reasons.iter().filter(|&&r| r == Reason::Fell).count();
+    let mut count: std::collections::HashMap<&str, usize> = Default::default();
+    for h in d.steps.iter().flat_map(|s| &s.rehearsed) {
+        *count.entry(h.as_str()).or_default() += 1;
+    }
+    let summaries = d.fact_summaries();
+    let mut most: Vec<(&str, usize)> = count.into_iter().collect();
+    most.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut t = format!(
+        "<h2>Rehearsal</h2><p class=meta>{total} rehearsals in {} steps{}.</p>\
+         <table id=rehearsal><tr><th class=l>fact</th><th>step</th><th>rehearsed</th><th>final recall</th></tr>",
+        d.steps.len(),
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {fell} because the fact fell below the threshold, {} because its review was due",
+                reasons.len() - fell
+            )
+        }
+    );
+    for (h, n) in most.into_iter().take(10) {
+        if let Some(f) = summaries.iter().find(|f| f.hash == h) {
+            let _ = write!(
+                t,
+                "<tr><td class=l>{}</td><td>{}</td><td>{n}</td><td>{}</td></tr>",
+                esc(&f.id),
+                f.step,
+                num(Some(f.recall))
+            );
+        }
+    }
+    t.push_str("</table>");
+    t
+}
+
 fn generations_table(d: &RunData, limit: usize) -> String {
     let last = d.last_step().unwrap_or(-1);
     let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before the run (base model)</th><th class=l>after the last step</th><th>F1</th></tr>");
@@ -252,6 +301,7 @@ pub fn run_page(d: &RunData) -> String {
         d,
         "recall of each fact after each step (grey: not yet injected or not measured)",
     ));
+    b.push_str(&rehearsal_table(d));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
     b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>locality</th></tr>");
