@@ -14,7 +14,13 @@ const QWEN2_SPLIT: &str =
 
 /// A tokenizer with the special tokens and chat template the model was trained with.
 pub struct Tokenizer {
+    /// Recognises special-token markup: only for text the chat template produced.
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token matching off: for user text, where `<|im_end|>` is
+    /// ten characters, not the end of a turn.
+    plain: tokenizers::Tokenizer,
+    /// The special tokens' strings and ids, longest first (so that one that starts another wins).
+    specials: Vec<(String, u32)>,
     /// Tokens that end a turn (eos and, for chat models, the end-of-turn marker).
     pub stop_ids: Vec<u32>,
     pub bos_token: Option<String>,
@@ -155,8 +161,19 @@ impl Tokenizer {
                 }
             }
         }
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Tokenizer {
             inner,
+            plain,
+            specials,
             stop_ids,
             bos_token,
             eos_token,
@@ -164,13 +181,64 @@ impl Tokenizer {
         }
     }
 
-    /// Token ids of `text`; special-token markup in the text is recognised.
+    /// Token ids of user text (a fact, a question): special-token strings in it are plain text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        ids_of(&self.plain, text)
+    }
+
+    /// Token ids of text the chat template produced, its special-token markup recognised. Never
+    /// for user text: see [`Tokenizer::encode_chat`].
+    pub fn encode_markup(&self, text: &str) -> Result<Vec<u32>> {
+        ids_of(&self.inner, text)
+    }
+
+    /// A conversation rendered with the chat template and encoded: the template's own markup
+    /// becomes special tokens, the messages' text is encoded as plain text (see
+    /// [`Tokenizer::encode`]). The template is rendered with a placeholder for each message, which
+    /// marks where the messages' text goes.
+    ///
+    /// Errors: a template that fails to render ([`Tokenizer::render_chat`]), or text the tokenizer
+    /// cannot encode.
+    pub fn encode_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let marks: Vec<String> = (0..messages.len()).map(placeholder).collect();
+        let marked: Vec<(&str, &str)> = messages
+            .iter()
+            .zip(&marks)
+            .map(|((r, _), m)| (*r, m.as_str()))
+            .collect();
+        let rendered = self.render_chat(&marked, add_generation_prompt)?;
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        for piece in split_placeholders(&rendered, messages.len()) {
+            match piece {
+                Piece::Message(i) => text.push_str(messages[i].1),
+                Piece::Markup(mut markup) => {
+                    while let Some((at, token, id)) = self.first_special(markup) {
+                        text.push_str(&markup[..at]);
+                        ids.extend(self.encode(&std::mem::take(&mut text))?);
+                        ids.push(id);
+                        markup = &markup[at + token.len()..];
+                    }
+                    text.push_str(markup);
+                }
+            }
+        }
+        ids.extend(self.encode(&text)?);
+        Ok(ids)
+    }
+
+    /// The first special token in `markup`: its byte offset, string and id.
+    fn first_special<'a>(&'a self, markup: &str) -> Option<(usize, &'a str, u32)> {
+        let mut best: Option<(usize, &'a str, u32)> = None;
+        for (token, id) in &self.specials {
+            if let Some(at) = markup.find(token.as_str()) {
+                // Longest first, so a later token only wins by starting earlier.
+                if best.is_none_or(|(b, _, _)| at < b) {
+                    best = Some((at, token.as_str(), *id));
+                }
+            }
+        }
+        best
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -187,13 +255,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The end-of-turn token string the chat template closes an assistant answer with.
-    pub fn end_of_turn(&self) -> Option<String> {
-        let id = *self.stop_ids.first()?;
+    /// The end-of-turn token the chat template closes an assistant answer with.
+    pub fn end_of_turn_id(&self) -> Option<u32> {
         let preferred = ["<|im_end|>", "<|eot_id|>"]
             .into_iter()
-            .find(|t| self.inner.token_to_id(t).is_some());
-        preferred.map(str::to_string).or_else(|| self.inner.id_to_token(id))
+            .find_map(|t| self.inner.token_to_id(t));
+        preferred.or_else(|| self.stop_ids.first().copied())
     }
 
     /// Renders a conversation with the checkpoint's chat template (a plain fallback when it has none).
@@ -229,4 +296,50 @@ impl Tokenizer {
             .and_then(|t| t.render(ctx))
             .map_err(|e| Error::BadInput(format!("chat template: {e}")))
     }
+}
+
+fn ids_of(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tok
+        .encode(text, false)
+        .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// What the template is given in place of message `i`: private-use characters no template
+/// writes, so that the rendered text shows where each message's text goes.
+fn placeholder(i: usize) -> String {
+    format!("\u{F8F0}{i}\u{F8F1}")
+}
+
+/// A part of a rendered conversation: the template's markup, or where message i goes.
+enum Piece<'a> {
+    Markup(&'a str),
+    Message(usize),
+}
+
+/// Splits `rendered` at the placeholders of messages `0..n` (a template may drop a message, or
+/// repeat it).
+fn split_placeholders(rendered: &str, n: usize) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find('\u{F8F0}') {
+        let after = &rest[start + '\u{F8F0}'.len_utf8()..];
+        let Some((digits, tail)) = after.split_once('\u{F8F1}') else {
+            break;
+        };
+        match digits.parse::<usize>() {
+            Ok(i) if i < n => {
+                pieces.push(Piece::Markup(&rest[..start]));
+                pieces.push(Piece::Message(i));
+                rest = tail;
+            }
+            _ => {
+                // Not one of ours: markup.
+                pieces.push(Piece::Markup(&rest[..start + '\u{F8F0}'.len_utf8()]));
+                rest = after;
+            }
+        }
+    }
+    pieces.push(Piece::Markup(rest));
+    pieces
 }
