@@ -1,5 +1,6 @@
 //! What users feed the tool, read as they meant it: fact and question text is plain text (a
-//! special-token string in it is ordinary tokens, never a control token).
+//! special-token string in it is ordinary tokens, never a control token), and a chat template in
+//! the list form is the one named `default`.
 mod common;
 
 use common::*;
@@ -66,4 +67,98 @@ fn special_token_strings_in_fact_text_are_plain_text() {
             tok.encode_markup(&rendered).unwrap()
         );
     }
+}
+
+/// Rewrites the tiny Hugging Face folder's tokenizer_config.json with `chat_template` set to `v`.
+fn set_hf_template(hf: &Path, v: serde_json::Value) {
+    let cfg = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": v});
+    std::fs::write(hf.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+const OTHER_TEMPLATE: &str = "{{ raise_exception('the tool-use template') }}";
+
+#[test]
+fn a_chat_template_list_uses_the_one_named_default() {
+    let d = tempfile::tempdir().unwrap();
+    let hf = d.path().join("hf");
+    write_tiny_hf(&hf, 3);
+    let chat = [("user", "hi")];
+    let want = load(&hf, Device::Cpu)
+        .unwrap()
+        .tokenizer
+        .render_chat(&chat, true)
+        .unwrap();
+    set_hf_template(
+        &hf,
+        serde_json::json!([{"name": "tool_use", "template": OTHER_TEMPLATE}, {"name": "default", "template": CHAT_TEMPLATE}]),
+    );
+    let m = load(&hf, Device::Cpu).unwrap();
+    assert_eq!(m.tokenizer.render_chat(&chat, true).unwrap(), want);
+
+    // GGUF: the default template under its own name, the others beside it.
+    let g = d.path().join("named.gguf");
+    write_tiny_gguf_meta(&g, 3, |meta| {
+        for (k, _) in meta.iter_mut().filter(|(k, _)| k == "tokenizer.chat_template") {
+            *k = "tokenizer.chat_template.default".into();
+        }
+        meta.push((
+            "tokenizer.chat_template.tool_use".into(),
+            injector::model::gguf::Value::Str(OTHER_TEMPLATE.into()),
+        ));
+    });
+    let m = load(&g, Device::Cpu).unwrap();
+    assert_eq!(m.tokenizer.render_chat(&chat, true).unwrap(), want);
+}
+
+fn assert_refused(o: &std::process::Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in: {err}");
+    }
+}
+
+#[test]
+fn a_model_without_a_usable_chat_template_is_refused_or_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let query = |model: &str| {
+        injector(
+            p,
+            &["query", "hi", "--max-tokens", "2", "--device", "cpu", "--model", model],
+        )
+    };
+    // A list with no template named default: which one is meant is not known.
+    write_tiny_hf(&p.join("hf"), 3);
+    set_hf_template(
+        &p.join("hf"),
+        serde_json::json!([{"name": "tool_use", "template": OTHER_TEMPLATE}, {"name": "rag", "template": CHAT_TEMPLATE}]),
+    );
+    assert_refused(&query("hf"), &["tokenizer_config.json", "tool_use, rag", "'default'"]);
+    // Entries that are not {name, template}, and a value of another shape.
+    set_hf_template(&p.join("hf"), serde_json::json!([{"template": CHAT_TEMPLATE}]));
+    assert_refused(&query("hf"), &["tokenizer_config.json", "'name' and 'template'"]);
+    set_hf_template(&p.join("hf"), serde_json::json!(7));
+    assert_refused(&query("hf"), &["tokenizer_config.json", "neither text nor a list"]);
+    // A template that cannot render is refused when the model loads.
+    set_hf_template(&p.join("hf"), serde_json::json!("{% for m in messages %}"));
+    assert_refused(&query("hf"), &["hf: chat template"]);
+    // GGUF: named templates, none the default.
+    write_tiny_gguf_meta(&p.join("named.gguf"), 3, |meta| {
+        for (k, _) in meta.iter_mut().filter(|(k, _)| k == "tokenizer.chat_template") {
+            *k = "tokenizer.chat_template.rag".into();
+        }
+    });
+    assert_refused(
+        &query("named.gguf"),
+        &["named.gguf", "named rag but none is the default"],
+    );
+    // No template at all: the model is usable (plain `role: text` lines), and a warning says so.
+    write_tiny_gguf_meta(&p.join("bare.gguf"), 3, |meta| {
+        meta.retain(|(k, _)| k != "tokenizer.chat_template")
+    });
+    let o = query("bare.gguf");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bare.gguf: no chat template"), "{}", stderr(&o));
 }

@@ -37,7 +37,11 @@ fn byte_level(use_regex: bool) -> serde_json::Value {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata, with the chat template of
+    /// `tokenizer.chat_template`.
+    ///
+    /// Errors: bad model naming the file — an unsupported tokenizer, missing or malformed metadata, a
+    /// chat template that cannot be chosen or rendered.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let path = &g.path;
         let bad = |msg: String| Error::bad_model(path, msg);
@@ -109,14 +113,14 @@ impl Tokenizer {
         let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
         let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
-        let chat_template = g
-            .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(Self::finish(inner, bos_token, eos_token, chat_template))
+        let chat_template = gguf_template(g)?;
+        Self::finish(inner, bos_token, eos_token, chat_template, path)
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
+    ///
+    /// Errors: bad model naming the file — a tokenizer or config that does not parse, a chat template
+    /// that cannot be chosen or rendered.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
@@ -130,25 +134,20 @@ impl Tokenizer {
             Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
             None => None,
         };
-        let template = cfg
-            .get("chat_template")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-        Ok(Self::finish(
-            inner,
-            tok_str("bos_token"),
-            tok_str("eos_token"),
-            template,
-        ))
+        let template = hf_template(dir, &cfg, &cfg_path)?;
+        Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), template, dir)
     }
 
+    /// The tokenizer around `inner`, its chat template checked by rendering one user turn: a
+    /// template that cannot render is refused here, before any work, naming `source`; a model
+    /// without one is named in a warning (its prompts are plain `role: text` lines).
     fn finish(
         inner: tokenizers::Tokenizer,
         bos_token: Option<String>,
         eos_token: Option<String>,
         chat_template: Option<String>,
-    ) -> Self {
+        source: &Path,
+    ) -> Result<Self> {
         let mut stop_ids: Vec<u32> = Vec::new();
         for t in eos_token
             .iter()
@@ -170,15 +169,24 @@ impl Tokenizer {
             .map(|(id, t)| (t.content, id))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        Tokenizer {
+        let tok = Tokenizer {
             inner,
             plain,
             specials,
             stop_ids,
             bos_token,
             eos_token,
-            chat_template,
+            chat_template: chat_template.filter(|t| !t.trim().is_empty()),
+        };
+        if tok.chat_template.is_none() {
+            tracing::warn!(
+                "{}: no chat template; prompts are rendered as plain `role: text` lines",
+                source.display()
+            );
         }
+        tok.render_chat(&[("user", "hi")], true)
+            .map_err(|e| Error::bad_model(source, e.to_string()))?;
+        Ok(tok)
     }
 
     /// Token ids of user text (a fact, a question): special-token strings in it are plain text.
@@ -342,4 +350,89 @@ fn split_placeholders(rendered: &str, n: usize) -> Vec<Piece<'_>> {
     }
     pieces.push(Piece::Markup(rest));
     pieces
+}
+
+/// The chat template of a GGUF file: `tokenizer.chat_template` (llama.cpp writes the default one
+/// there, and the other named ones as `tokenizer.chat_template.NAME`).
+///
+/// Errors: the key holds something other than text, or only named templates are present and none
+/// is the default.
+fn gguf_template(g: &Gguf) -> Result<Option<String>> {
+    const KEY: &str = "tokenizer.chat_template";
+    match g.get(KEY) {
+        Some(Value::Str(t)) => return Ok(Some(t.clone())),
+        Some(_) => return Err(Error::bad_model(&g.path, format!("'{KEY}' is not text"))),
+        None => {}
+    }
+    if let Some(Value::Str(t)) = g.get(&format!("{KEY}.default")) {
+        return Ok(Some(t.clone()));
+    }
+    let prefix = format!("{KEY}.");
+    let named: Vec<&str> = g.metadata.keys().filter_map(|k| k.strip_prefix(&prefix)).collect();
+    if named.is_empty() {
+        return Ok(None);
+    }
+    Err(Error::bad_model(
+        &g.path,
+        format!("chat templates named {} but none is the default", named.join(", ")),
+    ))
+}
+
+/// The chat template of a Hugging Face folder: `chat_template` of `tokenizer_config.json`, else
+/// `chat_template.jinja`, else `chat_template` of `chat_template.json`.
+///
+/// Errors: a file that is not JSON, or a template entry [`template_of`] refuses.
+fn hf_template(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<Option<String>> {
+    if let Some(t) = template_of(cfg.get("chat_template"), cfg_path)? {
+        return Ok(Some(t));
+    }
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Ok(Some(t));
+    }
+    let path = dir.join("chat_template.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&path, e.to_string()))?;
+    template_of(v.get("chat_template"), &path)
+}
+
+/// A `chat_template` entry: a string, or the list form `[{"name": …, "template": …}, …]` some
+/// checkpoints ship, from which the one named `default` is taken (as transformers does).
+///
+/// Errors (naming `path`): a list with no `default` (its names are listed), or a value of another
+/// shape.
+fn template_of(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value as J;
+    fn named(e: &J) -> Option<(&str, &str)> {
+        Some((e.get("name")?.as_str()?, e.get("template")?.as_str()?))
+    }
+    match v {
+        None | Some(J::Null) => Ok(None),
+        Some(J::String(t)) => Ok(Some(t.clone())),
+        Some(J::Array(list)) => {
+            let entries: Vec<(&str, &str)> = list.iter().filter_map(named).collect();
+            if entries.len() != list.len() {
+                return Err(Error::bad_model(
+                    path,
+                    "chat_template: every entry of the list needs a text 'name' and 'template'",
+                ));
+            }
+            if let Some((_, t)) = entries.iter().find(|(n, _)| *n == "default") {
+                return Ok(Some(t.to_string()));
+            }
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            let names: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
+            Err(Error::bad_model(
+                path,
+                format!("chat_template lists {} but none named 'default'", names.join(", ")),
+            ))
+        }
+        Some(_) => Err(Error::bad_model(
+            path,
+            "chat_template is neither text nor a list of {name, template}",
+        )),
+    }
 }
