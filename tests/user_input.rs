@@ -1,12 +1,14 @@
 //! What users feed the tool, read as they meant it: fact and question text is plain text (a
-//! special-token string in it is ordinary tokens, never a control token), and a chat template in
-//! the list form is the one named `default`.
+//! special-token string in it is ordinary tokens, never a control token), a chat template in the
+//! list form is the one named `default`, and text too long for the model's positions is refused.
 mod common;
 
 use common::*;
+use injector::eval::batch::Example;
 use injector::eval::probe::FactExamples;
 use injector::knowledge::load_dir;
-use injector::model::{load, Loaded};
+use injector::model::generate::{generate, greedy_batch, Sampling};
+use injector::model::{load, Loaded, NoAdapter};
 use std::path::Path;
 use tch::Device;
 
@@ -161,4 +163,78 @@ fn a_model_without_a_usable_chat_template_is_refused_or_named() {
     let o = query("bare.gguf");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("bare.gguf: no chat template"), "{}", stderr(&o));
+}
+
+/// The tiny Hugging Face folder with room for `positions` tokens.
+fn write_short_hf(hf: &Path, positions: usize) {
+    write_tiny_hf(hf, 3);
+    let path = hf.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = positions.into();
+    std::fs::write(path, cfg.to_string()).unwrap();
+}
+
+/// Tokens of a user turn with the tiny template (one token per byte): `<|im_start|>user\n`, the
+/// text, `<|im_end|>\n<|im_start|>assistant\n`.
+fn prompt_tokens(text: &str) -> usize {
+    1 + "user\n".len() + text.len() + 1 + 1 + 1 + "assistant\n".len()
+}
+
+#[test]
+fn a_fact_longer_than_the_models_positions_is_refused_before_training() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_short_hf(&p.join("hf"), 64);
+    std::fs::create_dir_all(p.join("k")).unwrap();
+    let (prompt, probe) = ("What is Zorb?", "Tell me about Zorb, please.");
+    let answer = "Zorb is a small blue town on a river, founded long ago.";
+    std::fs::write(
+        p.join("k/a.yaml"),
+        format!("facts:\n  - id: short\n    subject: Mib\n    answer: Mib is 7.\n    prompts: [Mib?]\n  - id: zorb\n    subject: Zorb\n    answer: {answer}\n    prompts: [\"{prompt}\"]\n    probes: [\"{probe}\"]\n"),
+    )
+    .unwrap();
+    // The longest example: the probe's turn, the answer and the end-of-turn token.
+    let n = prompt_tokens(probe) + answer.len() + 1;
+    assert!(n > 64);
+    let want = format!("a.yaml:6: fact zorb is {n} tokens with its template; the model's limit is 64");
+    let args = ["--model", "hf", "--device", "cpu", "--ledger", "l.db", "--reports", "r"];
+    for cmd in [
+        &["run", "k"][..],
+        &["probe", "k"],
+        &["compare", "k", "--strategy", "sequential,mixed"],
+    ] {
+        let o = injector(p, &[cmd, &args].concat());
+        assert_refused(&o, &[&want]);
+        assert!(!p.join("l.db").exists(), "{cmd:?} created the ledger");
+    }
+}
+
+#[test]
+fn generation_stops_at_the_models_positions() {
+    let d = tempfile::tempdir().unwrap();
+    write_short_hf(&d.path().join("hf"), 40);
+    let m = load(&d.path().join("hf"), Device::Cpu).unwrap();
+    let tok = &m.tokenizer;
+    let prompt = tok.encode_chat(&[("user", "hi")], true).unwrap();
+    assert_eq!(prompt.len(), prompt_tokens("hi"));
+    let greedy = Sampling {
+        max_tokens: 500,
+        ..Default::default()
+    };
+    let out = generate(&m.model, tok, &prompt, &greedy, &NoAdapter, |_| {}).unwrap();
+    assert!(prompt.len() + out.len() <= 40, "{} + {}", prompt.len(), out.len());
+    let outs = greedy_batch(&m.model, tok, std::slice::from_ref(&prompt), 500, &NoAdapter).unwrap();
+    assert!(prompt.len() + outs[0].len() <= 40);
+    // A prompt that fills the positions alone is refused, in the library and by `query`.
+    let long = "x".repeat(40);
+    let ids = Example::chat(tok, &long, "").unwrap().prompt;
+    let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    let e = generate(&m.model, tok, &ids, &greedy, &NoAdapter, |_| {}).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    let o = injector(d.path(), &["query", &long, "--model", "hf", "--device", "cpu"]);
+    let want = format!(
+        "the prompt is {} tokens with its template; the model's limit is 40",
+        prompt_tokens(&long)
+    );
+    assert_refused(&o, &[&want]);
 }

@@ -120,6 +120,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             // ledger is created.
             let loaded = injector::model::load(&model_path, device)?;
             c.check_layers(loaded.model.cfg.num_hidden_layers)?;
+            inject::plan::check_fit(&knowledge.facts, &loaded)?;
             if ledger.is_none() {
                 ledger = Some(Ledger::open(&g.ledger)?);
             }

@@ -66,6 +66,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;
     }
     config.check_layers(loaded.model.cfg.num_hidden_layers)?;
+    inject::plan::check_fit(&knowledge.facts, &loaded)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
     let path = model_path.display().to_string();
