@@ -80,7 +80,7 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     let Some(id) = run else {
         return Ok(injector::model::load(&g.model_path(), device)?);
     };
-    let ledger = injector::ledger::Ledger::open_existing(&g.ledger)?;
+    let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(id)?;
     let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));

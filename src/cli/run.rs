@@ -38,7 +38,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     let device = injector::device::parse_device(&g.device)?;
     let (resumed, config, dir, model_path) = match &a.resume {
         Some(id) => {
-            let r = Ledger::open_existing(&g.ledger)?.run(id)?;
+            let r = Ledger::open_read_only(&g.ledger)?.run(id)?;
             // The recorded config goes through the same validation as flags before anything loads.
             let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
