@@ -1,5 +1,7 @@
-//! The ledger file: a read never changes it, and an SQLite file that is not an injector ledger (or
-//! of a newer schema) is refused by name and left as it was.
+//! The files the tool reads and writes besides the model: a read never changes the ledger, an SQLite
+//! file that is not an injector ledger (or of a newer schema) is refused by name and left as it
+//! was, and a `--ledger` or `--reports` path that cannot be written is refused before the model
+//! loads.
 mod common;
 
 use common::*;
@@ -125,4 +127,59 @@ fn reading_a_ledger_changes_nothing_in_it() {
     let o = injector(p, &["ledger", "list", "--ledger", "empty.db"]);
     assert_refused(&o, &["empty.db: not an injector ledger (an empty database)"]);
     assert_eq!(std::fs::read(p.join("empty.db")).unwrap().len(), 0);
+}
+
+#[test]
+fn output_paths_that_cannot_be_written_are_refused_before_the_model_loads() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    knowledge::write_small(&p.join("k"));
+    std::fs::write(p.join("afile"), b"not a folder").unwrap();
+    std::fs::create_dir_all(p.join("afolder")).unwrap();
+    // The model does not exist: a refusal that names the path shows the check came first.
+    let model = ["--model", "missing.gguf", "--device", "cpu"];
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--reports", "afile"],
+            "afile: --reports cannot be written: it is a file, not a folder",
+        ),
+        (
+            &["--reports", "afile/sub"],
+            "afile/sub: --reports cannot be written: afile is a file, not a folder",
+        ),
+        (
+            &["--ledger", "afolder"],
+            "afolder: --ledger cannot be written: it is a folder",
+        ),
+        (
+            &["--ledger", "afile/l.db"],
+            "afile/l.db: --ledger cannot be written: afile is a file, not a folder",
+        ),
+        (
+            &["--ledger", "afile/deeper/l.db"],
+            "afile/deeper/l.db: --ledger cannot be written: afile is a file, not a folder",
+        ),
+    ];
+    for (flags, want) in cases {
+        for cmd in [&["run", "k"][..], &["compare", "k", "--strategy", "sequential,mixed"]] {
+            let o = injector(p, &[cmd, &model, flags].concat());
+            assert_refused(&o, &[want]);
+        }
+    }
+    // An existing --ledger that is not a ledger is refused before the model loads too.
+    sqlite_file(&p.join("notes.db"), "CREATE TABLE notes (x TEXT);");
+    let o = injector(p, &[&["run", "k", "--ledger", "notes.db"][..], &model].concat());
+    assert_refused(&o, &["notes.db: not an injector ledger"]);
+    assert_eq!(std::fs::read(p.join("afile")).unwrap(), b"not a folder");
+    assert_eq!(std::fs::read_dir(p.join("afolder")).unwrap().count(), 0);
+    // `report` checks its folder before it reads the ledger; `facts` its --out.
+    let o = injector(p, &["report", "--reports", "afile", "--ledger", "none.db"]);
+    assert_refused(&o, &["afile: --reports cannot be written"]);
+    let o = injector(p, &["facts", "generate", "--n", "3", "--out", "afile"]);
+    assert_refused(&o, &["afile: --out cannot be written: it is a file, not a folder"]);
+    let o = injector(p, &["facts", "resolve", "k", "--out", "afolder"]);
+    assert_refused(&o, &["afolder: --out cannot be written: it is a folder"]);
+    // Nothing was made on the way.
+    assert!(!p.join("injector.db").exists());
+    assert!(!p.join("reports").exists());
 }

@@ -14,6 +14,7 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs, g: &Global) -> anyhow::Result<()> {
+    injector::paths::check_dir_writable(&g.reports, "--reports")?;
     let ledger = Ledger::open_read_only(&g.ledger)?;
     let mut written = match (&a.run, &a.compare) {
         (Some(r), _) => vec![report::write_run(&ledger, &g.reports, r)?],

@@ -36,6 +36,7 @@ pub struct RunArgs {
 pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     // Everything the user typed is checked before the ledger is opened or a model loaded.
     let device = injector::device::parse_device(&g.device)?;
+    g.check_outputs()?;
     let (resumed, config, dir, model_path) = match &a.resume {
         Some(id) => {
             let r = Ledger::open_read_only(&g.ledger)?.run(id)?;

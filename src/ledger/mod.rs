@@ -203,6 +203,17 @@ impl Ledger {
         Ok(l)
     }
 
+    /// Checks, reading only, that `path` is an injector ledger this release can write to, or no file
+    /// yet (a new ledger): for commands that write, before they load a model.
+    ///
+    /// Errors: as [`Ledger::open_read_only`], for a file that is there.
+    pub fn check(path: &Path) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        check_ours(&connect_read_only(path)?, path, true).map(|_| ())
+    }
+
     fn new(conn: Connection, path: &Path) -> Result<Self> {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(Ledger {
