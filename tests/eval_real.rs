@@ -24,10 +24,7 @@ fn batched_greedy_matches_one_prompt_at_a_time() {
     let m = load(&real_model(), Device::Cpu).unwrap();
     let prompts: Vec<Vec<u32>> = LOCALITY_PROMPTS[..6]
         .iter()
-        .map(|p| {
-            let text = m.tokenizer.render_chat(&[("user", p)], true).unwrap();
-            m.tokenizer.encode(&text).unwrap()
-        })
+        .map(|p| m.tokenizer.encode_chat(&[("user", p)], true).unwrap())
         .collect();
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     assert!(

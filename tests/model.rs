@@ -16,12 +16,9 @@ fn gguf_and_hf_folder_give_the_same_logits() {
     write_tiny_hf(&dir.path().join("hf"), 7);
     let a = load(&g, Device::Cpu).unwrap();
     let b = load(&dir.path().join("hf"), Device::Cpu).unwrap();
-    let text = a
-        .tokenizer
-        .render_chat(&[("user", "Hello there, 12 + 7?")], true)
-        .unwrap();
-    let ids = a.tokenizer.encode(&text).unwrap();
-    assert_eq!(ids, b.tokenizer.encode(&text).unwrap());
+    let chat = [("user", "Hello there, 12 + 7?")];
+    let ids = a.tokenizer.encode_chat(&chat, true).unwrap();
+    assert_eq!(ids, b.tokenizer.encode_chat(&chat, true).unwrap());
     let x = Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).unsqueeze(0);
     let la = tch::no_grad(|| a.model.forward(&x, None, &NoAdapter));
     let lb = tch::no_grad(|| b.model.forward(&x, None, &NoAdapter));
@@ -145,7 +142,7 @@ fn sampling_is_seeded_and_greedy_is_deterministic() {
     let m = load(&g, Device::Cpu).unwrap();
     let ids = m
         .tokenizer
-        .encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        .encode_markup("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
         .unwrap();
     let run = |s: &Sampling| generate(&m.model, &m.tokenizer, &ids, s, &NoAdapter, |_| {}).unwrap();
     let greedy = Sampling {

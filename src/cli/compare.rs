@@ -46,6 +46,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
     let device = injector::device::parse_device(&g.device)?;
+    g.check_outputs()?;
     let model_path = g.model_path();
     let gpus = tch::Cuda::device_count() as usize;
     let per_gpu = gpus > 1 && matches!(g.device.as_str(), "auto" | "cuda");
@@ -120,6 +121,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
             // ledger is created.
             let loaded = injector::model::load(&model_path, device)?;
             c.check_layers(loaded.model.cfg.num_hidden_layers)?;
+            inject::plan::check_fit(&knowledge.facts, &loaded)?;
             if ledger.is_none() {
                 ledger = Some(Ledger::open(&g.ledger)?);
             }

@@ -41,6 +41,7 @@ pub fn run(a: FactsArgs, _g: &Global) -> anyhow::Result<()> {
             if n == 0 {
                 return Err(injector::Error::BadInput("--n must be at least 1".into()).into());
             }
+            injector::paths::check_dir_writable(&out, "--out")?;
             std::fs::create_dir_all(&out)?;
             for e in std::fs::read_dir(&out)? {
                 let p = e?.path();
@@ -61,6 +62,7 @@ pub fn run(a: FactsArgs, _g: &Global) -> anyhow::Result<()> {
         }
         FactsCommand::Resolve { dir, out } => {
             let k = load_dir(&dir)?;
+            injector::paths::check_file_writable(&out, "--out")?;
             let facts: Vec<_> = k
                 .facts
                 .iter()

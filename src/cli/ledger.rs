@@ -31,7 +31,7 @@ pub enum LedgerCommand {
 }
 
 pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
-    let ledger = Ledger::open_existing(&g.ledger)?;
+    let ledger = Ledger::open_read_only(&g.ledger)?;
     match a.command {
         LedgerCommand::List { json } => {
             let runs = ledger.list_runs()?;

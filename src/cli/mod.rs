@@ -49,6 +49,17 @@ pub struct Global {
 }
 
 impl Global {
+    /// Checks that `--ledger` and `--reports` can be written, and that an existing `--ledger` is an
+    /// injector ledger, for the commands that write both: before any model loads, so a wrong path
+    /// costs nothing.
+    ///
+    /// Errors: bad input naming the path (see [`injector::paths::check_file_writable`]).
+    pub fn check_outputs(&self) -> injector::Result<()> {
+        injector::paths::check_file_writable(&self.ledger, "--ledger")?;
+        injector::ledger::Ledger::check(&self.ledger)?;
+        injector::paths::check_dir_writable(&self.reports, "--reports")
+    }
+
     /// The model path, defaulting to the embedded model.
     pub fn model_path(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(injector::paths::default_model)
@@ -80,7 +91,7 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     let Some(id) = run else {
         return Ok(injector::model::load(&g.model_path(), device)?);
     };
-    let ledger = injector::ledger::Ledger::open_existing(&g.ledger)?;
+    let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(id)?;
     let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));

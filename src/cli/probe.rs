@@ -24,6 +24,7 @@ pub struct ProbeArgs {
 pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
     let knowledge = load_dir(&a.dir)?;
     let loaded = super::load_model(g, a.run.as_deref())?;
+    injector::inject::plan::check_fit(&knowledge.facts, &loaded)?;
     let ex: Vec<FactExamples> = knowledge
         .facts
         .iter()

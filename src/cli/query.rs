@@ -39,8 +39,7 @@ pub fn run(a: QueryArgs, g: &Global) -> anyhow::Result<()> {
         msgs.push(("system", s.as_str()));
     }
     msgs.push(("user", a.prompt.as_str()));
-    let text = loaded.tokenizer.render_chat(&msgs, true)?;
-    let ids = loaded.tokenizer.encode(&text)?;
+    let ids = loaded.tokenizer.encode_chat(&msgs, true)?;
     let s = Sampling {
         temperature: a.temperature,
         top_p: a.top_p,

@@ -14,7 +14,8 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs, g: &Global) -> anyhow::Result<()> {
-    let ledger = Ledger::open_existing(&g.ledger)?;
+    injector::paths::check_dir_writable(&g.reports, "--reports")?;
+    let ledger = Ledger::open_read_only(&g.ledger)?;
     let mut written = match (&a.run, &a.compare) {
         (Some(r), _) => vec![report::write_run(&ledger, &g.reports, r)?],
         (_, Some(c)) => vec![report::write_compare(&ledger, &g.reports, c)?],

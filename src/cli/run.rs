@@ -36,9 +36,10 @@ pub struct RunArgs {
 pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     // Everything the user typed is checked before the ledger is opened or a model loaded.
     let device = injector::device::parse_device(&g.device)?;
+    g.check_outputs()?;
     let (resumed, config, dir, model_path) = match &a.resume {
         Some(id) => {
-            let r = Ledger::open_existing(&g.ledger)?.run(id)?;
+            let r = Ledger::open_read_only(&g.ledger)?.run(id)?;
             // The recorded config goes through the same validation as flags before anything loads.
             let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
@@ -66,6 +67,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;
     }
     config.check_layers(loaded.model.cfg.num_hidden_layers)?;
+    inject::plan::check_fit(&knowledge.facts, &loaded)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
     let path = model_path.display().to_string();

@@ -14,14 +14,18 @@ pub struct Example {
 
 impl Example {
     /// `question` rendered as a user turn with the generation prompt; `answer` plus the end-of-turn
-    /// token as the target.
+    /// token as the target. The question and answer are plain text: special-token strings in them
+    /// are encoded as ordinary tokens, so only the template's markup and the closing end-of-turn
+    /// token are control tokens.
+    ///
+    /// Errors: the chat template fails to render, or the tokenizer fails on the text.
     pub fn chat(tok: &Tokenizer, question: &str, answer: &str) -> Result<Self> {
-        let prompt = tok.render_chat(&[("user", question)], true)?;
-        let eot = tok.end_of_turn().unwrap_or_default();
         let to_i64 = |v: Vec<u32>| v.into_iter().map(i64::from).collect::<Vec<_>>();
+        let mut target = tok.encode(answer)?;
+        target.extend(tok.end_of_turn_id());
         Ok(Example {
-            prompt: to_i64(tok.encode(&prompt)?),
-            target: to_i64(tok.encode(&format!("{answer}{eot}"))?),
+            prompt: to_i64(tok.encode_chat(&[("user", question)], true)?),
+            target: to_i64(target),
         })
     }
 

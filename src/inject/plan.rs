@@ -6,6 +6,7 @@ use super::prepare::locality_baseline;
 use super::state::weights_hash;
 use crate::config::{RunConfig, Strategy};
 use crate::error::{Error, Result};
+use crate::eval::probe::FactExamples;
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{Ledger, RunRow};
 use crate::model::Loaded;
@@ -107,6 +108,33 @@ pub fn check_model(run: &RunRow, loaded: &Loaded, model_path: &str) -> Result<()
         &loaded.source_hash[..12],
         &run.model_hash[..12]
     )))
+}
+
+/// Checks that each fact's longest example — the chat template around a training prompt or probe,
+/// with the answer (or the previous answer) and the end-of-turn token — fits the model's positions.
+/// Call before any work: a fact that does not fit cannot be trained or scored.
+///
+/// Errors: bad input `file:line: fact X is N tokens with its template; the model's limit is M`, for
+/// the first fact that does not fit; the tokenizer's errors.
+pub fn check_fit(facts: &[Fact], loaded: &Loaded) -> Result<()> {
+    let limit = loaded.model.cfg.max_position_embeddings;
+    for f in facts {
+        let ex = FactExamples::new(&loaded.tokenizer, f)?;
+        let longest = ex
+            .recall
+            .iter()
+            .chain(&ex.general)
+            .chain(&ex.previous)
+            .map(|e| e.len())
+            .max();
+        if let Some(n) = longest.filter(|&n| n > limit) {
+            return Err(Error::BadInput(format!(
+                "{}: fact {} is {n} tokens with its template; the model's limit is {limit}",
+                f.source, f.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Adds the knowledge's facts to `run` (facts it holds already are kept) and plans the steps that

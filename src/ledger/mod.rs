@@ -72,15 +72,87 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
     })
 }
 
+/// Checks, reading only, that `conn` holds an injector ledger this release can use, and returns its
+/// schema version: one no newer than this release's, whose `runs` table has injector's columns; an
+/// empty database (version 0, no tables) passes only when `creating`.
+///
+/// Errors: bad input naming the file — not an SQLite database, a database of something else, a
+/// newer schema — with the file left as it was.
+fn check_ours(conn: &Connection, path: &Path, creating: bool) -> Result<usize> {
+    let not_ours = |why: &str| {
+        Error::BadInput(format!(
+            "{}: not an injector ledger ({why}); left untouched",
+            path.display()
+        ))
+    };
+    // One read transaction, so that the version and the tables are of the same moment (another
+    // process may be making the ledger now).
+    let tx = conn.unchecked_transaction().map_err(|e| not_ours(&e.to_string()))?;
+    let version: usize = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| not_ours(&e.to_string()))?;
+    let current = schema::MIGRATIONS.len();
+    if version > current {
+        return Err(Error::BadInput(format!(
+            "{}: ledger schema version {version} is newer than this injector's ({current}); left untouched",
+            path.display()
+        )));
+    }
+    let tables =
+        names(&tx, "SELECT name FROM sqlite_master WHERE type = 'table'").map_err(|e| not_ours(&e.to_string()))?;
+    if version == 0 {
+        return match (tables.is_empty(), creating) {
+            (true, true) => Ok(0),
+            (true, false) => Err(not_ours("an empty database")),
+            (false, _) => Err(not_ours("its tables are not injector's")),
+        };
+    }
+    let columns = names(&tx, "SELECT name FROM pragma_table_info('runs')").map_err(|e| not_ours(&e.to_string()))?;
+    if columns.is_empty() {
+        return Err(not_ours("no runs table"));
+    }
+    if RUN_COLS
+        .split(", ")
+        .any(|c| !columns.iter().any(|have| have == c.trim()))
+    {
+        return Err(not_ours("its runs table is not injector's"));
+    }
+    Ok(version)
+}
+
+/// A read-only connection to the file at `path`.
+///
+/// Errors: bad input naming the file when SQLite cannot open it.
+fn connect_read_only(path: &Path) -> Result<Connection> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::BadInput(format!("{}: cannot open ledger: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    Ok(conn)
+}
+
+/// The first column of every row of `sql`, as text.
+fn names(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(sql)?;
+    let rows = st.query_map([], |r| r.get(0))?.collect();
+    rows
+}
+
 impl Ledger {
-    /// Opens (creating if needed) and migrates the ledger.
+    /// Opens (creating if needed) and migrates the ledger, for commands that write. A file that is
+    /// not an injector ledger, or one of a newer schema, is refused before anything is written to
+    /// it (see [`check_ours`]).
+    ///
+    /// Errors: bad input naming the file when it cannot be opened or is not ours; SQLite's errors.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::BadInput(format!("{}: cannot create the ledger's folder: {e}", path.display())))?;
         }
         let conn = Connection::open(path)
             .map_err(|e| Error::BadInput(format!("{}: cannot open ledger: {e}", path.display())))?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        check_ours(&conn, path, true)?;
         // Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once rather
         // than waiting when another process is switching it too: try again for a while.
         let mut tries = 0;
@@ -95,31 +167,60 @@ impl Ledger {
                 }
                 Err(e) => {
                     return Err(Error::BadInput(format!(
-                        "{}: not a ledger database: {e}",
+                        "{}: cannot write the ledger: {e}",
                         path.display()
                     )));
                 }
             }
         }
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut l = Ledger {
-            conn,
-            path: path.to_path_buf(),
-        };
+        let mut l = Ledger::new(conn, path)?;
         l.migrate()?;
         Ok(l)
     }
 
-    /// Opens a ledger that must already exist (for commands that only read): a wrong path is bad
-    /// input, and no empty database is left behind.
-    pub fn open_existing(path: &Path) -> Result<Self> {
+    /// Opens a ledger that must already exist, for commands that only read (`ledger`, `report`,
+    /// `query --run`, `probe --run`, a resume's look-up): the file is opened read-only, so nothing
+    /// in it changes — no tables, no journal mode. A ledger of an older schema is read through a
+    /// copy in memory migrated to this one.
+    ///
+    /// Errors: bad input naming the file when it is missing or not an injector ledger (see
+    /// [`check_ours`]); SQLite's errors.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::BadInput(format!(
                 "{}: no such ledger (see --ledger)",
                 path.display()
             )));
         }
-        Self::open(path)
+        let conn = connect_read_only(path)?;
+        let version = check_ours(&conn, path, false)?;
+        if version == schema::MIGRATIONS.len() {
+            return Ledger::new(conn, path);
+        }
+        let mut copy = Connection::open_in_memory()?;
+        rusqlite::backup::Backup::new(&conn, &mut copy)?.run_to_completion(1024, std::time::Duration::ZERO, None)?;
+        let mut l = Ledger::new(copy, path)?;
+        l.migrate()?;
+        Ok(l)
+    }
+
+    /// Checks, reading only, that `path` is an injector ledger this release can write to, or no file
+    /// yet (a new ledger): for commands that write, before they load a model.
+    ///
+    /// Errors: as [`Ledger::open_read_only`], for a file that is there.
+    pub fn check(path: &Path) -> Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        check_ours(&connect_read_only(path)?, path, true).map(|_| ())
+    }
+
+    fn new(conn: Connection, path: &Path) -> Result<Self> {
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(Ledger {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// A transaction that takes the write lock at its start. A deferred one that reads first
@@ -132,15 +233,9 @@ impl Ledger {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
     }
 
+    /// Applies the migrations the ledger lacks ([`check_ours`] has refused newer schemas).
     fn migrate(&mut self) -> Result<()> {
         let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > schema::MIGRATIONS.len() {
-            return Err(Error::BadInput(format!(
-                "{}: ledger schema version {version} is newer than this injector's ({})",
-                self.path.display(),
-                schema::MIGRATIONS.len()
-            )));
-        }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
             // Several processes may open a new ledger at once (`compare --jobs`): take the write
             // lock first, then look again whether another one has migrated meanwhile.

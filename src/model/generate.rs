@@ -1,7 +1,8 @@
 //! Text generation with a KV cache: greedy, or temperature / top-p sampling from a seeded generator.
+use super::config::Config;
 use super::llama::{Adapter, Cache, Llama};
 use super::tokenizer::Tokenizer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng::SplitMix64 as Rng;
 use tch::{Kind, Tensor};
 
@@ -55,8 +56,34 @@ fn pick(logits: &Tensor, s: &Sampling, rng: &mut Rng) -> u32 {
     idx[keep - 1] as u32
 }
 
-/// Generates after `prompt` and calls `on_text` with each new piece of text as it is decoded.
-/// Returns the generated token ids (without the stop token).
+/// How many tokens may follow a prompt of `len` tokens (the longest, for a batch) within the model's
+/// positions, at most `wanted`.
+///
+/// Errors: bad input when the prompt alone fills the model's positions.
+fn room(cfg: &Config, len: usize, wanted: usize) -> Result<usize> {
+    let limit = cfg.max_position_embeddings;
+    if len >= limit {
+        return Err(Error::BadInput(format!(
+            "the prompt is {len} tokens with its template; the model's limit is {limit}"
+        )));
+    }
+    Ok(wanted.min(limit - len))
+}
+
+/// The note when generation stopped at the model's positions rather than at a stop token or
+/// `max_tokens`.
+fn note_limit(cfg: &Config) {
+    tracing::warn!(
+        "generation stopped at the model's limit of {} positions",
+        cfg.max_position_embeddings
+    );
+}
+
+/// Generates after `prompt` and calls `on_text` with each new piece of text as it is decoded; the
+/// prompt and the answer together stay within the model's positions (a warning says when that cut
+/// the answer short). Returns the generated token ids (without the stop token).
+///
+/// Errors: bad input when the prompt alone fills the model's positions; libtorch's errors.
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
@@ -73,11 +100,14 @@ pub fn generate(
     let mut printed = 0usize;
     let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     let mut input = Tensor::from_slice(&ids).unsqueeze(0).to_device(dev);
-    for _ in 0..s.max_tokens {
+    let steps = room(&model.cfg, prompt.len(), s.max_tokens)?;
+    let mut stopped = false;
+    for _ in 0..steps {
         let logits = model.forward(&input, Some(&mut cache), ad);
         let last = logits.get(0).get(-1).to_device(tch::Device::Cpu);
         let next = pick(&last, s, &mut rng);
         if tok.stop_ids.contains(&next) {
+            stopped = true;
             break;
         }
         out.push(next);
@@ -93,14 +123,20 @@ pub fn generate(
     if text.len() > printed && text.is_char_boundary(printed) {
         on_text(&text[printed..]);
     }
+    if !stopped && steps < s.max_tokens {
+        note_limit(&model.cfg);
+    }
     Ok(out)
 }
 
 /// Greedy answers to several prompts at once: the prompts are left-padded into one batch and
 /// decoded together with one cache, one forward per new token for all of them (rows that have
 /// stopped ride along until every row has). Each row's answer is the one [`generate`] gives for
-/// that prompt alone, up to floating-point differences of batched arithmetic. Returns the token ids
-/// of each answer, without the stop token.
+/// that prompt alone, up to floating-point differences of batched arithmetic; the longest prompt and
+/// its answer stay within the model's positions. Returns the token ids of each answer, without the
+/// stop token.
+///
+/// Errors: bad input when the longest prompt alone fills the model's positions; libtorch's errors.
 pub fn greedy_batch(
     model: &Llama,
     tok: &Tokenizer,
@@ -128,7 +164,8 @@ pub fn greedy_batch(
     let mut input = Tensor::from_slice(&ids).view([b as i64, len as i64]).to_device(dev);
     let mut cache = Cache::new(&model.cfg);
     let mut done = vec![false; b];
-    for _ in 0..max_tokens {
+    let steps = room(&model.cfg, len, max_tokens)?;
+    for _ in 0..steps {
         let h = model.hidden_padded(&input, Some(&mut cache), Some(&pad), ad);
         let next = model.logits(&h.select(1, -1)).argmax(-1, false);
         let picked = Vec::<i64>::try_from(next.to_device(tch::Device::Cpu))?;
@@ -146,6 +183,9 @@ pub fn greedy_batch(
             break;
         }
         input = next.view([b as i64, 1]);
+    }
+    if steps < max_tokens && done.iter().any(|&d| !d) {
+        note_limit(&model.cfg);
     }
     Ok(outs)
 }

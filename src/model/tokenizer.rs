@@ -14,7 +14,13 @@ const QWEN2_SPLIT: &str =
 
 /// A tokenizer with the special tokens and chat template the model was trained with.
 pub struct Tokenizer {
+    /// Recognises special-token markup: only for text the chat template produced.
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token matching off: for user text, where `<|im_end|>` is
+    /// ten characters, not the end of a turn.
+    plain: tokenizers::Tokenizer,
+    /// The special tokens' strings and ids, longest first (so that one that starts another wins).
+    specials: Vec<(String, u32)>,
     /// Tokens that end a turn (eos and, for chat models, the end-of-turn marker).
     pub stop_ids: Vec<u32>,
     pub bos_token: Option<String>,
@@ -31,7 +37,11 @@ fn byte_level(use_regex: bool) -> serde_json::Value {
 }
 
 impl Tokenizer {
-    /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata, with the chat template of
+    /// `tokenizer.chat_template`.
+    ///
+    /// Errors: bad model naming the file — an unsupported tokenizer, missing or malformed metadata, a
+    /// chat template that cannot be chosen or rendered.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let path = &g.path;
         let bad = |msg: String| Error::bad_model(path, msg);
@@ -103,14 +113,14 @@ impl Tokenizer {
         let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
         let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
-        let chat_template = g
-            .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(Self::finish(inner, bos_token, eos_token, chat_template))
+        let chat_template = gguf_template(g)?;
+        Self::finish(inner, bos_token, eos_token, chat_template, path)
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
+    ///
+    /// Errors: bad model naming the file — a tokenizer or config that does not parse, a chat template
+    /// that cannot be chosen or rendered.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
@@ -124,25 +134,20 @@ impl Tokenizer {
             Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
             None => None,
         };
-        let template = cfg
-            .get("chat_template")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-        Ok(Self::finish(
-            inner,
-            tok_str("bos_token"),
-            tok_str("eos_token"),
-            template,
-        ))
+        let template = hf_template(dir, &cfg, &cfg_path)?;
+        Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), template, dir)
     }
 
+    /// The tokenizer around `inner`, its chat template checked by rendering one user turn: a
+    /// template that cannot render is refused here, before any work, naming `source`; a model
+    /// without one is named in a warning (its prompts are plain `role: text` lines).
     fn finish(
         inner: tokenizers::Tokenizer,
         bos_token: Option<String>,
         eos_token: Option<String>,
         chat_template: Option<String>,
-    ) -> Self {
+        source: &Path,
+    ) -> Result<Self> {
         let mut stop_ids: Vec<u32> = Vec::new();
         for t in eos_token
             .iter()
@@ -155,22 +160,93 @@ impl Tokenizer {
                 }
             }
         }
-        Tokenizer {
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let tok = Tokenizer {
             inner,
+            plain,
+            specials,
             stop_ids,
             bos_token,
             eos_token,
-            chat_template,
+            chat_template: chat_template.filter(|t| !t.trim().is_empty()),
+        };
+        if tok.chat_template.is_none() {
+            tracing::warn!(
+                "{}: no chat template; prompts are rendered as plain `role: text` lines",
+                source.display()
+            );
         }
+        tok.render_chat(&[("user", "hi")], true)
+            .map_err(|e| Error::bad_model(source, e.to_string()))?;
+        Ok(tok)
     }
 
-    /// Token ids of `text`; special-token markup in the text is recognised.
+    /// Token ids of user text (a fact, a question): special-token strings in it are plain text.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        ids_of(&self.plain, text)
+    }
+
+    /// Token ids of text the chat template produced, its special-token markup recognised. Never
+    /// for user text: see [`Tokenizer::encode_chat`].
+    pub fn encode_markup(&self, text: &str) -> Result<Vec<u32>> {
+        ids_of(&self.inner, text)
+    }
+
+    /// A conversation rendered with the chat template and encoded: the template's own markup
+    /// becomes special tokens, the messages' text is encoded as plain text (see
+    /// [`Tokenizer::encode`]). The template is rendered with a placeholder for each message, which
+    /// marks where the messages' text goes.
+    ///
+    /// Errors: a template that fails to render ([`Tokenizer::render_chat`]), or text the tokenizer
+    /// cannot encode.
+    pub fn encode_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let marks: Vec<String> = (0..messages.len()).map(placeholder).collect();
+        let marked: Vec<(&str, &str)> = messages
+            .iter()
+            .zip(&marks)
+            .map(|((r, _), m)| (*r, m.as_str()))
+            .collect();
+        let rendered = self.render_chat(&marked, add_generation_prompt)?;
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        for piece in split_placeholders(&rendered, messages.len()) {
+            match piece {
+                Piece::Message(i) => text.push_str(messages[i].1),
+                Piece::Markup(mut markup) => {
+                    while let Some((at, token, id)) = self.first_special(markup) {
+                        text.push_str(&markup[..at]);
+                        ids.extend(self.encode(&std::mem::take(&mut text))?);
+                        ids.push(id);
+                        markup = &markup[at + token.len()..];
+                    }
+                    text.push_str(markup);
+                }
+            }
+        }
+        ids.extend(self.encode(&text)?);
+        Ok(ids)
+    }
+
+    /// The first special token in `markup`: its byte offset, string and id.
+    fn first_special<'a>(&'a self, markup: &str) -> Option<(usize, &'a str, u32)> {
+        let mut best: Option<(usize, &'a str, u32)> = None;
+        for (token, id) in &self.specials {
+            if let Some(at) = markup.find(token.as_str()) {
+                // Longest first, so a later token only wins by starting earlier.
+                if best.is_none_or(|(b, _, _)| at < b) {
+                    best = Some((at, token.as_str(), *id));
+                }
+            }
+        }
+        best
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -187,13 +263,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The end-of-turn token string the chat template closes an assistant answer with.
-    pub fn end_of_turn(&self) -> Option<String> {
-        let id = *self.stop_ids.first()?;
+    /// The end-of-turn token the chat template closes an assistant answer with.
+    pub fn end_of_turn_id(&self) -> Option<u32> {
         let preferred = ["<|im_end|>", "<|eot_id|>"]
             .into_iter()
-            .find(|t| self.inner.token_to_id(t).is_some());
-        preferred.map(str::to_string).or_else(|| self.inner.id_to_token(id))
+            .find_map(|t| self.inner.token_to_id(t));
+        preferred.or_else(|| self.stop_ids.first().copied())
     }
 
     /// Renders a conversation with the checkpoint's chat template (a plain fallback when it has none).
@@ -228,5 +303,136 @@ impl Tokenizer {
         env.get_template("chat")
             .and_then(|t| t.render(ctx))
             .map_err(|e| Error::BadInput(format!("chat template: {e}")))
+    }
+}
+
+fn ids_of(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let enc = tok
+        .encode(text, false)
+        .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// What the template is given in place of message `i`: private-use characters no template
+/// writes, so that the rendered text shows where each message's text goes.
+fn placeholder(i: usize) -> String {
+    format!("\u{F8F0}{i}\u{F8F1}")
+}
+
+/// A part of a rendered conversation: the template's markup, or where message i goes.
+enum Piece<'a> {
+    Markup(&'a str),
+    Message(usize),
+}
+
+/// Splits `rendered` at the placeholders of messages `0..n` (a template may drop a message, or
+/// repeat it).
+fn split_placeholders(rendered: &str, n: usize) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = rendered;
+    while let Some(start) = rest.find('\u{F8F0}') {
+        let after = &rest[start + '\u{F8F0}'.len_utf8()..];
+        let Some((digits, tail)) = after.split_once('\u{F8F1}') else {
+            break;
+        };
+        match digits.parse::<usize>() {
+            Ok(i) if i < n => {
+                pieces.push(Piece::Markup(&rest[..start]));
+                pieces.push(Piece::Message(i));
+                rest = tail;
+            }
+            _ => {
+                // Not one of ours: markup.
+                pieces.push(Piece::Markup(&rest[..start + '\u{F8F0}'.len_utf8()]));
+                rest = after;
+            }
+        }
+    }
+    pieces.push(Piece::Markup(rest));
+    pieces
+}
+
+/// The chat template of a GGUF file: `tokenizer.chat_template` (llama.cpp writes the default one
+/// there, and the other named ones as `tokenizer.chat_template.NAME`).
+///
+/// Errors: the key holds something other than text, or only named templates are present and none
+/// is the default.
+fn gguf_template(g: &Gguf) -> Result<Option<String>> {
+    const KEY: &str = "tokenizer.chat_template";
+    match g.get(KEY) {
+        Some(Value::Str(t)) => return Ok(Some(t.clone())),
+        Some(_) => return Err(Error::bad_model(&g.path, format!("'{KEY}' is not text"))),
+        None => {}
+    }
+    if let Some(Value::Str(t)) = g.get(&format!("{KEY}.default")) {
+        return Ok(Some(t.clone()));
+    }
+    let prefix = format!("{KEY}.");
+    let named: Vec<&str> = g.metadata.keys().filter_map(|k| k.strip_prefix(&prefix)).collect();
+    if named.is_empty() {
+        return Ok(None);
+    }
+    Err(Error::bad_model(
+        &g.path,
+        format!("chat templates named {} but none is the default", named.join(", ")),
+    ))
+}
+
+/// The chat template of a Hugging Face folder: `chat_template` of `tokenizer_config.json`, else
+/// `chat_template.jinja`, else `chat_template` of `chat_template.json`.
+///
+/// Errors: a file that is not JSON, or a template entry [`template_of`] refuses.
+fn hf_template(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<Option<String>> {
+    if let Some(t) = template_of(cfg.get("chat_template"), cfg_path)? {
+        return Ok(Some(t));
+    }
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Ok(Some(t));
+    }
+    let path = dir.join("chat_template.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&path, e.to_string()))?;
+    template_of(v.get("chat_template"), &path)
+}
+
+/// A `chat_template` entry: a string, or the list form `[{"name": …, "template": …}, …]` some
+/// checkpoints ship, from which the one named `default` is taken (as transformers does).
+///
+/// Errors (naming `path`): a list with no `default` (its names are listed), or a value of another
+/// shape.
+fn template_of(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value as J;
+    fn named(e: &J) -> Option<(&str, &str)> {
+        Some((e.get("name")?.as_str()?, e.get("template")?.as_str()?))
+    }
+    match v {
+        None | Some(J::Null) => Ok(None),
+        Some(J::String(t)) => Ok(Some(t.clone())),
+        Some(J::Array(list)) => {
+            let entries: Vec<(&str, &str)> = list.iter().filter_map(named).collect();
+            if entries.len() != list.len() {
+                return Err(Error::bad_model(
+                    path,
+                    "chat_template: every entry of the list needs a text 'name' and 'template'",
+                ));
+            }
+            if let Some((_, t)) = entries.iter().find(|(n, _)| *n == "default") {
+                return Ok(Some(t.to_string()));
+            }
+            if entries.is_empty() {
+                return Ok(None);
+            }
+            let names: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
+            Err(Error::bad_model(
+                path,
+                format!("chat_template lists {} but none named 'default'", names.join(", ")),
+            ))
+        }
+        Some(_) => Err(Error::bad_model(
+            path,
+            "chat_template is neither text nor a list of {name, template}",
+        )),
     }
 }

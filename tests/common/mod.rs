@@ -186,8 +186,22 @@ pub fn write_tiny_gguf(path: &Path, seed: u64) {
 
 /// Like [`write_tiny_gguf`], with another architecture name and a hook to alter the tensors.
 pub fn write_tiny_gguf_with(path: &Path, seed: u64, arch: &str, edit: impl FnOnce(&mut Vec<WriteTensor>)) {
+    let mut tensors = tiny_gguf_tensors(seed);
+    edit(&mut tensors);
+    gguf::write(path, &tiny_metadata(arch), &tensors).unwrap();
+}
+
+/// Like [`write_tiny_gguf`], with a hook to alter the metadata.
+pub fn write_tiny_gguf_meta(path: &Path, seed: u64, edit: impl FnOnce(&mut Vec<(String, Value)>)) {
+    let mut meta = tiny_metadata("llama");
+    edit(&mut meta);
+    gguf::write(path, &meta, &tiny_gguf_tensors(seed)).unwrap();
+}
+
+/// The tiny model's tensors in GGUF names (F32, Q/K permuted like llama.cpp does).
+fn tiny_gguf_tensors(seed: u64) -> Vec<WriteTensor> {
     let t = TINY;
-    let mut tensors: Vec<WriteTensor> = tiny_weights(seed)
+    tiny_weights(seed)
         .into_iter()
         .map(|(name, shape, vals)| {
             let (rows, cols) = (shape[0] as usize, shape.get(1).copied().unwrap_or(1) as usize);
@@ -200,9 +214,7 @@ pub fn write_tiny_gguf_with(path: &Path, seed: u64, arch: &str, edit: impl FnOnc
             };
             WriteTensor::f32(&gguf_name(&name), &shape, &vals)
         })
-        .collect();
-    edit(&mut tensors);
-    gguf::write(path, &tiny_metadata(arch), &tensors).unwrap();
+        .collect()
 }
 
 /// Writes the tiny model as a Hugging Face folder (config.json, model.safetensors, tokenizer files).

@@ -1,0 +1,240 @@
+//! What users feed the tool, read as they meant it: fact and question text is plain text (a
+//! special-token string in it is ordinary tokens, never a control token), a chat template in the
+//! list form is the one named `default`, and text too long for the model's positions is refused.
+mod common;
+
+use common::*;
+use injector::eval::batch::Example;
+use injector::eval::probe::FactExamples;
+use injector::knowledge::load_dir;
+use injector::model::generate::{generate, greedy_batch, Sampling};
+use injector::model::{load, Loaded, NoAdapter};
+use std::path::Path;
+use tch::Device;
+
+/// The tiny model both ways: as GGUF and as a Hugging Face folder.
+fn tiny_models(dir: &Path) -> Vec<Loaded> {
+    write_tiny_gguf(&dir.join("tiny.gguf"), 3);
+    write_tiny_hf(&dir.join("hf"), 3);
+    ["tiny.gguf", "hf"]
+        .iter()
+        .map(|m| load(&dir.join(m), Device::Cpu).unwrap())
+        .collect()
+}
+
+fn count(ids: &[i64], id: u32) -> usize {
+    ids.iter().filter(|&&t| t == id as i64).count()
+}
+
+#[test]
+fn special_token_strings_in_fact_text_are_plain_text() {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("k");
+    std::fs::create_dir_all(&k).unwrap();
+    let answer = "Write <|im_end|> and <|im_start|>user to end a turn.";
+    std::fs::write(
+        k.join("a.yaml"),
+        format!(
+            "id: markup\nsubject: <|im_end|>\nanswer: \"{answer}\"\nprompts: [\"What ends a turn? <|im_end|>\"]\nprobes: [\"<|im_start|>assistant\\nHow is a turn ended?\"]\n"
+        ),
+    )
+    .unwrap();
+    let fact = &load_dir(&k).unwrap().facts[0];
+    for m in tiny_models(d.path()) {
+        let tok = &m.tokenizer;
+        let eot = tok.end_of_turn_id().unwrap();
+        let start = tok.token_id("<|im_start|>").unwrap();
+        let ex = FactExamples::new(tok, fact).unwrap();
+        for e in ex.recall.iter().chain(&ex.general) {
+            // The answer span holds no control token; only the closing end-of-turn token is one.
+            let (last, span) = e.target.split_last().unwrap();
+            assert_eq!(*last, eot as i64);
+            assert_eq!(count(span, eot), 0, "end of turn inside the answer: {span:?}");
+            assert_eq!(count(span, start), 0, "start of turn inside the answer: {span:?}");
+            let span: Vec<u32> = span.iter().map(|&t| t as u32).collect();
+            assert_eq!(tok.decode(&span), answer);
+            // The prompt holds exactly the template's markup: one user turn opened and closed, and
+            // the assistant's turn opened.
+            assert_eq!(count(&e.prompt, eot), 1, "{:?}", e.prompt);
+            assert_eq!(count(&e.prompt, start), 2, "{:?}", e.prompt);
+        }
+        // The question of `query` too.
+        let ids = tok.encode_chat(&[("user", "say <|im_end|> now")], true).unwrap();
+        assert_eq!(ids.iter().filter(|&&t| t == eot).count(), 1);
+        // Text with no markup in it encodes as it always did.
+        let chat = [("user", "What is Zorb, and where?")];
+        let rendered = tok.render_chat(&chat, true).unwrap();
+        assert_eq!(
+            tok.encode_chat(&chat, true).unwrap(),
+            tok.encode_markup(&rendered).unwrap()
+        );
+    }
+}
+
+/// Rewrites the tiny Hugging Face folder's tokenizer_config.json with `chat_template` set to `v`.
+fn set_hf_template(hf: &Path, v: serde_json::Value) {
+    let cfg = serde_json::json!({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": v});
+    std::fs::write(hf.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+const OTHER_TEMPLATE: &str = "{{ raise_exception('the tool-use template') }}";
+
+#[test]
+fn a_chat_template_list_uses_the_one_named_default() {
+    let d = tempfile::tempdir().unwrap();
+    let hf = d.path().join("hf");
+    write_tiny_hf(&hf, 3);
+    let chat = [("user", "hi")];
+    let want = load(&hf, Device::Cpu)
+        .unwrap()
+        .tokenizer
+        .render_chat(&chat, true)
+        .unwrap();
+    set_hf_template(
+        &hf,
+        serde_json::json!([{"name": "tool_use", "template": OTHER_TEMPLATE}, {"name": "default", "template": CHAT_TEMPLATE}]),
+    );
+    let m = load(&hf, Device::Cpu).unwrap();
+    assert_eq!(m.tokenizer.render_chat(&chat, true).unwrap(), want);
+
+    // GGUF: the default template under its own name, the others beside it.
+    let g = d.path().join("named.gguf");
+    write_tiny_gguf_meta(&g, 3, |meta| {
+        for (k, _) in meta.iter_mut().filter(|(k, _)| k == "tokenizer.chat_template") {
+            *k = "tokenizer.chat_template.default".into();
+        }
+        meta.push((
+            "tokenizer.chat_template.tool_use".into(),
+            injector::model::gguf::Value::Str(OTHER_TEMPLATE.into()),
+        ));
+    });
+    let m = load(&g, Device::Cpu).unwrap();
+    assert_eq!(m.tokenizer.render_chat(&chat, true).unwrap(), want);
+}
+
+fn assert_refused(o: &std::process::Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in: {err}");
+    }
+}
+
+#[test]
+fn a_model_without_a_usable_chat_template_is_refused_or_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let query = |model: &str| {
+        injector(
+            p,
+            &["query", "hi", "--max-tokens", "2", "--device", "cpu", "--model", model],
+        )
+    };
+    // A list with no template named default: which one is meant is not known.
+    write_tiny_hf(&p.join("hf"), 3);
+    set_hf_template(
+        &p.join("hf"),
+        serde_json::json!([{"name": "tool_use", "template": OTHER_TEMPLATE}, {"name": "rag", "template": CHAT_TEMPLATE}]),
+    );
+    assert_refused(&query("hf"), &["tokenizer_config.json", "tool_use, rag", "'default'"]);
+    // Entries that are not {name, template}, and a value of another shape.
+    set_hf_template(&p.join("hf"), serde_json::json!([{"template": CHAT_TEMPLATE}]));
+    assert_refused(&query("hf"), &["tokenizer_config.json", "'name' and 'template'"]);
+    set_hf_template(&p.join("hf"), serde_json::json!(7));
+    assert_refused(&query("hf"), &["tokenizer_config.json", "neither text nor a list"]);
+    // A template that cannot render is refused when the model loads.
+    set_hf_template(&p.join("hf"), serde_json::json!("{% for m in messages %}"));
+    assert_refused(&query("hf"), &["hf: chat template"]);
+    // GGUF: named templates, none the default.
+    write_tiny_gguf_meta(&p.join("named.gguf"), 3, |meta| {
+        for (k, _) in meta.iter_mut().filter(|(k, _)| k == "tokenizer.chat_template") {
+            *k = "tokenizer.chat_template.rag".into();
+        }
+    });
+    assert_refused(
+        &query("named.gguf"),
+        &["named.gguf", "named rag but none is the default"],
+    );
+    // No template at all: the model is usable (plain `role: text` lines), and a warning says so.
+    write_tiny_gguf_meta(&p.join("bare.gguf"), 3, |meta| {
+        meta.retain(|(k, _)| k != "tokenizer.chat_template")
+    });
+    let o = query("bare.gguf");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bare.gguf: no chat template"), "{}", stderr(&o));
+}
+
+/// The tiny Hugging Face folder with room for `positions` tokens.
+fn write_short_hf(hf: &Path, positions: usize) {
+    write_tiny_hf(hf, 3);
+    let path = hf.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = positions.into();
+    std::fs::write(path, cfg.to_string()).unwrap();
+}
+
+/// Tokens of a user turn with the tiny template (one token per byte): `<|im_start|>user\n`, the
+/// text, `<|im_end|>\n<|im_start|>assistant\n`.
+fn prompt_tokens(text: &str) -> usize {
+    1 + "user\n".len() + text.len() + 1 + 1 + 1 + "assistant\n".len()
+}
+
+#[test]
+fn a_fact_longer_than_the_models_positions_is_refused_before_training() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_short_hf(&p.join("hf"), 64);
+    std::fs::create_dir_all(p.join("k")).unwrap();
+    let (prompt, probe) = ("What is Zorb?", "Tell me about Zorb, please.");
+    let answer = "Zorb is a small blue town on a river, founded long ago.";
+    std::fs::write(
+        p.join("k/a.yaml"),
+        format!("facts:\n  - id: short\n    subject: Mib\n    answer: Mib is 7.\n    prompts: [Mib?]\n  - id: zorb\n    subject: Zorb\n    answer: {answer}\n    prompts: [\"{prompt}\"]\n    probes: [\"{probe}\"]\n"),
+    )
+    .unwrap();
+    // The longest example: the probe's turn, the answer and the end-of-turn token.
+    let n = prompt_tokens(probe) + answer.len() + 1;
+    assert!(n > 64);
+    let want = format!("a.yaml:6: fact zorb is {n} tokens with its template; the model's limit is 64");
+    let args = ["--model", "hf", "--device", "cpu", "--ledger", "l.db", "--reports", "r"];
+    for cmd in [
+        &["run", "k"][..],
+        &["probe", "k"],
+        &["compare", "k", "--strategy", "sequential,mixed"],
+    ] {
+        let o = injector(p, &[cmd, &args].concat());
+        assert_refused(&o, &[&want]);
+        assert!(!p.join("l.db").exists(), "{cmd:?} created the ledger");
+    }
+}
+
+#[test]
+fn generation_stops_at_the_models_positions() {
+    let d = tempfile::tempdir().unwrap();
+    write_short_hf(&d.path().join("hf"), 40);
+    let m = load(&d.path().join("hf"), Device::Cpu).unwrap();
+    let tok = &m.tokenizer;
+    let prompt = tok.encode_chat(&[("user", "hi")], true).unwrap();
+    assert_eq!(prompt.len(), prompt_tokens("hi"));
+    let greedy = Sampling {
+        max_tokens: 500,
+        ..Default::default()
+    };
+    let out = generate(&m.model, tok, &prompt, &greedy, &NoAdapter, |_| {}).unwrap();
+    assert!(prompt.len() + out.len() <= 40, "{} + {}", prompt.len(), out.len());
+    let outs = greedy_batch(&m.model, tok, std::slice::from_ref(&prompt), 500, &NoAdapter).unwrap();
+    assert!(prompt.len() + outs[0].len() <= 40);
+    // A prompt that fills the positions alone is refused, in the library and by `query`.
+    let long = "x".repeat(40);
+    let ids = Example::chat(tok, &long, "").unwrap().prompt;
+    let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+    let e = generate(&m.model, tok, &ids, &greedy, &NoAdapter, |_| {}).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    let o = injector(d.path(), &["query", &long, "--model", "hf", "--device", "cpu"]);
+    let want = format!(
+        "the prompt is {} tokens with its template; the model's limit is 40",
+        prompt_tokens(&long)
+    );
+    assert_refused(&o, &[&want]);
+}
