@@ -120,25 +120,39 @@ fn cjk_bigrams(s: &str) -> Vec<String> {
     out
 }
 
-/// The share of `details` (from [`key_details`]) found in `pred`: Latin words and numbers as whole
-/// words, case-insensitively; CJK bigrams as substrings. 1.0 when there are no details.
+/// Which key details a text holds: Latin words and numbers as whole words, case-insensitively; CJK
+/// bigrams as substrings.
+pub struct DetailMatcher {
+    words: std::collections::HashSet<String>,
+    lower: String,
+}
+
+impl DetailMatcher {
+    pub fn new(text: &str) -> Self {
+        DetailMatcher {
+            words: words(&text.replace(is_cjk, " ")).into_iter().collect(),
+            lower: text.to_lowercase(),
+        }
+    }
+
+    /// Whether the text holds detail `d` (as [`key_details`] writes it).
+    pub fn contains(&self, d: &str) -> bool {
+        if d.chars().any(is_cjk) {
+            self.lower.contains(d)
+        } else {
+            self.words.contains(d)
+        }
+    }
+}
+
+/// The share of `details` (from [`key_details`]) found in `pred` ([`DetailMatcher`]). 1.0 when
+/// there are no details.
 pub fn key_detail_recall(pred: &str, details: &[String]) -> f64 {
     if details.is_empty() {
         return 1.0;
     }
-    let pred_words = words(&pred.replace(|c: char| is_cjk(c), " "));
-    let pred_lower = pred.to_lowercase();
-    let found = details
-        .iter()
-        .filter(|d| {
-            if d.chars().any(is_cjk) {
-                pred_lower.contains(d.as_str())
-            } else {
-                pred_words.iter().any(|w| w == *d)
-            }
-        })
-        .count();
-    found as f64 / details.len() as f64
+    let m = DetailMatcher::new(pred);
+    details.iter().filter(|d| m.contains(d)).count() as f64 / details.len() as f64
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! per-fact summary, the first-quarter retention, the curves). No tch: reports and `ledger show` use
 //! it as the driver does.
 use crate::config::RunConfig;
+use crate::eval::metrics::{key_details, DetailMatcher};
 use crate::knowledge::Fact;
 use crate::ledger::{ProbeRow, StepRow};
 use crate::rng;
@@ -73,6 +74,7 @@ pub type Curve = Vec<(f64, f64)>;
 pub struct FactInfo {
     pub hash: String,
     pub id: String,
+    pub subject: String,
     pub answer: String,
     /// The step that injected it.
     pub step: i64,
@@ -154,6 +156,7 @@ impl Matrix {
                 by_hash.get(h.as_str()).map(|f| FactInfo {
                     hash: h.clone(),
                     id: f.id.clone(),
+                    subject: f.subject.clone(),
                     answer: f.answer.clone(),
                     step,
                 })
@@ -243,13 +246,39 @@ impl Matrix {
         )
     }
 
-    /// Mean recall and generalisation, after each of `steps`, over the facts injected so far that were
-    /// scored at that step: (step, value) points.
+    /// Whether step `s` was a retention check: some fact injected before it was scored after it (the
+    /// first step, with nothing before it, counts). Between checks only the newest facts are scored,
+    /// so a mean over "the facts so far" there would be the newest fact's recall.
+    fn is_check(&self, s: &StepRow) -> bool {
+        s.idx == 0
+            || self
+                .facts
+                .iter()
+                .take_while(|f| f.step < s.idx)
+                .any(|f| self.at(&f.hash, s.idx).is_some())
+    }
+
+    /// Mean recall and generalisation of the facts injected so far that were scored at each
+    /// retention check among `steps`: (step, value) points, measured points only.
     pub fn curves(&self, steps: &[StepRow]) -> (Curve, Curve) {
+        self.points(steps, |m, step, n| m.mean_after(step, n))
+    }
+
+    /// [`Matrix::curves`] of free-decoding recall and generalisation: points only where free answers
+    /// were decoded.
+    pub fn free_curves(&self, steps: &[StepRow]) -> (Curve, Curve) {
+        self.points(steps, |m, step, n| m.free_mean_after(step, n))
+    }
+
+    fn points(
+        &self,
+        steps: &[StepRow],
+        mean: impl Fn(&Matrix, i64, usize) -> (Option<f64>, Option<f64>),
+    ) -> (Curve, Curve) {
         let (mut rec, mut gen) = (Vec::new(), Vec::new());
-        for s in steps {
+        for s in steps.iter().filter(|s| self.is_check(s)) {
             let injected = self.facts.iter().take_while(|f| f.step <= s.idx).count();
-            let (r, g) = self.mean_after(s.idx, injected);
+            let (r, g) = mean(self, s.idx, injected);
             if let Some(r) = r {
                 rec.push((s.idx as f64, r));
             }
@@ -260,27 +289,343 @@ impl Matrix {
         (rec, gen)
     }
 
-    /// [`Matrix::curves`] of free-decoding recall and generalisation: points only at the steps
-    /// where free answers were decoded (the full checks).
-    pub fn free_curves(&self, steps: &[StepRow]) -> (Curve, Curve) {
-        let (mut rec, mut gen) = (Vec::new(), Vec::new());
-        for s in steps {
-            let injected = self.facts.iter().take_while(|f| f.step <= s.idx).count();
-            let (r, g) = self.free_mean_after(s.idx, injected);
-            if let Some(r) = r {
-                rec.push((s.idx as f64, r));
-            }
-            if let Some(g) = g {
-                gen.push((s.idx as f64, g));
+    /// The recall of each step's own facts right after it (mean over the step's facts): the newest
+    /// facts' series, apart from the retention checks.
+    pub fn newest(&self, steps: &[StepRow]) -> Curve {
+        steps
+            .iter()
+            .filter_map(|s| {
+                let own = s.facts.iter().filter_map(|h| self.at(h, s.idx).map(|p| p.recall));
+                mean(own).map(|v| (s.idx as f64, v))
+            })
+            .collect()
+    }
+
+    /// The forgetting curve: recall against a fact's age — the number of injection steps since its
+    /// own — pooled over every fact and every step it was scored at, teacher-forced and free
+    /// (where decoded). Ages are grouped into at most `bins` equal ranges; each point is (the mean
+    /// age of its range's measurements, their mean recall).
+    pub fn forgetting(&self, bins: usize) -> (Curve, Curve) {
+        let mut tf: Vec<(i64, f64)> = Vec::new();
+        let mut free: Vec<(i64, f64)> = Vec::new();
+        for f in &self.facts {
+            for ((h, step), p) in self.probes.iter().filter(|((h, _), _)| h == &f.hash) {
+                debug_assert_eq!(h, &f.hash);
+                let age = step - f.step;
+                if age < 0 {
+                    continue;
+                }
+                tf.push((age, p.recall));
+                if let Some(v) = p.free_recall {
+                    free.push((age, v));
+                }
             }
         }
-        (rec, gen)
+        (bin_by_age(&tf, bins), bin_by_age(&free, bins))
     }
+
+    /// The fact × check matrix binned for display: facts in injection order grouped into at most
+    /// `max_rows` consecutive groups, the retention checks (see [`Matrix::curves`]) into at most
+    /// `max_cols` consecutive groups; each cell the mean of the measured (fact, step) values in it
+    /// (teacher-forced recall, or free recall with `free`), `None` where nothing was measured.
+    /// Returns the row labels (first–last fact id of a group), the column labels (first–last step)
+    /// and the cells by row.
+    pub fn binned(&self, steps: &[StepRow], max_rows: usize, max_cols: usize, free: bool) -> Binned {
+        let checks: Vec<i64> = steps.iter().filter(|s| self.is_check(s)).map(|s| s.idx).collect();
+        let row_groups = groups(self.facts.len(), max_rows);
+        let col_groups = groups(checks.len(), max_cols);
+        let label = |a: &str, b: &str| if a == b { a.to_string() } else { format!("{a}–{b}") };
+        let rows = row_groups
+            .iter()
+            .map(|r| label(&self.facts[r.start].id, &self.facts[r.end - 1].id))
+            .collect();
+        let cols = col_groups
+            .iter()
+            .map(|c| label(&checks[c.start].to_string(), &checks[c.end - 1].to_string()))
+            .collect();
+        let cells = row_groups
+            .iter()
+            .map(|r| {
+                col_groups
+                    .iter()
+                    .map(|c| {
+                        mean(self.facts[r.clone()].iter().flat_map(|f| {
+                            checks[c.clone()].iter().filter_map(move |&step| {
+                                self.at(&f.hash, step)
+                                    .and_then(|p| if free { p.free_recall } else { Some(p.recall) })
+                            })
+                        }))
+                    })
+                    .collect()
+            })
+            .collect();
+        Binned { rows, cols, cells }
+    }
+}
+
+/// A fact whose free answers carry another fact's details: the collision of similar keys the source
+/// article predicts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Collision {
+    pub id: String,
+    /// Its free-decoding recall at its latest free measurement.
+    pub free_recall: f64,
+    /// Its answer, and the first of its free answers that carries the other fact's details.
+    pub answer: String,
+    pub text: String,
+    /// The fact whose details it carries most, and those details.
+    pub other: String,
+    pub shared: Vec<String>,
+}
+
+/// The free answers' texts stored in a probe row's detail (none when it has no free answers).
+fn free_texts(p: &ProbeRow) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&p.detail) else {
+        return Vec::new();
+    };
+    ["recall_each", "general_each"]
+        .iter()
+        .flat_map(|k| v["free"][k].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+impl Matrix {
+    /// Facts whose latest free answers fall short (free recall below 1) and carry details of another
+    /// fact of the run that are not their own, most-missed first, at most `limit`: for each, the
+    /// other fact whose details appear most.
+    pub fn collisions(&self, limit: usize) -> Vec<Collision> {
+        let details: Vec<Vec<String>> = self.facts.iter().map(|f| key_details(&f.answer, &f.subject)).collect();
+        let mut out: Vec<Collision> = Vec::new();
+        for (i, f) in self.facts.iter().enumerate() {
+            let Some(p) = self.latest_free.get(&f.hash).and_then(|&s| self.at(&f.hash, s)) else {
+                continue;
+            };
+            let Some(free) = p.free_recall.filter(|&v| v < 1.0) else {
+                continue;
+            };
+            let texts = free_texts(p);
+            let found: Vec<DetailMatcher> = texts.iter().map(|t| DetailMatcher::new(t)).collect();
+            let best = self
+                .facts
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, g)| {
+                    let shared: Vec<String> = details[j]
+                        .iter()
+                        .filter(|d| !details[i].contains(d) && found.iter().any(|m| m.contains(d)))
+                        .cloned()
+                        .collect();
+                    (shared, j, g)
+                })
+                .filter(|(shared, _, _)| !shared.is_empty())
+                // Most shared details; among equals, the nearest in injection order.
+                .max_by(|a, b| a.0.len().cmp(&b.0.len()).then(i.abs_diff(b.1).cmp(&i.abs_diff(a.1))));
+            if let Some((shared, j, g)) = best {
+                let text = texts
+                    .iter()
+                    .zip(&found)
+                    .find(|(_, m)| shared.iter().any(|d| m.contains(d)))
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default();
+                debug_assert!(j != i);
+                out.push(Collision {
+                    id: f.id.clone(),
+                    free_recall: free,
+                    answer: f.answer.clone(),
+                    text,
+                    other: g.id.clone(),
+                    shared,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.free_recall.total_cmp(&b.free_recall).then(a.id.cmp(&b.id)));
+        out.truncate(limit);
+        out
+    }
+}
+
+/// A binned fact × check matrix ([`Matrix::binned`]).
+pub struct Binned {
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub cells: Vec<Vec<Option<f64>>>,
+}
+
+/// `n` items split into at most `max` consecutive, near-equal ranges.
+fn groups(n: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    let k = n.min(max.max(1));
+    (0..k)
+        .map(|i| i * n / k..(i + 1) * n / k)
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// (age, value) measurements averaged over at most `bins` equal ranges of age.
+fn bin_by_age(points: &[(i64, f64)], bins: usize) -> Curve {
+    let Some(max) = points.iter().map(|p| p.0).max() else {
+        return Vec::new();
+    };
+    let width = ((max + 1) as usize).div_ceil(bins.max(1)).max(1) as i64;
+    let mut sums: std::collections::BTreeMap<i64, (f64, f64, usize)> = Default::default();
+    for &(age, v) in points {
+        let e = sums.entry(age / width).or_default();
+        e.0 += age as f64;
+        e.1 += v;
+        e.2 += 1;
+    }
+    sums.values().map(|&(a, v, n)| (a / n as f64, v / n as f64)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Steps 0..n, one fact each ("f0".. injected in order), scored by `score(fact, step)`.
+    fn matrix(n: usize, score: impl Fn(usize, usize) -> Option<f64>) -> (Matrix, Vec<StepRow>) {
+        let facts: Vec<Fact> = (0..n)
+            .map(|i| Fact {
+                id: format!("id{i}"),
+                op: crate::knowledge::Op::Insert,
+                subject: format!("S{i}"),
+                answer: format!("S{i} is {i}."),
+                prompts: vec![format!("S{i}?")],
+                probes: vec![],
+                lang: Default::default(),
+                previous: None,
+                source: String::new(),
+                hash: format!("f{i}"),
+            })
+            .collect();
+        let steps: Vec<StepRow> = (0..n)
+            .map(|i| StepRow {
+                run: "r".into(),
+                idx: i as i64,
+                facts: vec![format!("f{i}")],
+                rehearsed: vec![],
+                optimizer_steps: 1,
+                losses: vec![],
+                seconds: 0.0,
+                eval_seconds: 0.0,
+                tokens: 0,
+                peak_rss_bytes: 0,
+                delta_file: String::new(),
+                rank_pattern: vec![],
+                weights_hash: String::new(),
+                created: String::new(),
+                phases: Default::default(),
+                rehearsal: vec![],
+            })
+            .collect();
+        let mut probes = Vec::new();
+        for step in 0..n {
+            for f in 0..=step {
+                if let Some(v) = score(f, step) {
+                    probes.push(ProbeRow {
+                        step: step as i64,
+                        fact: format!("f{f}"),
+                        recall: v,
+                        general: None,
+                        previous: None,
+                        free_recall: (step + 1 == n).then_some(v / 2.0),
+                        free_general: None,
+                        detail: String::new(),
+                    });
+                }
+            }
+        }
+        (Matrix::new(&steps, &facts, probes), steps)
+    }
+
+    #[test]
+    fn curves_use_checks_only_and_the_newest_series_is_apart() {
+        // Own fact scored 1.0 every step; earlier facts scored (0.5) only at steps 3 and 5 (checks).
+        let (m, steps) = matrix(6, |f, s| {
+            if f == s {
+                Some(1.0)
+            } else if s == 3 || s == 5 {
+                Some(0.5)
+            } else {
+                None
+            }
+        });
+        let (rec, _) = m.curves(&steps);
+        assert_eq!(rec.iter().map(|p| p.0).collect::<Vec<_>>(), [0.0, 3.0, 5.0]);
+        // Step 3: f3 at 1.0, f0..f2 at 0.5.
+        assert!((rec[1].1 - 0.625).abs() < 1e-12);
+        assert_eq!(m.newest(&steps).len(), 6);
+        assert!(m.newest(&steps).iter().all(|p| p.1 == 1.0));
+        let (free, _) = m.free_curves(&steps);
+        assert_eq!(free.len(), 1);
+    }
+
+    #[test]
+    fn collisions_name_the_fact_whose_details_a_free_answer_carries() {
+        let (mut m, _) = matrix(3, |_, _| Some(1.0));
+        let answers = [
+            (
+                "The Mardra Bridge",
+                "The Mardra Bridge is over the river Eldar in Gorwen, built in 1788.",
+            ),
+            (
+                "The Velwen Bridge",
+                "The Velwen Bridge is over the river Unkes in Fiost, built in 1768.",
+            ),
+            (
+                "The Orrin Bridge",
+                "The Orrin Bridge is over the river Unkes in Calun, built in 1768.",
+            ),
+        ];
+        for (f, (subject, answer)) in m.facts.iter_mut().zip(answers) {
+            f.subject = subject.into();
+            f.answer = answer.into();
+        }
+        // After the last step (2), f0's free answer has f1's river, town and year; f1's is right.
+        let texts = [
+            "The Mardra Bridge is over the river Unkes in Fiost, built in 1768.",
+            "The Velwen Bridge is over the river Unkes in Fiost, built in 1768.",
+            "The Orrin Bridge is over the river Unkes in Calun, built in 1768.",
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            let p = m.probes.get_mut(&(format!("f{i}"), 2)).unwrap();
+            p.free_recall = Some(if i == 0 { 0.0 } else { 1.0 });
+            p.detail =
+                serde_json::json!({"free": {"recall_each": [{"text": t, "key": 0.0, "f1": 0.0}], "general_each": []}})
+                    .to_string();
+        }
+        let c = m.collisions(10);
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].id.as_str(), c[0].other.as_str()), ("id0", "id1"));
+        // f2 shares Unkes and 1768 too, but f1 shares three details.
+        assert_eq!(c[0].shared, ["unkes", "fiost", "1768"]);
+        assert_eq!(c[0].text, texts[0]);
+    }
+
+    #[test]
+    fn forgetting_pools_by_age_and_binning_keeps_means() {
+        // Every fact scored at every step; recall 1 - 0.1 * age.
+        let (m, steps) = matrix(5, |f, s| Some(1.0 - 0.1 * (s - f) as f64));
+        let (tf, free) = m.forgetting(10);
+        assert_eq!(tf.len(), 5);
+        for (age, v) in &tf {
+            assert!((v - (1.0 - 0.1 * age)).abs() < 1e-12, "{tf:?}");
+        }
+        // Free answers only after the last step: ages 4, 3, 2, 1, 0 once each, halved.
+        assert_eq!(free.len(), 5);
+        assert!((free[4].1 - 0.3).abs() < 1e-12);
+        // Two bins: ages 0–2 and 3–4.
+        assert_eq!(m.forgetting(2).0.len(), 2);
+        let b = m.binned(&steps, 2, 50, false);
+        assert_eq!(b.rows, ["id0–id1", "id2–id4"]);
+        assert_eq!(b.cols.len(), 5);
+        // Row 0, step 0: only f0 was injected (1.0); step 1: f0 0.9, f1 1.0.
+        assert_eq!(b.cells[0][0], Some(1.0));
+        assert!((b.cells[0][1].unwrap() - 0.95).abs() < 1e-12);
+        assert_eq!(b.cells[1][0], None);
+        assert_eq!(groups(10, 3).iter().map(|r| r.len()).collect::<Vec<_>>(), [3, 3, 4]);
+        assert_eq!(groups(2, 50).len(), 2);
+    }
 
     fn hashes(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("f{i}")).collect()

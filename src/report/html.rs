@@ -1,6 +1,6 @@
 //! The HTML pages: one per run, one per comparison, and the index. Self-contained: inline CSS and
 //! SVG, no script, no network.
-use super::data::{RunData, Summary};
+use super::data::{Curve, RunData, Summary};
 use super::num;
 use super::svg::{esc, heat, heatmap, line_chart, stacked_bars, Series, PALETTE};
 use crate::config::Proj;
@@ -55,7 +55,26 @@ const SUMMARY_HEAD: [&str; 11] = [
     "peak RSS (MiB)",
 ];
 
-fn loss_series(d: &RunData) -> Vec<(f64, f64)> {
+/// Optimizer steps beyond which the loss chart shows one point per injection step.
+const MAX_LOSS_POINTS: usize = 600;
+
+/// Whether the loss charts of `runs` show one point per injection step (any run has more than
+/// [`MAX_LOSS_POINTS`] optimizer steps: all of them on one axis would be a band of noise).
+fn loss_per_step(runs: &[&RunData]) -> bool {
+    runs.iter()
+        .any(|d| d.steps.iter().map(|s| s.losses.len()).sum::<usize>() > MAX_LOSS_POINTS)
+}
+
+/// The training loss: with `per_step` each injection step's last loss (x: the injection step),
+/// otherwise every optimizer step one after another (x: the optimizer step).
+fn loss_series(d: &RunData, per_step: bool) -> Vec<(f64, f64)> {
+    if per_step {
+        return d
+            .steps
+            .iter()
+            .filter_map(|s| s.losses.last().map(|&l| (s.idx as f64, l)))
+            .collect();
+    }
     let mut x = 0.0;
     let mut out = Vec::new();
     for s in &d.steps {
@@ -65,6 +84,15 @@ fn loss_series(d: &RunData) -> Vec<(f64, f64)> {
         }
     }
     out
+}
+
+/// The loss chart's title and x label (see [`loss_series`]).
+fn loss_axis(per_step: bool) -> (&'static str, &'static str) {
+    if per_step {
+        ("training loss at the end of each injection step", "injection step")
+    } else {
+        ("training loss (all steps, one after another)", "optimizer step")
+    }
 }
 
 /// Heatmap of the unmasked rank per layer and module at the run's last step (fraction of init_r).
@@ -100,30 +128,75 @@ fn rank_chart(d: &RunData, title: &str) -> String {
     })
 }
 
-/// The fact × step heatmap of teacher-forced recall, or with `free` of free-decoding recall.
+/// Rows and columns of a retention heatmap at most: larger runs are binned (facts by injection
+/// order, checks by step).
+const MAX_HEAT_ROWS: usize = 50;
+const MAX_HEAT_COLS: usize = 60;
+
+/// The fact × check heatmap of teacher-forced recall, or with `free` of free-decoding recall; facts
+/// and checks binned beyond [`MAX_HEAT_ROWS`] × [`MAX_HEAT_COLS`], each cell the mean of what was
+/// measured in it.
 fn retention_chart(d: &RunData, title: &str, free: bool) -> String {
-    let rows: Vec<String> = d.facts().iter().map(|f| f.id.clone()).collect();
-    let cols: Vec<String> = d.steps.iter().map(|s| s.idx.to_string()).collect();
-    heatmap(title, &rows, &cols, |i, j| {
-        let f = &d.facts()[i];
-        let step = d.steps[j].idx;
-        (f.step <= step)
-            .then(|| {
-                d.probe(&f.hash, step)
-                    .and_then(|p| if free { p.free_recall } else { Some(p.recall) })
-            })
-            .flatten()
-    })
+    let b = d.matrix.binned(&d.steps, MAX_HEAT_ROWS, MAX_HEAT_COLS, free);
+    let title = if b.rows.len() < d.facts().len() {
+        format!(
+            "{title} — {} facts in {} groups by injection order, mean per cell",
+            d.facts().len(),
+            b.rows.len()
+        )
+    } else {
+        title.to_string()
+    };
+    heatmap(&title, &b.rows, &b.cols, |i, j| b.cells[i][j])
 }
 
 /// Both retention heatmaps: teacher-forced shown, free decoding one click away (no script: a
-/// `<details>` element).
+/// `<details>` element), and the link to the whole matrix as CSV.
 fn retention_charts(d: &RunData, title: &str) -> String {
     format!(
-        "{}<details><summary>free decoding (key-detail recall of greedy answers, at full checks)</summary>{}</details>",
+        "{}<details><summary>free decoding (key-detail recall of greedy answers, where decoded)</summary>{}</details>\
+         <p class=meta>Every score of every fact after every step: <a href=\"{}/{}\">{}</a></p>",
         retention_chart(d, title, false),
-        retention_chart(d, title, true)
+        retention_chart(d, title, true),
+        esc(&d.run.id),
+        super::RETENTION_CSV,
+        super::RETENTION_CSV
     )
+}
+
+/// The forgetting curve: recall against the number of steps since a fact's own, pooled over facts
+/// and checks (teacher-forced and free).
+fn forgetting_series(d: &RunData) -> (Curve, Curve) {
+    d.matrix.forgetting(FORGETTING_BINS)
+}
+
+/// Points of a forgetting curve at most.
+const FORGETTING_BINS: usize = 40;
+
+/// Facts whose free answers carry another fact's details (at most `limit`).
+fn collisions_table(d: &RunData, limit: usize) -> String {
+    let rows = d.matrix.collisions(limit);
+    if rows.is_empty() {
+        return String::from("<p class=meta>No free answer carries another fact's details (or none was decoded).</p>");
+    }
+    let mut t = String::from(
+        "<table id=collisions><tr><th class=l>fact</th><th>free recall</th><th class=l>its answer</th>\
+         <th class=l>its free answer</th><th class=l>details it took from</th></tr>",
+    );
+    for c in rows {
+        let _ = write!(
+            t,
+            "<tr><td class=l>{}</td><td>{}</td><td class='l gen'>{}</td><td class='l gen'>{}</td><td class=l>{}: {}</td></tr>",
+            esc(&c.id),
+            num(Some(c.free_recall)),
+            esc(&c.answer),
+            esc(&c.text),
+            esc(&c.other),
+            esc(&c.shared.join(", "))
+        );
+    }
+    t.push_str("</table>");
+    t
 }
 
 /// What the run rehearsed (replay and spaced strategies): how often, why (spaced), and the facts
@@ -248,7 +321,7 @@ pub fn run_page(d: &RunData) -> String {
             heat(if f.recall.is_finite() { f.recall } else { 0.0 }),
             num(Some(f.recall)) + &stale(f.measured_at),
             num(f.general),
-            heat(f.free_recall.unwrap_or(0.0)),
+            f.free_recall.map(heat).unwrap_or_else(|| "none".into()),
             num(f.free_recall),
             num(f.free_general),
             num(f.previous)
@@ -257,6 +330,7 @@ pub fn run_page(d: &RunData) -> String {
     b.push_str("</table>");
     let (rec, gen) = d.curves();
     let (free_rec, _) = d.free_curves();
+    let newest = d.matrix.newest(&d.steps);
     let loc: Vec<(f64, f64)> = d.locality.iter().map(|&(s, v)| (s as f64, v)).collect();
     b.push_str("<h2>Recall, generalisation and locality over steps</h2><div class=grid>");
     b.push_str(&line_chart(
@@ -277,12 +351,17 @@ pub fn run_page(d: &RunData) -> String {
                 points: free_rec,
             },
             Series {
+                name: "newest facts",
+                color: PALETTE[9],
+                points: newest,
+            },
+            Series {
                 name: "locality",
                 color: PALETTE[1],
                 points: loc,
             },
         ],
-        "mean over facts injected so far (locality: step -1 = base)",
+        "at retention checks, mean over the facts injected so far; newest facts: right after their step",
         "step",
         Some((0.0, 1.0)),
     ));
@@ -290,17 +369,37 @@ pub fn run_page(d: &RunData) -> String {
         &[Series {
             name: "loss",
             color: PALETTE[3],
-            points: loss_series(d),
+            points: loss_series(d, loss_per_step(&[d])),
         }],
-        "training loss (all steps, one after another)",
-        "optimizer step",
+        loss_axis(loss_per_step(&[d])).0,
+        loss_axis(loss_per_step(&[d])).1,
         None,
+    ));
+    let (forget, forget_free) = forgetting_series(d);
+    b.push_str(&line_chart(
+        &[
+            Series {
+                name: "recall",
+                color: PALETTE[0],
+                points: forget,
+            },
+            Series {
+                name: "free recall",
+                color: PALETTE[4],
+                points: forget_free,
+            },
+        ],
+        "forgetting: recall against steps since the fact's own (all facts, all checks)",
+        "age (steps)",
+        Some((0.0, 1.0)),
     ));
     b.push_str("</div><h2>Retention (fact × step, recall)</h2>");
     b.push_str(&retention_charts(
         d,
         "recall of each fact after each step (grey: not yet injected or not measured)",
     ));
+    b.push_str("<h2>Collisions (free answers that carry another fact's details)</h2>");
+    b.push_str(&collisions_table(d, 20));
     b.push_str(&rehearsal_table(d));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
@@ -505,8 +604,23 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     let general = series(&|d| by_facts(d, &d.curves().1));
     let free = series(&|d| by_facts(d, &d.free_curves().0));
     let locality = series(&|d| by_facts(d, &d.locality.iter().map(|&(s, v)| (s as f64, v)).collect::<Vec<_>>()));
-    let loss = series(&|d| loss_series(d));
+    let per_step = loss_per_step(&runs.iter().collect::<Vec<_>>());
+    let loss = series(&|d| loss_series(d, per_step));
+    let forget = series(&|d| forgetting_series(d).0);
+    let forget_free = series(&|d| forgetting_series(d).1);
     for (title, data, x, range) in [
+        (
+            "forgetting: recall against steps since a fact's own (all facts, all checks)",
+            &forget,
+            "age (steps)",
+            Some((0.0, 1.0)),
+        ),
+        (
+            "forgetting, free decoding (where decoded)",
+            &forget_free,
+            "age (steps)",
+            Some((0.0, 1.0)),
+        ),
         (
             "mean recall of the facts injected so far",
             &recall,
@@ -531,7 +645,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
             "facts injected",
             Some((0.0, 1.0)),
         ),
-        ("training loss", &loss, "optimizer step", None),
+        (loss_axis(per_step).0, &loss, loss_axis(per_step).1, None),
     ] {
         let s: Vec<Series> = data
             .iter()
@@ -548,7 +662,12 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     for d in runs {
         b.push_str(&retention_charts(d, &d.run.strategy));
     }
-    b.push_str("</div><h2>AdaLoRA rank pattern (last step)</h2><div class=grid>");
+    b.push_str("</div><h2>Collisions (free answers that carry another fact's details)</h2>");
+    for d in runs {
+        let _ = write!(b, "<h3>{}</h3>", esc(&d.run.strategy));
+        b.push_str(&collisions_table(d, 5));
+    }
+    b.push_str("<h2>AdaLoRA rank pattern (last step)</h2><div class=grid>");
     for d in runs {
         b.push_str(&rank_chart(d, &d.run.strategy));
     }

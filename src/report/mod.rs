@@ -7,6 +7,7 @@ pub mod svg;
 use crate::error::Result;
 use crate::ledger::Ledger;
 use data::RunData;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// A number as the pages and the command line print it: two decimals, '-' when absent or not finite.
@@ -31,8 +32,43 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 pub fn write_run(ledger: &Ledger, dir: &Path, run: &str) -> Result<PathBuf> {
     let d = RunData::load(ledger, run)?;
     let path = dir.join(&d.run.id).join("index.html");
+    write_atomic(&path.with_file_name(RETENTION_CSV), &retention_csv(ledger, &d)?)?;
     write_atomic(&path, &html::run_page(&d))?;
     Ok(path)
+}
+
+/// The file beside a run's page with every score of every fact after every step.
+pub const RETENTION_CSV: &str = "retention.csv";
+
+/// One line per fact and step it was scored at: fact id, hash, its own step, the step scored after,
+/// teacher-forced recall and generalisation, free recall and generalisation (empty where not
+/// measured).
+fn retention_csv(ledger: &Ledger, d: &RunData) -> Result<String> {
+    let step_of: std::collections::HashMap<&str, (&str, i64)> = d
+        .facts()
+        .iter()
+        .map(|f| (f.hash.as_str(), (f.id.as_str(), f.step)))
+        .collect();
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
+    let mut out = String::from("fact,hash,injected_at,step,recall,general,free_recall,free_general\n");
+    for p in ledger.probes(&d.run.id)? {
+        let Some(&(id, at)) = step_of.get(p.fact.as_str()) else {
+            continue;
+        };
+        // Ids are plain YAML scalars; quote them for CSV.
+        let _ = writeln!(
+            out,
+            "\"{}\",{},{at},{},{:.4},{},{},{}",
+            id.replace('"', "\"\""),
+            p.fact,
+            p.step,
+            p.recall,
+            opt(p.general),
+            opt(p.free_recall),
+            opt(p.free_general)
+        );
+    }
+    Ok(out)
 }
 
 /// Writes a comparison page (and the pages of its runs); returns its path.

@@ -203,15 +203,25 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
-/// Colour of a value in [0, 1]: red (0) through yellow to green (1).
+/// The colour classes of [`heat`]: (lowest value of the class, colour, label), from the top. A
+/// diverging red–yellow–green scale (ColorBrewer RdYlGn) in classes that separate what the
+/// comparisons turn on: 0.7, 0.8, 0.9 and 0.95.
+pub const HEAT_CLASSES: [(f64, &str, &str); 6] = [
+    (0.95, "#1a9850", "≥ 0.95"),
+    (0.9, "#91cf60", "0.90–0.95"),
+    (0.8, "#d9ef8b", "0.80–0.90"),
+    (0.7, "#fee08b", "0.70–0.80"),
+    (0.5, "#fc8d59", "0.50–0.70"),
+    (f64::NEG_INFINITY, "#d73027", "< 0.50"),
+];
+
+/// Colour of a score in [0, 1], by [`HEAT_CLASSES`].
 pub fn heat(v: f64) -> String {
-    let v = v.clamp(0.0, 1.0);
-    let (r, g) = if v < 0.5 {
-        (220.0, 60.0 + 2.0 * v * 160.0)
-    } else {
-        (220.0 - (v - 0.5) * 2.0 * 170.0, 220.0)
-    };
-    format!("rgb({:.0},{:.0},70)", r, g)
+    HEAT_CLASSES
+        .iter()
+        .find(|(lo, _, _)| v >= *lo)
+        .map(|(_, c, _)| c.to_string())
+        .unwrap_or_else(|| HEAT_CLASSES[5].1.to_string())
 }
 
 /// A heatmap: rows × columns of optional values in [0, 1] (missing cells are grey).
@@ -221,11 +231,29 @@ pub fn heatmap(title: &str, rows: &[String], cols: &[String], cell: impl Fn(usiz
     let (ml, mt) = (150.0, 36.0);
     // Wide enough for the title, whatever the number of columns.
     let w = (ml + cw * cols.len() as f64 + 10.0).max(8.0 + 6.5 * title.chars().count() as f64);
-    let h = mt + ch * rows.len() as f64 + 24.0;
+    let w = w.max(ml + 6.0 * 80.0);
+    let h = mt + ch * rows.len() as f64 + 40.0;
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{h:.0}" viewBox="0 0 {w:.0} {h:.0}" class="chart">"#
     );
     let _ = write!(svg, r#"<text x="4" y="16" class="title">{}</text>"#, esc(title));
+    // The legend, under the cells.
+    let ly = mt + ch * rows.len() as f64 + 12.0;
+    for (k, (_, color, label)) in HEAT_CLASSES
+        .iter()
+        .rev()
+        .chain([&(0.0, "#eee", "not measured")])
+        .enumerate()
+    {
+        let x = ml + 80.0 * k as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{x:.1}" y="{ly:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
+            x + 13.0,
+            ly + 9.0,
+            esc(label)
+        );
+    }
     let label_every_row = (12.0 / ch).ceil().max(1.0) as usize;
     let label_every_col = (24.0 / cw).ceil().max(1.0) as usize;
     for (j, c) in cols.iter().enumerate() {
@@ -286,8 +314,19 @@ mod tests {
         let h = heatmap("h", &["f".into()], &["0".into(), "1".into()], |_, j| {
             (j == 0).then_some(0.9)
         });
-        assert_eq!(h.matches("<rect").count(), 2);
+        // Two cells and the legend's seven boxes.
+        assert_eq!(h.matches("<rect").count(), 2 + 7);
         assert!(h.contains("not measured"));
-        assert_eq!(heat(1.0), "rgb(50,220,70)");
+        // The classes separate 0.7 / 0.8 / 0.9 / 0.95.
+        let classes: Vec<String> = [1.0, 0.95, 0.92, 0.85, 0.75, 0.6, 0.1]
+            .iter()
+            .map(|&v| heat(v))
+            .collect();
+        assert_eq!(
+            classes,
+            ["#1a9850", "#1a9850", "#91cf60", "#d9ef8b", "#fee08b", "#fc8d59", "#d73027"]
+        );
+        assert_eq!(heat(0.8), "#d9ef8b");
+        assert_eq!(heat(0.7999), "#fee08b");
     }
 }
