@@ -427,3 +427,59 @@ fn spaced_rehearsal_is_recorded_and_continues_exactly() {
         "no rehearsal section"
     );
 }
+
+/// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one
+/// optimizer step each, stopping only at an epoch's end) until every fact meets the threshold; with
+/// fewer, one optimizer step covers every fact, as before.
+#[test]
+fn mixed_trains_in_epochs_of_mini_batches_at_scale() {
+    use common::knowledge::write_many;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    write_many(&p.join("k"), 5);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = run_with(&[
+            "--lr",
+            "0.05",
+            "--alpha",
+            "32",
+            "--strategy",
+            "mixed",
+            "--json",
+            "--threshold",
+            "0.9",
+        ]);
+        args.extend_from_slice(extra);
+        let o = injector(p, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let show = injector(
+            p,
+            &[
+                "ledger",
+                "show",
+                out["run"].as_str().unwrap(),
+                "--ledger",
+                "l.db",
+                "--json",
+            ],
+        );
+        serde_json::from_str(&stdout(&show)).unwrap()
+    };
+    // 5 facts in mini-batches of 2: 3 optimizer steps an epoch, at most 40 epochs.
+    let epochs = run(&["--mixed-batch", "2", "--max-steps", "40"]);
+    let steps = epochs["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1);
+    let opt = steps[0]["optimizer_steps"].as_i64().unwrap();
+    assert!(opt % 3 == 0 && opt > 3, "{opt} optimizer steps");
+    assert!(opt < 120, "the threshold was never met: {opt} optimizer steps");
+    // Every fact met the threshold at the weights that were merged.
+    for row in epochs["probes"].as_array().unwrap() {
+        assert!(row["recall"].as_f64().unwrap() >= 0.9, "{row}");
+    }
+    // At most --mixed-batch facts: one optimizer step sees them all, up to --max-steps of them.
+    let whole = run(&["--max-steps", "40"]);
+    let opt = whole["steps"][0]["optimizer_steps"].as_i64().unwrap();
+    assert!(opt <= 40, "{opt}");
+}

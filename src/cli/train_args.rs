@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// last step (0, the default). Each pass costs about one decoding batch on a GPU.
     #[arg(long)]
     pub free_every: Option<usize>,
+    /// mixed only: facts per optimizer step; with more facts, mixed trains in epochs over shuffled
+    /// mini-batches of this many facts, and --max-steps counts epochs (default 16).
+    #[arg(long)]
+    pub mixed_batch: Option<usize>,
     /// spaced:K only: a fact measured below this recall has fallen and is rehearsed first.
     #[arg(long)]
     pub rehearse_below: Option<f64>,
@@ -112,6 +116,7 @@ impl TrainArgs {
         set(&mut c.retention_sample, self.retention_sample);
         c.free_decoding = !self.no_free_decoding;
         set(&mut c.free_every, self.free_every);
+        set(&mut c.mixed_batch, self.mixed_batch);
         set(&mut c.rehearsal.below, self.rehearse_below);
         set(&mut c.rehearsal.budget, self.rehearse_budget);
         c.validate()?;

@@ -214,6 +214,10 @@ pub struct RunConfig {
     /// each decoding pass costs about the same whatever its batch: the default keeps it to one.
     #[serde(default, skip_serializing_if = "is_zero_usize")]
     pub free_every: usize,
+    /// `mixed`: facts per optimizer step. With more facts than this, `mixed` trains in epochs over
+    /// shuffled mini-batches of this many facts, and `train.max_steps` counts epochs.
+    #[serde(default = "mixed_batch", skip_serializing_if = "is_mixed_batch")]
+    pub mixed_batch: usize,
     /// The `spaced:K` strategy's rehearsal rules (unused by the others).
     #[serde(default, skip_serializing_if = "Rehearsal::is_default")]
     pub rehearsal: Rehearsal,
@@ -250,6 +254,16 @@ fn is_zero_usize(v: &usize) -> bool {
     *v == 0
 }
 
+const MIXED_BATCH: usize = 16;
+
+fn mixed_batch() -> usize {
+    MIXED_BATCH
+}
+
+fn is_mixed_batch(v: &usize) -> bool {
+    *v == MIXED_BATCH
+}
+
 fn yes() -> bool {
     true
 }
@@ -271,6 +285,7 @@ impl Default for RunConfig {
             eval_batch_tokens: 8192,
             free_decoding: true,
             free_every: 0,
+            mixed_batch: MIXED_BATCH,
             rehearsal: Rehearsal::default(),
         }
     }
@@ -334,6 +349,7 @@ impl RunConfig {
         c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
         c.within(t.null_space, false, "--null-space", "train.null_space");
         c.within(self.rehearsal.below, true, "--rehearse-below", "rehearsal.below");
+        c.at_least_one(self.mixed_batch as u64, "--mixed-batch", "mixed_batch");
         c.non_negative(self.rehearsal.budget, "--rehearse-budget", "rehearsal.budget");
         c.at_least_one(a.init_r, "--init-r", "train.adalora.init_r");
         c.check(

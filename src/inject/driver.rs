@@ -6,7 +6,7 @@ use super::evaluate::{evaluate, Evaluated};
 use super::plan::{check_model, find_or_record, plan, Plan};
 use super::prepare::{prepare, Prepared};
 use super::schedule::Schedule;
-use super::step::{train, Trained, Trainers};
+use super::step::{train, train_epochs, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
 use crate::config::{RunConfig, Strategy};
@@ -290,24 +290,33 @@ fn train_stage(
             .iter()
             .filter_map(|h| plan.facts.iter().find(|f| &f.hash == h)),
     );
-    let mut examples = Vec::new();
-    let mut owner = Vec::new();
-    for (i, f) in facts.iter().enumerate() {
-        for e in &prepared.examples[&f.hash].recall {
-            examples.push(e.clone());
-            owner.push(i);
-        }
-    }
     let t = &config.train;
     let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
-    let trained = train(trainers, &examples, &owner, facts.len(), seed, |s, loss, rec| {
-        progress.opt_step(s, loss, rec)
-    })?;
+    let report = |s, loss, rec| progress.opt_step(s, loss, rec);
+    let trained = if plan.strategy == Strategy::Mixed {
+        let per_fact: Vec<Vec<Example>> = facts
+            .iter()
+            .map(|f| prepared.examples[&f.hash].recall.clone())
+            .collect();
+        train_epochs(trainers, &per_fact, config.mixed_batch, seed, report)?
+    } else {
+        let mut examples = Vec::new();
+        let mut owner = Vec::new();
+        for (i, f) in facts.iter().enumerate() {
+            for e in &prepared.examples[&f.hash].recall {
+                examples.push(e.clone());
+                owner.push(i);
+            }
+        }
+        train(trainers, &examples, &owner, facts.len(), seed, report)?
+    };
     let weakest = trained.recall.iter().cloned().fold(f64::INFINITY, f64::min);
-    if trained.optimizer_steps >= t.max_steps && weakest < t.threshold {
+    // Training stops at the threshold or at its budget: below the threshold, the budget ran out.
+    if weakest < t.threshold {
         tracing::warn!(
-            "step {idx}: training stopped at --max-steps {} with the weakest of its {} facts at {weakest:.2} \
-             on its training prompts (threshold {}); raise --max-steps (or --lr) to put every fact in",
+            "step {idx}: training stopped at --max-steps {} (epochs, for mixed over more than --mixed-batch \
+             facts) with the weakest of its {} facts at {weakest:.2} on its training prompts (threshold {}); \
+             raise --max-steps (or --lr) to put every fact in",
             t.max_steps,
             facts.len(),
             t.threshold

@@ -228,6 +228,42 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// A trainer on `examples` that never captures graphs (every optimizer step eager), whose
+    /// examples can be swapped between optimizer steps ([`set_examples`](Self::set_examples)).
+    pub fn eager(
+        model: &'a Llama,
+        examples: &[Example],
+        cfg: &TrainConfig,
+        preserve: Option<&'a Preserve>,
+        seed: u64,
+    ) -> Self {
+        let (adapter, opt, _) = Self::parts(model, cfg, preserve, seed, false);
+        Trainer {
+            model,
+            batches: build(examples, cfg.max_batch_tokens, model.device()),
+            n_examples: examples.len(),
+            n_targets: examples.iter().map(|e| e.target.len()).sum(),
+            inv_targets: None,
+            adapter,
+            opt,
+            cfg: cfg.clone(),
+            preserve,
+            opt_step: 0,
+            tokens: 0,
+            graphs: None,
+        }
+    }
+
+    /// Trains the next optimizer steps on `examples` instead, keeping the adapter and the optimizer
+    /// state (mini-batches of an epoch). Only for an [`eager`](Self::eager) trainer: a captured graph
+    /// reads fixed batch tensors.
+    pub fn set_examples(&mut self, examples: &[Example]) {
+        assert!(self.graphs.is_none(), "a trainer with graphs keeps its batches");
+        self.batches = build(examples, self.cfg.max_batch_tokens, self.model.device());
+        self.n_examples = examples.len();
+        self.n_targets = examples.iter().map(|e| e.target.len()).sum();
+    }
+
     fn preserving(&self) -> Option<&'a Preserve> {
         self.preserve
             .filter(|p| self.cfg.preserve > 0.0 && !p.batches.is_empty())
@@ -450,6 +486,122 @@ impl<'a> Trainers<'a> {
             stream,
         })
     }
+}
+
+/// Trains one adapter on many facts in epochs over shuffled mini-batches of `batch_facts` facts
+/// (`facts[i]`: fact i's examples), one optimizer step per mini-batch, until every fact reaches the
+/// threshold or `max_steps` epochs have run — `mixed` at scale, where one optimizer step over every
+/// fact would take `max_steps` steps in all. With at most `batch_facts` facts it is [`train`] (one
+/// mini-batch, an epoch per optimizer step). The stop is checked at the end of an epoch whose
+/// mini-batches all met the threshold (or, with dropout, every epoch) by measuring every fact
+/// again, without dropout, at the current weights. Mini-batches are eager on every device (their
+/// shapes change between steps; CUDA graphs need fixed ones). The order is drawn from `seed`.
+/// Errors: [`Error::Diverged`] when the loss or the update is not finite.
+pub fn train_epochs(
+    trainers: &mut Trainers,
+    facts: &[Vec<Example>],
+    batch_facts: usize,
+    seed: u64,
+    mut on_step: impl FnMut(i64, f64, f64),
+) -> Result<Trained> {
+    let n = facts.len();
+    if n <= batch_facts.max(1) {
+        let examples: Vec<Example> = facts.iter().flatten().cloned().collect();
+        let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
+        return train(trainers, &examples, &owner, n, seed, on_step);
+    }
+    let t0 = Instant::now();
+    let batches_per_epoch = n.div_ceil(batch_facts);
+    let epochs = trainers.cfg.max_steps;
+    // The AdaLoRA budget schedule spans every optimizer step of every epoch.
+    let cfg = TrainConfig {
+        max_steps: epochs * batches_per_epoch as i64,
+        ..trainers.cfg.clone()
+    };
+    let (model, preserve) = (trainers.model, trainers.preserve);
+    let all: Vec<Example> = facts.iter().flatten().cloned().collect();
+    let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
+    let mut tr = Trainer::eager(model, &facts[0], &cfg, preserve, seed);
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let mut rng = crate::rng::SplitMix64(seed ^ 0x6d69_7865_6421);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut recall = vec![0.0; n];
+    let mut losses = Vec::new();
+    let mut stopped = false;
+    let measure = |tr: &mut Trainer| -> Vec<f64> {
+        tr.adapter.training = false;
+        let acc = token_accuracy(
+            model,
+            &tr.adapter,
+            &build(&all, cfg.max_batch_tokens, model.device()),
+            all.len(),
+        );
+        per_fact(&acc, &owner, n)
+    };
+    for _epoch in 0..epochs {
+        // Fisher–Yates with the run's generator: the same order on every device and resume.
+        for i in (1..n).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        for chunk in order.chunks(batch_facts) {
+            let examples: Vec<Example> = chunk.iter().flat_map(|&f| facts[f].iter().cloned()).collect();
+            let totals: Vec<f64> = examples.iter().map(|e| e.target.len() as f64).collect();
+            tr.set_examples(&examples);
+            let pass = tr.forward_backward()?;
+            let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
+            let loss = read[0] as f64;
+            if !loss.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "the loss is {loss} at optimizer step {}; nothing of the step was kept (try a lower --lr)",
+                    tr.steps()
+                )));
+            }
+            let mut at = 0;
+            for &f in chunk {
+                let k = facts[f].len();
+                let (c, t): (f64, f64) =
+                    (at..at + k).fold((0.0, 0.0), |(c, t), i| (c + read[1 + i] as f64, t + totals[i]));
+                recall[f] = if t == 0.0 { 0.0 } else { c / t };
+                at += k;
+            }
+            tr.update()?;
+            losses.push(loss);
+            on_step(
+                tr.steps() - 1,
+                loss,
+                recall.iter().cloned().fold(f64::INFINITY, f64::min),
+            );
+        }
+        let dropout = cfg.adalora.dropout > 0.0;
+        if dropout || recall.iter().all(|&r| r >= cfg.threshold) {
+            recall = measure(&mut tr);
+            if recall.iter().all(|&r| r >= cfg.threshold) {
+                stopped = true;
+                break;
+            }
+        }
+    }
+    if !stopped {
+        recall = measure(&mut tr);
+    }
+    let mut fs = factors(&tr.adapter);
+    for f in &mut fs {
+        f.scale *= cfg.merge_scale;
+    }
+    if let Some(f) = fs.iter().find(|f| !f.is_finite()) {
+        return Err(Error::Diverged(format!("the update of {} is not finite", f.key)));
+    }
+    Ok(Trained {
+        factors: fs,
+        optimizer_steps: tr.steps(),
+        losses,
+        recall,
+        tokens: tr.tokens,
+        seconds: t0.elapsed().as_secs_f64(),
+        setup_seconds,
+        warmup_seconds: 0.0,
+        rank_pattern: tr.adapter.rank_pattern(),
+    })
 }
 
 /// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to)
