@@ -367,11 +367,20 @@ fn free_decoding_is_recorded_when_asked() {
 }
 
 /// `spaced:K` rehearses by retention and records why; its choices are a function of the ledger, so a
-/// run continued with more facts rehearses, and ends, exactly as the same run made in one go.
+/// run continued with more facts rehearses, and ends, exactly as the same run made in one go — at
+/// the default cadence and with sparse, sampled checks (where the continued run's extra check after
+/// its first invocation must not count).
 #[test]
 fn spaced_rehearsal_is_recorded_and_continues_exactly() {
+    for cadence in [&[][..], &["--retention-every", "3", "--retention-sample", "1"][..]] {
+        spaced_continues_exactly(cadence);
+    }
+}
+
+fn spaced_continues_exactly(cadence: &[&str]) {
     use common::knowledge::write_many;
-    let flags = ["--strategy", "spaced:1", "--json", "--rehearse-below", "1.0"];
+    let mut flags = vec!["--strategy", "spaced:1", "--json", "--rehearse-below", "1.0"];
+    flags.extend_from_slice(cadence);
     let one_go = tempfile::tempdir().unwrap();
     write_tiny_gguf(&one_go.path().join("tiny.gguf"), 4);
     write_many(&one_go.path().join("k"), 5);
@@ -389,7 +398,7 @@ fn spaced_rehearsal_is_recorded_and_continues_exactly() {
     assert!(b.status.success(), "{}", stderr(&b));
     let b: serde_json::Value = serde_json::from_str(&stdout(&b)).unwrap();
     assert_eq!(b["new_steps"], 2);
-    assert_eq!(a["weights_hash"], b["weights_hash"]);
+    assert_eq!(a["weights_hash"], b["weights_hash"], "{cadence:?}");
 
     let steps = |dir: &std::path::Path, run: &str| -> Vec<serde_json::Value> {
         let show = injector(dir, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
@@ -400,8 +409,8 @@ fn spaced_rehearsal_is_recorded_and_continues_exactly() {
     let sb = steps(twice.path(), b["run"].as_str().unwrap());
     let mut rehearsals = 0;
     for (x, y) in sa.iter().zip(&sb) {
-        assert_eq!(x["rehearsed"], y["rehearsed"]);
-        assert_eq!(x["rehearsal"], y["rehearsal"]);
+        assert_eq!(x["rehearsed"], y["rehearsed"], "{cadence:?}");
+        assert_eq!(x["rehearsal"], y["rehearsal"], "{cadence:?}");
         // Each rehearsed fact is recorded with its reason, at most K = 1 a step.
         let r = x["rehearsal"].as_array().unwrap();
         assert!(r.len() <= 1);
@@ -426,6 +435,68 @@ fn spaced_rehearsal_is_recorded_and_continues_exactly() {
         page.contains(&format!("{rehearsals} rehearsals in 5 steps")),
         "no rehearsal section"
     );
+}
+
+/// `repair RUN` scores every fact at the run's weights and re-injects those below the threshold as
+/// new steps with no facts of their own, each rehearsed fact recorded as fallen; the run then holds
+/// them (or is scored again), and the weights move.
+#[test]
+fn repair_re_injects_the_facts_that_fell() {
+    let d = small_workspace();
+    let p = d.path();
+    // Few optimizer steps: some facts stay below 1.0.
+    let o = injector(
+        p,
+        &run_with(&["--lr", "0.05", "--alpha", "32", "--max-steps", "3", "--json"]),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let run = out["run"].as_str().unwrap();
+    let below: Vec<&serde_json::Value> = out["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["recall"].as_f64().unwrap() < 1.0)
+        .collect();
+    assert!(!below.is_empty(), "every fact at 1.0 after 3 steps: nothing to repair");
+    let r = injector(
+        p,
+        &[
+            "repair",
+            run,
+            "--below",
+            "1.0",
+            "--per-step",
+            "2",
+            "--ledger",
+            "l.db",
+            "--model",
+            "tiny.gguf",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    );
+    assert!(r.status.success(), "{}", stderr(&r));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!(rep["new_steps"].as_u64().unwrap() as usize, below.len().div_ceil(2));
+    assert_ne!(rep["weights_hash"], out["weights_hash"]);
+    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    let repaired: Vec<&serde_json::Value> = steps[3..].iter().collect();
+    for s in &repaired {
+        assert!(s["facts"].as_array().unwrap().is_empty(), "{s}");
+        for why in s["rehearsal"].as_array().unwrap() {
+            assert_eq!(why["reason"], "fell");
+            assert!(why["recall"].as_f64().unwrap() < 1.0);
+        }
+    }
+    // The facts are still three, each injected once.
+    assert_eq!(rep["facts"].as_array().unwrap().len(), 3);
+    // Bad input: a threshold out of range.
+    let bad = injector(p, &["repair", run, "--below", "0", "--ledger", "l.db"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
 
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one

@@ -164,9 +164,13 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     }
     // Binned: at most 50 row labels per heatmap, and the forgetting curve and collisions are there.
     assert!(html.contains("1000 facts in 50 groups"));
-    assert!(html.contains("forgetting: recall against steps"));
+    assert!(html.contains("forgetting: recall against facts injected since"));
     assert!(html.contains("id=collisions"));
     let csv = std::fs::read_to_string(p.join("reports").join(&ids[0]).join("retention.csv")).unwrap();
+    // Both pages link to it where it is: from the reports' root and from beside it.
+    assert!(html.contains(&format!("href=\"{}/retention.csv\"", ids[0])));
+    let run_page = std::fs::read_to_string(p.join("reports").join(&ids[0]).join("index.html")).unwrap();
+    assert!(run_page.contains("href=\"retention.csv\""));
     assert_eq!(csv.lines().count(), 1 + l.probes(&ids[0]).unwrap().len());
     assert!(html.len() < 3_000_000, "page of {} bytes", html.len());
 

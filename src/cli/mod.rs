@@ -5,6 +5,7 @@ pub mod ledger;
 pub mod probe;
 mod progress;
 pub mod query;
+pub mod repair;
 pub mod report;
 pub mod run;
 mod train_args;
@@ -76,6 +77,8 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// What the ledger holds.
     Ledger(ledger::LedgerArgs),
+    /// Re-inject a run's facts that fell below the threshold, as new steps that rehearse them.
+    Repair(repair::RepairArgs),
     /// Run several strategies on the same facts and write the comparison report.
     Compare(compare::CompareArgs),
     /// (Re)render the HTML reports from the ledger alone.
@@ -108,6 +111,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Query(a) => query::run(a, &cli.global),
         Command::Probe(a) => probe::run(a, &cli.global),
         Command::Ledger(a) => ledger::run(a, &cli.global),
+        Command::Repair(a) => repair::run(a, &cli.global),
         Command::Compare(a) => compare::run(a, &cli.global),
         Command::Report(a) => report::run(a, &cli.global),
         Command::Facts(a) => facts::run(a, &cli.global),

@@ -57,8 +57,10 @@ pub fn token_f1(pred: &str, gold: &str) -> f64 {
 /// Function words left out of the content-word fallback of [`key_details`] and never taken as names
 /// when capitalised at a sentence's start.
 const STOP: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "every", "for", "from", "has", "have", "in", "is", "it", "its",
-    "of", "on", "or", "that", "the", "their", "this", "to", "was", "were", "when", "where", "which", "who", "with",
+    "a", "about", "also", "an", "and", "are", "as", "at", "be", "but", "by", "don", "every", "for", "from", "has",
+    "have", "he", "her", "his", "i", "in", "is", "it", "its", "my", "not", "of", "on", "or", "our", "she", "that",
+    "the", "their", "there", "they", "this", "to", "was", "we", "were", "when", "where", "which", "who", "with", "you",
+    "your",
 ];
 
 /// The details of `answer` a free answer must reproduce, lower-cased, each once, in order:
@@ -69,8 +71,10 @@ const STOP: &[&str] = &[
 ///   shortest unit that still carries a term).
 ///
 /// Words and bigrams that occur in `subject` are left out: a question names its subject, so echoing
-/// it proves nothing. When nothing is left, the answer's content words (four letters or more, not
-/// function words, not in the subject) stand in, so every fact has details.
+/// it proves nothing. When nothing is left, the answer's content words (three letters or more, not
+/// function words, not in the subject) stand in — so a delete's decline ("I don't know anything
+/// about X.") is scored on "know" and "anything" — and only an answer that says nothing beyond its
+/// subject has none.
 pub fn key_details(answer: &str, subject: &str) -> Vec<String> {
     let subject_words: Vec<String> = words(subject);
     let subject_bigrams = cjk_bigrams(subject);
@@ -99,7 +103,7 @@ pub fn key_details(answer: &str, subject: &str) -> Vec<String> {
     }
     if out.is_empty() {
         for w in words(answer) {
-            if w.chars().count() >= 4 && !STOP.contains(&w.as_str()) && !subject_words.contains(&w) {
+            if w.chars().count() >= 3 && !STOP.contains(&w.as_str()) && !subject_words.contains(&w) {
                 push(w, &mut out);
             }
         }
@@ -172,6 +176,10 @@ mod tests {
             "the Norvanian marsh fox",
         );
         assert_eq!(d, ["small", "silver", "lives", "reed", "beds", "eats", "frogs"]);
+        // A delete's decline: the pronoun is no name, the content words stand in.
+        let d = key_details("I don't know anything about the Velmora Bridge.", "the Velmora Bridge");
+        assert_eq!(d, ["know", "anything"]);
+        assert_eq!(key_details("It is red.", "it"), ["red"]);
         let d = key_details("夢中情爐是煉丹工具torchkeras。", "夢中情爐");
         assert_eq!(d, ["torchkeras", "爐是", "是煉", "煉丹", "丹工", "工具"]);
     }

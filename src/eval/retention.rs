@@ -246,16 +246,17 @@ impl Matrix {
         )
     }
 
-    /// Whether step `s` was a retention check: some fact injected before it was scored after it (the
-    /// first step, with nothing before it, counts). Between checks only the newest facts are scored,
-    /// so a mean over "the facts so far" there would be the newest fact's recall.
+    /// Whether step `s` was a retention check: some fact injected before it, other than those it
+    /// rehearsed, was scored after it (the first step, with nothing before it, counts). Between
+    /// checks only the newest (and just rehearsed) facts are scored, so a mean over "the facts so
+    /// far" there would be theirs.
     fn is_check(&self, s: &StepRow) -> bool {
         s.idx == 0
             || self
                 .facts
                 .iter()
                 .take_while(|f| f.step < s.idx)
-                .any(|f| self.at(&f.hash, s.idx).is_some())
+                .any(|f| !s.rehearsed.contains(&f.hash) && self.at(&f.hash, s.idx).is_some())
     }
 
     /// Mean recall and generalisation of the facts injected so far that were scored at each
@@ -301,24 +302,37 @@ impl Matrix {
             .collect()
     }
 
-    /// The forgetting curve: recall against a fact's age — the number of injection steps since its
-    /// own — pooled over every fact and every step it was scored at, teacher-forced and free
-    /// (where decoded). Ages are grouped into at most `bins` equal ranges; each point is (the mean
-    /// age of its range's measurements, their mean recall).
-    pub fn forgetting(&self, bins: usize) -> (Curve, Curve) {
-        let mut tf: Vec<(i64, f64)> = Vec::new();
-        let mut free: Vec<(i64, f64)> = Vec::new();
-        for f in &self.facts {
-            for ((h, step), p) in self.probes.iter().filter(|((h, _), _)| h == &f.hash) {
-                debug_assert_eq!(h, &f.hash);
-                let age = step - f.step;
-                if age < 0 {
-                    continue;
-                }
-                tf.push((age, p.recall));
-                if let Some(v) = p.free_recall {
-                    free.push((age, v));
-                }
+    /// The forgetting curve: recall against a fact's age — the number of facts injected after it —
+    /// pooled over every fact at every retention check (see [`Matrix::curves`]; rows between checks
+    /// hold only the newest and just-rehearsed facts, which would flatter it), teacher-forced and
+    /// free (where decoded). Facts, not steps, so that strategies that take several facts a step
+    /// share an axis. Ages are grouped into at most `bins` equal ranges; each point is (the mean age
+    /// of its range's measurements, their mean recall). One pass over the rows in step order.
+    pub fn forgetting(&self, steps: &[StepRow], bins: usize) -> (Curve, Curve) {
+        let injected_at: HashMap<&str, i64> = self.facts.iter().map(|f| (f.hash.as_str(), f.step)).collect();
+        // Facts injected up to and including each step.
+        let mut so_far: HashMap<i64, i64> = HashMap::new();
+        let mut n = 0;
+        for s in steps {
+            n += s.facts.len() as i64;
+            so_far.insert(s.idx, n);
+        }
+        let checks: std::collections::HashSet<i64> = steps.iter().filter(|s| self.is_check(s)).map(|s| s.idx).collect();
+        let mut rows: Vec<&ProbeRow> = self.probes.values().filter(|p| checks.contains(&p.step)).collect();
+        // A fixed order, so the sums (and the page) are the same in every process.
+        rows.sort_by(|a, b| (a.step, &a.fact).cmp(&(b.step, &b.fact)));
+        let (mut tf, mut free): (Vec<(i64, f64)>, Vec<(i64, f64)>) = (Vec::new(), Vec::new());
+        for p in rows {
+            let Some(&own) = injected_at.get(p.fact.as_str()) else {
+                continue;
+            };
+            if own > p.step {
+                continue;
+            }
+            let age = so_far.get(&p.step).copied().unwrap_or(0) - so_far.get(&own).copied().unwrap_or(0);
+            tf.push((age, p.recall));
+            if let Some(v) = p.free_recall {
+                free.push((age, v));
             }
         }
         (bin_by_age(&tf, bins), bin_by_age(&free, bins))
@@ -391,11 +405,19 @@ fn free_texts(p: &ProbeRow) -> Vec<String> {
 }
 
 impl Matrix {
-    /// Facts whose latest free answers fall short (free recall below 1) and carry details of another
-    /// fact of the run that are not their own, most-missed first, at most `limit`: for each, the
-    /// other fact whose details appear most.
+    /// Facts whose latest free answers fall short (free recall below 1) and carry at least two key
+    /// details of another fact of the run that are not their own (one shared year or region is
+    /// often chance), most-missed first, at most `limit`: for each, the other fact whose details
+    /// appear most (among equals, the nearest in injection order). An index from each detail to the
+    /// facts that have it keeps this linear in the answers' words.
     pub fn collisions(&self, limit: usize) -> Vec<Collision> {
         let details: Vec<Vec<String>> = self.facts.iter().map(|f| key_details(&f.answer, &f.subject)).collect();
+        let mut holders: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, ds) in details.iter().enumerate() {
+            for d in ds {
+                holders.entry(d.as_str()).or_default().push(j);
+            }
+        }
         let mut out: Vec<Collision> = Vec::new();
         for (i, f) in self.facts.iter().enumerate() {
             let Some(p) = self.latest_free.get(&f.hash).and_then(|&s| self.at(&f.hash, s)) else {
@@ -406,37 +428,38 @@ impl Matrix {
             };
             let texts = free_texts(p);
             let found: Vec<DetailMatcher> = texts.iter().map(|t| DetailMatcher::new(t)).collect();
-            let best = self
-                .facts
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != i)
-                .map(|(j, g)| {
-                    let shared: Vec<String> = details[j]
-                        .iter()
-                        .filter(|d| !details[i].contains(d) && found.iter().any(|m| m.contains(d)))
-                        .cloned()
-                        .collect();
-                    (shared, j, g)
-                })
-                .filter(|(shared, _, _)| !shared.is_empty())
-                // Most shared details; among equals, the nearest in injection order.
-                .max_by(|a, b| a.0.len().cmp(&b.0.len()).then(i.abs_diff(b.1).cmp(&i.abs_diff(a.1))));
-            if let Some((shared, j, g)) = best {
+            // Other facts' details in these answers, per fact.
+            let mut shared: HashMap<usize, Vec<String>> = HashMap::new();
+            for (d, js) in &holders {
+                if details[i].iter().any(|x| x == d) || !found.iter().any(|m| m.contains(d)) {
+                    continue;
+                }
+                for &j in js.iter().filter(|&&j| j != i) {
+                    shared.entry(j).or_default().push(d.to_string());
+                }
+            }
+            let best = shared.into_iter().filter(|(_, ds)| ds.len() >= 2).max_by(|a, b| {
+                a.1.len()
+                    .cmp(&b.1.len())
+                    .then(i.abs_diff(b.0).cmp(&i.abs_diff(a.0)))
+                    .then(b.0.cmp(&a.0))
+            });
+            if let Some((j, mut ds)) = best {
+                // In the order the other fact's answer gives them.
+                ds.sort_by_key(|d| details[j].iter().position(|x| x == d));
                 let text = texts
                     .iter()
                     .zip(&found)
-                    .find(|(_, m)| shared.iter().any(|d| m.contains(d)))
+                    .find(|(_, m)| ds.iter().any(|d| m.contains(d)))
                     .map(|(t, _)| t.clone())
                     .unwrap_or_default();
-                debug_assert!(j != i);
                 out.push(Collision {
                     id: f.id.clone(),
                     free_recall: free,
                     answer: f.answer.clone(),
                     text,
-                    other: g.id.clone(),
-                    shared,
+                    other: self.facts[j].id.clone(),
+                    shared: ds,
                 });
             }
         }
@@ -606,7 +629,7 @@ mod tests {
     fn forgetting_pools_by_age_and_binning_keeps_means() {
         // Every fact scored at every step; recall 1 - 0.1 * age.
         let (m, steps) = matrix(5, |f, s| Some(1.0 - 0.1 * (s - f) as f64));
-        let (tf, free) = m.forgetting(10);
+        let (tf, free) = m.forgetting(&steps, 10);
         assert_eq!(tf.len(), 5);
         for (age, v) in &tf {
             assert!((v - (1.0 - 0.1 * age)).abs() < 1e-12, "{tf:?}");
@@ -615,7 +638,7 @@ mod tests {
         assert_eq!(free.len(), 5);
         assert!((free[4].1 - 0.3).abs() < 1e-12);
         // Two bins: ages 0–2 and 3–4.
-        assert_eq!(m.forgetting(2).0.len(), 2);
+        assert_eq!(m.forgetting(&steps, 2).0.len(), 2);
         let b = m.binned(&steps, 2, 50, false);
         assert_eq!(b.rows, ["id0–id1", "id2–id4"]);
         assert_eq!(b.cols.len(), 5);

@@ -11,10 +11,11 @@ use super::Clock;
 use crate::adapter::merge;
 use crate::config::{RunConfig, Strategy};
 use crate::error::Result;
-use crate::eval::retention::{FactSummary, Matrix, Means};
+use crate::eval::probe::{score, FactExamples};
+use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
 use crate::eval::Example;
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{FixedPhases, InvocationRow, Ledger, RunRow, StepPhases, StepRecord, StepRow};
+use crate::ledger::{FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
 use serde::Serialize;
 use std::time::Instant;
@@ -77,7 +78,7 @@ pub fn run(
     let t0 = Instant::now();
     config.validate()?;
     let run = find_or_record(ledger, loaded, model_path, knowledge, config)?;
-    drive(ledger, loaded, run, knowledge, config, progress, t0)
+    drive(ledger, loaded, run, knowledge, config, None, progress, t0)
 }
 
 /// Continues the recorded run `run` with the config it recorded, on the facts of `knowledge` (those
@@ -94,22 +95,83 @@ pub fn resume(
     let t0 = Instant::now();
     let config = RunConfig::from_json(&run.config, &format!("run {}'s config in the ledger", run.id))?;
     check_model(&run, loaded, model_path)?;
-    drive(ledger, loaded, run, knowledge, &config, progress, t0)
+    drive(ledger, loaded, run, knowledge, &config, None, progress, t0)
+}
+
+/// What `injector repair` re-injects: every fact of the run whose recall (teacher-forced, training
+/// prompts) is below `below` at the run's current weights, `per_step` of them a step, weakest first.
+#[derive(Debug, Clone, Copy)]
+pub struct Repair {
+    pub below: f64,
+    pub per_step: usize,
+}
+
+/// Scores every fact of `run` at its current weights and re-injects those below the threshold as
+/// new steps that rehearse them (no new facts; each recorded as rehearsed because it fell), then
+/// scores every fact again. The run's own facts only: its folder is not read.
+/// Errors: another model than the run's (bad input); what [`run`] can fail with.
+pub fn repair(
+    ledger: &mut Ledger,
+    loaded: &Loaded,
+    model_path: &str,
+    run: RunRow,
+    how: Repair,
+    progress: &mut dyn Progress,
+) -> Result<RunOutcome> {
+    let t0 = Instant::now();
+    let config = RunConfig::from_json(&run.config, &format!("run {}'s config in the ledger", run.id))?;
+    check_model(&run, loaded, model_path)?;
+    let knowledge = Knowledge {
+        dir: run.knowledge_dir.clone().into(),
+        facts: ledger.run_facts(&run.id)?,
+    };
+    drive(ledger, loaded, run, &knowledge, &config, Some(how), progress, t0)
+}
+
+/// The repair steps of `plan` (see [`repair`]): groups with no facts of their own, each rehearsing
+/// up to `per_step` of the injected facts scored below `below`, weakest first.
+fn plan_repair(plan: &mut Plan, prepared: &Prepared, loaded: &Loaded, config: &RunConfig, how: Repair) {
+    let ex: Vec<&FactExamples> = plan.injected.iter().map(|h| &prepared.examples[h]).collect();
+    let scores = score(&loaded.model, &ex, config.eval_batch_tokens);
+    let mut fallen: Vec<(&String, f64)> = plan
+        .injected
+        .iter()
+        .zip(&scores)
+        .map(|(h, s)| (h, s.recall))
+        .filter(|&(_, r)| r < how.below)
+        .collect();
+    fallen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+    plan.preset = fallen
+        .chunks(how.per_step.max(1))
+        .map(|c| {
+            c.iter()
+                .map(|&(h, r)| Rehearsed {
+                    fact: h.clone(),
+                    reason: Reason::Fell,
+                    recall: Some(r),
+                    interval: 0,
+                })
+                .collect()
+        })
+        .collect();
+    plan.groups = vec![Vec::new(); plan.preset.len()];
 }
 
 /// [`drive_steps`], and a run that fails while training marked `failed` (what was committed stays;
 /// the same command tries the rest again).
+#[allow(clippy::too_many_arguments)]
 fn drive(
     ledger: &mut Ledger,
     loaded: &Loaded,
     run: RunRow,
     knowledge: &Knowledge,
     config: &RunConfig,
+    repair: Option<Repair>,
     progress: &mut dyn Progress,
     t0: Instant,
 ) -> Result<RunOutcome> {
     let id = run.id.clone();
-    let out = drive_steps(ledger, loaded, run, knowledge, config, progress, t0);
+    let out = drive_steps(ledger, loaded, run, knowledge, config, repair, progress, t0);
     if out.is_err() {
         // Only a run that was training fails; an error before its steps began or after it finished
         // leaves its status. Best effort: the error that stopped the run matters more.
@@ -121,27 +183,37 @@ fn drive(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive_steps(
     ledger: &mut Ledger,
     loaded: &Loaded,
     run: RunRow,
     knowledge: &Knowledge,
     config: &RunConfig,
+    repair: Option<Repair>,
     progress: &mut dyn Progress,
     t0: Instant,
 ) -> Result<RunOutcome> {
     let started = ledger.now()?;
-    let plan = plan(ledger, run, knowledge, config)?;
+    let mut plan = plan(ledger, run, knowledge, config)?;
     let mut fixed = FixedPhases {
         model_load: loaded.load_seconds,
         plan: t0.elapsed().as_secs_f64(),
         ..FixedPhases::default()
     };
     let mut step_phases = StepPhases::default();
-    progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps);
-    // A run with nothing new does no model work at all.
-    if !plan.groups.is_empty() {
+    // A run with nothing new does no model work at all; a repair scores the run's facts first.
+    let prepared = if !plan.groups.is_empty() || repair.is_some() {
         let prepared = prepare(ledger, loaded, config, &plan)?;
+        if let Some(how) = repair {
+            plan_repair(&mut plan, &prepared, loaded, config, how);
+        }
+        Some(prepared)
+    } else {
+        None
+    };
+    progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps);
+    if let Some(prepared) = prepared.filter(|_| !plan.groups.is_empty()) {
         fixed = FixedPhases {
             model_load: fixed.model_load,
             plan: fixed.plan,
@@ -154,6 +226,7 @@ fn drive_steps(
         let mut schedule = match plan.strategy {
             Strategy::Spaced(_) => Some(Schedule::rebuild(
                 &config.rehearsal,
+                &Cadence::of(config),
                 &ledger.steps(&plan.run.id)?,
                 &ledger.probes(&plan.run.id)?,
                 tokens,
@@ -166,12 +239,17 @@ fn drive_steps(
             progress.step_start(idx as usize, &own);
             let mut clock = Clock::start();
             let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
+            let preset = plan.preset.get(g).cloned().unwrap_or_default();
             let rehearsal = match (&schedule, plan.strategy) {
+                _ if !preset.is_empty() => preset,
                 (Some(s), Strategy::Spaced(k)) => s.pick(idx, k, own_hashes.iter().map(|h| tokens(h)).sum()),
                 _ => Vec::new(),
             };
+            // Facts rehearsed for a reason are scored after the step (the reason's follow-up).
+            let score_rehearsed = !rehearsal.is_empty();
             let rehearsed = match schedule {
-                Some(_) => rehearsal.iter().map(|r| r.fact.clone()).collect(),
+                _ if score_rehearsed => rehearsal.iter().map(|r| r.fact.clone()).collect(),
+                Some(_) => Vec::new(),
                 None => plan.strategy.rehearse(&injected, config.seed, idx),
             };
             let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
@@ -186,7 +264,18 @@ fn drive_steps(
             let te = Instant::now();
             injected.extend(own.iter().map(|f| f.hash.clone()));
             let last = g + 1 == plan.groups.len();
-            let evaluated = evaluate(loaded, &prepared, config, &plan, idx, last, &own, &injected, &rehearsed)?;
+            let scored_rehearsed: &[String] = if score_rehearsed { &rehearsed } else { &[] };
+            let evaluated = evaluate(
+                loaded,
+                &prepared,
+                config,
+                &plan,
+                idx,
+                last,
+                &own,
+                &injected,
+                scored_rehearsed,
+            )?;
             let eval_seconds = te.elapsed().as_secs_f64();
             let Evaluated {
                 probes,
@@ -214,10 +303,6 @@ fn drive_steps(
                     .join(", ")
             );
             step_phases.add(&phases);
-            if let Some(s) = schedule.as_mut() {
-                s.on_step(idx, &own_hashes, &rehearsed, tokens);
-                s.on_scores(idx, probes.iter().map(|p| (p.fact.as_str(), p.recall)));
-            }
             let step = StepRow {
                 run: plan.run.id.clone(),
                 idx,
@@ -236,6 +321,10 @@ fn drive_steps(
                 phases,
                 rehearsal,
             };
+            if let Some(s) = schedule.as_mut() {
+                let rows = probes.iter().map(|p| (p.fact.as_str(), p.recall));
+                s.observe(&Cadence::of(config), &step, &injected, rows, tokens);
+            }
             // Commit: the step with everything measured around it, in one transaction.
             let mut all_generations: Vec<_> = own
                 .iter()

@@ -6,7 +6,7 @@ use super::plan::Plan;
 use super::prepare::Prepared;
 use super::state::weights_hash;
 use super::Clock;
-use crate::config::{RunConfig, Strategy};
+use crate::config::RunConfig;
 use crate::error::Result;
 use crate::eval::free::{free_score, FreeScore};
 use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
@@ -54,8 +54,8 @@ pub fn sampled<'a>(plan: &Plan, facts: impl IntoIterator<Item = &'a Fact>) -> Ve
 }
 
 /// Evaluates the model after step `idx` (`last`: the last step of this invocation) that injected
-/// `own`; `injected` holds every fact injected so far, in order, `own` included. `rehearsed`, the
-/// step's rehearsed facts, are scored too when the strategy decides by their scores (`spaced:K`).
+/// `own`; `injected` holds every fact injected so far, in order, `own` included. `rehearsed`: facts
+/// the step rehearsed for a reason (`spaced:K`, `repair`), scored too.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     loaded: &Loaded,
@@ -74,10 +74,8 @@ pub fn evaluate(
     let cadence = Cadence::of(config);
     let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
     let mut scored = cadence.facts_to_score(idx, last, &own_hashes, injected);
-    if matches!(plan.strategy, Strategy::Spaced(_)) {
-        let extra: Vec<String> = rehearsed.iter().filter(|h| !scored.contains(h)).cloned().collect();
-        scored.extend(extra);
-    }
+    let extra: Vec<String> = rehearsed.iter().filter(|h| !scored.contains(h)).cloned().collect();
+    scored.extend(extra);
     // Own facts and earlier ones in two passes, so each has its time.
     let (own_part, earlier) = scored.split_at(own.len());
     let mut scores = score_facts(model, prepared, config, own_part);

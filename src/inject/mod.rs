@@ -10,7 +10,7 @@ pub mod schedule;
 pub mod state;
 pub mod step;
 
-pub use driver::{resume, run, Progress, RunOutcome, Silent};
+pub use driver::{repair, resume, run, Progress, Repair, RunOutcome, Silent};
 
 use std::time::Instant;
 

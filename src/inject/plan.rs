@@ -8,7 +8,7 @@ use crate::config::{RunConfig, Strategy};
 use crate::error::{Error, Result};
 use crate::eval::probe::FactExamples;
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{Ledger, RunRow};
+use crate::ledger::{Ledger, Rehearsed, RunRow};
 use crate::model::Loaded;
 use std::collections::HashSet;
 
@@ -24,6 +24,9 @@ pub struct Plan {
     pub done_steps: usize,
     /// The coming injection steps: indices into `facts` of each step's facts.
     pub groups: Vec<Vec<usize>>,
+    /// For `repair`: the facts each coming step rehearses, decided before it (one entry per group;
+    /// empty when the strategy decides as it goes).
+    pub preset: Vec<Vec<Rehearsed>>,
 }
 
 impl Plan {
@@ -161,5 +164,6 @@ pub fn plan(ledger: &mut Ledger, run: RunRow, knowledge: &Knowledge, config: &Ru
         injected,
         done_steps: steps.len(),
         groups,
+        preset: Vec::new(),
     })
 }

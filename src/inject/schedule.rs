@@ -10,9 +10,10 @@
 //! The schedule is a function of the ledger's rows (steps and probe rows in order), so a resumed run
 //! rebuilds it and rehearses what the uninterrupted run would have. No tch.
 use crate::config::Rehearsal as Rules;
+use crate::eval::retention::Cadence;
 use crate::ledger::{ProbeRow, StepRow};
 pub use crate::ledger::{Reason, Rehearsed};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
@@ -44,25 +45,56 @@ impl Schedule {
     }
 
     /// The schedule after a run's committed `steps` and their probe rows (`probes`, in step order);
-    /// `tokens` gives a fact's training tokens.
-    pub fn rebuild(rules: &Rules, steps: &[StepRow], probes: &[ProbeRow], tokens: impl Fn(&str) -> usize) -> Self {
+    /// `tokens` gives a fact's training tokens. The same [`Schedule::observe`] the driver calls
+    /// after each step, so a resumed or continued run picks what the uninterrupted run would have.
+    pub fn rebuild(
+        rules: &Rules,
+        cadence: &Cadence,
+        steps: &[StepRow],
+        probes: &[ProbeRow],
+        tokens: impl Fn(&str) -> usize,
+    ) -> Self {
         let mut s = Schedule::new(rules);
+        let mut injected: Vec<String> = Vec::new();
         let mut at = 0;
         for step in steps {
-            s.on_step(step.idx, &step.facts, &step.rehearsed, &tokens);
+            injected.extend(step.facts.iter().cloned());
             let start = at;
             while at < probes.len() && probes[at].step <= step.idx {
                 at += 1;
             }
-            s.on_scores(
-                step.idx,
-                probes[start..at]
-                    .iter()
-                    .filter(|p| p.step == step.idx)
-                    .map(|p| (p.fact.as_str(), p.recall)),
+            let rows = probes[start..at].iter().filter(|p| p.step == step.idx);
+            s.observe(
+                cadence,
+                step,
+                &injected,
+                rows.map(|p| (p.fact.as_str(), p.recall)),
+                &tokens,
             );
         }
         s
+    }
+
+    /// Step `step` committed with the scores measured after it (`rows`), `injected` every fact
+    /// injected so far (the step's own included). Only the scores every run would have measured
+    /// there count: the step's own and rehearsed facts, and at a regular retention check the facts
+    /// the cadence picks — not the extra full check after an invocation's last step, which an
+    /// uninterrupted run does not make there.
+    pub fn observe<'a>(
+        &mut self,
+        cadence: &Cadence,
+        step: &StepRow,
+        injected: &[String],
+        rows: impl IntoIterator<Item = (&'a str, f64)>,
+        tokens: impl Fn(&str) -> usize,
+    ) {
+        self.on_step(step.idx, &step.facts, &step.rehearsed, tokens);
+        let mut counted: HashSet<String> = cadence
+            .facts_to_score(step.idx, false, &step.facts, injected)
+            .into_iter()
+            .collect();
+        counted.extend(step.rehearsed.iter().cloned());
+        self.on_scores(step.idx, rows.into_iter().filter(|(h, _)| counted.contains(*h)));
     }
 
     /// Step `step` trained `own` (new facts: first review after one step) and rehearsed
@@ -103,6 +135,9 @@ impl Schedule {
                 e.fell = true;
                 e.interval = 1;
                 e.due = step + 1;
+            } else {
+                // It holds (again): due as its interval says.
+                e.fell = false;
             }
         }
     }
@@ -114,10 +149,11 @@ impl Schedule {
         let allowed = self.rules.budget * (self.own_tokens + own_tokens) as f64;
         let mut spent = self.extra_tokens as f64;
         let mut ready: Vec<(&String, &Entry)> = self.entries.iter().filter(|(_, e)| e.due <= idx).collect();
+        // Fallen facts first, weakest first; then due ones, earliest due first; then the oldest.
         ready.sort_by(|(ha, a), (hb, b)| {
-            b.fell
-                .cmp(&a.fell)
-                .then(a.recall.unwrap_or(1.0).total_cmp(&b.recall.unwrap_or(1.0)))
+            let weakness = |e: &Entry| if e.fell { e.recall.unwrap_or(0.0) } else { 2.0 };
+            weakness(a)
+                .total_cmp(&weakness(b))
                 .then(a.due.cmp(&b.due))
                 .then(a.injected.cmp(&b.injected))
                 .then(ha.cmp(hb))
@@ -177,6 +213,10 @@ mod tests {
         assert_eq!(p[0].fact, "f0");
         assert_eq!((p[0].reason, p[0].recall, p[0].interval), (Reason::Fell, Some(0.5), 1));
         assert_eq!(p[1].fact, "f2");
+        // Rehearsed, then measured holding: no longer fallen.
+        s.on_step(3, &[h(3)], &[h(0)], |_| 10);
+        s.on_scores(3, [("f0", 0.97)]);
+        assert!(s.pick(9, 5, 10).iter().all(|r| r.reason == Reason::Due));
     }
 
     #[test]
@@ -233,16 +273,26 @@ mod tests {
         let mut probes = rows(0, &[("f0", 1.0)]);
         probes.extend(rows(1, &[("f1", 1.0), ("f0", 0.7)]));
         probes.extend(rows(2, &[("f2", 0.95), ("f1", 1.0)]));
+        let cadence = Cadence {
+            every: 1,
+            sample: 0,
+            seed: 0,
+            free: None,
+        };
         let mut online = Schedule::new(&rules(1.0));
+        let mut injected = Vec::new();
         for s in &steps {
-            online.on_step(s.idx, &s.facts, &s.rehearsed, |_| 7);
-            let here: Vec<(&str, f64)> = probes
+            injected.extend(s.facts.iter().cloned());
+            let here = probes
                 .iter()
                 .filter(|p| p.step == s.idx)
-                .map(|p| (p.fact.as_str(), p.recall))
-                .collect();
-            online.on_scores(s.idx, here);
+                .map(|p| (p.fact.as_str(), p.recall));
+            online.observe(&cadence, s, &injected, here, |_| 7);
         }
-        assert_eq!(Schedule::rebuild(&rules(1.0), &steps, &probes, |_| 7), online);
+        // f0 fell at step 1 (0.7) and has not been measured since: still first, as fallen.
+        let p = online.pick(3, 5, 7);
+        assert_eq!((p[0].fact.as_str(), p[0].reason), ("f0", Reason::Fell));
+        assert!(p[1..].iter().all(|r| r.reason == Reason::Due));
+        assert_eq!(Schedule::rebuild(&rules(1.0), &cadence, &steps, &probes, |_| 7), online);
     }
 }

@@ -208,6 +208,12 @@ impl Tokenizer {
     /// Errors: a template that fails to render ([`Tokenizer::render_chat`]), or text the tokenizer
     /// cannot encode.
     pub fn encode_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        // Text with no special-token string in it encodes as it always did: the template rendered
+        // with the real messages and encoded in one call (a template may trim or test a message,
+        // and a Metaspace tokenizer marks the start of each separately encoded piece).
+        if !messages.iter().any(|(_, m)| self.first_special(m).is_some()) {
+            return self.encode_markup(&self.render_chat(messages, add_generation_prompt)?);
+        }
         let marks: Vec<String> = (0..messages.len()).map(placeholder).collect();
         let marked: Vec<(&str, &str)> = messages
             .iter()

@@ -152,14 +152,17 @@ fn retention_chart(d: &RunData, title: &str, free: bool) -> String {
 
 /// Both retention heatmaps: teacher-forced shown, free decoding one click away (no script: a
 /// `<details>` element), and the link to the whole matrix as CSV.
-fn retention_charts(d: &RunData, title: &str) -> String {
+fn retention_charts(d: &RunData, title: &str, from_root: bool) -> String {
+    let csv = if from_root {
+        format!("{}/{}", esc(&d.run.id), super::RETENTION_CSV)
+    } else {
+        super::RETENTION_CSV.to_string()
+    };
     format!(
         "{}<details><summary>free decoding (key-detail recall of greedy answers, where decoded)</summary>{}</details>\
-         <p class=meta>Every score of every fact after every step: <a href=\"{}/{}\">{}</a></p>",
+         <p class=meta>Every score of every fact after every step: <a href=\"{csv}\">{}</a></p>",
         retention_chart(d, title, false),
-        retention_chart(d, title, true),
-        esc(&d.run.id),
-        super::RETENTION_CSV,
+        retention_chart(d, &format!("{title} — free decoding"), true),
         super::RETENTION_CSV
     )
 }
@@ -167,7 +170,7 @@ fn retention_charts(d: &RunData, title: &str) -> String {
 /// The forgetting curve: recall against the number of steps since a fact's own, pooled over facts
 /// and checks (teacher-forced and free).
 fn forgetting_series(d: &RunData) -> (Curve, Curve) {
-    d.matrix.forgetting(FORGETTING_BINS)
+    d.matrix.forgetting(&d.steps, FORGETTING_BINS)
 }
 
 /// Points of a forgetting curve at most.
@@ -389,14 +392,15 @@ pub fn run_page(d: &RunData) -> String {
                 points: forget_free,
             },
         ],
-        "forgetting: recall against steps since the fact's own (all facts, all checks)",
-        "age (steps)",
+        "forgetting: recall against facts injected since (all facts, all checks)",
+        "facts injected since",
         Some((0.0, 1.0)),
     ));
     b.push_str("</div><h2>Retention (fact × step, recall)</h2>");
     b.push_str(&retention_charts(
         d,
         "recall of each fact after each step (grey: not yet injected or not measured)",
+        false,
     ));
     b.push_str("<h2>Collisions (free answers that carry another fact's details)</h2>");
     b.push_str(&collisions_table(d, 20));
@@ -606,19 +610,28 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     let locality = series(&|d| by_facts(d, &d.locality.iter().map(|&(s, v)| (s as f64, v)).collect::<Vec<_>>()));
     let per_step = loss_per_step(&runs.iter().collect::<Vec<_>>());
     let loss = series(&|d| loss_series(d, per_step));
-    let forget = series(&|d| forgetting_series(d).0);
-    let forget_free = series(&|d| forgetting_series(d).1);
+    let curves: Vec<(Curve, Curve)> = runs.iter().map(forgetting_series).collect();
+    let forget: Vec<(String, Curve)> = runs
+        .iter()
+        .zip(&curves)
+        .map(|(d, c)| (d.run.strategy.clone(), c.0.clone()))
+        .collect();
+    let forget_free: Vec<(String, Curve)> = runs
+        .iter()
+        .zip(&curves)
+        .map(|(d, c)| (d.run.strategy.clone(), c.1.clone()))
+        .collect();
     for (title, data, x, range) in [
         (
-            "forgetting: recall against steps since a fact's own (all facts, all checks)",
+            "forgetting: recall against facts injected since (all facts, all checks)",
             &forget,
-            "age (steps)",
+            "facts injected since",
             Some((0.0, 1.0)),
         ),
         (
             "forgetting, free decoding (where decoded)",
             &forget_free,
-            "age (steps)",
+            "facts injected since",
             Some((0.0, 1.0)),
         ),
         (
@@ -660,7 +673,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
     }
     b.push_str("</div><h2>Retention heatmaps (fact × step)</h2><div class=grid>");
     for d in runs {
-        b.push_str(&retention_charts(d, &d.run.strategy));
+        b.push_str(&retention_charts(d, &d.run.strategy, true));
     }
     b.push_str("</div><h2>Collisions (free answers that carry another fact's details)</h2>");
     for d in runs {

@@ -1,0 +1,67 @@
+//! `injector repair RUN`: score every fact of a run at its current weights and re-inject those below
+//! the threshold as new steps that rehearse them (issue #12: rehearsal after the fact).
+use super::progress::Bar;
+use super::run::print_summary;
+use super::Global;
+use clap::Args;
+use injector::config::RunConfig;
+use injector::inject::{self, Repair};
+use injector::ledger::Ledger;
+use injector::Error;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// The run to repair.
+    pub run: String,
+    /// Re-inject the facts whose recall (teacher-forced, training prompts) is below this (default:
+    /// the run's --rehearse-below, 0.95 unless it was set).
+    #[arg(long)]
+    pub below: Option<f64>,
+    /// Facts rehearsed per new step, weakest first.
+    #[arg(long, default_value_t = 4)]
+    pub per_step: usize,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
+    let device = injector::device::parse_device(&g.device)?;
+    g.check_outputs()?;
+    let r = Ledger::open_read_only(&g.ledger)?.run(&a.run)?;
+    let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
+    let below = a.below.unwrap_or(config.rehearsal.below);
+    if !(below.is_finite() && 0.0 < below && below <= 1.0) {
+        return Err(Error::BadInput(format!("--below {below}: expected a number in (0, 1]")).into());
+    }
+    if a.per_step == 0 {
+        return Err(Error::BadInput("--per-step 0: expected at least 1".into()).into());
+    }
+    let model_path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
+    let loaded = injector::model::load(&model_path, device)?;
+    let mut ledger = Ledger::open(&g.ledger)?;
+    let mut bar = Bar::new(g.quiet || a.json);
+    let how = Repair {
+        below,
+        per_step: a.per_step,
+    };
+    let out = inject::repair(
+        &mut ledger,
+        &loaded,
+        &model_path.display().to_string(),
+        r,
+        how,
+        &mut bar,
+    )?;
+    let page = injector::report::write_run(&ledger, &g.reports, &out.run)?;
+    injector::report::write_index(&ledger, &g.reports)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if !g.quiet {
+        println!("{}: {} repair steps", out.run, out.new_steps);
+        print_summary(&out);
+        println!("report: {}", page.display());
+    }
+    Ok(())
+}
