@@ -321,7 +321,8 @@ impl Matrix {
         let mut rows: Vec<&ProbeRow> = self.probes.values().filter(|p| checks.contains(&p.step)).collect();
         // A fixed order, so the sums (and the page) are the same in every process.
         rows.sort_by(|a, b| (a.step, &a.fact).cmp(&(b.step, &b.fact)));
-        let (mut tf, mut free): (Vec<(i64, f64)>, Vec<(i64, f64)>) = (Vec::new(), Vec::new());
+        let mut tf: Vec<(i64, f64)> = Vec::new();
+        let mut free: Vec<(i64, f64)> = Vec::new();
         for p in rows {
             let Some(&own) = injected_at.get(p.fact.as_str()) else {
                 continue;
