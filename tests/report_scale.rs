@@ -112,6 +112,7 @@ fn synthetic_run(l: &mut Ledger, k: &injector::knowledge::Knowledge, strategy: &
                 eval_seconds: 0.1,
                 tokens: 800,
                 peak_rss_bytes: 1 << 30,
+                peak_gpu_bytes: 3 << 30,
                 delta_file: "none".into(),
                 rank_pattern: vec![],
                 weights_hash: "0".repeat(64),

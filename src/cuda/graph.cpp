@@ -95,6 +95,16 @@ char* inj_swiglu(const at::Tensor* g, const at::Tensor* u, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(SwiGlu::apply(*g, *u)); });
 }
 
+// The caching allocator's peak of allocated bytes on `device` since its last reset
+// (torch.cuda.max_memory_allocated), then the peak reset (torch.cuda.reset_peak_memory_stats).
+char* inj_peak_allocated(int device, int64_t* peak) {
+  return guarded([&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    *peak = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
+}
+
 // Returns the caching allocator's unused blocks to the driver (torch.cuda.empty_cache()).
 char* inj_empty_cache() {
   return guarded([&] { c10::cuda::CUDACachingAllocator::emptyCache(); });

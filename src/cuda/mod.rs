@@ -18,6 +18,7 @@ mod ffi {
         pub fn inj_graph_end(graph: *mut c_void) -> *mut c_char;
         pub fn inj_graph_replay(graph: *mut c_void) -> *mut c_char;
         pub fn inj_empty_cache() -> *mut c_char;
+        pub fn inj_peak_allocated(device: c_int, peak: *mut i64) -> *mut c_char;
         /// Tensors are tch's `C_tensor`, i.e. `at::Tensor*`.
         pub fn inj_swiglu(g: *const c_void, u: *const c_void, out: *mut *mut c_void) -> *mut c_char;
     }
@@ -170,4 +171,20 @@ impl Drop for Graph {
             let _ = check(ffi::inj_graph_free(self.0));
         }
     }
+}
+
+/// The most bytes the caching allocator held allocated on `device` since the last call (or since
+/// the process started), as torch.cuda.max_memory_allocated reports; the peak is reset for the next
+/// call. `None` off a GPU or without a CUDA build.
+pub fn peak_allocated(device: tch::Device) -> Option<i64> {
+    let tch::Device::Cuda(_d) = device else { return None };
+    #[cfg(injector_cuda)]
+    {
+        let mut peak = 0i64;
+        // SAFETY: the shim writes one i64 into `peak` on success.
+        check(unsafe { ffi::inj_peak_allocated(_d as i32, &mut peak) }).ok()?;
+        Some(peak)
+    }
+    #[cfg(not(injector_cuda))]
+    None
 }

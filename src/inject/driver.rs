@@ -221,6 +221,8 @@ fn drive_steps(
         };
         ledger.set_status(&plan.run.id, "running")?;
         let mut trainers = Trainers::new(&loaded.model, &config.train, prepared.preserve.as_ref())?;
+        // Each step's GPU peak is its own: reset what the preparation left.
+        crate::cuda::peak_allocated(loaded.model.device());
         let mut injected = plan.injected.clone();
         let tokens = |h: &str| prepared.examples[h].recall.iter().map(Example::len).sum::<usize>();
         let mut schedule = match plan.strategy {
@@ -314,6 +316,7 @@ fn drive_steps(
                 eval_seconds,
                 tokens: trained.tokens as i64,
                 peak_rss_bytes: peak_rss_bytes(),
+                peak_gpu_bytes: crate::cuda::peak_allocated(loaded.model.device()).unwrap_or(0),
                 delta_file,
                 rank_pattern: trained.rank_pattern,
                 weights_hash,

@@ -262,6 +262,7 @@ mod tests {
             eval_seconds: 0.0,
             tokens: 0,
             peak_rss_bytes: 0,
+            peak_gpu_bytes: 0,
             delta_file: String::new(),
             rank_pattern: vec![],
             weights_hash: String::new(),

@@ -37,6 +37,10 @@ pub struct StepRow {
     pub eval_seconds: f64,
     pub tokens: i64,
     pub peak_rss_bytes: i64,
+    /// The GPU's peak of allocated bytes during the step (training and evaluation); 0 off a GPU and
+    /// in steps recorded before it was.
+    #[serde(default)]
+    pub peak_gpu_bytes: i64,
     pub delta_file: String,
     /// Unmasked rank per adapted weight.
     pub rank_pattern: Vec<(String, i64)>,

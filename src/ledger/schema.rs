@@ -129,10 +129,12 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (model_hash, kind, prompts, tokens)
     );
     "#,
-    // 5: free-decoding recall beside the teacher-forced scores; why `spaced:K` rehearsed what it did.
+    // 5: free-decoding recall beside the teacher-forced scores; why `spaced:K` rehearsed what it did;
+    // each step's GPU memory peak.
     r#"
     ALTER TABLE probes ADD COLUMN free_recall REAL;
     ALTER TABLE probes ADD COLUMN free_general REAL;
     ALTER TABLE steps ADD COLUMN rehearsal TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE steps ADD COLUMN peak_gpu_bytes INTEGER NOT NULL DEFAULT 0;
     "#,
 ];

@@ -42,6 +42,8 @@ pub struct Summary {
     pub optimizer_steps: i64,
     pub tokens: i64,
     pub peak_rss_bytes: i64,
+    /// The GPU's allocated peak over the steps (0 off a GPU).
+    pub peak_gpu_bytes: i64,
 }
 
 impl RunData {
@@ -101,6 +103,7 @@ impl RunData {
             optimizer_steps: self.steps.iter().map(|s| s.optimizer_steps).sum(),
             tokens: self.steps.iter().map(|s| s.tokens).sum(),
             peak_rss_bytes: self.steps.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
+            peak_gpu_bytes: self.steps.iter().map(|s| s.peak_gpu_bytes).max().unwrap_or(0),
         }
     }
 

@@ -25,6 +25,15 @@ fn mib(b: i64) -> String {
     format!("{:.0}", b as f64 / (1024.0 * 1024.0))
 }
 
+/// GPU memory in MiB, or "-" off a GPU.
+fn gpu_mib(b: i64) -> String {
+    if b > 0 {
+        mib(b)
+    } else {
+        "-".into()
+    }
+}
+
 fn summary_cells(s: &Summary) -> Vec<String> {
     vec![
         num(Some(s.final_recall)),
@@ -38,10 +47,11 @@ fn summary_cells(s: &Summary) -> Vec<String> {
         s.optimizer_steps.to_string(),
         s.tokens.to_string(),
         mib(s.peak_rss_bytes),
+        gpu_mib(s.peak_gpu_bytes),
     ]
 }
 
-const SUMMARY_HEAD: [&str; 11] = [
+const SUMMARY_HEAD: [&str; 12] = [
     "final recall",
     "final generalisation",
     "final free recall",
@@ -53,6 +63,7 @@ const SUMMARY_HEAD: [&str; 11] = [
     "optimizer steps",
     "tokens",
     "peak RSS (MiB)",
+    "peak GPU (MiB)",
 ];
 
 /// Optimizer steps beyond which the loss chart shows one point per injection step.
@@ -407,12 +418,12 @@ pub fn run_page(d: &RunData) -> String {
     b.push_str(&rehearsal_table(d));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
-    b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>locality</th></tr>");
+    b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>peak GPU (MiB)</th><th>locality</th></tr>");
     let locs: std::collections::HashMap<i64, f64> = d.locality.iter().copied().collect();
     for st in &d.steps {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             st.idx,
             st.facts.len(),
             st.optimizer_steps,
@@ -420,6 +431,7 @@ pub fn run_page(d: &RunData) -> String {
             st.eval_seconds,
             st.tokens,
             mib(st.peak_rss_bytes),
+            gpu_mib(st.peak_gpu_bytes),
             num(locs.get(&st.idx).copied())
         );
     }
@@ -564,6 +576,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
                 -(s.optimizer_steps as f64),
                 -(s.tokens as f64),
                 -(s.peak_rss_bytes as f64),
+                if s.peak_gpu_bytes > 0 { -(s.peak_gpu_bytes as f64) } else { f64::NAN },
             ]
         })
         .collect();
