@@ -36,12 +36,11 @@ fn special_ids(tok: &Tokenizer) -> (Option<u32>, Option<u32>) {
     (id(&tok.bos_token), id(&tok.eos_token))
 }
 
-/// `config.json` for `cfg`, with the weights stored as `dtype`.
+/// `config.json` for `cfg` with the tokenizer's `bos`/`eos` ids, the weights stored as `dtype`.
 ///
 /// Errors: an architecture [`class_of`] does not know.
-pub fn config_json(cfg: &Config, tok: &Tokenizer, dtype: Dtype) -> Result<Value> {
+pub fn config_json(cfg: &Config, bos: Option<u32>, eos: Option<u32>, dtype: Dtype) -> Result<Value> {
     let (class, model_type) = class_of(&cfg.architecture)?;
-    let (bos, eos) = special_ids(tok);
     let rope_scaling = cfg.rope_scaling.as_ref().map(|s| {
         json!({
             "rope_type": "llama3",
@@ -141,10 +140,74 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 /// Errors: an I/O error, or an architecture with no Hugging Face class.
 pub fn write_folder(dir: &Path, model: &Llama, tok: &Tokenizer, dtype: Dtype) -> Result<()> {
     let cfg = &model.cfg;
-    write_json(&dir.join("config.json"), &config_json(cfg, tok, dtype)?)?;
+    let (bos, eos) = special_ids(tok);
+    write_json(&dir.join("config.json"), &config_json(cfg, bos, eos, dtype)?)?;
     write_json(&dir.join("generation_config.json"), &generation_config_json(tok))?;
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config_json(cfg, tok))?;
     std::fs::write(dir.join("tokenizer.json"), tok.to_json()?)?;
     let tensors = weights(model, dtype)?;
     safetensors::write(&dir.join("model.safetensors"), &tensors, &[("format", "pt")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Llama3Scaling;
+
+    fn cfg(arch: &str) -> Config {
+        Config {
+            architecture: arch.into(),
+            vocab_size: 100,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 16,
+            rms_norm_eps: 1e-5,
+            rope_theta: 500000.0,
+            rope_scaling: None,
+            max_position_embeddings: 512,
+            tie_word_embeddings: false,
+            attention_bias: arch == "qwen2",
+        }
+    }
+
+    #[test]
+    fn config_names_the_class_and_every_shape_field() {
+        let mut c = cfg("llama");
+        c.rope_scaling = Some(Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        let v = config_json(&c, Some(1), Some(2), Dtype::Bf16).unwrap();
+        assert_eq!(v["architectures"], json!(["LlamaForCausalLM"]));
+        assert_eq!(v["head_dim"], 16);
+        assert_eq!(v["num_key_value_heads"], 2);
+        assert_eq!(v["tie_word_embeddings"], false);
+        assert_eq!(v["torch_dtype"], "bfloat16");
+        assert_eq!(
+            (v["bos_token_id"].clone(), v["eos_token_id"].clone()),
+            (json!(1), json!(2))
+        );
+        assert_eq!(v["rope_scaling"]["rope_type"], "llama3");
+        assert_eq!(v["rope_scaling"]["original_max_position_embeddings"], 8192);
+        assert!(v.get("sliding_window").is_none());
+    }
+
+    #[test]
+    fn qwen2_and_mistral_attend_without_a_window() {
+        let v = config_json(&cfg("qwen2"), None, Some(3), Dtype::F32).unwrap();
+        assert_eq!(v["architectures"], json!(["Qwen2ForCausalLM"]));
+        assert_eq!(v["attention_bias"], true);
+        assert!(v["sliding_window"].is_null() && v["bos_token_id"].is_null());
+        let v = config_json(&cfg("mistral"), None, None, Dtype::F16).unwrap();
+        assert_eq!(v["model_type"], "mistral");
+        assert!(v["sliding_window"].is_null());
+        assert!(config_json(&cfg("gpt2"), None, None, Dtype::F32)
+            .unwrap_err()
+            .is_bad_input());
+    }
 }
