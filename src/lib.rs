@@ -6,6 +6,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod inject;
 pub mod knowledge;
 pub mod ledger;

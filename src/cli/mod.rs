@@ -1,7 +1,9 @@
 //! Command-line surface: global options and one module per subcommand.
 pub mod compare;
+pub mod export;
 pub mod facts;
 pub mod ledger;
+pub mod logits;
 pub mod probe;
 mod progress;
 pub mod query;
@@ -85,6 +87,11 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Knowledge-file tools (`facts generate`, `facts resolve`).
     Facts(facts::FactsArgs),
+    /// Write a run's weights (after any step) as a folder other programs load (`--format hf`).
+    Export(export::ExportArgs),
+    /// Debugging: the model's logits on a prompt, as JSON (for comparisons with other programs).
+    #[command(hide = true)]
+    Logits(logits::LogitsArgs),
 }
 
 /// Loads the model: the base (`--model` or the embedded one), or a run's current weights when `run`
@@ -96,11 +103,23 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     };
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(id)?;
+    load_run_at(g, &ledger, &r, None)
+}
+
+/// Loads the model run `r` was made with (`--model`, else the recorded path) and replays its
+/// committed steps up to `upto` (all when `None`), checking the recorded weights hash.
+pub fn load_run_at(
+    g: &Global,
+    ledger: &injector::ledger::Ledger,
+    r: &injector::ledger::RunRow,
+    upto: Option<i64>,
+) -> anyhow::Result<injector::model::Loaded> {
+    let device = injector::device::parse_device(&g.device)?;
     let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let loaded = injector::model::load(&path, device)?;
-    injector::inject::plan::check_model(&r, &loaded, &path.display().to_string())?;
-    injector::inject::state::replay(&ledger, &r, &loaded, &config.train, None)?;
+    injector::inject::plan::check_model(r, &loaded, &path.display().to_string())?;
+    injector::inject::state::replay(ledger, r, &loaded, &config.train, upto)?;
     Ok(loaded)
 }
 
@@ -115,5 +134,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a, &cli.global),
         Command::Report(a) => report::run(a, &cli.global),
         Command::Facts(a) => facts::run(a, &cli.global),
+        Command::Export(a) => export::run(a, &cli.global),
+        Command::Logits(a) => logits::run(a, &cli.global),
     }
 }

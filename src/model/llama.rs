@@ -387,6 +387,25 @@ impl Llama {
         self.vs.variables().get(name).map(|t| t.shallow_clone())
     }
 
+    /// Every base weight's Hugging Face name, sorted (`lm_head.weight` only when it is not tied).
+    pub fn weight_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.vs.variables().into_keys().collect();
+        names.sort();
+        names
+    }
+
+    /// A base weight by Hugging Face name as fp32 on the CPU: the fp32 master copy where merges
+    /// kept one (lower-precision weights on CUDA), else the weight itself, so exports carry the
+    /// merged deltas at full precision.
+    pub fn weight_f32(&self, name: &str) -> Option<Tensor> {
+        let masters = self.masters.lock().expect("masters lock");
+        let t = masters
+            .get(name)
+            .map(Tensor::shallow_clone)
+            .or_else(|| self.weight(name))?;
+        Some(tch::no_grad(|| t.to_device(Device::Cpu).to_kind(Kind::Float)))
+    }
+
     /// W += delta (fp32 arithmetic; kept in an fp32 master copy when the weights are lower precision).
     pub fn add_to_weight(&self, name: &str, delta: &Tensor) -> Result<()> {
         let w = self

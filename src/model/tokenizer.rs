@@ -260,6 +260,21 @@ impl Tokenizer {
         self.inner.decode(ids, true).unwrap_or_default()
     }
 
+    /// The tokenizer as `tokenizer.json` text (the one that recognises special-token markup), for
+    /// exports that other programs load with Hugging Face `tokenizers`.
+    ///
+    /// Errors: the tokenizer cannot be serialised (bad input naming the cause).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))
+    }
+
+    /// The checkpoint's chat template (Jinja), if it has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+
     /// The id of a token string.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
