@@ -1,74 +1,75 @@
-//! A safetensors writer (format: <https://github.com/huggingface/safetensors>, "Format" in its
-//! README): an 8-byte little-endian header length N, N bytes of JSON header — for each tensor its
-//! `dtype`, `shape` and `data_offsets` `[begin, end)` into the byte buffer, plus an optional
-//! `__metadata__` map of strings — padded with spaces so that the buffer starts 8-byte aligned, then
-//! the tensors' little-endian bytes back to back, with no gaps.
+//! Writing tensors as safetensors through Hugging Face's own `safetensors` crate (format:
+//! <https://github.com/huggingface/safetensors>): tch tensors are copied to host bytes and handed to
+//! its serializer with the file's `__metadata__`.
 use crate::error::{Error, Result};
-use std::io::{BufWriter, Write};
+use safetensors::tensor::{Dtype, View};
+use std::borrow::Cow;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The safetensors dtype string of a tch kind, for the kinds exports write.
+/// The safetensors dtype of a tch kind, for the kinds exports write.
 ///
 /// Errors: bad input for any other kind.
-pub fn dtype_name(kind: Kind) -> Result<&'static str> {
+pub fn dtype_of(kind: Kind) -> Result<Dtype> {
     match kind {
-        Kind::Float => Ok("F32"),
-        Kind::BFloat16 => Ok("BF16"),
-        Kind::Half => Ok("F16"),
+        Kind::Float => Ok(Dtype::F32),
+        Kind::BFloat16 => Ok(Dtype::BF16),
+        Kind::Half => Ok(Dtype::F16),
         other => Err(Error::BadInput(format!("safetensors: no dtype for {other:?}"))),
     }
 }
 
-/// The JSON header of `tensors` (name, shape, element kind) laid out in the given order, as bytes
-/// padded with spaces to a multiple of 8.
-///
-/// Errors: a kind [`dtype_name`] does not know, or a name given twice.
-pub fn header(tensors: &[(String, Vec<i64>, Kind)], metadata: &[(&str, &str)]) -> Result<Vec<u8>> {
-    let mut map = serde_json::Map::new();
-    if !metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
-        map.insert("__metadata__".into(), meta.into());
-    }
-    let mut offset = 0usize;
-    for (name, shape, kind) in tensors {
-        let bytes = shape.iter().product::<i64>() as usize * kind.elt_size_in_bytes();
-        let entry = serde_json::json!({
-            "dtype": dtype_name(*kind)?,
-            "shape": shape,
-            "data_offsets": [offset, offset + bytes],
-        });
-        if map.insert(name.clone(), entry).is_some() {
-            return Err(Error::BadInput(format!("safetensors: tensor '{name}' given twice")));
-        }
-        offset += bytes;
-    }
-    let mut text = serde_json::Value::Object(map).to_string().into_bytes();
-    text.resize(text.len().div_ceil(8) * 8, b' ');
-    Ok(text)
+/// One tensor's host bytes, as the serializer reads them.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
 }
 
-/// Writes `tensors` (name, tensor; any device, already of the kind to store) to `path` in this
-/// order, with `metadata` (transformers expects `format: pt`), and syncs the file.
-///
-/// Errors: an I/O error, or what [`header`] refuses.
-pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Result<()> {
-    let layout: Vec<(String, Vec<i64>, Kind)> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), t.kind())).collect();
-    let head = header(&layout, metadata)?;
-    let file = std::fs::File::create(path)?;
-    let mut w = BufWriter::new(file);
-    w.write_all(&(head.len() as u64).to_le_bytes())?;
-    w.write_all(&head)?;
-    for (_, t) in tensors {
+impl HostTensor {
+    fn of(t: &Tensor) -> Result<Self> {
         let t = t.to_device(tch::Device::Cpu).contiguous();
-        let mut buf = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
-        t.f_copy_data_u8(&mut buf, t.numel())?;
-        w.write_all(&buf)?;
+        let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, t.numel())?;
+        Ok(HostTensor {
+            dtype: dtype_of(t.kind())?,
+            shape: t.size().iter().map(|&d| d as usize).collect(),
+            bytes,
+        })
     }
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok(())
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes `tensors` (name, tensor; any device, already of the kind to store) to `path`, with
+/// `metadata` (transformers expects `format: pt`).
+///
+/// Errors: an I/O error, a kind [`dtype_of`] does not know, or a name given twice (bad input).
+pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &[(&str, &str)]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = tensors.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+        return Err(Error::BadInput(format!("safetensors: tensor '{name}' given twice")));
+    }
+    let host: Vec<(String, HostTensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), HostTensor::of(t)?)))
+        .collect::<Result<_>>()?;
+    let meta = Some(metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    safetensors::serialize_to_file(host.iter().map(|(n, t)| (n.as_str(), t)), meta, path)
+        .map_err(|e| Error::Io(std::io::Error::other(format!("{}: {e}", path.display()))))
 }
 
 #[cfg(test)]
@@ -77,28 +78,15 @@ mod tests {
     use tch::Device;
 
     #[test]
-    fn header_lays_tensors_back_to_back_and_pads_to_eight() {
-        let layout = vec![
-            ("a".to_string(), vec![2, 3], Kind::Float),
-            ("b".to_string(), vec![5], Kind::BFloat16),
-        ];
-        let h = header(&layout, &[("format", "pt")]).unwrap();
-        assert_eq!(h.len() % 8, 0);
-        let v: serde_json::Value = serde_json::from_slice(&h).unwrap();
-        assert_eq!(v["a"]["data_offsets"], serde_json::json!([0, 24]));
-        assert_eq!(v["b"]["data_offsets"], serde_json::json!([24, 34]));
-        assert_eq!(v["b"]["dtype"], "BF16");
-        assert_eq!(v["__metadata__"]["format"], "pt");
-    }
-
-    #[test]
     fn a_name_given_twice_is_refused() {
-        let layout = vec![("a".to_string(), vec![1], Kind::Float); 2];
-        assert!(header(&layout, &[]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tensor::zeros([1], (Kind::Float, Device::Cpu));
+        let twice = [("a".to_string(), t.shallow_clone()), ("a".to_string(), t)];
+        assert!(write(&dir.path().join("m.safetensors"), &twice, &[]).is_err());
     }
 
     #[test]
-    fn written_file_reads_back_with_libtorch() {
+    fn written_file_reads_back_with_libtorch_and_keeps_its_metadata() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let a = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
@@ -113,5 +101,8 @@ mod tests {
             Tensor::read_safetensors(&path).unwrap().into_iter().collect();
         assert!(back["x.a"].equal(&a));
         assert!(back["x.b"].equal(&b));
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
     }
 }

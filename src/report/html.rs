@@ -576,7 +576,11 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
                 -(s.optimizer_steps as f64),
                 -(s.tokens as f64),
                 -(s.peak_rss_bytes as f64),
-                if s.peak_gpu_bytes > 0 { -(s.peak_gpu_bytes as f64) } else { f64::NAN },
+                if s.peak_gpu_bytes > 0 {
+                    -(s.peak_gpu_bytes as f64)
+                } else {
+                    f64::NAN
+                },
             ]
         })
         .collect();
