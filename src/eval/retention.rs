@@ -523,25 +523,7 @@ mod tests {
             })
             .collect();
         let steps: Vec<StepRow> = (0..n)
-            .map(|i| StepRow {
-                run: "r".into(),
-                idx: i as i64,
-                facts: vec![format!("f{i}")],
-                rehearsed: vec![],
-                optimizer_steps: 1,
-                losses: vec![],
-                seconds: 0.0,
-                eval_seconds: 0.0,
-                tokens: 0,
-                peak_rss_bytes: 0,
-                peak_gpu_bytes: 0,
-                delta_file: String::new(),
-                rank_pattern: vec![],
-                weights_hash: String::new(),
-                created: String::new(),
-                phases: Default::default(),
-                rehearsal: vec![],
-            })
+            .map(|i| StepRow::for_tests(i as i64, vec![format!("f{i}")], vec![]))
             .collect();
         let mut probes = Vec::new();
         for step in 0..n {

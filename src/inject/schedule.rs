@@ -251,24 +251,12 @@ mod tests {
                 })
                 .collect()
         };
-        let step = |idx: i64, facts: &[usize], rehearsed: &[usize]| StepRow {
-            run: "r".into(),
-            idx,
-            facts: facts.iter().map(|&i| h(i)).collect(),
-            rehearsed: rehearsed.iter().map(|&i| h(i)).collect(),
-            optimizer_steps: 1,
-            losses: vec![],
-            seconds: 0.0,
-            eval_seconds: 0.0,
-            tokens: 0,
-            peak_rss_bytes: 0,
-            peak_gpu_bytes: 0,
-            delta_file: String::new(),
-            rank_pattern: vec![],
-            weights_hash: String::new(),
-            created: String::new(),
-            phases: Default::default(),
-            rehearsal: vec![],
+        let step = |idx: i64, facts: &[usize], rehearsed: &[usize]| {
+            StepRow::for_tests(
+                idx,
+                facts.iter().map(|&i| h(i)).collect(),
+                rehearsed.iter().map(|&i| h(i)).collect(),
+            )
         };
         let steps = vec![step(0, &[0], &[]), step(1, &[1], &[0]), step(2, &[2], &[1])];
         let mut probes = rows(0, &[("f0", 1.0)]);

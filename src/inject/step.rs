@@ -205,9 +205,33 @@ impl<'a> Trainer<'a> {
         } else {
             None
         };
-        let batches = build(examples, cfg.max_batch_tokens, dev);
+        Ok(Self::on_examples(model, examples, cfg, preserve, seed, stream))
+    }
+
+    /// A trainer on `examples` that never captures graphs (every optimizer step eager), whose
+    /// examples can be swapped between optimizer steps ([`set_examples`](Self::set_examples)).
+    pub fn eager(
+        model: &'a Llama,
+        examples: &[Example],
+        cfg: &TrainConfig,
+        preserve: Option<&'a Preserve>,
+        seed: u64,
+    ) -> Self {
+        Self::on_examples(model, examples, cfg, preserve, seed, None)
+    }
+
+    /// A fresh trainer on `examples`' own batches; with `stream`, its graphs are captured there.
+    fn on_examples(
+        model: &'a Llama,
+        examples: &[Example],
+        cfg: &TrainConfig,
+        preserve: Option<&'a Preserve>,
+        seed: u64,
+        stream: Option<SideStream>,
+    ) -> Self {
+        let batches = build(examples, cfg.max_batch_tokens, model.device());
         let (adapter, opt, static_preserve) = Self::parts(model, cfg, preserve, seed, stream.is_some());
-        Ok(Trainer {
+        Trainer {
             model,
             batches,
             n_examples: examples.len(),
@@ -225,32 +249,6 @@ impl<'a> Trainer<'a> {
                 preserve: static_preserve,
                 _stream: Some(s),
             }),
-        })
-    }
-
-    /// A trainer on `examples` that never captures graphs (every optimizer step eager), whose
-    /// examples can be swapped between optimizer steps ([`set_examples`](Self::set_examples)).
-    pub fn eager(
-        model: &'a Llama,
-        examples: &[Example],
-        cfg: &TrainConfig,
-        preserve: Option<&'a Preserve>,
-        seed: u64,
-    ) -> Self {
-        let (adapter, opt, _) = Self::parts(model, cfg, preserve, seed, false);
-        Trainer {
-            model,
-            batches: build(examples, cfg.max_batch_tokens, model.device()),
-            n_examples: examples.len(),
-            n_targets: examples.iter().map(|e| e.target.len()).sum(),
-            inv_targets: None,
-            adapter,
-            opt,
-            cfg: cfg.clone(),
-            preserve,
-            opt_step: 0,
-            tokens: 0,
-            graphs: None,
         }
     }
 

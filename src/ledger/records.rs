@@ -74,6 +74,32 @@ pub struct Rehearsed {
     pub interval: i64,
 }
 
+#[cfg(test)]
+impl StepRow {
+    /// A step of run "r" with only its facts and rehearsed facts set, for tests.
+    pub fn for_tests(idx: i64, facts: Vec<String>, rehearsed: Vec<String>) -> Self {
+        StepRow {
+            run: "r".into(),
+            idx,
+            facts,
+            rehearsed,
+            optimizer_steps: 1,
+            losses: vec![],
+            seconds: 0.0,
+            eval_seconds: 0.0,
+            tokens: 0,
+            peak_rss_bytes: 0,
+            peak_gpu_bytes: 0,
+            delta_file: String::new(),
+            rank_pattern: vec![],
+            weights_hash: String::new(),
+            created: String::new(),
+            phases: Default::default(),
+            rehearsal: vec![],
+        }
+    }
+}
+
 /// Seconds spent in each phase of one injection step, in order. Each phase ends with a read of its
 /// results on the host, so on a GPU its time is the work's, not the launches'.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
