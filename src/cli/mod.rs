@@ -9,6 +9,7 @@ mod progress;
 pub mod query;
 pub mod repair;
 pub mod report;
+pub mod revert;
 pub mod run;
 mod train_args;
 
@@ -81,6 +82,8 @@ pub enum Command {
     Ledger(ledger::LedgerArgs),
     /// Re-inject a run's facts that fell below the threshold, as new steps that rehearse them.
     Repair(repair::RepairArgs),
+    /// Take a run back to its exact weights after a step; the later steps are kept in the ledger.
+    Revert(revert::RevertArgs),
     /// Run several strategies on the same facts and write the comparison report.
     Compare(compare::CompareArgs),
     /// (Re)render the HTML reports from the ledger alone.
@@ -131,6 +134,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Probe(a) => probe::run(a, &cli.global),
         Command::Ledger(a) => ledger::run(a, &cli.global),
         Command::Repair(a) => repair::run(a, &cli.global),
+        Command::Revert(a) => revert::run(a, &cli.global),
         Command::Compare(a) => compare::run(a, &cli.global),
         Command::Report(a) => report::run(a, &cli.global),
         Command::Facts(a) => facts::run(a, &cli.global),

@@ -471,6 +471,79 @@ impl Ledger {
         Ok(())
     }
 
+    /// Takes `run` back to its weights after step `to` (-1: the base), in one transaction: the
+    /// later steps, their factors' rows, scores, samples and locality are removed from the run and
+    /// kept in a [`RevertRow`]; the run's weights hash becomes the one recorded after `to`, and its
+    /// status `reverted` until it trains again. The facts those steps injected are pending again.
+    /// Errors: a step the run does not have, or nothing to take back (bad input).
+    pub fn revert(&mut self, run: &str, to: i64) -> Result<RevertRow> {
+        let r = self.run(run)?;
+        let steps = self.steps(&r.id)?;
+        self.check_revert(&r, to)?;
+        let removed: Vec<StepRow> = steps.iter().filter(|s| s.idx > to).cloned().collect();
+        let probes: Vec<ProbeRow> = self.probes(&r.id)?.into_iter().filter(|p| p.step > to).collect();
+        let weights_hash = steps
+            .iter()
+            .find(|s| s.idx == to)
+            .map(|s| s.weights_hash.clone())
+            .unwrap_or_else(|| r.base_weights_hash.clone());
+        let tx = self.write_transaction()?;
+        let idx: i64 = tx.query_row("SELECT COUNT(*) FROM reverts WHERE run = ?1", [&r.id], |x| x.get(0))?;
+        tx.execute(
+            "INSERT INTO reverts (run, idx, created, to_step, weights_hash, steps, probes) \
+             VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%SZ','now'), ?3, ?4, ?5, ?6)",
+            params![r.id, idx, to, weights_hash, json(&removed), json(&probes)],
+        )?;
+        for table in ["steps", "deltas", "probes", "generations", "locality"] {
+            let col = if table == "steps" { "idx" } else { "step" };
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE run = ?1 AND {col} > ?2"),
+                params![r.id, to],
+            )?;
+        }
+        tx.execute(
+            "UPDATE runs SET weights_hash = ?2, status = 'reverted', finished = NULL WHERE id = ?1",
+            params![r.id, weights_hash],
+        )?;
+        tx.commit()?;
+        Ok(self.reverts(&r.id)?.pop().expect("just recorded"))
+    }
+
+    /// Whether `run` can be taken back to step `to`: a step it has, before its last (-1: the base).
+    /// Errors: bad input naming the range.
+    pub fn check_revert(&self, run: &RunRow, to: i64) -> Result<()> {
+        let last = self.steps(&run.id)?.last().map(|s| s.idx).unwrap_or(-1);
+        if to < -1 || to >= last {
+            return Err(Error::BadInput(format!(
+                "run {}: --to-step {to}: expected a step from -1 (the base) to {} (its last is {last})",
+                run.id,
+                last - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// The reverts of `run`, in order.
+    pub fn reverts(&self, run: &str) -> Result<Vec<RevertRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT run, idx, created, to_step, weights_hash, steps, probes FROM reverts WHERE run = ?1 ORDER BY idx",
+        )?;
+        let rows = st
+            .query_map([run], |r| {
+                Ok(RevertRow {
+                    run: r.get(0)?,
+                    idx: r.get(1)?,
+                    created: r.get(2)?,
+                    to_step: r.get(3)?,
+                    weights_hash: r.get(4)?,
+                    steps: parse(r.get(5)?)?,
+                    probes: parse(r.get(6)?)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// Records a comparison of runs (idempotent: the id is derived from the run ids).
     pub fn add_comparison(&self, id: &str, runs: &[String]) -> Result<()> {
         self.conn.execute(

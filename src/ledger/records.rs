@@ -239,6 +239,23 @@ pub struct LocalityBase {
     pub answer: String,
 }
 
+/// One `injector revert`: the run taken back to the weights after step `to_step` (-1: the base),
+/// with the steps (and their scores) it removed, kept here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevertRow {
+    pub run: String,
+    /// The run's n-th revert, from 0.
+    pub idx: i64,
+    pub created: String,
+    pub to_step: i64,
+    /// The run's weights hash after the revert: the one recorded after `to_step`.
+    pub weights_hash: String,
+    /// The steps taken back, in order.
+    pub steps: Vec<StepRow>,
+    /// Their probe rows.
+    pub probes: Vec<ProbeRow>,
+}
+
 /// Everything one step writes, committed together.
 pub struct StepRecord {
     pub step: StepRow,

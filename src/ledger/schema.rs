@@ -130,11 +130,21 @@ pub const MIGRATIONS: &[&str] = &[
     );
     "#,
     // 5: free-decoding recall beside the teacher-forced scores; why `spaced:K` rehearsed what it did;
-    // each step's GPU memory peak.
+    // each step's GPU memory peak; reverts (`injector revert`), with the steps they took back.
     r#"
     ALTER TABLE probes ADD COLUMN free_recall REAL;
     ALTER TABLE probes ADD COLUMN free_general REAL;
     ALTER TABLE steps ADD COLUMN rehearsal TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE steps ADD COLUMN peak_gpu_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE reverts (
+        run TEXT NOT NULL REFERENCES runs(id),
+        idx INTEGER NOT NULL,
+        created TEXT NOT NULL,
+        to_step INTEGER NOT NULL,
+        weights_hash TEXT NOT NULL,
+        steps TEXT NOT NULL,
+        probes TEXT NOT NULL,
+        PRIMARY KEY (run, idx)
+    );
     "#,
 ];

@@ -3,7 +3,7 @@ use crate::config::RunConfig;
 use crate::error::Result;
 pub use crate::eval::retention::Curve;
 use crate::eval::retention::{FactInfo, FactSummary, Matrix};
-use crate::ledger::{last_locality, GenerationRow, InvocationRow, Ledger, ProbeRow, RunRow, StepRow};
+use crate::ledger::{last_locality, GenerationRow, InvocationRow, Ledger, ProbeRow, RevertRow, RunRow, StepRow};
 use serde::Serialize;
 
 /// One run's rows, indexed for the pages.
@@ -18,6 +18,8 @@ pub struct RunData {
     pub generations: Vec<GenerationRow>,
     /// Each invocation's fixed costs (none for runs recorded before they were).
     pub invocations: Vec<InvocationRow>,
+    /// Its reverts (`injector revert`), in order.
+    pub reverts: Vec<RevertRow>,
 }
 
 /// The headline numbers of a run (the comparison table's row).
@@ -59,6 +61,7 @@ impl RunData {
             locality: ledger.locality(&run.id)?,
             generations: ledger.generations(&run.id)?,
             invocations: ledger.invocations(&run.id)?,
+            reverts: ledger.reverts(&run.id)?,
             run,
             steps,
             matrix,

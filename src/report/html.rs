@@ -262,6 +262,30 @@ fn rehearsal_table(d: &RunData) -> String {
     t
 }
 
+/// The run's reverts: when, back to which step, what was taken back. Empty when none.
+fn reverts_table(d: &RunData) -> String {
+    if d.reverts.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "<h2>Reverts</h2><table id=reverts><tr><th>revert</th><th class=l>when</th><th>back to step</th>\
+         <th>steps taken back</th><th class=l>weights after</th></tr>",
+    );
+    for r in &d.reverts {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td class=l>{}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
+            r.idx,
+            esc(&r.created),
+            r.to_step,
+            r.steps.len(),
+            &r.weights_hash[..12.min(r.weights_hash.len())]
+        );
+    }
+    t.push_str("</table><p class=meta>Steps after a revert were trained again from the weights it kept.</p>");
+    t
+}
+
 fn generations_table(d: &RunData, limit: usize) -> String {
     let last = d.last_step().unwrap_or(-1);
     let mut t = String::from("<table><tr><th class=l>fact</th><th class=l>prompt</th><th class=l>before the run (base model)</th><th class=l>after the last step</th><th>F1</th></tr>");
@@ -416,6 +440,7 @@ pub fn run_page(d: &RunData) -> String {
     b.push_str("<h2>Collisions (free answers that carry another fact's details)</h2>");
     b.push_str(&collisions_table(d, 20));
     b.push_str(&rehearsal_table(d));
+    b.push_str(&reverts_table(d));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
     b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>peak GPU (MiB)</th><th>locality</th></tr>");
