@@ -146,6 +146,14 @@ fn a_model_without_a_usable_chat_template_is_refused_or_named() {
     // A template that cannot render is refused when the model loads.
     set_hf_template(&p.join("hf"), serde_json::json!("{% for m in messages %}"));
     assert_refused(&query("hf"), &["hf: chat template"]);
+    // One that would render for ever (10,000 × 10,000 rounds) runs out of fuel, at once.
+    set_hf_template(
+        &p.join("hf"),
+        serde_json::json!("{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}"),
+    );
+    let t = std::time::Instant::now();
+    assert_refused(&query("hf"), &["hf: chat template", "fuel"]);
+    assert!(t.elapsed().as_secs() < 30, "took {:?}", t.elapsed());
     // GGUF: named templates, none the default.
     write_tiny_gguf_meta(&p.join("named.gguf"), 3, |meta| {
         for (k, _) in meta.iter_mut().filter(|(k, _)| k == "tokenizer.chat_template") {

@@ -66,8 +66,19 @@ fn item_lines(text: &str) -> Vec<usize> {
     out
 }
 
+/// Whether `s` carries something a model can learn: at least one letter or digit (any script).
+/// Blank text, punctuation alone and invisible characters (zero-width spaces, a lone BOM) do not.
 fn nonempty(s: &str) -> bool {
-    !s.trim().is_empty()
+    s.chars().any(char::is_alphanumeric)
+}
+
+/// A question reduced to what tells it apart: its letters and digits, lower-cased. Two questions
+/// with the same key differ only in case, spacing or punctuation.
+fn question_key(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result<Fact> {
@@ -103,11 +114,18 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
         return Err(bad(path, line, "a prompt is empty"));
     }
     let probes = raw.probes.unwrap_or_default();
-    if let Some(p) = probes.iter().find(|p| prompts.iter().any(|q| q.trim() == p.trim())) {
+    // A probe that differs from a training prompt only in case, spacing or punctuation is the same
+    // question: it would score memorisation as generalisation.
+    if let Some(p) = probes
+        .iter()
+        .find(|p| prompts.iter().any(|q| question_key(q) == question_key(p)))
+    {
         return Err(bad(
             path,
             line,
-            format!("probe {p:?} is also a training prompt; probes must be held out"),
+            format!(
+                "probe {p:?} is also a training prompt (up to case, spacing and punctuation); probes must be held out"
+            ),
         ));
     }
     if probes.iter().any(|p| !nonempty(p)) {
@@ -411,6 +429,18 @@ mod tests {
         assert!(err(d.path()).contains("a.yaml:2: not valid UTF-8"));
         write(d.path(), "a.yaml", "subject: X\nanswer: A\nprompts: [Q]\nprobes: [Q]\n");
         assert!(err(d.path()).contains("also a training prompt"));
+        // The same question in another case, spacing or punctuation is no held-out probe.
+        write(
+            d.path(),
+            "a.yaml",
+            "subject: X\nanswer: A\nprompts: [What is X?]\nprobes: [\"  what IS x \"]\n",
+        );
+        assert!(err(d.path()).contains("a.yaml:1: probe \"  what IS x \" is also a training prompt"));
+        // Text with nothing to learn: punctuation alone, invisible characters.
+        write(d.path(), "a.yaml", "subject: X\nanswer: \"?!.\"\n");
+        assert!(err(d.path()).contains("`answer` is empty"), "{}", err(d.path()));
+        write(d.path(), "a.yaml", "subject: \"\\u200B\\u200B\"\nanswer: A\n");
+        assert!(err(d.path()).contains("`subject` is empty"), "{}", err(d.path()));
         write(d.path(), "a.yaml", "facts:\n  - subject: [unclosed\n");
         assert!(err(d.path()).contains("a.yaml:"));
         std::fs::remove_file(d.path().join("a.yaml")).unwrap();

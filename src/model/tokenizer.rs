@@ -306,6 +306,9 @@ impl Tokenizer {
             return Ok(s);
         };
         let mut env = minijinja::Environment::new();
+        // A chat template renders in a few thousand instructions; one that loops for ever (or for
+        // 10,000 × 10,000 rounds) runs out of fuel and is refused instead of hanging the tool.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -326,6 +329,9 @@ impl Tokenizer {
             .map_err(|e| Error::BadInput(format!("chat template: {e}")))
     }
 }
+
+/// Instructions a chat template may take to render (minijinja's fuel).
+const TEMPLATE_FUEL: u64 = 1_000_000;
 
 fn ids_of(tok: &tokenizers::Tokenizer, text: &str) -> Result<Vec<u32>> {
     let enc = tok
