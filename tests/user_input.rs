@@ -246,3 +246,74 @@ fn generation_stops_at_the_models_positions() {
     );
     assert_refused(&o, &[&want]);
 }
+
+/// Values a model cannot use, and counts no model has, are refused when the model loads (exit 2,
+/// one line naming the file), before any allocation they would drive: non-finite, zero or negative
+/// rotary base and norm epsilon; a layer count the file's tensors do not match, or absurdly large;
+/// the same in a Hugging Face config.
+#[test]
+fn model_values_that_cannot_work_are_refused_at_load() {
+    use injector::model::gguf::Value;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let query = |model: &str| {
+        injector(
+            p,
+            &["query", "hi", "--max-tokens", "2", "--device", "cpu", "--model", model],
+        )
+    };
+    let set = |key: &'static str, v: Value| {
+        move |meta: &mut Vec<(String, Value)>| {
+            for (k, old) in meta.iter_mut().filter(|(k, _)| k == key) {
+                let _ = k;
+                *old = v.clone();
+            }
+        }
+    };
+    for (i, (key, v, needle)) in [
+        ("llama.rope.freq_base", Value::F32(f32::NAN), "rope_theta is NaN"),
+        ("llama.rope.freq_base", Value::F32(-1.0), "rope_theta is -1"),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(0.0),
+            "rms_norm_eps is 0",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::INFINITY),
+            "rms_norm_eps is inf",
+        ),
+        ("llama.block_count", Value::U32(1 << 31), "layers is beyond any model"),
+        (
+            "llama.block_count",
+            Value::U32(1),
+            "block_count is 1 but the file holds 2 layers",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("m{i}.gguf");
+        write_tiny_gguf_meta(&p.join(&name), 3, set(key, v));
+        let t = std::time::Instant::now();
+        assert_refused(&query(&name), &[&name, needle]);
+        assert!(t.elapsed().as_secs() < 30);
+    }
+    // A Hugging Face config with a layer count no model has, or a negative epsilon.
+    for (key, v, needle) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000_000u64),
+            "layers is beyond any model",
+        ),
+        ("rms_norm_eps", serde_json::json!(-1e-5), "rms_norm_eps is -0.00001"),
+        ("rope_theta", serde_json::json!(0.0), "rope_theta is 0"),
+    ] {
+        write_tiny_hf(&p.join("hf"), 3);
+        let cfg_path = p.join("hf/config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg[key] = v;
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        assert_refused(&query("hf"), &["config.json", needle]);
+    }
+}

@@ -71,6 +71,13 @@ fn default_max_pos() -> usize {
 
 const ARCHES: [&str; 3] = ["llama", "qwen2", "mistral"];
 
+/// Bounds no real checkpoint reaches (the largest open models have ~128 layers, widths of ~16k
+/// and vocabularies of ~256k); beyond them a count is corrupt.
+const MAX_LAYERS: usize = 4096;
+const MAX_WIDTH: usize = 1 << 17;
+const MAX_HEADS: usize = 4096;
+const MAX_VOCAB: usize = 1 << 24;
+
 impl Config {
     /// Reads `config.json` of a Hugging Face model folder.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
@@ -192,9 +199,25 @@ impl Config {
             attention_bias: bias,
         };
         cfg.validate(path)?;
+        // The layer count must be the layers the file holds: blk.0 … blk.{n-1}, no blk.{n}.
+        let layer = |i: usize| g.tensor_info(&format!("blk.{i}.attn_norm.weight")).is_some();
+        if !layer(cfg.num_hidden_layers - 1) || layer(cfg.num_hidden_layers) {
+            let held = (0..).take_while(|&i| layer(i)).count();
+            return Err(Error::bad_model(
+                path,
+                format!(
+                    "{arch}.block_count is {} but the file holds {held} layers",
+                    cfg.num_hidden_layers
+                ),
+            ));
+        }
         Ok(cfg)
     }
 
+    /// Checks that the model can be built and run: shapes that fit together, counts no checkpoint
+    /// reaches (a corrupt count must not become an allocation of hundreds of GB), and rotary and
+    /// normalisation constants that are finite and positive.
+    /// Errors: bad model naming `path` and what is wrong.
     fn validate(&self, path: &Path) -> Result<()> {
         let ok = self.num_attention_heads > 0
             && self.num_key_value_heads > 0
@@ -203,12 +226,42 @@ impl Config {
             && self.head_dim > 0
             && self.hidden_size > 0
             && self.vocab_size > 0
-            && self.num_hidden_layers > 0;
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::bad_model(path, format!("inconsistent model shape: {self:?}")))
+            && self.num_hidden_layers > 0
+            && self.max_position_embeddings > 0;
+        if !ok {
+            return Err(Error::bad_model(path, format!("inconsistent model shape: {self:?}")));
         }
+        for (name, v, max) in [
+            ("layers", self.num_hidden_layers, MAX_LAYERS),
+            ("hidden size", self.hidden_size, MAX_WIDTH),
+            ("intermediate size", self.intermediate_size, MAX_WIDTH * 8),
+            ("attention heads", self.num_attention_heads, MAX_HEADS),
+            ("key-value heads", self.num_key_value_heads, MAX_HEADS),
+            ("head dimension", self.head_dim, MAX_WIDTH),
+            ("vocabulary", self.vocab_size, MAX_VOCAB),
+        ] {
+            if v > max {
+                return Err(Error::bad_model(
+                    path,
+                    format!("{v} {name} is beyond any model (at most {max})"),
+                ));
+            }
+        }
+        let mut constants = vec![("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)];
+        if let Some(r) = &self.rope_scaling {
+            constants.extend([
+                ("rope_scaling.factor", r.factor),
+                ("rope_scaling.low_freq_factor", r.low_freq_factor),
+                ("rope_scaling.high_freq_factor", r.high_freq_factor),
+            ]);
+        }
+        if let Some((name, v)) = constants.into_iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::bad_model(
+                path,
+                format!("{name} is {v}: expected a finite positive number"),
+            ));
+        }
+        Ok(())
     }
 
     /// Number of parameters in the decoder (embeddings counted once when tied).
