@@ -299,6 +299,11 @@ fn model_values_that_cannot_work_are_refused_at_load() {
         assert_refused(&query(&name), &[&name, needle]);
         assert!(t.elapsed().as_secs() < 30);
     }
+    // A tokenizer with ids the embedding has no row for.
+    write_tiny_gguf_meta(&p.join("vocab.gguf"), 3, |meta| {
+        meta.push(("llama.vocab_size".into(), Value::U32(10)))
+    });
+    assert_refused(&query("vocab.gguf"), &["vocab.gguf", "tokens but the model embeds 10"]);
     // A Hugging Face config with a layer count no model has, or a negative epsilon.
     for (key, v, needle) in [
         (

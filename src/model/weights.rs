@@ -156,6 +156,18 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     } else {
         load_gguf(path)?
     };
+    // Every id the tokenizer can give must have a row of the embedding, or the first forward of
+    // such a token fails inside libtorch.
+    if tokenizer.vocab_size() == 0 || tokenizer.vocab_size() > cfg.vocab_size {
+        return Err(Error::bad_model(
+            path,
+            format!(
+                "the tokenizer has {} tokens but the model embeds {}",
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            ),
+        ));
+    }
     let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
     let model = Llama::new(&cfg, weights, device, kind).map_err(|e| match e {
         Error::BadInput(msg) => Error::bad_model(path, msg),
