@@ -486,6 +486,20 @@ impl<'a> Trainers<'a> {
     }
 }
 
+/// The trained adapter's factors as they will be merged (scaled by `merge_scale`).
+/// Errors: [`Error::Diverged`] when one is not finite — a finite last loss does not make a finite
+/// update: the last optimizer step can still overflow.
+fn merged_factors(adapter: &AdaLora, merge_scale: f64) -> Result<Vec<Factor>> {
+    let mut fs = factors(adapter);
+    for f in &mut fs {
+        f.scale *= merge_scale;
+    }
+    if let Some(f) = fs.iter().find(|f| !f.is_finite()) {
+        return Err(Error::Diverged(format!("the update of {} is not finite", f.key)));
+    }
+    Ok(fs)
+}
+
 /// Trains one adapter on many facts in epochs over shuffled mini-batches of `batch_facts` facts
 /// (`facts[i]`: fact i's examples), one optimizer step per mini-batch, until every fact reaches the
 /// threshold or `max_steps` epochs have run — `mixed` at scale, where one optimizer step over every
@@ -582,15 +596,8 @@ pub fn train_epochs(
     if !stopped {
         recall = measure(&mut tr);
     }
-    let mut fs = factors(&tr.adapter);
-    for f in &mut fs {
-        f.scale *= cfg.merge_scale;
-    }
-    if let Some(f) = fs.iter().find(|f| !f.is_finite()) {
-        return Err(Error::Diverged(format!("the update of {} is not finite", f.key)));
-    }
     Ok(Trained {
-        factors: fs,
+        factors: merged_factors(&tr.adapter, cfg.merge_scale)?,
         optimizer_steps: tr.steps(),
         losses,
         recall,
@@ -688,16 +695,8 @@ pub fn train(
         let acc = token_accuracy(model, &tr.adapter, &tr.batches, examples.len());
         recall = per_fact(&acc, owner, n_facts);
     }
-    let mut fs = factors(&tr.adapter);
-    for f in &mut fs {
-        f.scale *= cfg.merge_scale;
-    }
-    // A finite last loss does not make a finite update: the last optimizer step can still overflow.
-    if let Some(f) = fs.iter().find(|f| !f.is_finite()) {
-        return Err(Error::Diverged(format!("the update of {} is not finite", f.key)));
-    }
     Ok(Trained {
-        factors: fs,
+        factors: merged_factors(&tr.adapter, cfg.merge_scale)?,
         optimizer_steps: steps,
         losses,
         recall,
