@@ -405,10 +405,14 @@ fn train_stage(
     let weakest = trained.recall.iter().cloned().fold(f64::INFINITY, f64::min);
     // Training stops at the threshold or at its budget: below the threshold, the budget ran out.
     if weakest < t.threshold {
+        let unit = if plan.strategy == Strategy::Mixed && facts.len() > config.mixed_batch {
+            " epochs"
+        } else {
+            ""
+        };
         tracing::warn!(
-            "step {idx}: training stopped at --max-steps {} (epochs, for mixed over more than --mixed-batch \
-             facts) with the weakest of its {} facts at {weakest:.2} on its training prompts (threshold {}); \
-             raise --max-steps (or --lr) to put every fact in",
+            "step {idx}: training stopped at --max-steps {}{unit} with the weakest of its {} facts at \
+             {weakest:.2} on its training prompts (threshold {}); raise --max-steps (or --lr) to put every fact in",
             t.max_steps,
             facts.len(),
             t.threshold
