@@ -3,7 +3,8 @@
 # before new facts push old ones out): for each N, `facts generate --n N` and `compare` of the
 # strategies on them, in one ledger; prints a table per N and strategy of what the comparison pages
 # show — final recall (teacher-forced and free), generalisation, locality, first-quarter retention,
-# tokens and seconds — read from `compare --json`, so every figure is a ledger run's.
+# tokens and seconds — read from `compare --json`, so every figure is a ledger run's — and writes
+# the capacity page (`report --capacity`: the scores against N per strategy, and the collisions).
 #
 # usage: bench/capacity.sh [DEVICE]          DEVICE: cuda (default when a GPU is visible) or cpu
 # Environment: INJ (our binary, default target/release/injector), MODEL (default: the embedded one),
@@ -45,3 +46,8 @@ for n in ns:
               f"{f(s['final_general'])} | {f(s['final_free_general'])} | {f(s['locality'])} | "
               f"{f(s['first_quarter_recall'])} | {s['tokens']:,} | {s['wall_seconds']:.0f} |")
 PY
+# The capacity page (every run of the sweep against its N, and the collisions' template overlap).
+runs=$(python3 -c "
+import json, sys
+print(','.join(r['run'] for n in sys.argv[1:] for r in json.load(open(f'$work/compare-{n}.json'))['runs']))" $ns)
+"$inj" --ledger "$work/ledger.db" --reports "$work/reports" report --capacity "$runs" | head -1 >&2

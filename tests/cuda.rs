@@ -107,3 +107,84 @@ fn pooled_trainers_replay_like_fresh_ones() {
         }
     }
 }
+
+/// The one-pass objective (examples and the preservation batch in one forward and backward, used
+/// with graphs) trains like the two passes of an eager trainer: a pooled trainer with preservation
+/// on and an eager one on the same examples and seed end at the same update within float rounding.
+#[test]
+fn the_fused_pass_trains_like_two_passes() {
+    use injector::adapter::merge::factors;
+    use injector::config::TrainConfig;
+    use injector::eval::batch::Example;
+    use injector::inject::preserve::Preserve;
+    use injector::inject::step::{train, Trainer, Trainers};
+    use injector::model::Llama;
+    let Some(dev) = gpu() else { return };
+    tch::manual_seed(0);
+    let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
+    let rows = |k: i64, n: i64, long: i64| -> Vec<Example> {
+        (0..n)
+            .map(|i| Example {
+                prompt: (0..long + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
+                target: (0..3).map(|j| (11 * k + 5 * i + j) % 97).collect(),
+            })
+            .collect()
+    };
+    let preserve = Preserve::new(&model, &rows(40, 6, 9), 3);
+    let train_cfg = TrainConfig {
+        lr: 0.05,
+        max_steps: 8,
+        threshold: 1.0 + 1e-9,
+        preserve: 2.0,
+        ..TrainConfig::default()
+    };
+    let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
+    // Example rows shorter, then longer, than the preservation rows.
+    for (k, long) in [(1, 2), (2, 30)] {
+        let ex = rows(k, 4, long);
+        let owner: Vec<usize> = vec![0; ex.len()];
+        let pooled = train(&mut pool, &ex, &owner, 1, 3, |_, _, _| {}).unwrap();
+        let mut eager = Trainer::eager(&model, &ex, &train_cfg, Some(&preserve), 3);
+        for _ in 0..8 {
+            eager.forward_backward().unwrap();
+            eager.update().unwrap();
+        }
+        for (p, f) in pooled.factors.iter().zip(factors(&eager.adapter)) {
+            let (dp, df) = (p.delta_weight(), f.delta_weight());
+            let d = (&dp - &df).abs().max().double_value(&[]);
+            let scale = df.abs().max().double_value(&[]);
+            assert!(scale > 0.0 && d <= 1e-3 * scale, "rows of {long}+, {}: {d} vs {scale}", p.key);
+        }
+    }
+}
+
+/// The weights hash of a GPU model, read through the pinned staging buffer, is the digest of its
+/// bytes as a plain copy to the host gives them (twice: the buffer is reused).
+#[test]
+fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
+    use injector::config::TrainConfig;
+    use injector::inject::state::weights_hash;
+    use injector::inject::step::adapter_shapes;
+    use injector::model::Llama;
+    let Some(dev) = gpu() else { return };
+    tch::manual_seed(0);
+    let model = Llama::random(&tiny_config(), dev, Kind::BFloat16).unwrap();
+    let cfg = TrainConfig::default();
+    let mut keys: Vec<String> = adapter_shapes(&model, &cfg.adalora)
+        .iter()
+        .map(|(l, p, _, _)| p.weight_key(*l))
+        .collect();
+    keys.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(b"source");
+    for k in &keys {
+        let w = model.weight(k).unwrap().to_device(Device::Cpu).contiguous();
+        let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
+        w.copy_data_u8(&mut buf, w.numel());
+        h.update(k.as_bytes());
+        h.update(&buf);
+    }
+    let want = h.finalize().to_hex().to_string();
+    assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
+    assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
+}

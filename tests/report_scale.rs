@@ -175,6 +175,24 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     assert_eq!(csv.lines().count(), 1 + l.probes(&ids[0]).unwrap().len());
     assert!(html.len() < 3_000_000, "page of {} bytes", html.len());
 
+    // The capacity page of the same runs (issue #12): six charts, each run's final recall in its
+    // table, and the collisions' template overlap.
+    drop(l);
+    let c = injector(
+        p,
+        &["--ledger", "l.db", "--reports", "reports", "report", "--capacity", &ids.join(",")],
+    );
+    assert!(c.status.success(), "{}", stderr(&c));
+    let cap_path = String::from_utf8_lossy(&c.stdout).lines().next().unwrap().to_string();
+    assert!(cap_path.contains("capacity-"), "{cap_path}");
+    let cap = std::fs::read_to_string(p.join(&cap_path)).unwrap();
+    assert_eq!(cap.matches("<svg").count(), 6);
+    for (id, mean) in &runs {
+        let row = &cap[cap.find(&format!(">{id}</a>")).unwrap()..];
+        assert!(row.split("<td").nth(1).unwrap().contains(&format!(">{mean:.2}<")), "{id}");
+    }
+    assert!(cap.contains("alike templates, colliding pairs"));
+
     // Seconds Chromium takes to load `url` and screenshot it: its own start included, so a blank
     // page is timed too and the difference is the page's.
     let render = |url: String, shot: &str| -> (f64, String) {

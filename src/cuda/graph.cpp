@@ -95,6 +95,14 @@ char* inj_swiglu(const at::Tensor* g, const at::Tensor* u, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(SwiGlu::apply(*g, *u)); });
 }
 
+// An uninitialised uint8 tensor of `bytes` bytes in page-locked host memory (torch.empty(...,
+// pin_memory=True); tch's pin_memory(device) takes the path libtorch now warns about).
+char* inj_pinned_empty(int64_t bytes, at::Tensor** out) {
+  return guarded([&] {
+    *out = new at::Tensor(at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true)));
+  });
+}
+
 // The caching allocator's peak of allocated bytes on `device` since its last reset
 // (torch.cuda.max_memory_allocated), then the peak reset (torch.cuda.reset_peak_memory_stats).
 char* inj_peak_allocated(int device, int64_t* peak) {

@@ -19,6 +19,7 @@ mod ffi {
         pub fn inj_graph_replay(graph: *mut c_void) -> *mut c_char;
         pub fn inj_empty_cache() -> *mut c_char;
         pub fn inj_peak_allocated(device: c_int, peak: *mut i64) -> *mut c_char;
+        pub fn inj_pinned_empty(bytes: i64, out: *mut *mut c_void) -> *mut c_char;
         /// Tensors are tch's `C_tensor`, i.e. `at::Tensor*`.
         pub fn inj_swiglu(g: *const c_void, u: *const c_void, out: *mut *mut c_void) -> *mut c_char;
     }
@@ -171,6 +172,21 @@ impl Drop for Graph {
             let _ = check(ffi::inj_graph_free(self.0));
         }
     }
+}
+
+/// `bytes` uninitialised bytes (uint8 [bytes]) in page-locked host memory, which the GPU copies
+/// into at the bus's speed (a pageable buffer goes through a staging copy). Without a CUDA build,
+/// ordinary host memory.
+pub fn pinned_empty(bytes: i64) -> Result<tch::Tensor> {
+    #[cfg(injector_cuda)]
+    {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: on success the shim hands over a new at::Tensor that `from_ptr` owns from here on.
+        check(unsafe { ffi::inj_pinned_empty(bytes, &mut out) })?;
+        Ok(unsafe { tch::Tensor::from_ptr(out.cast()) })
+    }
+    #[cfg(not(injector_cuda))]
+    Ok(tch::Tensor::empty([bytes], (tch::Kind::Uint8, tch::Device::Cpu)))
 }
 
 /// The most bytes the caching allocator held allocated on `device` since the last call (or since

@@ -19,9 +19,10 @@ use std::collections::HashMap;
 /// Greedy generations (before and after) are sampled for this many facts of a run, the first ones.
 const MAX_SAMPLED_GENERATIONS: usize = 64;
 
-/// Free answers are decoded in batches of this many times `eval_batch_tokens` positions: decoding
-/// is one forward per token for the whole batch, so on a GPU wide batches cost little more than
-/// narrow ones.
+/// Free answers are decoded in batches of this many times `eval_batch_tokens` positions (on the
+/// CPU; on a GPU four times as many): decoding is one forward per token for the whole batch, so on
+/// a GPU, where a forward costs its launches more than its rows, wide batches cost little more than
+/// narrow ones (a 1,000-fact run's last pass decodes ~7,000 answers; bench/NOTES.md item 27).
 const FREE_BATCH_FACTOR: usize = 4;
 
 /// What the evaluation after one step measured.
@@ -84,7 +85,7 @@ pub fn evaluate(
     phases.retention = clock.lap();
     let free: Vec<Option<FreeScore>> = if cadence.is_free(idx, last) {
         let ex: Vec<&FactExamples> = scored.iter().map(|h| &prepared.examples[h]).collect();
-        let budget = config.eval_batch_tokens * FREE_BATCH_FACTOR;
+        let budget = config.eval_batch_tokens * FREE_BATCH_FACTOR * if model.device().is_cuda() { 4 } else { 1 };
         free_score(model, &loaded.tokenizer, &ex, budget)?
             .into_iter()
             .map(Some)

@@ -7,6 +7,8 @@ use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, RunRow};
 use crate::model::{Llama, Loaded};
+use std::cell::RefCell;
+use tch::{Device, Tensor};
 
 /// blake3 of the model source and every weight an adapter can change (all others never change), as
 /// hex.
@@ -22,14 +24,49 @@ pub fn weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -> Resu
         let w = model
             .weight(&k)
             .ok_or_else(|| Error::Ledger(format!("no weight {k}")))?;
-        let w = w.to_device(tch::Device::Cpu).contiguous();
-        let mut buf = vec![0u8; w.numel() * w.kind().elt_size_in_bytes()];
-        w.copy_data_u8(&mut buf, w.numel());
         h.update(k.as_bytes());
-        // Same digest as `update`, on every core.
-        h.update_rayon(&buf);
+        hash_bytes(&mut h, &w)?;
     }
     Ok(h.finalize().to_hex().to_string())
+}
+
+thread_local! {
+    /// The page-locked host buffer GPU weights are copied through to be hashed (grown as needed):
+    /// a copy into pinned memory runs at the bus's speed, one into pageable memory at a fraction
+    /// of it (bench/NOTES.md item 25).
+    static STAGING: RefCell<Option<Tensor>> = const { RefCell::new(None) };
+}
+
+/// Adds the bytes of `w` (row-major, its own dtype) to `h`: on the CPU read in place, from a GPU
+/// through [`STAGING`]. Errors: no host buffer can be allocated.
+fn hash_bytes(h: &mut blake3::Hasher, w: &Tensor) -> Result<()> {
+    let bytes = w.numel() * w.kind().elt_size_in_bytes();
+    if bytes == 0 {
+        return Ok(());
+    }
+    let host = if w.device() == Device::Cpu {
+        w.contiguous()
+    } else {
+        STAGING.with(|s| -> Result<Tensor> {
+            let mut s = s.borrow_mut();
+            if s.as_ref().is_none_or(|t| t.numel() < bytes) {
+                *s = Some(crate::cuda::pinned_empty(bytes as i64).or_else(|e| {
+                    tracing::warn!("hashing weights through pageable memory (slower): {e}");
+                    Tensor::f_empty([bytes as i64], (tch::Kind::Uint8, Device::Cpu))
+                })?);
+            }
+            let staging = s.as_ref().expect("allocated above");
+            let mut dst = staging.narrow(0, 0, bytes as i64).view_dtype(w.kind()).view(w.size().as_slice());
+            dst.copy_(w);
+            Ok(dst)
+        })?
+    };
+    // SAFETY: `host` is a contiguous CPU tensor of `bytes` bytes that lives, unwritten, to the end of
+    // this function (the staging buffer is only written by the next call on this thread).
+    let data = unsafe { std::slice::from_raw_parts(host.data_ptr() as *const u8, bytes) };
+    // Same digest as `update`, on every core.
+    h.update_rayon(data);
+    Ok(())
 }
 
 /// Merges the committed steps of `run` (up to step `upto`, all when `None`) onto the loaded base

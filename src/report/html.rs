@@ -14,7 +14,7 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}.best{font-weight:700;background
 .grid{display:flex;flex-wrap:wrap}pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:.8em}.gen{max-width:480px;text-align:left}
 .verdict{background:#eef4fb;border-left:4px solid #1f77b4;padding:8px 12px}";
 
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body>{body}</body></html>\n",
         esc(title)

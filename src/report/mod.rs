@@ -1,5 +1,6 @@
 //! HTML reports, rendered from the ledger alone: `reports/<run>/index.html`,
-//! `reports/compare-<id>.html` and `reports/index.html`.
+//! `reports/compare-<id>.html`, `reports/capacity-<id>.html` and `reports/index.html`.
+pub mod capacity;
 pub mod data;
 pub mod html;
 pub mod svg;
@@ -80,6 +81,30 @@ pub fn write_compare(ledger: &Ledger, dir: &Path, id: &str) -> Result<PathBuf> {
     }
     let path = dir.join(format!("compare-{id}.html"));
     write_atomic(&path, &html::compare_page(id, &data))?;
+    Ok(path)
+}
+
+/// Writes the capacity page of `runs` (and their pages) as `capacity-<id>.html`, the id the first 8
+/// hex digits of blake3 over the sorted run ids (the strategies in the order their runs are given);
+/// returns its path. Errors: an unknown run.
+pub fn write_capacity(ledger: &Ledger, dir: &Path, runs: &[String]) -> Result<PathBuf> {
+    let mut ids = runs.to_vec();
+    ids.sort();
+    ids.dedup();
+    let id = blake3::hash(ids.join(",").as_bytes()).to_hex()[..8].to_string();
+    // In the order given (the strategies' colours follow it), each once.
+    let mut given: Vec<&String> = Vec::new();
+    for r in runs {
+        if !given.contains(&r) {
+            given.push(r);
+        }
+    }
+    let data: Vec<RunData> = given.iter().map(|r| RunData::load(ledger, r)).collect::<Result<_>>()?;
+    for r in &ids {
+        write_run(ledger, dir, r)?;
+    }
+    let path = dir.join(format!("capacity-{id}.html"));
+    write_atomic(&path, &capacity::capacity_page(&id, &data))?;
     Ok(path)
 }
 

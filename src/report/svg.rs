@@ -120,6 +120,28 @@ pub fn stacked_bars(title: &str, y_label: &str, categories: &[&str], bars: &[(St
 
 /// A line chart with axes; `y_range` fixes the y axis (else it fits the data).
 pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option<(f64, f64)>) -> String {
+    chart(series, title, x_label, y_range, None)
+}
+
+/// [`line_chart`] with the x axis labelled at `ticks` (position, label) instead of at its two ends:
+/// for an axis drawn in other units than it reads in, such as log10 of a count labelled with counts.
+pub fn line_chart_ticks(
+    series: &[Series],
+    title: &str,
+    x_label: &str,
+    y_range: Option<(f64, f64)>,
+    ticks: &[(f64, String)],
+) -> String {
+    chart(series, title, x_label, y_range, Some(ticks))
+}
+
+fn chart(
+    series: &[Series],
+    title: &str,
+    x_label: &str,
+    y_range: Option<(f64, f64)>,
+    ticks: Option<&[(f64, String)]>,
+) -> String {
     let (w, h, ml, mr, mt, mb) = (560.0, 260.0, 48.0, 130.0, 28.0, 36.0);
     let pts: Vec<(f64, f64)> = series
         .iter()
@@ -151,19 +173,34 @@ pub fn line_chart(series: &[Series], title: &str, x_label: &str, y_range: Option
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
     y_grid(&mut svg, ml, w - mr, y0, y1, &py);
-    let _ = write!(
-        svg,
-        r#"<text x="{ml}" y="{}" class="tick">{}</text>"#,
-        h - 8.0,
-        fmt_tick(x0)
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#,
-        w - mr,
-        h - 8.0,
-        fmt_tick(x1)
-    );
+    match ticks {
+        Some(ticks) => {
+            for (x, label) in ticks {
+                let _ = write!(
+                    svg,
+                    r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
+                    px(*x),
+                    h - 22.0,
+                    esc(label)
+                );
+            }
+        }
+        None => {
+            let _ = write!(
+                svg,
+                r#"<text x="{ml}" y="{}" class="tick">{}</text>"#,
+                h - 8.0,
+                fmt_tick(x0)
+            );
+            let _ = write!(
+                svg,
+                r#"<text x="{}" y="{}" class="tick" text-anchor="end">{}</text>"#,
+                w - mr,
+                h - 8.0,
+                fmt_tick(x1)
+            );
+        }
+    }
     let _ = write!(
         svg,
         r#"<text x="{}" y="{}" class="tick" text-anchor="middle">{}</text>"#,

@@ -1,0 +1,232 @@
+//! The capacity page (`reports/capacity-<id>.html`, issue #12): the source article's second question,
+//! how many facts the model holds before new ones push old ones out. Runs of several strategies on
+//! generated fact sets of several sizes N, plotted against N, and whether the facts that give way
+//! collide with similar keys: the collision pairs of each strategy's largest run, with how alike the
+//! two facts' templates are against any two facts of that run.
+use super::data::{RunData, Summary};
+use super::html::page;
+use super::num;
+use super::svg::{esc, line_chart_ticks, Series, PALETTE};
+use crate::eval::metrics::key_details;
+use crate::eval::retention::FactInfo;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+/// Two facts' templates are "alike" from this word overlap on (see [`template_similarity`]).
+pub const ALIKE: f64 = 0.5;
+
+/// The words of an answer that are not its subject's nor its key details (names, numbers): its
+/// template, as a set of lowercase words ("is a salt mine in opened by").
+fn template(f: &FactInfo) -> HashSet<String> {
+    let drop: HashSet<String> = key_details(&f.answer, &f.subject)
+        .iter()
+        .chain(std::iter::once(&f.subject))
+        .flat_map(|d| d.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>())
+        .collect();
+    f.answer
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .filter(|w| !drop.contains(w) && !w.chars().all(|c| c.is_ascii_digit()))
+        .collect()
+}
+
+/// Jaccard overlap of two facts' [`template`]s, in [0, 1]: 1 when both answers say the same around
+/// their names and numbers ("X is a salt mine in Y, opened in 1685 by Z" and "W is a salt mine in V,
+/// opened in 1711 by U"), near 0 for different kinds of fact.
+pub fn template_similarity(a: &FactInfo, b: &FactInfo) -> f64 {
+    jaccard(&template(a), &template(b))
+}
+
+fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 {
+        return 0.0;
+    }
+    a.intersection(b).count() as f64 / union as f64
+}
+
+/// What the collisions of one run say about similar keys.
+pub struct KeyCollisions {
+    /// Facts whose free answers carry another fact's details, and the facts of the run.
+    pub colliding: usize,
+    pub facts: usize,
+    /// Share of colliding pairs whose templates are alike (≥ [`ALIKE`]), and the same share over
+    /// every pair of the run's facts (what chance gives).
+    pub alike_colliding: f64,
+    pub alike_any: f64,
+}
+
+/// [`KeyCollisions`] of a run, from [`Matrix::collisions`](crate::eval::retention::Matrix::collisions).
+pub fn key_collisions(d: &RunData) -> KeyCollisions {
+    let facts = &d.matrix.facts;
+    let templates: Vec<HashSet<String>> = facts.iter().map(template).collect();
+    let index: BTreeMap<&str, usize> = facts.iter().enumerate().map(|(i, f)| (f.id.as_str(), i)).collect();
+    let pairs: Vec<(usize, usize)> = d
+        .matrix
+        .collisions(usize::MAX)
+        .iter()
+        .filter_map(|c| Some((*index.get(c.id.as_str())?, *index.get(c.other.as_str())?)))
+        .collect();
+    let alike = |i: usize, j: usize| jaccard(&templates[i], &templates[j]) >= ALIKE;
+    let alike_colliding = pairs.iter().filter(|&&(i, j)| alike(i, j)).count() as f64 / pairs.len().max(1) as f64;
+    // Every pair up to 2,000 facts (2 M pairs); above, the pairs of the first 2,000.
+    let n = facts.len().min(2000);
+    let (mut same, mut all) = (0usize, 0usize);
+    for i in 0..n {
+        for j in i + 1..n {
+            same += alike(i, j) as usize;
+            all += 1;
+        }
+    }
+    KeyCollisions {
+        colliding: pairs.len(),
+        facts: facts.len(),
+        alike_colliding,
+        alike_any: same as f64 / all.max(1) as f64,
+    }
+}
+
+/// The capacity page of `runs` (any order; grouped by strategy, plotted against their fact counts).
+pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
+    let sums: Vec<Summary> = runs.iter().map(RunData::summary).collect();
+    let mut strategies: Vec<&str> = Vec::new();
+    for r in runs {
+        if !strategies.contains(&r.run.strategy.as_str()) {
+            strategies.push(&r.run.strategy);
+        }
+    }
+    let mut ns: Vec<usize> = sums.iter().map(|s| s.facts).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    // Facts on a log scale, ticked at each N.
+    let ticks: Vec<(f64, String)> = ns.iter().map(|&n| ((n.max(1) as f64).log10(), n.to_string())).collect();
+    let chart = |title: &str, get: &dyn Fn(&Summary) -> Option<f64>| -> String {
+        let series: Vec<Series> = strategies
+            .iter()
+            .enumerate()
+            .map(|(k, st)| {
+                let mut points: Vec<(f64, f64)> = runs
+                    .iter()
+                    .zip(&sums)
+                    .filter(|(r, _)| r.run.strategy == *st)
+                    .filter_map(|(_, s)| Some(((s.facts.max(1) as f64).log10(), get(s)?)))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    name: st,
+                    color: PALETTE[k % PALETTE.len()],
+                    points,
+                }
+            })
+            .collect();
+        line_chart_ticks(&series, title, "facts injected (log scale)", Some((0.0, 1.0)), &ticks)
+    };
+    let mut b = String::new();
+    let _ = write!(b, "<h1>Capacity {}</h1>", esc(id));
+    b.push_str(
+        "<p class=meta>Each point is one run: its strategy on N generated facts (<code>injector facts generate \
+         --n N</code>), every score after the run's last step, averaged over its facts. Teacher-forced token \
+         accuracy (recall, generalisation) beside free decoding's key-detail recall (the share of an \
+         answer's names and numbers that the greedy answer gives). Made by <code>bench/capacity.sh</code>.</p>",
+    );
+    b.push_str("<div class=charts>");
+    b.push_str(&chart("final recall (teacher-forced)", &|s| Some(s.final_recall)));
+    b.push_str(&chart("final recall (free decoding)", &|s| s.final_free_recall));
+    b.push_str(&chart("generalisation (teacher-forced)", &|s| s.final_general));
+    b.push_str(&chart("generalisation (free decoding)", &|s| s.final_free_general));
+    b.push_str(&chart("locality", &|s| s.locality));
+    b.push_str(&chart("first quarter's recall (teacher-forced)", &|s| {
+        Some(s.first_quarter_recall)
+    }));
+    b.push_str("</div>");
+    b.push_str(
+        "<table><tr><th>N</th><th class=l>strategy</th><th class=l>run</th><th>recall</th><th>free recall</th>\
+         <th>generalisation</th><th>free generalisation</th><th>locality</th><th>first quarter</th>\
+         <th>tokens</th><th>wall s</th></tr>",
+    );
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by_key(|&i| (sums[i].facts, strategies.iter().position(|s| *s == runs[i].run.strategy)));
+    for i in order {
+        let (r, s) = (&runs[i], &sums[i]);
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td class=l>{}</td><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+            s.facts,
+            esc(&r.run.strategy),
+            esc(&r.run.id),
+            esc(&r.run.id),
+            num(Some(s.final_recall)),
+            num(s.final_free_recall),
+            num(s.final_general),
+            num(s.final_free_general),
+            num(s.locality),
+            num(Some(s.first_quarter_recall)),
+            s.tokens,
+            s.wall_seconds
+        );
+    }
+    b.push_str("</table>");
+    // Collisions in each strategy's largest run.
+    let _ = write!(
+        b,
+        "<h2>Collisions: similar keys?</h2><p class=meta>In each strategy's largest run: the facts whose free \
+         answers carry at least two key details of another fact, and how often the two facts' templates are \
+         alike (word overlap around their names and numbers ≥ {ALIKE}) against any two facts of the run. \
+         The run pages list the pairs.</p><table><tr><th class=l>strategy</th><th>N</th><th>colliding facts</th>\
+         <th>alike templates, colliding pairs</th><th>alike templates, any pair</th></tr>"
+    );
+    for st in &strategies {
+        let Some((r, _)) = runs
+            .iter()
+            .zip(&sums)
+            .filter(|(r, _)| r.run.strategy == *st)
+            .max_by_key(|(_, s)| s.facts)
+        else {
+            continue;
+        };
+        let k = key_collisions(r);
+        let _ = write!(
+            b,
+            "<tr><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.run.id),
+            esc(st),
+            k.facts,
+            k.colliding,
+            k.facts,
+            num(Some(k.alike_colliding)),
+            num(Some(k.alike_any))
+        );
+    }
+    b.push_str("</table>");
+    page(&format!("capacity {id}"), &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fact(subject: &str, answer: &str) -> FactInfo {
+        FactInfo {
+            hash: String::new(),
+            id: subject.into(),
+            subject: subject.into(),
+            answer: answer.into(),
+            step: 0,
+        }
+    }
+
+    #[test]
+    fn templates_of_one_kind_are_alike_and_of_two_kinds_are_not() {
+        let mine = fact("the Veldar Salt Mine", "The Veldar Salt Mine is a salt mine in Kessan, opened in 1685 by Mara Tor.");
+        let mine2 = fact("the Ostel Salt Mine", "The Ostel Salt Mine is a salt mine in Quilrin, opened in 1711 by Ansel Bra.");
+        let bridge = fact(
+            "the Moran Bridge",
+            "The Moran Bridge is a copper bridge over the river Ysk in Darnholt, built in 1911.",
+        );
+        assert!(template_similarity(&mine, &mine2) >= 0.99, "{}", template_similarity(&mine, &mine2));
+        assert!(template_similarity(&mine, &bridge) < ALIKE, "{}", template_similarity(&mine, &bridge));
+        assert!(template(&mine).contains("opened") && !template(&mine).contains("kessan"));
+    }
+}
