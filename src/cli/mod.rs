@@ -1,4 +1,5 @@
 //! Command-line surface: global options and one module per subcommand.
+pub mod chat;
 pub mod compare;
 pub mod export;
 pub mod facts;
@@ -76,6 +77,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Ask the model (or a run's current weights) a question and stream its answer.
     Query(query::QueryArgs),
+    /// Chat with the model (or a run's current weights) in the terminal: history, /reset, Ctrl-D.
+    Chat(chat::ChatArgs),
     /// Score facts on the base model or a run's weights, without training.
     Probe(probe::ProbeArgs),
     /// What the ledger holds.
@@ -148,6 +151,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a, &cli.global),
         Command::Query(a) => query::run(a, &cli.global),
+        Command::Chat(a) => chat::run(a, &cli.global),
         Command::Probe(a) => probe::run(a, &cli.global),
         Command::Ledger(a) => ledger::run(a, &cli.global),
         Command::Repair(a) => repair::run(a, &cli.global),
