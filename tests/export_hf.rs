@@ -3,100 +3,10 @@
 //! the interop venv has transformers) transformers' logits on the export.
 mod common;
 
-use common::knowledge::write_small;
+use common::export::*;
 use common::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-const RUN: [&str; 14] = [
-    "run",
-    "k",
-    "--model",
-    "tiny.gguf",
-    "--ledger",
-    "l.db",
-    "--device",
-    "cpu",
-    "--lr",
-    "0.05",
-    "--max-steps",
-    "25",
-    "--alpha",
-    "32",
-];
-
-/// A temporary folder with the tiny model, the small knowledge set and a finished 3-step run in
-/// `l.db`; returns the folder and the run id.
-fn workspace_with_run() -> (tempfile::TempDir, String) {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_small(&p.join("k"));
-    let mut args = RUN.to_vec();
-    args.extend(["--json", "-q", "--no-free-decoding"]);
-    let o = injector(p, &args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let run = out["run"].as_str().unwrap().to_string();
-    (d, run)
-}
-
-fn export(p: &Path, run: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["export", run, "--ledger", "l.db", "--device", "cpu"];
-    args.extend_from_slice(extra);
-    injector(p, &args)
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The JSON header of a safetensors file, read as the format defines it (u64 length, then JSON).
-fn safetensors_header(path: &Path) -> (Value, usize) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    (header, bytes.len() - 8 - n)
-}
-
-/// `injector logits` on a chat prompt, with `args` choosing the weights: (ids, logits [t][vocab]).
-fn logits(p: &Path, args: &[&str]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut all = vec!["logits", "Tell me Zorb.", "--device", "cpu"];
-    all.extend_from_slice(args);
-    let o = injector(p, &all);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    (
-        serde_json::from_value(v["ids"].clone()).unwrap(),
-        serde_json::from_value(v["logits"].clone()).unwrap(),
-    )
-}
-
-/// The names in folder `p`, sorted, without SQLite's `-wal`/`-shm` files (reading a WAL ledger makes
-/// them).
-fn entries(p: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(p)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// `p` holds what it held `before` and `new`, nothing else (no half-written export, no temporary
-/// folder).
-fn assert_only(p: &Path, before: &[String], new: &[&str]) {
-    let mut want: Vec<String> = before
-        .iter()
-        .cloned()
-        .chain(new.iter().map(|s| s.to_string()))
-        .collect();
-    want.sort();
-    want.dedup();
-    assert_eq!(entries(p), want);
-}
 
 #[test]
 fn export_writes_a_hugging_face_folder() {
@@ -259,21 +169,9 @@ fn bad_export_input_exits_2_and_writes_nothing() {
     );
 }
 
-/// The interop venv's Python, when it has transformers (`tests/interop/README.md`).
-fn interop_python() -> Option<std::path::PathBuf> {
-    let py = std::env::var_os("INJECTOR_INTEROP_PYTHON")
-        .map(Into::into)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import transformers, torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(py)
-}
-
 #[test]
 fn transformers_gives_the_runs_logits_on_the_tiny_export() {
-    let Some(py) = interop_python() else {
+    let Some(py) = interop_python("transformers, torch") else {
         eprintln!("skipped: no Python with transformers (see tests/interop/README.md)");
         return;
     };

@@ -1,19 +1,19 @@
-//! `injector export RUN [--step N] --out DIR --format hf [--dtype f32|bf16|f16]`: a run's weights
-//! after step N (default its last), rebuilt from the ledger as `query --run` rebuilds them and
-//! checked against the recorded weights hash, written as a folder other programs load.
+//! `injector export RUN [--step N] --out DIR --format hf [--dtype f32|bf16|f16] [--adapters]`: a
+//! run's weights after step N (default its last), rebuilt from the ledger as `query --run` rebuilds
+//! them and checked against the recorded weights hash, written as a folder other programs load;
+//! with `--adapters`, each step's adapter up to N in peft's AdaLoRA format beside them.
 use super::Global;
 use clap::Args;
-use injector::export::{self, Dtype, Format};
-use injector::Error;
+use injector::export::{self, adapters, Dtype, Format};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The run whose weights to export (an id or a unique prefix of one).
     pub run: String,
-    /// Export the weights after this step (0-based, as `ledger show` numbers them; default: the
-    /// run's last).
-    #[arg(long)]
+    /// Export the weights after this step (0-based, as `ledger show` numbers them; -1: the base
+    /// weights; default: the run's last).
+    #[arg(long, allow_negative_numbers = true)]
     pub step: Option<i64>,
     /// The folder to write; it must not exist or be empty.
     #[arg(long)]
@@ -24,21 +24,10 @@ pub struct ExportArgs {
     /// The type the weights are stored in: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-}
-
-/// The step to stop after, checked against the run's `n` committed steps: `None` is the last one
-/// (or none when the run has none).
-///
-/// Errors: bad input for a step the run does not have.
-fn resolve_step(step: Option<i64>, n: usize, run: &str) -> injector::Result<Option<i64>> {
-    match step {
-        None => Ok(n.checked_sub(1).map(|s| s as i64)),
-        Some(s) if s >= 0 && (s as usize) < n => Ok(Some(s)),
-        Some(s) => Err(Error::BadInput(format!(
-            "--step {s}: run {run} has {n} step(s), numbered 0 to {}",
-            n as i64 - 1
-        ))),
-    }
+    /// Also write the adapter of every step up to the exported one in peft's AdaLoRA format, as
+    /// DIR/adapters/step-<N>/ (adapter_config.json, adapter_model.safetensors; always f32).
+    #[arg(long)]
+    pub adapters: bool,
 }
 
 pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
@@ -48,12 +37,20 @@ pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(&a.run)?;
     let steps = ledger.steps(&r.id)?.len();
-    let upto = resolve_step(a.step, steps, &r.id)?;
+    let upto = super::resolve_step(a.step, steps, &r.id)?;
     let loaded = super::load_run_at(g, &ledger, &r, upto)?;
     let applied = upto.map_or(0, |s| s + 1);
-    let bytes = export::export(&loaded, &a.out, format, dtype)?;
+    let source = a.adapters.then(|| adapter_source(&ledger, &r, g, upto)).transpose()?;
+    let bytes = export::export(&loaded, &a.out, format, dtype, source.as_ref())?;
+    let with = source.map_or(String::new(), |s| {
+        format!(
+            " and {} adapter(s) under {}",
+            s.steps.len(),
+            a.out.join("adapters").display()
+        )
+    });
     eprintln!(
-        "exported run {} after {applied} step(s) to {} ({:.1} MB, {})",
+        "exported run {} after {applied} step(s) to {} ({:.1} MB, {}){with}",
         r.id,
         a.out.display(),
         bytes as f64 / 1e6,
@@ -62,16 +59,30 @@ pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn steps_resolve_to_the_last_or_are_refused() {
-        assert_eq!(resolve_step(None, 3, "r").unwrap(), Some(2));
-        assert_eq!(resolve_step(None, 0, "r").unwrap(), None);
-        assert_eq!(resolve_step(Some(0), 3, "r").unwrap(), Some(0));
-        assert!(resolve_step(Some(3), 3, "r").unwrap_err().is_bad_input());
-        assert!(resolve_step(Some(-1), 3, "r").unwrap_err().is_bad_input());
-    }
+/// The steps of run `r` up to `upto` (none when `None`) with the run's AdaLoRA settings, for
+/// `--adapters`.
+fn adapter_source(
+    ledger: &injector::ledger::Ledger,
+    r: &injector::ledger::RunRow,
+    g: &Global,
+    upto: Option<i64>,
+) -> anyhow::Result<adapters::Source> {
+    let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
+    let steps = ledger
+        .steps(&r.id)?
+        .into_iter()
+        .filter(|s| upto.is_some_and(|u| s.idx <= u))
+        .map(|s| (s.idx, s.delta_file))
+        .collect();
+    let base = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
+    Ok(adapters::Source {
+        run: r.id.clone(),
+        settings: adapters::Settings {
+            adalora: config.train.adalora,
+            total_step: config.train.max_steps,
+            base_model: base.display().to_string(),
+        },
+        deltas: ledger.deltas_dir(),
+        steps,
+    })
 }

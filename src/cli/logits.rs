@@ -1,4 +1,4 @@
-//! `injector logits PROMPT [--run RUN] [--raw] [--last N]` (hidden, for debugging and interop
+//! `injector logits PROMPT [--run RUN [--step N]] [--raw] [--last N]` (hidden, for debugging and interop
 //! checks): the token ids injector feeds the model for a prompt and the fp32 logits it computes, as
 //! JSON `{"ids": [t], "logits": [[vocab]; n]}`, so that another implementation can be compared with
 //! this one on the same input.
@@ -15,6 +15,9 @@ pub struct LogitsArgs {
     /// Use this run's current weights (base + its merged steps).
     #[arg(long)]
     pub run: Option<String>,
+    /// With --run: the weights after this step (-1: the base; default: the run's last).
+    #[arg(long, requires = "run", allow_negative_numbers = true)]
+    pub step: Option<i64>,
     /// Encode the prompt as it is, without the chat template.
     #[arg(long)]
     pub raw: bool,
@@ -24,7 +27,15 @@ pub struct LogitsArgs {
 }
 
 pub fn run(a: LogitsArgs, g: &Global) -> anyhow::Result<()> {
-    let loaded = super::load_model(g, a.run.as_deref())?;
+    let loaded = match (&a.run, a.step) {
+        (Some(id), Some(step)) => {
+            let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
+            let r = ledger.run(id)?;
+            let upto = super::resolve_step(Some(step), ledger.steps(&r.id)?.len(), &r.id)?;
+            super::load_run_at(g, &ledger, &r, upto)?
+        }
+        _ => super::load_model(g, a.run.as_deref())?,
+    };
     let ids = if a.raw {
         loaded.tokenizer.encode(&a.prompt)?
     } else {

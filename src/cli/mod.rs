@@ -1,4 +1,5 @@
 //! Command-line surface: global options and one module per subcommand.
+pub mod chat;
 pub mod compare;
 pub mod export;
 pub mod facts;
@@ -76,6 +77,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Ask the model (or a run's current weights) a question and stream its answer.
     Query(query::QueryArgs),
+    /// Chat with the model (or a run's current weights) in the terminal: history, /reset, Ctrl-D.
+    Chat(chat::ChatArgs),
     /// Score facts on the base model or a run's weights, without training.
     Probe(probe::ProbeArgs),
     /// What the ledger holds.
@@ -109,8 +112,25 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     load_run_at(g, &ledger, &r, None)
 }
 
+/// The step to stop after, checked against the run's `n` committed steps, for [`load_run_at`]:
+/// `None` asks for the last one (`None` back when the run has none: nothing to apply), -1 for the
+/// base weights (`Some(-1)`: no step applied).
+///
+/// Errors: bad input for a step the run does not have.
+pub fn resolve_step(step: Option<i64>, n: usize, run: &str) -> injector::Result<Option<i64>> {
+    match step {
+        None => Ok(n.checked_sub(1).map(|s| s as i64)),
+        Some(-1) => Ok(Some(-1)),
+        Some(s) if s >= 0 && (s as usize) < n => Ok(Some(s)),
+        Some(s) => Err(injector::Error::BadInput(format!(
+            "--step {s}: run {run} has {n} step(s), numbered 0 to {} (-1: the base weights)",
+            n as i64 - 1
+        ))),
+    }
+}
+
 /// Loads the model run `r` was made with (`--model`, else the recorded path) and replays its
-/// committed steps up to `upto` (all when `None`), checking the recorded weights hash.
+/// committed steps up to `upto` (all when `None`, none when -1), checking the recorded weights hash.
 pub fn load_run_at(
     g: &Global,
     ledger: &injector::ledger::Ledger,
@@ -131,6 +151,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::run(a, &cli.global),
         Command::Query(a) => query::run(a, &cli.global),
+        Command::Chat(a) => chat::run(a, &cli.global),
         Command::Probe(a) => probe::run(a, &cli.global),
         Command::Ledger(a) => ledger::run(a, &cli.global),
         Command::Repair(a) => repair::run(a, &cli.global),
@@ -140,5 +161,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Facts(a) => facts::run(a, &cli.global),
         Command::Export(a) => export::run(a, &cli.global),
         Command::Logits(a) => logits::run(a, &cli.global),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_resolve_to_the_last_or_the_base_or_are_refused() {
+        assert_eq!(resolve_step(None, 3, "r").unwrap(), Some(2));
+        assert_eq!(resolve_step(None, 0, "r").unwrap(), None);
+        assert_eq!(resolve_step(Some(0), 3, "r").unwrap(), Some(0));
+        assert_eq!(resolve_step(Some(-1), 3, "r").unwrap(), Some(-1));
+        assert_eq!(resolve_step(Some(-1), 0, "r").unwrap(), Some(-1));
+        assert!(resolve_step(Some(3), 3, "r").unwrap_err().is_bad_input());
+        assert!(resolve_step(Some(-2), 3, "r").unwrap_err().is_bad_input());
     }
 }

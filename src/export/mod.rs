@@ -1,6 +1,8 @@
 //! Exporting a model's weights (a run's, rebuilt by replay) so that other programs can serve it:
 //! the choices (format, dtype), the output folder's checks, and the all-or-nothing write (a
-//! temporary folder beside the target, renamed onto it at the end).
+//! temporary folder beside the target, renamed onto it at the end), with each step's adapter in
+//! peft's format when asked.
+pub mod adapters;
 pub mod hf;
 pub mod safetensors;
 
@@ -108,13 +110,20 @@ fn temp_dir_for(out: &Path) -> PathBuf {
     parent_of(out).join(format!(".{name}.partial-{}", std::process::id()))
 }
 
-/// Writes `loaded` to `out` in `format` with weights of `dtype`: everything goes into a temporary
-/// folder beside `out`, which is renamed onto `out` only once every file is written and synced, so
-/// `out` is either absent (or the empty folder it was) or complete. Returns the bytes written.
+/// Writes `loaded` to `out` in `format` with weights of `dtype`, and the steps of `adapters` under
+/// `out/adapters/` (see [`adapters::write_steps`]): everything goes into a temporary folder beside
+/// `out`, which is renamed onto `out` only once every file is written and synced, so `out` is either
+/// absent (or the empty folder it was) or complete. Returns the bytes written.
 ///
-/// Errors: what [`check_out_dir`] refuses (checked again here), or an I/O error — after which the
-/// temporary folder is removed.
-pub fn export(loaded: &Loaded, out: &Path, format: Format, dtype: Dtype) -> Result<u64> {
+/// Errors: what [`check_out_dir`] refuses (checked again here), a stored adapter that cannot be
+/// read, or an I/O error — after which the temporary folder is removed.
+pub fn export(
+    loaded: &Loaded,
+    out: &Path,
+    format: Format,
+    dtype: Dtype,
+    adapters: Option<&adapters::Source>,
+) -> Result<u64> {
     check_out_dir(out)?;
     std::fs::create_dir_all(parent_of(out))?;
     let tmp = temp_dir_for(out);
@@ -125,6 +134,10 @@ pub fn export(loaded: &Loaded, out: &Path, format: Format, dtype: Dtype) -> Resu
     let written = match format {
         Format::Hf => hf::write_folder(&tmp, &loaded.model, &loaded.tokenizer, dtype),
     }
+    .and_then(|()| match adapters {
+        Some(src) => adapters::write_steps(&tmp.join("adapters"), src).map(drop),
+        None => Ok(()),
+    })
     .and_then(|()| folder_bytes(&tmp));
     let done = written.and_then(|bytes| {
         // Onto a new name, or onto the empty folder `out` was (rename(2) replaces an empty one).
@@ -138,11 +151,17 @@ pub fn export(loaded: &Loaded, out: &Path, format: Format, dtype: Dtype) -> Resu
     done
 }
 
-/// Total size of the files directly in `dir`.
+/// Total size of the files in `dir` and its folders.
 fn folder_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for e in std::fs::read_dir(dir)? {
-        total += e?.metadata()?.len();
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() {
+            folder_bytes(&e.path())?
+        } else {
+            meta.len()
+        };
     }
     Ok(total)
 }

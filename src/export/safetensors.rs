@@ -105,4 +105,16 @@ mod tests {
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(meta.metadata().as_ref().unwrap()["format"], "pt");
     }
+
+    #[test]
+    fn an_empty_tensor_is_written_with_its_shape() {
+        // A peft module whose every rank was masked has lora_A of shape [0, in].
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let t = Tensor::zeros([0, 5], (Kind::Float, Device::Cpu));
+        write(&path, &[("e".into(), t)], &[]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("e").unwrap().shape(), [0, 5]);
+    }
 }
