@@ -3,7 +3,8 @@
 # fictional facts, updates one of them and something the base model knows (a counterfactual),
 # deletes the other and something the base model knows; bench/verbs/old holds the answers these
 # replace. Prints, per edit: the new answer's recall and generalisation (teacher-forced and free),
-# the old answer's scores on the base model and after the run (`probe`), and the run's locality.
+# the old answer's scores on the base model and after the run (`probe`), for updates the share of
+# prompts on which the model finds the new answer likelier than the old, and the run's locality.
 # Every figure is read from `run --json` and `probe --json` of one ledger run.
 #
 # usage: bench/verbs.sh [DEVICE]     DEVICE: cuda or cpu (default: cuda when a GPU is visible)
@@ -44,11 +45,11 @@ edits = [
 print(f"run {run['run']} ({run['strategy']}), locality after the run {f(run['locality'])}, weights {run['weights_hash'][:12]}")
 print()
 print("| edit | new answer recall (TF / free) | new answer generalisation (TF / free) "
-      "| old answer on the base (TF / free) | old answer after the run (TF / free) |")
-print("|---|---|---|---|---|")
+      "| old answer on the base (TF / free) | old answer after the run (TF / free) | prefers new |")
+print("|---|---|---|---|---|---|")
 for eid, what, old in edits:
     x, b, a = facts[eid], before[old], after[old]
     cell = lambda s, fr: f"{f(s['recall'])} / {f(fr['recall'] if fr else None)}"
     print(f"| {what} (`{eid}`) | {f(x['recall'])} / {f(x['free_recall'])} | {f(x['general'])} / {f(x['free_general'])} "
-          f"| {cell(b['score'], b['free'])} | {cell(a['score'], a['free'])} |")
+          f"| {cell(b['score'], b['free'])} | {cell(a['score'], a['free'])} | {f(x.get('prefers_new'))} |")
 PY

@@ -143,7 +143,7 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
     std::fs::create_dir_all(p.join("k")).unwrap();
     std::fs::write(
         p.join("k/a.yaml"),
-        "facts:\n  - id: moved\n    op: update\n    subject: Zorb\n    answer: Zorb is red.\n    previous: Zorb is blue.\n    prompts: [Zorb?, What is Zorb?]\n    probes: [Tell me Zorb.]\n  - id: gone\n    op: delete\n    subject: Quax\n    prompts: [Quax?]\n",
+        "facts:\n  - id: zorb\n    subject: Zorb\n    answer: Zorb is blue.\n    prompts: [Zorb?, What is Zorb?]\n  - id: moved\n    op: update\n    subject: Zorb\n    answer: Zorb is red.\n    previous: Zorb is blue.\n    prompts: [Zorb?, What is Zorb?]\n    probes: [Tell me Zorb.]\n  - id: gone\n    op: delete\n    subject: Quax\n    prompts: [Quax?]\n",
     )
     .unwrap();
     let o = injector(p, &run_args(&["--json"]));
@@ -151,10 +151,16 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let run = out["run"].as_str().unwrap();
     assert!(
-        out["facts"][0]["previous"].as_f64().is_some(),
+        out["facts"][1]["previous"].as_f64().is_some(),
         "an update records how much of the old answer remains"
     );
-    assert!(out["facts"][1]["previous"].is_null());
+    // Which answer the model prefers (issue #14 item 7): a share of the update's two prompts.
+    let prefers = out["facts"][1]["prefers_new"].as_f64().expect("an update's preference");
+    assert!([0.0, 0.5, 1.0].contains(&prefers), "{prefers}");
+    assert!(out["facts"][2]["previous"].is_null() && out["facts"][2]["prefers_new"].is_null());
+    // The inserted answer was replaced on purpose: superseded by the update, which is not.
+    assert_eq!(out["facts"][0]["superseded_by"], "moved");
+    assert!(out["facts"][1]["superseded_by"].is_null());
     let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
     let answers: Vec<&str> = v["facts"]
@@ -163,7 +169,7 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
         .iter()
         .map(|f| f["answer"].as_str().unwrap())
         .collect();
-    assert_eq!(answers, vec!["Zorb is red.", "I don't know anything about Quax."]);
+    assert_eq!(answers, vec!["Zorb is blue.", "Zorb is red.", "I don't know anything about Quax."]);
 }
 
 /// A step that runs out of optimizer steps before every fact reaches the threshold says so.

@@ -54,18 +54,20 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         return Ok(());
     }
     // Teacher-forced token accuracy, then the free answers' key-detail recall.
+    // `prefers`: for updates, the share of prompts on which the new answer is likelier than the old.
     println!(
-        "{:<28} {:>8} {:>8} {:>8} {:>6} {:>6}",
-        "fact", "recall", "general", "previous", "free", "free-g"
+        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "fact", "recall", "general", "previous", "prefers", "free", "free-g"
     );
     for (i, (fact, s)) in knowledge.facts.iter().zip(&scores).enumerate() {
         let fr = free.get(i);
         println!(
-            "{:<28} {:>8.2} {:>8} {:>8} {:>6} {:>6}",
+            "{:<28} {:>8.2} {:>8} {:>8} {:>8} {:>6} {:>6}",
             fact.id,
             s.recall,
             num(s.general),
             num(s.previous),
+            num(s.prefers_new),
             num(fr.map(|f| f.recall)),
             num(fr.and_then(|f| f.general))
         );

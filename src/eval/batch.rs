@@ -223,6 +223,27 @@ pub fn token_accuracy(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: usi
         .collect()
 }
 
+/// Sequence log-likelihood of every example: the sum over its target tokens (the answer and the
+/// end-of-turn token) of log p(token | prompt, earlier answer tokens), in nats, teacher-forced.
+/// Used to ask which of two answers the model prefers (an update's new answer or its previous one;
+/// EasyEdit's and ROME's "efficacy" compares the two probabilities the same way). Returns one value
+/// per example, in the order of the examples the batches were built from (`n` of them).
+pub fn sequence_logprob(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: usize) -> Vec<f64> {
+    let _g = tch::no_grad_guard();
+    let mut out = vec![0.0; n];
+    for b in batches {
+        let logp = b.logits(model, ad).log_softmax(-1, Kind::Float);
+        // Padding targets are −100: gather at 0 and drop them by owner below.
+        let at = b.targets.clamp_min(0).unsqueeze(1);
+        let picked = Vec::<f32>::try_from(logp.gather(1, &at, false).squeeze_dim(1).to_device(Device::Cpu))
+            .expect("float vector");
+        for (v, &o) in picked.iter().zip(&b.owner).filter(|(_, &o)| o != PADDING) {
+            out[o] += *v as f64;
+        }
+    }
+    out
+}
+
 /// Cross-entropy summed over the batch's target tokens (the caller divides by the total count).
 pub fn loss_sum(b: &Batch, logits: &Tensor) -> Tensor {
     logits

@@ -1,7 +1,7 @@
 //! Scoring facts at the model's current weights: recall on the training prompts, generalisation on
 //! the held-out probes, and for updates how much of the previous answer still comes out. All
 //! examples of all facts asked for go through one set of large batched passes.
-use super::batch::{build, token_accuracy, Example};
+use super::batch::{build, sequence_logprob, token_accuracy, Example};
 use super::metrics::{key_details, token_f1};
 use crate::error::Result;
 use crate::knowledge::Fact;
@@ -42,6 +42,11 @@ pub struct FactScore {
     pub recall: f64,
     pub general: Option<f64>,
     pub previous: Option<f64>,
+    /// For updates: the share of the training prompts on which the model finds the new answer
+    /// likelier than the previous one ([`sequence_logprob`]): what the model would say, where
+    /// `previous` (token accuracy on the old answer) also credits the tokens the two answers share.
+    #[serde(default)]
+    pub prefers_new: Option<f64>,
     pub recall_each: Vec<f64>,
     pub general_each: Vec<f64>,
 }
@@ -66,9 +71,11 @@ pub fn score(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) ->
         at += n;
         s
     };
+    let prefers = prefers_new(model, facts, max_batch_tokens);
     facts
         .iter()
-        .map(|f| {
+        .zip(prefers)
+        .map(|(f, prefers_new)| {
             let recall_each = take(f.recall.len());
             let general_each = take(f.general.len());
             let previous_each = take(f.previous.len());
@@ -76,9 +83,41 @@ pub fn score(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) ->
                 recall: mean(&recall_each).unwrap_or(0.0),
                 general: mean(&general_each),
                 previous: mean(&previous_each),
+                prefers_new,
                 recall_each,
                 general_each,
             }
+        })
+        .collect()
+}
+
+/// Per fact, for updates (facts with previous-answer examples): the share of training prompts on
+/// which the new answer's sequence log-likelihood beats the previous one's; `None` for the others.
+/// One extra batched pass over the updates' prompts with both answers, none when there are none.
+fn prefers_new(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) -> Vec<Option<f64>> {
+    let mut pairs: Vec<Example> = Vec::new();
+    for f in facts.iter().filter(|f| !f.previous.is_empty()) {
+        // Same prompts, in the same order: the new answer's example, then the previous one's.
+        for (new, old) in f.recall.iter().zip(&f.previous) {
+            pairs.push(new.clone());
+            pairs.push(old.clone());
+        }
+    }
+    if pairs.is_empty() {
+        return vec![None; facts.len()];
+    }
+    let logp = sequence_logprob(model, &NoAdapter, &build(&pairs, max_batch_tokens, model.device()), pairs.len());
+    let mut at = 0;
+    facts
+        .iter()
+        .map(|f| {
+            let k = f.recall.len().min(f.previous.len());
+            if f.previous.is_empty() || k == 0 {
+                return None;
+            }
+            let wins = (0..k).filter(|i| logp[at + 2 * i] > logp[at + 2 * i + 1]).count();
+            at += 2 * k;
+            Some(wins as f64 / k as f64)
         })
         .collect()
 }

@@ -5,7 +5,7 @@
 //! it as the driver does.
 use crate::config::RunConfig;
 use crate::eval::metrics::{key_details, DetailMatcher};
-use crate::knowledge::Fact;
+use crate::knowledge::{Fact, Op};
 use crate::ledger::{ProbeRow, StepRow};
 use crate::rng;
 use serde::Serialize;
@@ -97,6 +97,12 @@ pub struct FactSummary {
     pub general: Option<f64>,
     /// For updates: accuracy on the replaced answer at its latest measurement.
     pub previous: Option<f64>,
+    /// For updates: the share of training prompts on which the new answer is likelier than the
+    /// replaced one at that measurement (see [`FactScore::prefers_new`](crate::eval::probe::FactScore)).
+    pub prefers_new: Option<f64>,
+    /// The id of a later update or delete of the same subject in the run: this fact's answer was
+    /// replaced on purpose, so its falling recall is the edit working, not forgetting.
+    pub superseded_by: Option<String>,
     /// The step of that latest measurement.
     pub measured_at: i64,
     /// Free-decoding key-detail recall on its training prompts at its latest full check (`None`
@@ -117,6 +123,8 @@ pub struct Matrix {
     latest: HashMap<String, i64>,
     /// Per fact hash, the step of its most recent row with free-decoding scores.
     latest_free: HashMap<String, i64>,
+    /// Per fact hash, the id of the later update or delete of its subject.
+    superseded: HashMap<String, String>,
 }
 
 /// Means over a run's facts of their [`FactSummary`]s: the run's headline scores.
@@ -149,7 +157,7 @@ impl Matrix {
     /// `steps` in order, the run's `facts` (any order) and its probe rows (ordered by step).
     pub fn new(steps: &[StepRow], facts: &[Fact], probes: Vec<ProbeRow>) -> Matrix {
         let by_hash: HashMap<&str, &Fact> = facts.iter().map(|f| (f.hash.as_str(), f)).collect();
-        let facts = steps
+        let facts: Vec<FactInfo> = steps
             .iter()
             .flat_map(|s| s.facts.iter().map(move |h| (s.idx, h)))
             .filter_map(|(step, h)| {
@@ -170,11 +178,13 @@ impl Matrix {
             }
         }
         let probes = probes.into_iter().map(|p| ((p.fact.clone(), p.step), p)).collect();
+        let superseded = superseded(&facts, &by_hash);
         Matrix {
             facts,
             probes,
             latest,
             latest_free,
+            superseded,
         }
     }
 
@@ -202,6 +212,8 @@ impl Matrix {
                     recall: end.map(|p| p.recall).unwrap_or(f64::NAN),
                     general: end.and_then(|p| p.general),
                     previous: end.and_then(|p| p.previous),
+                    prefers_new: end.and_then(prefers_new),
+                    superseded_by: self.superseded.get(&f.hash).cloned(),
                     measured_at: end.map(|p| p.step).unwrap_or(-1),
                     free_recall: free.and_then(|p| p.free_recall),
                     free_general: free.and_then(|p| p.free_general),
@@ -391,6 +403,30 @@ pub struct Collision {
     /// The fact whose details it carries most, and those details.
     pub other: String,
     pub shared: Vec<String>,
+}
+
+/// Facts (by hash) whose subject a later update or delete of the run takes over (subjects compared
+/// up to case and surrounding space), with that fact's id.
+fn superseded(facts: &[FactInfo], by_hash: &HashMap<&str, &Fact>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for (i, f) in facts.iter().enumerate() {
+        let subject = f.subject.trim().to_lowercase();
+        let later = facts[i + 1..].iter().find(|g| {
+            g.subject.trim().to_lowercase() == subject
+                && by_hash
+                    .get(g.hash.as_str())
+                    .is_some_and(|g| matches!(g.op, Op::Update | Op::Delete))
+        });
+        if let Some(g) = later {
+            out.insert(f.hash.clone(), g.id.clone());
+        }
+    }
+    out
+}
+
+/// The update preference stored in a probe row's detail (`None` for other facts and older rows).
+fn prefers_new(p: &ProbeRow) -> Option<f64> {
+    serde_json::from_str::<serde_json::Value>(&p.detail).ok()?["prefers_new"].as_f64()
 }
 
 /// The free answers' texts stored in a probe row's detail (none when it has no free answers).

@@ -144,6 +144,9 @@ pub fn evaluate(
 /// The ledger row of one fact's scores after step `step`.
 fn probe_row(step: i64, fact: &str, s: &FactScore, free: Option<FreeScore>) -> ProbeRow {
     let mut detail = serde_json::json!({"recall": s.recall_each, "general": s.general_each});
+    if let Some(p) = s.prefers_new {
+        detail["prefers_new"] = p.into();
+    }
     if let Some(f) = &free {
         detail["free"] = serde_json::to_value(f).expect("scores serialise");
     }

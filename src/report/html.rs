@@ -339,7 +339,7 @@ pub fn run_page(d: &RunData) -> String {
         let _ = write!(b, "<td>{c}</td>");
     }
     b.push_str("</tr></table>");
-    b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>free recall</th><th>free generalisation</th><th>previous answer</th></tr>");
+    b.push_str("<h2>Facts</h2><table id=facts><tr><th class=l>fact</th><th>step</th><th>recall right after</th><th>final recall</th><th>final generalisation</th><th>free recall</th><th>free generalisation</th><th>previous answer</th><th>prefers new</th></tr>");
     let last = d.last_step().unwrap_or(-1);
     let stale = |at: i64| {
         if at == last {
@@ -351,8 +351,12 @@ pub fn run_page(d: &RunData) -> String {
     for f in d.fact_summaries() {
         let _ = write!(
             b,
-            "<tr><td class=l>{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td class=l>{}{}</td><td>{}</td><td style='background:{}'>{}</td><td style='background:{}'>{}</td><td>{}</td><td style='background:{}'>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&f.id),
+            f.superseded_by
+                .as_ref()
+                .map(|by| format!(" <small>(superseded by {})</small>", esc(by)))
+                .unwrap_or_default(),
             f.step,
             heat(if f.recall_at_step.is_finite() { f.recall_at_step } else { 0.0 }),
             num(Some(f.recall_at_step)),
@@ -362,7 +366,8 @@ pub fn run_page(d: &RunData) -> String {
             f.free_recall.map(heat).unwrap_or_else(|| "none".into()),
             num(f.free_recall),
             num(f.free_general),
-            num(f.previous)
+            num(f.previous),
+            num(f.prefers_new)
         );
     }
     b.push_str("</table>");
