@@ -50,4 +50,4 @@ PY
 runs=$(python3 -c "
 import json, sys
 print(','.join(r['run'] for n in sys.argv[1:] for r in json.load(open(f'$work/compare-{n}.json'))['runs']))" $ns)
-"$inj" --ledger "$work/ledger.db" --reports "$work/reports" report --capacity "$runs" | head -1 >&2
+"$inj" --ledger "$work/ledger.db" --reports "$work/reports" report --capacity "$runs" | sed -n 1p >&2

@@ -47,6 +47,8 @@ fn a_ledger_of_the_previous_release_opens_and_resumes() {
     let show = json(&run(&["ledger", "show", RUN, "--json"]));
     assert_eq!(show["run"]["weights_hash"], RECORDED);
     assert_eq!(show["config"]["train"]["lr"], 0.05);
+    // Its merges made ΔW on the host, as every run before schema 6 did; replay repeats that.
+    assert_eq!(show["run"]["merge_on_device"], false);
     // Today's code derives the same run key from the recorded config (the key hashes the config's
     // serialised form, so the same command still finds the same run).
     let r = &show["run"];

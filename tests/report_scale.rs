@@ -44,6 +44,7 @@ fn synthetic_run(l: &mut Ledger, k: &injector::knowledge::Knowledge, strategy: &
         base_weights_hash: "0".repeat(64),
         weights_hash: "0".repeat(64),
         finished: None,
+        merge_on_device: true,
     };
     let base = vec![LocalityBase {
         prompt: "p".into(),

@@ -64,10 +64,17 @@ pub fn factors(ad: &AdaLora) -> Vec<Factor> {
     })
 }
 
-/// W += ΔW for every factor, in fp32 arithmetic (see [`Llama::add_to_weight`]).
-pub fn merge(model: &Llama, factors: &[Factor]) -> Result<()> {
+/// W += ΔW for every factor, in fp32 arithmetic (see [`Llama::add_to_weight`]), ΔW made on the
+/// weights' device when `on_device` (the run's `merge_on_device`: its factors travel, not the
+/// products), else on the factors' device (the host), as runs recorded before schema 6 did.
+pub fn merge(model: &Llama, factors: &[Factor], on_device: bool) -> Result<()> {
     for f in factors {
-        model.add_to_weight(&f.key, &f.delta_weight_on(model.device()))?;
+        let delta = if on_device {
+            f.delta_weight_on(model.device())
+        } else {
+            f.delta_weight()
+        };
+        model.add_to_weight(&f.key, &delta)?;
     }
     Ok(())
 }

@@ -256,7 +256,7 @@ fn drive_steps(
             };
             let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
             clock.lap();
-            merge::merge(&loaded.model, &trained.factors)?;
+            merge::merge(&loaded.model, &trained.factors, plan.run.merge_on_device)?;
             let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
             if let tch::Device::Cuda(d) = loaded.model.device() {
                 // The merge's kernels are the merge phase's, not the next one's.

@@ -94,6 +94,7 @@ fn record_run(
         base_weights_hash: base_hash.clone(),
         weights_hash: base_hash,
         finished: None,
+        merge_on_device: true,
     };
     ledger.create_run(&row, &base)?;
     ledger.set_locality(&row.id, -1, 1.0)?;

@@ -20,12 +20,19 @@ pub fn weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -> Resu
     keys.sort();
     let mut h = blake3::Hasher::new();
     h.update(source_hash.as_bytes());
-    for k in keys {
-        let w = model
-            .weight(&k)
-            .ok_or_else(|| Error::Ledger(format!("no weight {k}")))?;
+    let weights: Vec<(String, Tensor)> = keys
+        .into_iter()
+        .map(|k| match model.weight(&k) {
+            Some(w) => Ok((k, w)),
+            None => Err(Error::Ledger(format!("no weight {k}"))),
+        })
+        .collect::<Result<_>>()?;
+    // The staging buffer is sized once, for the largest (growing it would leave each smaller
+    // pinned block in libtorch's host cache).
+    let largest = weights.iter().map(|(_, w)| w.numel() * w.kind().elt_size_in_bytes()).max();
+    for (k, w) in &weights {
         h.update(k.as_bytes());
-        hash_bytes(&mut h, &w)?;
+        hash_bytes(&mut h, w, largest.unwrap_or(0))?;
     }
     Ok(h.finalize().to_hex().to_string())
 }
@@ -38,8 +45,8 @@ thread_local! {
 }
 
 /// Adds the bytes of `w` (row-major, its own dtype) to `h`: on the CPU read in place, from a GPU
-/// through [`STAGING`]. Errors: no host buffer can be allocated.
-fn hash_bytes(h: &mut blake3::Hasher, w: &Tensor) -> Result<()> {
+/// through [`STAGING`], allocated with at least `capacity` bytes. Errors: no host buffer can be allocated.
+fn hash_bytes(h: &mut blake3::Hasher, w: &Tensor, capacity: usize) -> Result<()> {
     let bytes = w.numel() * w.kind().elt_size_in_bytes();
     if bytes == 0 {
         return Ok(());
@@ -50,9 +57,10 @@ fn hash_bytes(h: &mut blake3::Hasher, w: &Tensor) -> Result<()> {
         STAGING.with(|s| -> Result<Tensor> {
             let mut s = s.borrow_mut();
             if s.as_ref().is_none_or(|t| t.numel() < bytes) {
-                *s = Some(crate::cuda::pinned_empty(bytes as i64).or_else(|e| {
+                let size = capacity.max(bytes) as i64;
+                *s = Some(crate::cuda::pinned_empty(size).or_else(|e| {
                     tracing::warn!("hashing weights through pageable memory (slower): {e}");
-                    Tensor::f_empty([bytes as i64], (tch::Kind::Uint8, Device::Cpu))
+                    Tensor::f_empty([size], (tch::Kind::Uint8, Device::Cpu))
                 })?);
             }
             let staging = s.as_ref().expect("allocated above");
@@ -79,7 +87,7 @@ pub fn replay(ledger: &Ledger, run: &RunRow, loaded: &Loaded, cfg: &TrainConfig,
     let mut applied = 0;
     let mut last_hash = run.base_weights_hash.clone();
     for s in steps.iter().filter(|s| upto.is_none_or(|u| s.idx <= u)) {
-        merge::merge(&loaded.model, &merge::load(&dir, &s.delta_file)?)?;
+        merge::merge(&loaded.model, &merge::load(&dir, &s.delta_file)?, run.merge_on_device)?;
         applied += 1;
         last_hash = s.weights_hash.clone();
     }

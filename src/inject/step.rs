@@ -100,12 +100,28 @@ impl StaticPreserve {
 /// (cross-entropy × `inv_targets` + `reg` + `preserve` × KL) and the gradients are those of the two
 /// passes up to rounding. Returns the loss (detached) and each example's count of right argmax
 /// targets (float [n_examples]). Backward is called here.
+/// Whether one pass over both batches beats two: padding the shorter rows to the longer length must
+/// not cost more than a quarter more positions than the two passes' (a long example would otherwise
+/// pad every preservation row to its length).
+fn fusing_pays(b: &Batch, sp: &StaticPreserve) -> bool {
+    let (rows, len) = b.ids.size2().expect("ids are [rows, length]");
+    let (prows, plen) = sp.ids.size2().expect("ids are [rows, length]");
+    4 * (rows + prows) * len.max(plen) <= 5 * (rows * len + prows * plen)
+}
+
+/// The factor on the summed cross-entropy of [`fused_pass`]: a pooled trainer's device scalar (its
+/// graph reads each injection step's count) or a fresh trainer's constant.
+enum Scale<'t> {
+    Tensor(&'t Tensor),
+    By(f64),
+}
+
 fn fused_pass(
     model: &Llama,
     ad: &AdaLora,
     b: &Batch,
     sp: &StaticPreserve,
-    inv_targets: &Tensor,
+    inv_targets: Scale,
     preserve: f64,
     n_examples: usize,
 ) -> Pass {
@@ -120,7 +136,10 @@ fn fused_pass(
     let logits = model.logits(&flat.index_select(0, &joint(&b.gather, len, 0)));
     let mut correct = Tensor::zeros([n_examples as i64], (Kind::Float, model.device()));
     b.add_correct(&logits, &mut correct);
-    let ce = loss_sum(b, &logits) * inv_targets;
+    let ce = match inv_targets {
+        Scale::Tensor(inv) => loss_sum(b, &logits) * inv,
+        Scale::By(k) => loss_sum(b, &logits) * k,
+    };
     let kl = sp.kl_of(&model.logits(&flat.index_select(0, &joint(&sp.gather, plen, rows))));
     let reg = ad.orth_reg() + kl * preserve;
     (&ce + &reg).backward();
@@ -318,12 +337,14 @@ impl<'a> Trainer<'a> {
         let dev = self.model.device();
         // With graphs (a GPU), one batch and preservation on: one pass over both.
         if let (Some(sp), [b]) = (self.graphs.as_ref().and_then(|g| g.preserve.as_ref()), self.batches.as_slice()) {
-            if std::env::var("INJECTOR_FUSED_PASS").as_deref() != Ok("0") {
-                let inv = match &self.inv_targets {
-                    Some(inv) => inv.shallow_clone(),
-                    None => Tensor::from(1.0 / self.n_targets.max(1) as f64).to_kind(Kind::Float).to_device(dev),
+            if std::env::var("INJECTOR_FUSED_PASS").as_deref() != Ok("0") && fusing_pays(b, sp) {
+                // A fresh trainer divides by a constant: nothing may be copied to the device while
+                // the pass is being captured.
+                let scale = match &self.inv_targets {
+                    Some(inv) => Scale::Tensor(inv),
+                    None => Scale::By(1.0 / self.n_targets.max(1) as f64),
                 };
-                return fused_pass(self.model, &self.adapter, b, sp, &inv, self.cfg.preserve, self.n_examples);
+                return fused_pass(self.model, &self.adapter, b, sp, scale, self.cfg.preserve, self.n_examples);
             }
         }
         let mut correct = Tensor::zeros([self.n_examples as i64], (Kind::Float, dev));
@@ -955,7 +976,7 @@ mod tests {
             let (want_correct, want_grads) = (Vec::<f32>::try_from(&correct).unwrap(), grads(&ad));
 
             zero(&ad);
-            let pass = fused_pass(&model, &ad, b, &sp, &inv, preserve_weight, 3);
+            let pass = fused_pass(&model, &ad, b, &sp, Scale::Tensor(&inv), preserve_weight, 3);
             let got_loss = pass.loss.double_value(&[]);
             assert!((got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0), "{got_loss} vs {want_loss}");
             assert_eq!(Vec::<f32>::try_from(&pass.correct).unwrap(), want_correct);
@@ -965,6 +986,10 @@ mod tests {
                 assert!(d <= 1e-4 * scale, "prompt length {prompt_len}: gradient differs by {d} (scale {scale})");
             }
             assert!(want_grads.iter().any(|w| w.abs().max().double_value(&[]) > 0.0));
+            // A fresh trainer's constant factor gives the same loss as a pooled one's scalar.
+            zero(&ad);
+            let by = fused_pass(&model, &ad, b, &sp, Scale::By(1.0 / n_targets as f64), preserve_weight, 3);
+            assert!((by.loss.double_value(&[]) - got_loss).abs() < 1e-6 * got_loss.abs().max(1.0));
         }
     }
 }

@@ -24,6 +24,8 @@ fn parse<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
+/// The runs table's columns of every schema version (what makes a file ours); selects add the later
+/// `merge_on_device` (schema 6), which a migration adds to older files.
 const RUN_COLS: &str = "id, key, created, strategy, config, model_path, model_hash, knowledge_dir, \
     knowledge_hash, seed, status, base_weights_hash, weights_hash, finished";
 
@@ -43,6 +45,7 @@ fn run_row(r: &Row) -> rusqlite::Result<RunRow> {
         base_weights_hash: r.get(11)?,
         weights_hash: r.get(12)?,
         finished: r.get(13)?,
+        merge_on_device: r.get(14)?,
     })
 }
 
@@ -262,13 +265,13 @@ impl Ledger {
     }
 
     pub fn find_run_by_key(&self, key: &str) -> Result<Option<RunRow>> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE key = ?1");
+        let sql = format!("SELECT {RUN_COLS}, merge_on_device FROM runs WHERE key = ?1");
         Ok(self.conn.query_row(&sql, [key], run_row).optional()?)
     }
 
     /// A run by id (or unique id prefix).
     pub fn run(&self, id: &str) -> Result<RunRow> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1 OR id LIKE ?2 ORDER BY id");
+        let sql = format!("SELECT {RUN_COLS}, merge_on_device FROM runs WHERE id = ?1 OR id LIKE ?2 ORDER BY id");
         let mut st = self.conn.prepare(&sql)?;
         let rows: Vec<RunRow> = st
             .query_map(params![id, format!("{id}%")], run_row)?
@@ -288,7 +291,7 @@ impl Ledger {
     }
 
     pub fn list_runs(&self) -> Result<Vec<RunRow>> {
-        let sql = format!("SELECT {RUN_COLS} FROM runs ORDER BY created, id");
+        let sql = format!("SELECT {RUN_COLS}, merge_on_device FROM runs ORDER BY created, id");
         let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map([], run_row)?.collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -299,7 +302,7 @@ impl Ledger {
         let tx = self.write_transaction()?;
         tx.execute(
             &format!(
-                "INSERT INTO runs ({RUN_COLS}) VALUES (?1,?2,strftime('%Y-%m-%dT%H:%M:%SZ','now'),?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)"
+                "INSERT INTO runs ({RUN_COLS}, merge_on_device) VALUES (?1,?2,strftime('%Y-%m-%dT%H:%M:%SZ','now'),?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
             ),
             params![
                 run.id,
@@ -314,7 +317,8 @@ impl Ledger {
                 run.status,
                 run.base_weights_hash,
                 run.weights_hash,
-                run.finished
+                run.finished,
+                run.merge_on_device
             ],
         )?;
         for (i, b) in base.iter().enumerate() {

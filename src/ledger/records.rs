@@ -20,6 +20,10 @@ pub struct RunRow {
     pub base_weights_hash: String,
     pub weights_hash: String,
     pub finished: Option<String>,
+    /// Whether its merges make ΔW on the weights' device (runs since session 6) or on the host
+    /// (older runs); replay repeats the run's own arithmetic (see `adapter::merge::merge`).
+    #[serde(default)]
+    pub merge_on_device: bool,
 }
 
 /// One committed step.

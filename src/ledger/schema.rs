@@ -147,4 +147,10 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, idx)
     );
     "#,
+    // 6: where a run's merges make ΔW = B·A: 1 on the weights' device (runs since session 6), 0 on the
+    // host (every run before). Replay repeats a run's own arithmetic: a GPU's product differs from
+    // the host's in the last bits, and so would the weights hash.
+    r#"
+    ALTER TABLE runs ADD COLUMN merge_on_device INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -21,14 +21,18 @@ fn template(f: &FactInfo) -> HashSet<String> {
     let drop: HashSet<String> = key_details(&f.answer, &f.subject)
         .iter()
         .chain(std::iter::once(&f.subject))
-        .flat_map(|d| d.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>())
+        .flat_map(|d| words(d))
         .collect();
-    f.answer
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+    words(&f.answer)
         .filter(|w| !drop.contains(w) && !w.chars().all(|c| c.is_ascii_digit()))
         .collect()
+}
+
+/// Lowercase words: runs of letters and digits.
+fn words(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
 }
 
 /// Jaccard overlap of two facts' [`template`]s, in [0, 1]: 1 when both answers say the same around
@@ -46,19 +50,21 @@ fn jaccard(a: &HashSet<String>, b: &HashSet<String>) -> f64 {
     a.intersection(b).count() as f64 / union as f64
 }
 
-/// What the collisions of one run say about similar keys.
+/// What the collisions of one run say about similar keys (from its latest free answers; a run
+/// with none decoded has none to say: [`key_collisions`] gives `None`).
 pub struct KeyCollisions {
     /// Facts whose free answers carry another fact's details, and the facts of the run.
     pub colliding: usize,
     pub facts: usize,
-    /// Share of colliding pairs whose templates are alike (≥ [`ALIKE`]), and the same share over
-    /// every pair of the run's facts (what chance gives).
-    pub alike_colliding: f64,
+    /// Share of colliding pairs whose templates are alike (≥ [`ALIKE`]; `None` without pairs), and
+    /// the same share over every pair of the run's facts.
+    pub alike_colliding: Option<f64>,
     pub alike_any: f64,
 }
 
 /// [`KeyCollisions`] of a run, from [`Matrix::collisions`](crate::eval::retention::Matrix::collisions).
-pub fn key_collisions(d: &RunData) -> KeyCollisions {
+pub fn key_collisions(d: &RunData) -> Option<KeyCollisions> {
+    d.summary().final_free_recall?;
     let facts = &d.matrix.facts;
     let templates: Vec<HashSet<String>> = facts.iter().map(template).collect();
     let index: BTreeMap<&str, usize> = facts.iter().enumerate().map(|(i, f)| (f.id.as_str(), i)).collect();
@@ -79,12 +85,12 @@ pub fn key_collisions(d: &RunData) -> KeyCollisions {
             all += 1;
         }
     }
-    KeyCollisions {
+    Some(KeyCollisions {
         colliding: pairs.len(),
         facts: facts.len(),
-        alike_colliding,
+        alike_colliding: (!pairs.is_empty()).then_some(alike_colliding),
         alike_any: same as f64 / all.max(1) as f64,
-    }
+    })
 }
 
 /// The capacity page of `runs` (any order; grouped by strategy, plotted against their fact counts).
@@ -172,9 +178,11 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     let _ = write!(
         b,
         "<h2>Collisions: similar keys?</h2><p class=meta>In each strategy's largest run: the facts whose free \
-         answers carry at least two key details of another fact, and how often the two facts' templates are \
-         alike (word overlap around their names and numbers ≥ {ALIKE}) against any two facts of the run. \
-         The run pages list the pairs.</p><table><tr><th class=l>strategy</th><th>N</th><th>colliding facts</th>\
+         answers carry at least two key details of another fact, and how often the two facts' answer templates \
+         are alike (word overlap around their names and numbers ≥ {ALIKE}) against any two facts of the run. \
+         The partner is the fact whose details the answer carries most, and the kinds of details a fact has \
+         follow its template, so alike partners are favoured by how pairs are found: the any-pair share is a \
+         floor, not the share chance alone would give. The run pages list the pairs.</p><table><tr><th class=l>strategy</th><th>N</th><th>colliding facts</th>\
          <th>alike templates, colliding pairs</th><th>alike templates, any pair</th></tr>"
     );
     for st in &strategies {
@@ -186,18 +194,26 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
         else {
             continue;
         };
-        let k = key_collisions(r);
-        let _ = write!(
-            b,
-            "<tr><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.run.id),
-            esc(st),
-            k.facts,
-            k.colliding,
-            k.facts,
-            num(Some(k.alike_colliding)),
-            num(Some(k.alike_any))
-        );
+        let _ = match key_collisions(r) {
+            Some(k) => write!(
+                b,
+                "<tr><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td><td>{} of {}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.run.id),
+                esc(st),
+                k.facts,
+                k.colliding,
+                k.facts,
+                num(k.alike_colliding),
+                num(Some(k.alike_any))
+            ),
+            None => write!(
+                b,
+                "<tr><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td><td colspan=3>no free answers decoded</td></tr>",
+                esc(&r.run.id),
+                esc(st),
+                r.matrix.facts.len()
+            ),
+        };
     }
     b.push_str("</table>");
     page(&format!("capacity {id}"), &b)

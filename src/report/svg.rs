@@ -156,8 +156,10 @@ fn chart(
         svg.push_str(r#"<text x="60" y="120">no data</text></svg>"#);
         return svg;
     }
-    let x0 = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-    let mut x1 = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    // The axis spans the data and every tick.
+    let xs = || pts.iter().map(|p| p.0).chain(ticks.unwrap_or(&[]).iter().map(|t| t.0));
+    let x0 = xs().fold(f64::INFINITY, f64::min);
+    let mut x1 = xs().fold(f64::NEG_INFINITY, f64::max);
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
