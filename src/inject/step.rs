@@ -871,6 +871,20 @@ mod tests {
         );
     }
 
+    /// A default adapter whose E holds random values × `scale` (a fresh one's E is zero: it changes
+    /// nothing), so that it moves the model's distributions.
+    fn adapter_that_moves(model: &Llama, scale: f64) -> AdaLora {
+        let ac = AdaLoraConfig::default();
+        let ad = AdaLora::new(&ac, &adapter_shapes(model, &ac), Device::Cpu, 1, 10);
+        tch::no_grad(|| {
+            for g in &ad.groups {
+                g.e.shallow_clone()
+                    .copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * scale));
+            }
+        });
+        ad
+    }
+
     /// The padded static batches give each preservation batch the KL of the batch itself (batches of
     /// different row counts and lengths), with an adapter that moves the distributions.
     #[test]
@@ -886,14 +900,7 @@ mod tests {
             .collect();
         let preserve = Preserve::new(&model, &examples, 3);
         assert_eq!(preserve.batches.len(), 3);
-        let ac = AdaLoraConfig::default();
-        let ad = AdaLora::new(&ac, &adapter_shapes(&model, &ac), Device::Cpu, 1, 10);
-        tch::no_grad(|| {
-            for g in &ad.groups {
-                g.e.shallow_clone()
-                    .copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * 5.0));
-            }
-        });
+        let ad = adapter_that_moves(&model, 5.0);
         let mut fixed = StaticPreserve::new(&preserve);
         for i in 0..3 {
             let want = preserve.kl(&model, &ad, i as i64).double_value(&[]);
@@ -918,15 +925,8 @@ mod tests {
             })
             .collect();
         let preserve = Preserve::new(&model, &kept, 2);
-        let ac = AdaLoraConfig::default();
-        let mut ad = AdaLora::new(&ac, &adapter_shapes(&model, &ac), Device::Cpu, 1, 10);
+        let mut ad = adapter_that_moves(&model, 3.0);
         ad.training = true;
-        tch::no_grad(|| {
-            for g in &ad.groups {
-                g.e.shallow_clone()
-                    .copy_(&(Tensor::randn(g.e.size(), (Kind::Float, Device::Cpu)) * 3.0));
-            }
-        });
         let mut sp = StaticPreserve::new(&preserve);
         sp.load(1);
         let grads = |ad: &AdaLora| -> Vec<Tensor> {
