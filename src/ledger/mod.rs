@@ -205,7 +205,7 @@ impl Ledger {
         Ok(l)
     }
 
-    /// Checks, reading only, that `path` is an injector ledger this release can write to, or no file
+    /// Checks, writing nothing, that `path` is an injector ledger this release can write to, or no file
     /// yet (a new ledger): for commands that write, before they load a model.
     ///
     /// Errors: as [`Ledger::open_read_only`], for a file that is there.
@@ -213,7 +213,14 @@ impl Ledger {
         if !path.exists() {
             return Ok(());
         }
-        check_ours(&connect_read_only(path)?, path, true).map(|_| ())
+        // Read-write (the command will write), though nothing is written: the last connection to
+        // a WAL ledger that closes removes the `-wal` and `-shm` files its opening made, which a
+        // read-only one leaves behind beside a ledger the command then refuses to touch.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| Error::BadInput(format!("{}: cannot open ledger: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        check_ours(&conn, path, true).map(|_| ())
     }
 
     fn new(conn: Connection, path: &Path) -> Result<Self> {
