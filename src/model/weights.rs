@@ -89,13 +89,31 @@ fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
         })
         .collect::<Result<_>>()?;
     let permute = cfg.architecture != "qwen2";
+    let (hidden, head_dim) = (cfg.hidden_size as i64, cfg.head_dim as i64);
     let mut w = Weights::new();
     for (name, values, shape) in decoded {
         let t = Tensor::from_slice(&values).reshape(&shape);
-        let t = match name.rsplit('.').nth(1) {
-            Some("q_proj") if permute => unpermute_qk(&t, cfg.num_attention_heads as i64),
-            Some("k_proj") if permute => unpermute_qk(&t, cfg.num_key_value_heads as i64),
-            _ => t,
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") if permute => Some(cfg.num_attention_heads as i64),
+            Some("k_proj") if permute => Some(cfg.num_key_value_heads as i64),
+            _ => None,
+        };
+        let t = match heads {
+            // The shape is checked here, before the rows are regrouped by head, rather than when
+            // the model is built: rows that do not split into the heads cannot be regrouped.
+            Some(n) if shape != [n * head_dim, hidden] => {
+                let gguf_name = g.tensors.iter().find(|t| hf_name(&t.name).as_ref() == Some(&name));
+                return Err(Error::bad_model(
+                    path,
+                    format!(
+                        "tensor '{}' has shape {shape:?}, expected {:?}",
+                        gguf_name.map_or(name.as_str(), |t| t.name.as_str()),
+                        [n * head_dim, hidden]
+                    ),
+                ));
+            }
+            Some(n) => unpermute_qk(&t, n),
+            None => t,
         };
         w.insert(name, t);
     }
