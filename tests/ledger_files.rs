@@ -179,6 +179,27 @@ fn output_paths_that_cannot_be_written_are_refused_before_the_model_loads() {
             assert_refused(&o, &[want]);
         }
     }
+    // Where the system makes no files (as root too): /proc; a folder without write permission
+    // where permissions hold (not for root).
+    let locked = p.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let root = std::fs::write(locked.join("probe"), b"").is_ok();
+    let mut denied = vec![
+        ("--ledger", "/proc/injector-test/l.db".to_string()),
+        ("--ledger", "/proc/l.db".to_string()),
+        ("--reports", "/proc/injector-reports".to_string()),
+    ];
+    if !root {
+        denied.push(("--ledger", locked.join("l.db").display().to_string()));
+        denied.push(("--reports", locked.join("r").display().to_string()));
+    }
+    for (flag, path) in &denied {
+        for cmd in [&["run", "k"][..], &["compare", "k", "--strategy", "sequential,mixed"]] {
+            let o = injector(p, &[cmd, &model, &[flag, path.as_str()]].concat());
+            assert_refused(&o, &[&format!("{path}: {flag} cannot be written")]);
+        }
+    }
     // An existing --ledger that is not a ledger is refused before the model loads too.
     sqlite_file(&p.join("notes.db"), "CREATE TABLE notes (x TEXT);");
     let o = injector(p, &[&["run", "k", "--ledger", "notes.db"][..], &model].concat());
