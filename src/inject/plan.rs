@@ -49,6 +49,11 @@ fn canonical_dir(k: &Knowledge) -> String {
         .to_string()
 }
 
+/// The key of the run of `knowledge` under `config` on the loaded model (see [`run_key`]).
+pub fn key_of(loaded: &Loaded, knowledge: &Knowledge, config: &RunConfig) -> String {
+    run_key(&loaded.source_hash, &canonical_dir(knowledge), config)
+}
+
 /// The run of `knowledge` under `config` on the loaded model: found by its key, or recorded now.
 pub fn find_or_record(
     ledger: &mut Ledger,
@@ -58,7 +63,7 @@ pub fn find_or_record(
     config: &RunConfig,
 ) -> Result<RunRow> {
     let dir = canonical_dir(knowledge);
-    let key = run_key(&loaded.source_hash, &dir, config);
+    let key = key_of(loaded, knowledge, config);
     match ledger.find_run_by_key(&key)? {
         Some(r) => Ok(r),
         None => record_run(ledger, loaded, model_path, knowledge, config, &key, &dir),

@@ -1,10 +1,12 @@
 //! The SQLite ledger (WAL, so several processes can share it): runs, facts, steps, deltas, probes,
 //! generations and locality. Reports and `compare` read it alone.
+mod lock;
 mod records;
 mod schema;
 
 use crate::error::{Error, Result};
 use crate::knowledge::Fact;
+pub use lock::RunLock;
 pub use records::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
