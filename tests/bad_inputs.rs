@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 /// hangs.
 const HANG: Duration = Duration::from_secs(30);
 
+/// Lays out what a case needs in a worker's folder and returns the model path to give.
+type Setup = Box<dyn Fn(&Path) -> PathBuf + Send + Sync>;
+
 /// One input to refuse: the arguments after `run`, the path the error must name, and what else it
 /// must say.
 struct Case {
     name: String,
     /// What the case needs laid out in the worker's folder before it runs (an HF folder to copy).
-    setup: Option<Box<dyn Fn(&Path) -> PathBuf + Send + Sync>>,
+    setup: Option<Setup>,
     /// The knowledge folder, or `None` for the worker's valid one.
     knowledge: Option<PathBuf>,
     /// The path the error line names (a prefix of the file it names).
