@@ -1,7 +1,7 @@
 //! The files the tool reads and writes besides the model: a read never changes the ledger, an SQLite
-//! file that is not an injector ledger (or of a newer schema) is refused by name and left as it
-//! was, and a `--ledger` or `--reports` path that cannot be written is refused before the model
-//! loads.
+//! file that is not an injector ledger (or of a newer schema, or damaged) is refused by name and
+//! left as it was, and a `--ledger` or `--reports` path that cannot be written is refused before
+//! the model loads.
 mod common;
 
 use common::*;
@@ -77,11 +77,24 @@ fn a_file_that_is_not_our_ledger_is_refused_and_left_as_it_was() {
         "PRAGMA journal_mode = DELETE; PRAGMA user_version = 99;",
     );
     std::fs::write(p.join("junk.db"), b"SQLite format 2\0 but not really, just some text").unwrap();
+    // A ledger that holds a run, damaged: one page overwritten (the steps table's), or cut in half.
+    std::fs::copy(fixture("ledger-v1").join("ledger.sqlite"), p.join("held.db")).unwrap();
+    sqlite_file(&p.join("held.db"), "PRAGMA journal_mode = DELETE;");
+    let held = std::fs::read(p.join("held.db")).unwrap();
+    let mut damaged = held.clone();
+    damaged[8 * 4096..9 * 4096].fill(0x5a);
+    std::fs::write(p.join("damaged.db"), damaged).unwrap();
+    std::fs::write(p.join("truncated.db"), &held[..held.len() / 2]).unwrap();
     let cases = [
         ("notes.db", "not an injector ledger (its tables are not injector's)"),
         ("other.db", "not an injector ledger (its runs table is not injector's)"),
         ("newer.db", "ledger schema version 99 is newer than this injector's"),
         ("junk.db", "not an injector ledger (file is not a database)"),
+        ("damaged.db", "the ledger is damaged (Tree 9 page 9"),
+        (
+            "truncated.db",
+            "the ledger is damaged (database disk image is malformed)",
+        ),
     ];
     for (db, why) in cases {
         let before = std::fs::read(p.join(db)).unwrap();
@@ -164,6 +177,27 @@ fn output_paths_that_cannot_be_written_are_refused_before_the_model_loads() {
         for cmd in [&["run", "k"][..], &["compare", "k", "--strategy", "sequential,mixed"]] {
             let o = injector(p, &[cmd, &model, flags].concat());
             assert_refused(&o, &[want]);
+        }
+    }
+    // Where the system makes no files (as root too): /proc; a folder without write permission
+    // where permissions hold (not for root).
+    let locked = p.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    let root = std::fs::write(locked.join("probe"), b"").is_ok();
+    let mut denied = vec![
+        ("--ledger", "/proc/injector-test/l.db".to_string()),
+        ("--ledger", "/proc/l.db".to_string()),
+        ("--reports", "/proc/injector-reports".to_string()),
+    ];
+    if !root {
+        denied.push(("--ledger", locked.join("l.db").display().to_string()));
+        denied.push(("--reports", locked.join("r").display().to_string()));
+    }
+    for (flag, path) in &denied {
+        for cmd in [&["run", "k"][..], &["compare", "k", "--strategy", "sequential,mixed"]] {
+            let o = injector(p, &[cmd, &model, &[flag, path.as_str()]].concat());
+            assert_refused(&o, &[&format!("{path}: {flag} cannot be written")]);
         }
     }
     // An existing --ledger that is not a ledger is refused before the model loads too.

@@ -30,6 +30,9 @@ pub fn run(a: RevertArgs, g: &Global) -> anyhow::Result<()> {
     let loaded = injector::model::load(&path, device)?;
     injector::inject::plan::check_model(&r, &loaded, &path.display().to_string())?;
     let ledger = Ledger::open(&g.ledger)?;
+    // Not while another process trains the run: its next commit would follow the steps taken back.
+    let _lock = ledger.lock_run(&r.key)?;
+    ledger.check_revert(&r, a.to_step)?;
     injector::inject::state::replay(&ledger, &r, &loaded, &config.train, Some(a.to_step))?;
     let mut ledger = ledger;
     let rev = ledger.revert(&r.id, a.to_step)?;

@@ -3,7 +3,7 @@
 //! then for each injection step train, merge, [evaluate](super::evaluate) and commit, one SQLite
 //! transaction a step.
 use super::evaluate::{evaluate, Evaluated};
-use super::plan::{check_model, find_or_record, plan, Plan};
+use super::plan::{check_model, find_or_record, key_of, plan, Plan};
 use super::prepare::{prepare, Prepared};
 use super::schedule::Schedule;
 use super::step::{train, train_epochs, Trained, Trainers};
@@ -77,6 +77,7 @@ pub fn run(
 ) -> Result<RunOutcome> {
     let t0 = Instant::now();
     config.validate()?;
+    let _lock = ledger.lock_run(&key_of(loaded, knowledge, config))?;
     let run = find_or_record(ledger, loaded, model_path, knowledge, config)?;
     drive(ledger, loaded, run, knowledge, config, None, progress, t0)
 }
@@ -95,6 +96,9 @@ pub fn resume(
     let t0 = Instant::now();
     let config = RunConfig::from_json(&run.config, &format!("run {}'s config in the ledger", run.id))?;
     check_model(&run, loaded, model_path)?;
+    // What another process did to the run while this one waited is read after the lock.
+    let _lock = ledger.lock_run(&run.key)?;
+    let run = ledger.run(&run.id)?;
     drive(ledger, loaded, run, knowledge, &config, None, progress, t0)
 }
 
@@ -121,6 +125,8 @@ pub fn repair(
     let t0 = Instant::now();
     let config = RunConfig::from_json(&run.config, &format!("run {}'s config in the ledger", run.id))?;
     check_model(&run, loaded, model_path)?;
+    let _lock = ledger.lock_run(&run.key)?;
+    let run = ledger.run(&run.id)?;
     let knowledge = Knowledge {
         dir: run.knowledge_dir.clone().into(),
         facts: ledger.run_facts(&run.id)?,

@@ -49,6 +49,11 @@ fn canonical_dir(k: &Knowledge) -> String {
         .to_string()
 }
 
+/// The key of the run of `knowledge` under `config` on the loaded model (see [`run_key`]).
+pub fn key_of(loaded: &Loaded, knowledge: &Knowledge, config: &RunConfig) -> String {
+    run_key(&loaded.source_hash, &canonical_dir(knowledge), config)
+}
+
 /// The run of `knowledge` under `config` on the loaded model: found by its key, or recorded now.
 pub fn find_or_record(
     ledger: &mut Ledger,
@@ -58,7 +63,7 @@ pub fn find_or_record(
     config: &RunConfig,
 ) -> Result<RunRow> {
     let dir = canonical_dir(knowledge);
-    let key = run_key(&loaded.source_hash, &dir, config);
+    let key = key_of(loaded, knowledge, config);
     match ledger.find_run_by_key(&key)? {
         Some(r) => Ok(r),
         None => record_run(ledger, loaded, model_path, knowledge, config, &key, &dir),
@@ -119,10 +124,21 @@ pub fn check_model(run: &RunRow, loaded: &Loaded, model_path: &str) -> Result<()
 /// Call before any work: a fact that does not fit cannot be trained or scored.
 ///
 /// Errors: bad input `file:line: fact X is N tokens with its template; the model's limit is M`, for
-/// the first fact that does not fit; the tokenizer's errors.
+/// the first fact that does not fit (`… has an answer of more than M tokens …` for a field far
+/// too long, see [`field_beyond`]); the tokenizer's errors.
 pub fn check_fit(facts: &[Fact], loaded: &Loaded) -> Result<()> {
     let limit = loaded.model.cfg.max_position_embeddings;
+    let tok = &loaded.tokenizer;
+    // A token spans at most this many bytes of text (byte-level and SentencePiece vocabularies
+    // spell every byte with at least one byte), so a longer prefix holds more than `limit` tokens.
+    let prefix = 2 * (limit + 1) * tok.max_token_bytes().max(1);
     for f in facts {
+        if let Some(field) = field_beyond(f, tok, limit, prefix)? {
+            return Err(Error::BadInput(format!(
+                "{}: fact {} has {field} of more than {limit} tokens; the model's limit is {limit}",
+                f.source, f.id
+            )));
+        }
         let ex = FactExamples::new(&loaded.tokenizer, f)?;
         let longest = ex
             .recall
@@ -139,6 +155,30 @@ pub fn check_fit(facts: &[Fact], loaded: &Loaded) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first field of `f` longer than `prefix` bytes whose first `prefix` bytes alone are more than
+/// `limit` tokens, named for the message (`an answer`, `a prompt`, …). Tokenizing such a field
+/// whole — a 5 MB answer, eight prompts around a 1 MB subject — would take minutes and gigabytes
+/// to refuse it.
+fn field_beyond(f: &Fact, tok: &crate::model::Tokenizer, limit: usize, prefix: usize) -> Result<Option<&'static str>> {
+    let fields = f
+        .prompts
+        .iter()
+        .map(|p| ("a prompt", p))
+        .chain(f.probes.iter().map(|p| ("a probe", p)))
+        .chain([("an answer", &f.answer)])
+        .chain(f.previous.iter().map(|p| ("a previous answer", p)));
+    for (name, text) in fields.filter(|(_, t)| t.len() > prefix) {
+        let mut end = prefix;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        if tok.encode(&text[..end])?.len() > limit {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 /// Adds the knowledge's facts to `run` (facts it holds already are kept) and plans the steps that

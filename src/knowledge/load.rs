@@ -1,10 +1,11 @@
 //! Reading and validating knowledge files. Every problem is reported as `file:line: problem` before
 //! anything else happens.
+use super::scan;
 use super::templates::{decline, default_prompts};
 use super::{Fact, Knowledge, Lang, Op};
 use crate::error::{Error, Result};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 #[derive(Deserialize)]
@@ -31,7 +32,17 @@ fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
 }
 
 /// Maps a YAML error to `file:line: message` (the parser's own " at line L column C" removed).
-fn yaml_error(path: &Path, e: serde_yaml_ng::Error) -> Error {
+fn yaml_error(path: &Path, text: &str, e: serde_yaml_ng::Error) -> Error {
+    if let (true, Some(line)) = (
+        e.to_string().contains("more than one document"),
+        scan::second_document_line(text),
+    ) {
+        return bad(
+            path,
+            line,
+            "a second YAML document starts here; a file holds one fact, or a list of them under `facts:`",
+        );
+    }
     let line = e.location().map(|l| l.line()).unwrap_or(1);
     let msg = e.to_string();
     let msg = match msg.find(" at line ") {
@@ -41,42 +52,23 @@ fn yaml_error(path: &Path, e: serde_yaml_ng::Error) -> Error {
     bad(path, line, msg)
 }
 
-/// Line numbers (1-based) of the items of the top-level `facts:` list, found by indentation.
-fn item_lines(text: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut in_facts = false;
-    let mut indent: Option<usize> = None;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let ind = line.len() - trimmed.len();
-        if ind == 0 && !trimmed.starts_with('-') {
-            in_facts = trimmed.starts_with("facts:");
-            continue;
-        }
-        if in_facts && (trimmed.starts_with("- ") || trimmed == "-") {
-            let want = *indent.get_or_insert(ind);
-            if ind == want {
-                out.push(i + 1);
-            }
-        }
-    }
-    out
-}
-
 /// Whether `s` carries something a model can learn: at least one letter or digit (any script).
 /// Blank text, punctuation alone and invisible characters (zero-width spaces, a lone BOM) do not.
 fn nonempty(s: &str) -> bool {
     s.chars().any(char::is_alphanumeric)
 }
 
-/// A question reduced to what tells it apart: its letters and digits, lower-cased. Two questions
-/// with the same key differ only in case, spacing or punctuation.
+/// A question reduced to what tells it apart: its letters and digits, case-folded, after Unicode
+/// compatibility normalisation (NFKC: full-width `ＷＨＡＴ` is `WHAT`, a decomposed `é` the composed
+/// one). Two questions with the same key differ only in case, spacing, punctuation or such forms.
 fn question_key(s: &str) -> String {
-    s.chars()
+    let mut n = tokenizers::NormalizedString::from(s);
+    n.nfkc();
+    // Lower-casing the upper case folds what lower-casing alone keeps apart (`ß` and `SS`).
+    n.get()
+        .chars()
         .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
 }
@@ -116,10 +108,11 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
     let probes = raw.probes.unwrap_or_default();
     // A probe that differs from a training prompt only in case, spacing or punctuation is the same
     // question: it would score memorisation as generalisation.
-    if let Some(p) = probes
-        .iter()
-        .find(|p| prompts.iter().any(|q| question_key(q) == question_key(p)))
-    {
+    let prompt_keys: HashSet<String> = match probes.is_empty() {
+        true => HashSet::new(),
+        false => prompts.iter().map(|q| question_key(q)).collect(),
+    };
+    if let Some(p) = probes.iter().find(|p| prompt_keys.contains(&question_key(p))) {
         return Err(bad(
             path,
             line,
@@ -133,6 +126,19 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
     }
     if raw.previous.is_some() && op != Op::Update {
         return Err(bad(path, line, "`previous` is only for `op: update`"));
+    }
+    if let Some(prev) = &raw.previous {
+        if !nonempty(prev) {
+            return Err(bad(path, line, "`previous` is empty"));
+        }
+        // An update whose old answer is its new one teaches nothing and scores nothing.
+        if question_key(prev) == question_key(&answer) {
+            return Err(bad(
+                path,
+                line,
+                "`previous` is the same as `answer` (up to case, spacing and punctuation)",
+            ));
+        }
     }
     let mut f = Fact {
         id: raw.id.unwrap_or(default_id),
@@ -167,18 +173,29 @@ pub fn load_file(path: &Path) -> Result<Vec<Fact>> {
 /// gets its relative path, `places/list-0`, so two `list.yaml` in two folders do not collide).
 fn load_file_named(path: &Path, stem: &str) -> Result<Vec<Fact>> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, 1, format!("cannot read: {e}")))?;
+    if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        return Err(bad(path, 1, "not valid UTF-8 (the file is UTF-16: save it as UTF-8)"));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        let line = scan::line_of(e.as_bytes(), e.utf8_error().valid_up_to());
         bad(path, line, "not valid UTF-8")
     })?;
-    // A byte-order mark is not content: left in, it shifts the parser's idea of the document.
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text).to_string();
-    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
+    // A byte-order mark is not content: left in, it shifts the parser's idea of the document (and
+    // a file converted twice has two).
+    let text = text.trim_start_matches('\u{FEFF}');
+    // The parser takes time quadratic in the depth of flow nesting; refuse the absurd before it.
+    if let Some(line) = scan::flow_too_deep(text) {
+        return Err(bad(
+            path,
+            line,
+            format!("`[` or `{{` nested more than {} deep", scan::MAX_FLOW_DEPTH),
+        ));
+    }
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
     let is_list = value.as_mapping().is_some_and(|m| m.contains_key("facts"));
     if is_list {
-        let raw: RawFile = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
-        let lines = item_lines(&text);
+        let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
+        let lines = scan::item_lines(text);
         if raw.facts.is_empty() {
             return Err(bad(path, 1, "`facts` is an empty list"));
         }
@@ -190,8 +207,9 @@ fn load_file_named(path: &Path, stem: &str) -> Result<Vec<Fact>> {
     } else if value.is_null() {
         Err(bad(path, 1, "the file holds no fact"))
     } else {
-        let raw: RawFact = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(path, e))?;
-        Ok(vec![resolve(raw, path, 1, stem.to_string())?])
+        let raw: RawFact = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
+        let line = scan::first_content_line(text);
+        Ok(vec![resolve(raw, path, line, stem.to_string())?])
     }
 }
 
@@ -445,6 +463,38 @@ mod tests {
         assert!(err(d.path()).contains("a.yaml:"));
         std::fs::remove_file(d.path().join("a.yaml")).unwrap();
         assert!(err(d.path()).contains("no facts"));
+    }
+
+    /// Validation the corpus (tests/corpus/knowledge) found missing: a probe that is a prompt in
+    /// another width or composition, an update whose old answer is blank or its new one; a file
+    /// converted to UTF-8 twice (two byte-order marks) is read.
+    #[test]
+    fn same_text_in_other_forms_and_doubled_marks() {
+        let d = tempfile::tempdir().unwrap();
+        for probe in ["ＷＨＡＴ ＩＳ ＧＰＴ？", "what is gpt", "WHAT IS GPT"] {
+            write(
+                d.path(),
+                "a.yaml",
+                &format!("subject: GPT\nanswer: A model.\nprompts: [What is GPT?]\nprobes: [\"{probe}\"]\n"),
+            );
+            assert!(err(d.path()).contains("also a training prompt"), "{probe}");
+        }
+        write(d.path(), "a.yaml", "subject: Straße\nanswer: A road.\nprompts: [Where is Caf\u{e9} Straße?]\nprobes: [\"where is cafe\u{301} STRASSE\"]\n");
+        assert!(err(d.path()).contains("also a training prompt"), "{}", err(d.path()));
+        write(
+            d.path(),
+            "a.yaml",
+            "op: update\nsubject: X\nanswer: X is 2.\nprevious: ' . '\n",
+        );
+        assert!(err(d.path()).contains("a.yaml:1: `previous` is empty"));
+        write(
+            d.path(),
+            "a.yaml",
+            "op: update\nsubject: X\nanswer: X is 2.\nprevious: x IS 2\n",
+        );
+        assert!(err(d.path()).contains("`previous` is the same as `answer`"));
+        std::fs::write(d.path().join("a.yaml"), "\u{FEFF}\u{FEFF}subject: X\nanswer: X is 1.\n").unwrap();
+        assert_eq!(load_dir(d.path()).unwrap().facts[0].subject, "X");
     }
 
     #[test]

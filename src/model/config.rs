@@ -104,7 +104,7 @@ impl Config {
             ),
             Some(serde_json::Value::Null) | None => None,
             Some(v) => {
-                let kind = v.get("rope_type").or(v.get("type")).cloned().unwrap_or_default();
+                let kind = v.get("rope_type").or(v.get("type")).unwrap_or(v).clone();
                 if kind.as_str() == Some("default") {
                     None
                 } else {
@@ -219,17 +219,32 @@ impl Config {
     /// normalisation constants that are finite and positive.
     /// Errors: bad model naming `path` and what is wrong.
     fn validate(&self, path: &Path) -> Result<()> {
-        let ok = self.num_attention_heads > 0
-            && self.num_key_value_heads > 0
-            && self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
-            && self.head_dim.is_multiple_of(2)
-            && self.head_dim > 0
-            && self.hidden_size > 0
-            && self.vocab_size > 0
-            && self.num_hidden_layers > 0
-            && self.max_position_embeddings > 0;
-        if !ok {
-            return Err(Error::bad_model(path, format!("inconsistent model shape: {self:?}")));
+        let bad = |msg: String| Err(Error::bad_model(path, msg));
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} is 0: a model needs at least 1"));
+            }
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return bad(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return bad(format!(
+                "head_dim is {}: rotary embeddings need an even head dimension",
+                self.head_dim
+            ));
         }
         for (name, v, max) in [
             ("layers", self.num_hidden_layers, MAX_LAYERS),

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// The most elements reserved ahead for a count read from the file.
+const PREALLOCATE: usize = 1 << 16;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +168,9 @@ impl<'a> Cursor<'a> {
                 if n > (self.buf.len() - self.pos) as u64 {
                     return Err(format!("array of {n} elements at offset {} exceeds the file", self.pos));
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                // Capacity grows with what is read: a count that is only bounded by the file's size
+                // would reserve 32 bytes an element up front, gigabytes for a model file.
+                let mut v = Vec::with_capacity((n as usize).min(PREALLOCATE));
                 for _ in 0..n {
                     v.push(self.value(ety, depth + 1)?);
                 }
@@ -215,7 +219,7 @@ impl Gguf {
             let v = c.value(ty, 0).map_err(|e| format!("metadata '{key}': {e}"))?;
             metadata.insert(key, v);
         }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut tensors = Vec::with_capacity((n_tensors as usize).min(PREALLOCATE));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let nd = c.u32()?;
@@ -242,6 +246,13 @@ impl Gguf {
         let data_start = (c.pos as u64).div_ceil(align) * align;
         let data_len = (map.len() as u64).saturating_sub(data_start);
         for t in &tensors {
+            // The format requires it, and llama.cpp refuses a file without it.
+            if t.offset % align != 0 {
+                return Err(format!(
+                    "tensor '{}' offset {} is not a multiple of the alignment {align}",
+                    t.name, t.offset
+                ));
+            }
             let numel = t
                 .dims
                 .iter()

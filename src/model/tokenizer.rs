@@ -284,6 +284,18 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The most bytes one token's vocabulary entry spells (its string as stored: a byte-level
+    /// token's characters stand for one byte each, so this bounds the bytes of text it covers).
+    pub fn max_token_bytes(&self) -> usize {
+        self.inner.get_vocab(true).keys().map(String::len).max().unwrap_or(0)
+    }
+
+    /// The largest id the tokenizer can give (its vocabulary and added tokens), if it has any: ids
+    /// need not be dense, so this can exceed [`Tokenizer::vocab_size`].
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
+    }
+
     /// The end-of-turn token the chat template closes an assistant answer with.
     pub fn end_of_turn_id(&self) -> Option<u32> {
         let preferred = ["<|im_end|>", "<|eot_id|>"]

@@ -77,16 +77,43 @@ fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
         .tensors
         .par_iter()
         .filter_map(|t| hf_name(&t.name).map(|n| (n, t)))
-        .map(|(n, t)| g.tensor_f32(t).map(|(v, s)| (n, v, s)))
+        .map(|(n, t)| {
+            let (v, s) = g.tensor_f32(t)?;
+            if !v.iter().all(|x| x.is_finite()) {
+                return Err(Error::bad_model(
+                    path,
+                    format!("tensor '{}' holds NaN or infinite values", t.name),
+                ));
+            }
+            Ok((n, v, s))
+        })
         .collect::<Result<_>>()?;
     let permute = cfg.architecture != "qwen2";
+    let (hidden, head_dim) = (cfg.hidden_size as i64, cfg.head_dim as i64);
     let mut w = Weights::new();
     for (name, values, shape) in decoded {
         let t = Tensor::from_slice(&values).reshape(&shape);
-        let t = match name.rsplit('.').nth(1) {
-            Some("q_proj") if permute => unpermute_qk(&t, cfg.num_attention_heads as i64),
-            Some("k_proj") if permute => unpermute_qk(&t, cfg.num_key_value_heads as i64),
-            _ => t,
+        let heads = match name.rsplit('.').nth(1) {
+            Some("q_proj") if permute => Some(cfg.num_attention_heads as i64),
+            Some("k_proj") if permute => Some(cfg.num_key_value_heads as i64),
+            _ => None,
+        };
+        let t = match heads {
+            // The shape is checked here, before the rows are regrouped by head, rather than when
+            // the model is built: rows that do not split into the heads cannot be regrouped.
+            Some(n) if shape != [n * head_dim, hidden] => {
+                let gguf_name = g.tensors.iter().find(|t| hf_name(&t.name).as_ref() == Some(&name));
+                return Err(Error::bad_model(
+                    path,
+                    format!(
+                        "tensor '{}' has shape {shape:?}, expected {:?}",
+                        gguf_name.map_or(name.as_str(), |t| t.name.as_str()),
+                        [n * head_dim, hidden]
+                    ),
+                ));
+            }
+            Some(n) => unpermute_qk(&t, n),
+            None => t,
         };
         w.insert(name, t);
     }
@@ -117,15 +144,78 @@ fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// The tensors of one safetensors file as fp32, refusing what a model cannot be built from: a
+/// file that is not safetensors, a tensor of a type other than a float (integers, bools, 8-bit
+/// floats), a weight that is NaN or infinite.
+fn read_safetensors(f: &Path) -> Result<Vec<(String, Tensor)>> {
+    use safetensors::Dtype;
+    let file = std::fs::File::open(f).map_err(|e| Error::bad_model(f, format!("cannot open: {e}")))?;
+    // SAFETY: read-only map of a file the loader does not change, as in `Gguf::open`.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::bad_model(f, format!("cannot map: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| Error::bad_model(f, format!("not a valid safetensors file: {e}")))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            other => {
+                return Err(Error::UnsupportedTensorType {
+                    path: f.into(),
+                    tensor: name,
+                    ty: format!("{other:?}"),
+                })
+            }
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?.to_kind(Kind::Float);
+        if !bool::try_from(t.isfinite().all())? {
+            return Err(Error::bad_model(
+                f,
+                format!("tensor '{name}' holds NaN or infinite values"),
+            ));
+        }
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// The number of decoder layers the weights hold (`model.layers.{i}.…`: the largest i, plus one).
+fn layers_held<'a>(names: impl Iterator<Item = &'a String>) -> usize {
+    names
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|i| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
 fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
-    let cfg = Config::from_hf_json(&dir.join("config.json"))?;
+    let cfg_path = dir.join("config.json");
+    let cfg = Config::from_hf_json(&cfg_path)?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let mut w = Weights::new();
     for f in safetensor_files(dir)? {
-        let tensors = Tensor::read_safetensors(&f).map_err(|e| Error::bad_model(&f, format!("{e}")))?;
-        for (name, t) in tensors {
-            w.insert(name, t.to_kind(Kind::Float));
-        }
+        w.extend(read_safetensors(&f)?);
+    }
+    // Layers beyond the config's count would be dropped without a word (fewer are named as a
+    // missing tensor when the model is built).
+    let held = layers_held(w.keys());
+    if held > cfg.num_hidden_layers {
+        return Err(Error::bad_model(
+            &cfg_path,
+            format!(
+                "num_hidden_layers is {} but the weights hold {held} layers",
+                cfg.num_hidden_layers
+            ),
+        ));
     }
     Ok((cfg, w, tokenizer))
 }
@@ -157,13 +247,23 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
         load_gguf(path)?
     };
     // Every id the tokenizer can give must have a row of the embedding, or the first forward of
-    // such a token fails inside libtorch.
-    if tokenizer.vocab_size() == 0 || tokenizer.vocab_size() > cfg.vocab_size {
+    // such a token fails inside libtorch. Ids need not be dense: the largest one counts.
+    let (count, top) = (tokenizer.vocab_size(), tokenizer.max_id().map_or(0, |i| i as usize + 1));
+    if count == 0 || count > cfg.vocab_size {
         return Err(Error::bad_model(
             path,
             format!(
-                "the tokenizer has {} tokens but the model embeds {}",
-                tokenizer.vocab_size(),
+                "the tokenizer has {count} tokens but the model embeds {}",
+                cfg.vocab_size
+            ),
+        ));
+    }
+    if top > cfg.vocab_size {
+        return Err(Error::bad_model(
+            path,
+            format!(
+                "the tokenizer gives token id {} but the model embeds {} tokens",
+                top - 1,
                 cfg.vocab_size
             ),
         ));
@@ -198,6 +298,21 @@ mod tests {
         );
         assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
         assert!(hf_name("rope_freqs.weight").is_none());
+    }
+
+    #[test]
+    fn layers_held_counts_from_the_names() {
+        let names: Vec<String> = [
+            "model.embed_tokens.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.11.input_layernorm.weight",
+            "model.layers.x.y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(layers_held(names.iter()), 12);
+        assert_eq!(layers_held(names[..1].iter()), 0);
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! A light scan of a knowledge file's text beside the YAML parser, which gives no positions for
+//! the values it returns: where each fact starts (for `file:line` messages), where a second
+//! document starts, and flow collections nested too deeply to parse in reasonable time.
+//! Lines end in LF, CRLF or a lone CR, as YAML counts them.
+
+/// Flow collections (`[`, `{`) may nest this deep. The parser's time grows with the square of
+/// the depth (40,000 levels take seconds, 200,000 minutes) and the deserialiser refuses more
+/// than 128 levels of any nesting anyway, so deeper flow nesting is refused before parsing.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+/// The lines of `text`, split at LF, CRLF or a lone CR.
+pub fn lines(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(['\n', '\r']) {
+        out.push(&rest[..i]);
+        let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// 1-based line of byte offset `at` in `bytes` (LF, CRLF and lone CR each end one line).
+pub fn line_of(bytes: &[u8], at: usize) -> usize {
+    let head = &bytes[..at.min(bytes.len())];
+    let crlf = head.windows(2).filter(|w| w == b"\r\n").count();
+    1 + head.iter().filter(|&&b| b == b'\n' || b == b'\r').count() - crlf
+}
+
+/// Whether a line carries no YAML content: blank, a comment, a directive or a document marker.
+fn is_preamble(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#') || line.starts_with('%') || is_marker(line, "---")
+}
+
+/// Whether a line is the document marker `marker` (`---` or `...`), alone or followed by a space.
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// The first line with content (past blank lines, comments, directives and `---`): where a file's
+/// single fact starts.
+pub fn first_content_line(text: &str) -> usize {
+    lines(text).iter().position(|l| !is_preamble(l)).map_or(1, |i| i + 1)
+}
+
+/// The line where a second YAML document starts (`---` or `...` at the start of a line after
+/// content), if any.
+pub fn second_document_line(text: &str) -> Option<usize> {
+    let ls = lines(text);
+    let first = ls.iter().position(|l| !is_preamble(l))?;
+    ls.iter()
+        .enumerate()
+        .skip(first + 1)
+        .find(|(_, l)| is_marker(l, "---") || is_marker(l, "..."))
+        .map(|(i, _)| i + 1)
+}
+
+/// The key of a top-level `key:` line (plain, single- or double-quoted), if it is one.
+fn top_level_key(line: &str) -> Option<&str> {
+    let (key, _) = line.split_once(':')?;
+    let key = key.trim_end();
+    let unquoted = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')));
+    Some(unquoted.unwrap_or(key))
+}
+
+/// Line numbers (1-based) of the items of the top-level `facts:` list in block style, found by
+/// indentation (a list in flow style, `facts: [...]`, has none).
+pub fn item_lines(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut in_facts = false;
+    let mut indent: Option<usize> = None;
+    for (i, line) in lines(text).into_iter().enumerate() {
+        let trimmed = line.trim_start();
+        if is_preamble(line) {
+            continue;
+        }
+        let ind = line.len() - trimmed.len();
+        if ind == 0 && !trimmed.starts_with('-') {
+            in_facts = top_level_key(trimmed) == Some("facts");
+            continue;
+        }
+        if in_facts && (trimmed.starts_with("- ") || trimmed == "-") {
+            let want = *indent.get_or_insert(ind);
+            if ind == want {
+                out.push(i + 1);
+            }
+        }
+    }
+    out
+}
+
+/// The line where flow collections first nest deeper than [`MAX_FLOW_DEPTH`], if they do.
+///
+/// A scan, not a parse, that errs towards counting less: a bracket counts where YAML starts a flow
+/// collection — at the start of a value in block context, anywhere outside quotes in flow
+/// context; quoted scalars (opened where a value starts), comments and the content of block
+/// scalars (`|`, `>`) are skipped.
+pub fn flow_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    // Lines more indented than this are the content of a block scalar.
+    let mut block_scalar: Option<usize> = None;
+    for (n, line) in lines(text).into_iter().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(parent) = block_scalar {
+            if line.trim().is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        // The last character that is not a space, and whether it opened a collection: a quote or
+        // a bracket after one of these starts a value.
+        let mut prev: Option<char> = None;
+        let mut prev_opened = false;
+        while i < chars.len() {
+            let c = chars[i];
+            let value_start = prev_opened
+                || match prev {
+                    None => true,
+                    Some(':' | '-' | '?') => true,
+                    Some(',') => depth > 0,
+                    _ => false,
+                };
+            let mut opened = false;
+            match c {
+                '#' if i == 0 || chars[i - 1].is_whitespace() => break,
+                '"' | '\'' if value_start => {
+                    // Skip to the closing quote on this line; a quoted scalar that goes on over
+                    // lines is rare in knowledge files, and its brackets are not counted wrongly
+                    // when it is not skipped (it is inside quotes only if it opened here).
+                    i += 1;
+                    while i < chars.len() {
+                        if c == '"' && chars[i] == '\\' {
+                            i += 2;
+                            continue;
+                        }
+                        if chars[i] == c {
+                            if c == '\'' && chars.get(i + 1) == Some(&'\'') {
+                                i += 2;
+                                continue;
+                            }
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+                '[' | '{' if depth > 0 || value_start => {
+                    opened = true;
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(n + 1);
+                    }
+                }
+                ']' | '}' if depth > 0 => depth -= 1,
+                '|' | '>' if depth == 0 && value_start => {
+                    // A block scalar's header: the rest of the line is indicators and a comment.
+                    let rest: String = chars[i + 1..].iter().collect();
+                    let rest = rest.split(" #").next().unwrap_or("").trim();
+                    if rest.chars().all(|r| r.is_ascii_digit() || r == '+' || r == '-') {
+                        block_scalar = Some(indent);
+                    }
+                    break;
+                }
+                _ => {}
+            }
+            if !c.is_whitespace() {
+                prev = Some(chars[i.min(chars.len() - 1)]);
+                prev_opened = opened;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_end_in_lf_crlf_or_cr() {
+        assert_eq!(lines("a\nb\r\nc\rd"), ["a", "b", "c", "d"]);
+        assert_eq!(line_of(b"a\r\nb\rc\nd", 8), 4);
+        assert_eq!(line_of(b"abc", 2), 1);
+    }
+
+    #[test]
+    fn facts_are_found_where_they_start() {
+        let text = "# facts\n\"facts\":\n  - id: a\n    prompts:\n    - x\n  - id: b\n";
+        assert_eq!(item_lines(text), [3, 6]);
+        assert_eq!(item_lines(&text.replace('\n', "\r")), [3, 6]);
+        assert_eq!(item_lines("facts:\n- id: a\n  prompts:\n  - x\n- id: b\n"), [2, 5]);
+        assert_eq!(first_content_line("# c\n\n%YAML 1.1\n---\nsubject: x\n"), 5);
+        assert_eq!(second_document_line("subject: x\n---\nsubject: y\n"), Some(2));
+        assert_eq!(second_document_line("---\nsubject: x\n...\n"), Some(3));
+        assert_eq!(second_document_line("---\nsubject: x\n"), None);
+    }
+
+    #[test]
+    fn only_flow_nesting_beyond_the_limit_is_refused() {
+        let deep = |n: usize| format!("subject: x\nprompts: {}\n", "[".repeat(n));
+        assert_eq!(flow_too_deep(&deep(MAX_FLOW_DEPTH)), None);
+        assert_eq!(flow_too_deep(&deep(MAX_FLOW_DEPTH + 1)), Some(2));
+        let map = format!("subject: {}b\n", "{a: ".repeat(MAX_FLOW_DEPTH + 1));
+        assert_eq!(flow_too_deep(&map), Some(1));
+        // Brackets that open nothing: in quotes, in comments, inside plain text, in block scalars.
+        let many = "[".repeat(500);
+        for text in [
+            format!("answer: \"{many}\"\n"),
+            format!("answer: '{many}'\n"),
+            format!("answer: x # {many}\n"),
+            format!("answer: see {many}\n"),
+            format!("answer: |\n  {many}\n  {many}\nsubject: x\n"),
+            format!("facts:\n  - answer: >-\n      {many}\n    subject: x\n"),
+            format!("prompts: [What's x, \"{many}\", 'it''s {many}']\n"),
+        ] {
+            assert_eq!(flow_too_deep(&text), None, "{text}");
+        }
+        // After a block scalar ends, counting resumes.
+        let after = format!("answer: |\n  text\nprompts: {}\n", "[".repeat(MAX_FLOW_DEPTH + 1));
+        assert_eq!(flow_too_deep(&after), Some(3));
+    }
+}
