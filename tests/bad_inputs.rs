@@ -108,7 +108,7 @@ fn check(case: &Case, out: &Output, named: &Path, took: Duration) -> Vec<String>
             wrong.push(format!("does not say {e:?}"));
         }
     }
-    if took > Duration::from_secs(10) {
+    if took > Duration::from_secs(20) {
         wrong.push(format!("took {took:.1?}"));
     }
     wrong

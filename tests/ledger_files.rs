@@ -135,6 +135,18 @@ fn reading_a_ledger_changes_nothing_in_it() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, 2);
+    // A row that does not read back (hand-edited JSON) is named, as bad input, for every reader.
+    std::fs::copy(&db, p.join("edited.sqlite")).unwrap();
+    sqlite_file(
+        &p.join("edited.sqlite"),
+        "PRAGMA journal_mode = DELETE; UPDATE steps SET rank_pattern = 'not json' WHERE idx = 0;",
+    );
+    let edited = std::fs::read(p.join("edited.sqlite")).unwrap();
+    for cmd in [&["ledger", "show", "run-f4c56d57"][..], &["report"]] {
+        let o = injector(p, &[cmd, &["--ledger", "edited.sqlite", "--reports", "r"]].concat());
+        assert_refused(&o, &["edited.sqlite: the ledger holds a row that cannot be read"]);
+        assert!(std::fs::read(p.join("edited.sqlite")).unwrap() == edited);
+    }
     // An empty file is no ledger to read.
     std::fs::write(p.join("empty.db"), b"").unwrap();
     let o = injector(p, &["ledger", "list", "--ledger", "empty.db"]);

@@ -148,7 +148,8 @@ pub fn load_run_at(
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let ledger = cli.global.ledger.clone();
+    let out = match cli.command {
         Command::Run(a) => run::run(a, &cli.global),
         Command::Query(a) => query::run(a, &cli.global),
         Command::Chat(a) => chat::run(a, &cli.global),
@@ -161,7 +162,32 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Facts(a) => facts::run(a, &cli.global),
         Command::Export(a) => export::run(a, &cli.global),
         Command::Logits(a) => logits::run(a, &cli.global),
+    };
+    out.map_err(|e| name_unreadable_rows(e, &ledger))
+}
+
+/// A ledger row that does not read back (hand-edited JSON, a value of another type) is the
+/// ledger's fault, not the command's: the error names the file and is bad input (exit 2), like a
+/// damaged page (which is caught when the ledger opens; a row only when it is read).
+fn name_unreadable_rows(e: anyhow::Error, ledger: &std::path::Path) -> anyhow::Error {
+    use rusqlite::Error as Sql;
+    let row = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<injector::Error>(),
+            Some(injector::Error::Sqlite(
+                Sql::FromSqlConversionFailure(..) | Sql::InvalidColumnType(..) | Sql::IntegralValueOutOfRange(..)
+            ))
+        )
+    });
+    if !row {
+        return e;
     }
+    injector::Error::BadInput(format!(
+        "{}: the ledger holds a row that cannot be read ({})",
+        ledger.display(),
+        format!("{e:#}").replace('\n', " ")
+    ))
+    .into()
 }
 
 #[cfg(test)]
