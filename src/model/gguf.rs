@@ -386,8 +386,24 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// Writes a GGUF v3 file with the given metadata and tensors.
-pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
+/// The alignment of tensor data in the files this module writes (GGUF's default, also written as
+/// `general.alignment` by the exporter).
+pub const ALIGNMENT: u64 = DEFAULT_ALIGNMENT;
+
+/// A tensor's entry in the directory of a file to write: its data comes after the header, in the
+/// same order, each tensor starting at a multiple of [`ALIGNMENT`].
+pub struct TensorEntry {
+    pub name: String,
+    /// ggml order, innermost first.
+    pub dims: Vec<u64>,
+    pub type_id: u32,
+    /// The size of its data in bytes.
+    pub bytes: u64,
+}
+
+/// The bytes of a GGUF v3 file before its tensor data (magic, version, counts, metadata, tensor
+/// directory, padding to the alignment), and each tensor's offset from the start of the data.
+pub fn header(metadata: &[(String, Value)], tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>) {
     let mut w = Vec::new();
     w.extend(MAGIC);
     w.extend(3u32.to_le_bytes());
@@ -399,7 +415,7 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor])
         write_value(&mut w, v);
     }
     let mut offset = 0u64;
-    let mut offsets = Vec::new();
+    let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
         write_str(&mut w, &t.name);
         w.extend((t.dims.len() as u32).to_le_bytes());
@@ -409,12 +425,24 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor])
         w.extend(t.type_id.to_le_bytes());
         w.extend(offset.to_le_bytes());
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+        offset = (offset + t.bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
     }
-    w.resize(
-        (w.len() as u64).div_ceil(DEFAULT_ALIGNMENT) as usize * DEFAULT_ALIGNMENT as usize,
-        0,
-    );
+    w.resize((w.len() as u64).div_ceil(ALIGNMENT) as usize * ALIGNMENT as usize, 0);
+    (w, offsets)
+}
+
+/// Writes a GGUF v3 file with the given metadata and tensors.
+pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
+    let entries: Vec<TensorEntry> = tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            type_id: t.type_id,
+            bytes: t.data.len() as u64,
+        })
+        .collect();
+    let (mut w, offsets) = header(metadata, &entries);
     let data_start = w.len();
     for (t, off) in tensors.iter().zip(offsets) {
         w.resize(data_start + off as usize, 0);
