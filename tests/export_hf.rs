@@ -3,50 +3,11 @@
 //! the interop venv has transformers) transformers' logits on the export.
 mod common;
 
-use common::knowledge::write_small;
+use common::export::*;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-const RUN: [&str; 14] = [
-    "run",
-    "k",
-    "--model",
-    "tiny.gguf",
-    "--ledger",
-    "l.db",
-    "--device",
-    "cpu",
-    "--lr",
-    "0.05",
-    "--max-steps",
-    "25",
-    "--alpha",
-    "32",
-];
-
-/// A temporary folder with the tiny model, the small knowledge set and a finished 3-step run in
-/// `l.db`; returns the folder and the run id.
-fn workspace_with_run() -> (tempfile::TempDir, String) {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_small(&p.join("k"));
-    let mut args = RUN.to_vec();
-    args.extend(["--json", "-q", "--no-free-decoding"]);
-    let o = injector(p, &args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let run = out["run"].as_str().unwrap().to_string();
-    (d, run)
-}
-
-fn export(p: &Path, run: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["export", run, "--ledger", "l.db", "--device", "cpu"];
-    args.extend_from_slice(extra);
-    injector(p, &args)
-}
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -58,44 +19,6 @@ fn safetensors_header(path: &Path) -> (Value, usize) {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     (header, bytes.len() - 8 - n)
-}
-
-/// `injector logits` on a chat prompt, with `args` choosing the weights: (ids, logits [t][vocab]).
-fn logits(p: &Path, args: &[&str]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut all = vec!["logits", "Tell me Zorb.", "--device", "cpu"];
-    all.extend_from_slice(args);
-    let o = injector(p, &all);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    (
-        serde_json::from_value(v["ids"].clone()).unwrap(),
-        serde_json::from_value(v["logits"].clone()).unwrap(),
-    )
-}
-
-/// The names in folder `p`, sorted, without SQLite's `-wal`/`-shm` files (reading a WAL ledger makes
-/// them).
-fn entries(p: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(p)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
-        .collect();
-    names.sort();
-    names
-}
-
-/// `p` holds what it held `before` and `new`, nothing else (no half-written export, no temporary
-/// folder).
-fn assert_only(p: &Path, before: &[String], new: &[&str]) {
-    let mut want: Vec<String> = before
-        .iter()
-        .cloned()
-        .chain(new.iter().map(|s| s.to_string()))
-        .collect();
-    want.sort();
-    want.dedup();
-    assert_eq!(entries(p), want);
 }
 
 #[test]
@@ -208,12 +131,7 @@ fn export_round_trips_through_injectors_loader() {
         assert!(bf16w[name].equal(&w.to_kind(tch::Kind::BFloat16)), "{name}");
     }
     let (_, got) = logits(p, &["--model", "bf16"]);
-    let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = want
-        .iter()
-        .flatten()
-        .zip(got.iter().flatten())
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (worst, scale) = worst_and_scale(&want, &got);
     assert!(
         worst > 0.0 && worst < 0.05 * scale,
         "bf16 logits off by {worst} (scale {scale})"

@@ -1,9 +1,9 @@
-//! `injector export RUN [--step N] --out DIR --format hf [--dtype f32|bf16|f16]`: a run's weights
+//! `injector export RUN [--step N] --out DIR [--format hf|gguf] [--dtype TYPE]`: a run's weights
 //! after step N (default its last), rebuilt from the ledger as `query --run` rebuilds them and
 //! checked against the recorded weights hash, written as a folder other programs load.
 use super::Global;
 use clap::Args;
-use injector::export::{self, Dtype, Format};
+use injector::export::{self, Target};
 use injector::Error;
 use std::path::PathBuf;
 
@@ -18,12 +18,14 @@ pub struct ExportArgs {
     /// The folder to write; it must not exist or be empty.
     #[arg(long)]
     pub out: PathBuf,
-    /// What to write: hf (a Hugging Face folder: config.json, model.safetensors, tokenizer files).
+    /// What to write: hf (a Hugging Face folder: config.json, model.safetensors, tokenizer files)
+    /// or gguf (a folder with model.gguf for llama.cpp, tokenizer and chat template inside).
     #[arg(long, default_value = "hf")]
     pub format: String,
-    /// The type the weights are stored in: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// The type the weights are stored in. hf: f32 (default), bf16, f16. gguf: q8_0 (default),
+    /// q4_1, f16, bf16, f32 (norms stay f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// The step to stop after, checked against the run's `n` committed steps: `None` is the last one
@@ -42,8 +44,7 @@ fn resolve_step(step: Option<i64>, n: usize, run: &str) -> injector::Result<Opti
 }
 
 pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
-    let format = Format::parse(&a.format)?;
-    let dtype = Dtype::parse(&a.dtype)?;
+    let target = Target::parse(&a.format, a.dtype.as_deref())?;
     export::check_out_dir(&a.out)?;
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(&a.run)?;
@@ -51,13 +52,13 @@ pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     let upto = resolve_step(a.step, steps, &r.id)?;
     let loaded = super::load_run_at(g, &ledger, &r, upto)?;
     let applied = upto.map_or(0, |s| s + 1);
-    let bytes = export::export(&loaded, &a.out, format, dtype)?;
+    let bytes = export::export(&loaded, &a.out, target)?;
     eprintln!(
         "exported run {} after {applied} step(s) to {} ({:.1} MB, {})",
         r.id,
         a.out.display(),
         bytes as f64 / 1e6,
-        a.dtype
+        target.dtype_name()
     );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Shared test helpers: a tiny random Llama written as GGUF and as a Hugging Face folder, the real
 //! embedded model's path, and running the binary.
 #![allow(dead_code)]
+pub mod export;
 pub mod knowledge;
 use injector::model::gguf::{self, Value, WriteTensor};
 use std::path::{Path, PathBuf};
