@@ -348,3 +348,39 @@ fn llama_cpp_gives_the_runs_logits_on_the_tiny_export() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     println!("{}", stdout(&o));
 }
+
+#[test]
+fn q4_1_export_of_the_embedded_model_is_its_source_file_byte_for_byte() {
+    // The embedded SmolLM2 was quantised to Q4_1 by llama.cpp's tools (token_embd, its tied
+    // output, at Q8_0). Loaded (dequantised, Q/K rows un-permuted) and exported at q4_1 with no
+    // training in between, every tensor must come back as the same bytes: our quantisers, type
+    // choices and Q/K order are llama.cpp's. The tokenizer and chat template come across as they were.
+    let src = real_model();
+    let loaded = injector::model::load(&src, tch::Device::Cpu).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("model.gguf");
+    let ty = injector::export::GgufType::Q4_1;
+    injector::export::gguf::write_file(&out, &loaded.model, &loaded.tokenizer, ty).unwrap();
+    let (a, b) = (Gguf::open(&src).unwrap(), Gguf::open(&out).unwrap());
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for t in &a.tensors {
+        let u = b.tensor_info(&t.name).unwrap_or_else(|| panic!("{} missing", t.name));
+        assert_eq!((u.type_id, &u.dims), (t.type_id, &t.dims), "{}", t.name);
+        assert!(
+            a.tensor_bytes(t).unwrap() == b.tensor_bytes(u).unwrap(),
+            "{} differs",
+            t.name
+        );
+    }
+    for (k, v) in a.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        assert_eq!(b.get(k), Some(v), "{k}");
+    }
+    for k in [
+        "llama.block_count",
+        "llama.context_length",
+        "llama.rope.freq_base",
+        "general.file_type",
+    ] {
+        assert_eq!(b.get(k), a.get(k), "{k}");
+    }
+}
