@@ -37,7 +37,7 @@ fn gguf_export_is_a_llama_cpp_file() {
     let before = entries(p);
     let o = export(p, &run, &["--out", "out", "--format", "gguf"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("q8_0"), "the default type is named: {}", stderr(&o));
+    assert!(stderr(&o).contains("f16"), "the default type is named: {}", stderr(&o));
     assert_only(p, &before, &["out"]);
     assert_eq!(entries(&p.join("out")), ["model.gguf"]);
 
@@ -48,7 +48,7 @@ fn gguf_export_is_a_llama_cpp_file() {
     for (key, want) in [
         ("general.architecture", Value::Str("llama".into())),
         ("general.alignment", u(32)),
-        ("general.file_type", u(7)),
+        ("general.file_type", u(1)),
         ("general.quantization_version", u(2)),
         ("llama.vocab_size", u(vocab().len())),
         ("llama.context_length", u(256)),
@@ -98,8 +98,8 @@ fn gguf_export_is_a_llama_cpp_file() {
     let got: BTreeMap<String, Vec<u64>> = g.tensors.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
     assert_eq!(got, want);
     for t in &g.tensors {
-        let ty = if t.dims.len() == 1 { 0 } else { 8 };
-        assert_eq!(t.type_id, ty, "{}: norms F32, the rest Q8_0", t.name);
+        let ty = if t.dims.len() == 1 { 0 } else { 1 };
+        assert_eq!(t.type_id, ty, "{}: norms F32, the rest F16", t.name);
         assert_eq!(t.offset % 32, 0, "{} is aligned", t.name);
     }
     // Laid end to end: each tensor starts at the first aligned offset after the one before.
@@ -229,7 +229,11 @@ fn a_hugging_face_source_gets_its_tokenizer_built_from_tokenizer_json() {
     let mut types = vec![Value::I32(3); SPECIALS.len()];
     types.resize(vocab().len(), Value::I32(1));
     assert_eq!(meta(&g, "tokenizer.ggml.token_type"), &Value::Array(types));
-    assert_eq!(meta(&g, "tokenizer.ggml.merges"), &Value::Array(vec![]));
+    assert_eq!(
+        meta(&g, "tokenizer.ggml.merges"),
+        &Value::EmptyArray(8),
+        "an empty array of strings"
+    );
     assert_eq!(meta(&g, "tokenizer.ggml.bos_token_id"), &Value::U32(1));
     assert_eq!(meta(&g, "tokenizer.ggml.eos_token_id"), &Value::U32(2));
     assert_eq!(meta(&g, "tokenizer.ggml.padding_token_id"), &Value::U32(2));
@@ -315,21 +319,18 @@ fn llama_cpp_gives_the_runs_logits_on_the_tiny_export() {
         let o = export(p, &run, &["--out", ty, "--format", "gguf", "--dtype", ty]);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let o = injector(
-        p,
-        &[
-            "logits",
-            "Tell me Zorb.",
-            "--run",
-            &run,
-            "--ledger",
-            "l.db",
-            "--device",
-            "cpu",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::write(p.join("logits.json"), &o.stdout).unwrap();
+    // injector's logits on the run, and on the q8_0 file (its weights as llama.cpp gets them).
+    let runs = ["--run", run.as_str()];
+    for (json, weights) in [
+        ("logits.json", runs),
+        ("logits-q8.json", ["--model", "q8_0/model.gguf"]),
+    ] {
+        let mut args = vec!["logits", "Tell me Zorb.", "--ledger", "l.db", "--device", "cpu"];
+        args.extend(weights);
+        let o = injector(p, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::write(p.join(json), &o.stdout).unwrap();
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/check_gguf.py");
     let o = std::process::Command::new(py)
         .arg(script)
@@ -341,6 +342,8 @@ fn llama_cpp_gives_the_runs_logits_on_the_tiny_export() {
             "q8_0/model.gguf",
             "--logits",
             "logits.json",
+            "--logits-q8",
+            "logits-q8.json",
         ])
         .current_dir(p)
         .output()

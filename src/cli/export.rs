@@ -22,8 +22,8 @@ pub struct ExportArgs {
     /// or gguf (a folder with model.gguf for llama.cpp, tokenizer and chat template inside).
     #[arg(long, default_value = "hf")]
     pub format: String,
-    /// The type the weights are stored in. hf: f32 (default), bf16, f16. gguf: q8_0 (default),
-    /// q4_1, f16, bf16, f32 (norms stay f32).
+    /// The type the weights are stored in. hf: f32 (default), bf16, f16. gguf: f16 (default),
+    /// bf16, f32, q8_0, q4_1 (norms stay f32).
     #[arg(long)]
     pub dtype: Option<String>,
 }

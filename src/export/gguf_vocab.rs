@@ -116,18 +116,12 @@ pub fn metadata(tok: &Tokenizer, vocab_size: usize) -> Result<Vec<(String, Value
     let mut m: Vec<(String, Value)> = vec![
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s(pre)),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(texts.iter().map(|t| s(t)).collect()),
-        ),
+        ("tokenizer.ggml.tokens".into(), Value::strings(texts)),
         (
             "tokenizer.ggml.token_type".into(),
             Value::Array(types.into_iter().map(Value::I32).collect()),
         ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(merges.into_iter().map(Value::Str).collect()),
-        ),
+        ("tokenizer.ggml.merges".into(), Value::strings(merges)),
         (
             "tokenizer.ggml.add_bos_token".into(),
             Value::Bool(adds(&spec["post_processor"], &tok.bos_token, true)),

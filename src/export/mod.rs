@@ -45,7 +45,7 @@ pub enum Target {
 }
 
 impl Target {
-    /// Parses `--format` and `--dtype` (absent: f32 for hf, q8_0 for gguf).
+    /// Parses `--format` and `--dtype` (absent: f32 for hf, f16 for gguf).
     ///
     /// Errors: bad input naming the flag, the value and what the format supports.
     pub fn parse(format: &str, dtype: Option<&str>) -> Result<Self> {
@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(Format::parse("gguf").unwrap(), Format::Gguf);
         assert!(Format::parse("onnx").unwrap_err().is_bad_input());
         assert_eq!(Target::parse("hf", None).unwrap(), Target::Hf(Dtype::F32));
-        assert_eq!(Target::parse("gguf", None).unwrap(), Target::Gguf(GgufType::Q8_0));
+        assert_eq!(Target::parse("gguf", None).unwrap(), Target::Gguf(GgufType::F16));
         assert_eq!(Target::parse("gguf", Some("bf16")).unwrap().dtype_name(), "bf16");
         let e = Target::parse("hf", Some("q4_1")).unwrap_err();
         assert!(e.is_bad_input() && e.to_string().contains("for --format hf"));

@@ -24,6 +24,9 @@ pub enum Value {
     Bool(bool),
     Str(String),
     Array(Vec<Value>),
+    /// An array with no elements, with the GGUF id of its element type (which an empty
+    /// [`Value::Array`] cannot tell, and llama.cpp checks: `tokenizer.ggml.merges` must be strings).
+    EmptyArray(u32),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -61,9 +64,19 @@ impl Value {
         }
     }
 
+    /// An array of strings (an [`Value::EmptyArray`] of strings when there are none).
+    pub fn strings(items: Vec<String>) -> Value {
+        if items.is_empty() {
+            Value::EmptyArray(8)
+        } else {
+            Value::Array(items.into_iter().map(Value::Str).collect())
+        }
+    }
+
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(v) => Some(v),
+            Value::EmptyArray(_) => Some(&[]),
             _ => None,
         }
     }
@@ -165,6 +178,9 @@ impl<'a> Cursor<'a> {
                 // Every element takes at least one byte: a count beyond the bytes left is corrupt.
                 if n > (self.buf.len() - self.pos) as u64 {
                     return Err(format!("array of {n} elements at offset {} exceeds the file", self.pos));
+                }
+                if n == 0 {
+                    return Ok(Value::EmptyArray(ety));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -354,7 +370,7 @@ fn value_type(v: &Value) -> u32 {
         Value::F32(_) => 6,
         Value::Bool(_) => 7,
         Value::Str(_) => 8,
-        Value::Array(_) => 9,
+        Value::Array(_) | Value::EmptyArray(_) => 9,
         Value::U64(_) => 10,
         Value::I64(_) => 11,
         Value::F64(_) => 12,
@@ -379,6 +395,10 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
             for it in items {
                 write_value(w, it);
             }
+        }
+        Value::EmptyArray(ety) => {
+            w.extend(ety.to_le_bytes());
+            w.extend(0u64.to_le_bytes());
         }
         Value::U64(x) => w.extend(x.to_le_bytes()),
         Value::I64(x) => w.extend(x.to_le_bytes()),
