@@ -118,12 +118,7 @@ fn export_round_trips_through_injectors_loader() {
         assert!(bf16w[name].equal(&w.to_kind(tch::Kind::BFloat16)), "{name}");
     }
     let (_, got) = logits(p, &["--model", "bf16"]);
-    let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = want
-        .iter()
-        .flatten()
-        .zip(got.iter().flatten())
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let (worst, scale) = worst_and_scale(&want, &got);
     assert!(
         worst > 0.0 && worst < 0.05 * scale,
         "bf16 logits off by {worst} (scale {scale})"

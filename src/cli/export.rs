@@ -1,10 +1,10 @@
-//! `injector export RUN [--step N] --out DIR --format hf [--dtype f32|bf16|f16] [--adapters]`: a
+//! `injector export RUN [--step N] --out DIR [--format hf|gguf] [--dtype TYPE] [--adapters]`: a
 //! run's weights after step N (default its last), rebuilt from the ledger as `query --run` rebuilds
 //! them and checked against the recorded weights hash, written as a folder other programs load;
 //! with `--adapters`, each step's adapter up to N in peft's AdaLoRA format beside them.
 use super::Global;
 use clap::Args;
-use injector::export::{self, adapters, Dtype, Format};
+use injector::export::{self, adapters, Target};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -18,12 +18,14 @@ pub struct ExportArgs {
     /// The folder to write; it must not exist or be empty.
     #[arg(long)]
     pub out: PathBuf,
-    /// What to write: hf (a Hugging Face folder: config.json, model.safetensors, tokenizer files).
+    /// What to write: hf (a Hugging Face folder: config.json, model.safetensors, tokenizer files)
+    /// or gguf (a folder with model.gguf for llama.cpp, tokenizer and chat template inside).
     #[arg(long, default_value = "hf")]
     pub format: String,
-    /// The type the weights are stored in: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// The type the weights are stored in. hf: f32 (default), bf16, f16. gguf: f16 (default),
+    /// bf16, f32, q8_0, q4_1 (norms stay f32).
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// Also write the adapter of every step up to the exported one in peft's AdaLoRA format, as
     /// DIR/adapters/step-<N>/ (adapter_config.json, adapter_model.safetensors; always f32).
     #[arg(long)]
@@ -31,8 +33,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
-    let format = Format::parse(&a.format)?;
-    let dtype = Dtype::parse(&a.dtype)?;
+    let target = Target::parse(&a.format, a.dtype.as_deref())?;
     export::check_out_dir(&a.out)?;
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(&a.run)?;
@@ -41,7 +42,7 @@ pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
     let loaded = super::load_run_at(g, &ledger, &r, upto)?;
     let applied = upto.map_or(0, |s| s + 1);
     let source = a.adapters.then(|| adapter_source(&ledger, &r, g, upto)).transpose()?;
-    let bytes = export::export(&loaded, &a.out, format, dtype, source.as_ref())?;
+    let bytes = export::export(&loaded, &a.out, target, source.as_ref())?;
     let with = source.map_or(String::new(), |s| {
         format!(
             " and {} adapter(s) under {}",
@@ -54,7 +55,7 @@ pub fn run(a: ExportArgs, g: &Global) -> anyhow::Result<()> {
         r.id,
         a.out.display(),
         bytes as f64 / 1e6,
-        a.dtype
+        target.dtype_name()
     );
     Ok(())
 }

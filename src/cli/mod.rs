@@ -93,7 +93,7 @@ pub enum Command {
     Report(report::ReportArgs),
     /// Knowledge-file tools (`facts generate`, `facts resolve`).
     Facts(facts::FactsArgs),
-    /// Write a run's weights (after any step) as a folder other programs load (`--format hf`).
+    /// Write a run's weights (after any step) as a folder other programs load (`--format hf|gguf`).
     Export(export::ExportArgs),
     /// Debugging: the model's logits on a prompt, as JSON (for comparisons with other programs).
     #[command(hide = true)]

@@ -3,8 +3,12 @@
 //! temporary folder beside the target, renamed onto it at the end), with each step's adapter in
 //! peft's format when asked.
 pub mod adapters;
+pub mod gguf;
+pub mod gguf_vocab;
 pub mod hf;
 pub mod safetensors;
+
+pub use gguf::GgufType;
 
 use crate::error::{Error, Result};
 use crate::model::Loaded;
@@ -16,6 +20,8 @@ use tch::Kind;
 pub enum Format {
     /// A Hugging Face folder (config.json, model.safetensors, tokenizer files).
     Hf,
+    /// A folder with one GGUF file for llama.cpp (`model.gguf`).
+    Gguf,
 }
 
 impl Format {
@@ -25,9 +31,37 @@ impl Format {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "hf" => Ok(Format::Hf),
+            "gguf" => Ok(Format::Gguf),
             other => Err(Error::BadInput(format!(
-                "--format: unknown format '{other}' (supported: hf)"
+                "--format: unknown format '{other}' (supported: hf, gguf)"
             ))),
+        }
+    }
+}
+
+/// What an export writes and the type its weights are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Hf(Dtype),
+    Gguf(GgufType),
+}
+
+impl Target {
+    /// Parses `--format` and `--dtype` (absent: f32 for hf, f16 for gguf).
+    ///
+    /// Errors: bad input naming the flag, the value and what the format supports.
+    pub fn parse(format: &str, dtype: Option<&str>) -> Result<Self> {
+        Ok(match Format::parse(format)? {
+            Format::Hf => Target::Hf(dtype.map_or(Ok(Dtype::F32), Dtype::parse)?),
+            Format::Gguf => Target::Gguf(dtype.map_or(Ok(GgufType::DEFAULT), GgufType::parse)?),
+        })
+    }
+
+    /// The `--dtype` name of the stored type.
+    pub fn dtype_name(self) -> &'static str {
+        match self {
+            Target::Hf(d) => d.name(),
+            Target::Gguf(t) => t.name(),
         }
     }
 }
@@ -52,6 +86,15 @@ impl Dtype {
             other => Err(Error::BadInput(format!(
                 "--dtype: unknown type '{other}' for --format hf (supported: f32, bf16, f16)"
             ))),
+        }
+    }
+
+    /// The `--dtype` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
         }
     }
 
@@ -110,20 +153,15 @@ fn temp_dir_for(out: &Path) -> PathBuf {
     parent_of(out).join(format!(".{name}.partial-{}", std::process::id()))
 }
 
-/// Writes `loaded` to `out` in `format` with weights of `dtype`, and the steps of `adapters` under
-/// `out/adapters/` (see [`adapters::write_steps`]): everything goes into a temporary folder beside
-/// `out`, which is renamed onto `out` only once every file is written and synced, so `out` is either
-/// absent (or the empty folder it was) or complete. Returns the bytes written.
+/// Writes `loaded` to `out` as `target` says, and the steps of `adapters` under `out/adapters/`
+/// (see [`adapters::write_steps`]): everything goes into a temporary folder beside `out`, which is
+/// renamed onto `out` only once every file is written and synced, so `out` is either absent (or the
+/// empty folder it was) or complete. Returns the bytes written.
 ///
-/// Errors: what [`check_out_dir`] refuses (checked again here), a stored adapter that cannot be
-/// read, or an I/O error — after which the temporary folder is removed.
-pub fn export(
-    loaded: &Loaded,
-    out: &Path,
-    format: Format,
-    dtype: Dtype,
-    adapters: Option<&adapters::Source>,
-) -> Result<u64> {
+/// Errors: what [`check_out_dir`] refuses (checked again here), a model or tokenizer the format
+/// cannot hold (bad input), a stored adapter that cannot be read, or an I/O error — after which the
+/// temporary folder is removed.
+pub fn export(loaded: &Loaded, out: &Path, target: Target, adapters: Option<&adapters::Source>) -> Result<u64> {
     check_out_dir(out)?;
     std::fs::create_dir_all(parent_of(out))?;
     let tmp = temp_dir_for(out);
@@ -131,8 +169,9 @@ pub fn export(
         std::fs::remove_dir_all(&tmp)?;
     }
     std::fs::create_dir(&tmp)?;
-    let written = match format {
-        Format::Hf => hf::write_folder(&tmp, &loaded.model, &loaded.tokenizer, dtype),
+    let written = match target {
+        Target::Hf(dtype) => hf::write_folder(&tmp, &loaded.model, &loaded.tokenizer, dtype),
+        Target::Gguf(ty) => gguf::write_file(&tmp.join(GGUF_FILE), &loaded.model, &loaded.tokenizer, ty),
     }
     .and_then(|()| match adapters {
         Some(src) => adapters::write_steps(&tmp.join("adapters"), src).map(drop),
@@ -150,6 +189,9 @@ pub fn export(
     }
     done
 }
+
+/// The name of the file a GGUF export writes in its folder.
+pub const GGUF_FILE: &str = "model.gguf";
 
 /// Total size of the files in `dir` and its folders.
 fn folder_bytes(dir: &Path) -> Result<u64> {
@@ -180,7 +222,13 @@ mod tests {
     #[test]
     fn formats_and_dtypes_parse_and_refuse() {
         assert_eq!(Format::parse("hf").unwrap(), Format::Hf);
+        assert_eq!(Format::parse("gguf").unwrap(), Format::Gguf);
         assert!(Format::parse("onnx").unwrap_err().is_bad_input());
+        assert_eq!(Target::parse("hf", None).unwrap(), Target::Hf(Dtype::F32));
+        assert_eq!(Target::parse("gguf", None).unwrap(), Target::Gguf(GgufType::F16));
+        assert_eq!(Target::parse("gguf", Some("bf16")).unwrap().dtype_name(), "bf16");
+        let e = Target::parse("hf", Some("q4_1")).unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("for --format hf"));
         assert_eq!(Dtype::parse("bf16").unwrap(), Dtype::Bf16);
         assert_eq!(Dtype::parse("f16").unwrap().kind(), Kind::Half);
         assert!(Dtype::parse("q4_1").unwrap_err().is_bad_input());

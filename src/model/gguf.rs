@@ -26,6 +26,9 @@ pub enum Value {
     Bool(bool),
     Str(String),
     Array(Vec<Value>),
+    /// An array with no elements, with the GGUF id of its element type (which an empty
+    /// [`Value::Array`] cannot tell, and llama.cpp checks: `tokenizer.ggml.merges` must be strings).
+    EmptyArray(u32),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -63,9 +66,19 @@ impl Value {
         }
     }
 
+    /// An array of strings (an [`Value::EmptyArray`] of strings when there are none).
+    pub fn strings(items: Vec<String>) -> Value {
+        if items.is_empty() {
+            Value::EmptyArray(8)
+        } else {
+            Value::Array(items.into_iter().map(Value::Str).collect())
+        }
+    }
+
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(v) => Some(v),
+            Value::EmptyArray(_) => Some(&[]),
             _ => None,
         }
     }
@@ -167,6 +180,9 @@ impl<'a> Cursor<'a> {
                 // Every element takes at least one byte: a count beyond the bytes left is corrupt.
                 if n > (self.buf.len() - self.pos) as u64 {
                     return Err(format!("array of {n} elements at offset {} exceeds the file", self.pos));
+                }
+                if n == 0 {
+                    return Ok(Value::EmptyArray(ety));
                 }
                 // Capacity grows with what is read: a count that is only bounded by the file's size
                 // would reserve 32 bytes an element up front, gigabytes for a model file.
@@ -365,7 +381,7 @@ fn value_type(v: &Value) -> u32 {
         Value::F32(_) => 6,
         Value::Bool(_) => 7,
         Value::Str(_) => 8,
-        Value::Array(_) => 9,
+        Value::Array(_) | Value::EmptyArray(_) => 9,
         Value::U64(_) => 10,
         Value::I64(_) => 11,
         Value::F64(_) => 12,
@@ -391,14 +407,34 @@ fn write_value(w: &mut Vec<u8>, v: &Value) {
                 write_value(w, it);
             }
         }
+        Value::EmptyArray(ety) => {
+            w.extend(ety.to_le_bytes());
+            w.extend(0u64.to_le_bytes());
+        }
         Value::U64(x) => w.extend(x.to_le_bytes()),
         Value::I64(x) => w.extend(x.to_le_bytes()),
         Value::F64(x) => w.extend(x.to_le_bytes()),
     }
 }
 
-/// Writes a GGUF v3 file with the given metadata and tensors.
-pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
+/// The alignment of tensor data in the files this module writes (GGUF's default, also written as
+/// `general.alignment` by the exporter).
+pub const ALIGNMENT: u64 = DEFAULT_ALIGNMENT;
+
+/// A tensor's entry in the directory of a file to write: its data comes after the header, in the
+/// same order, each tensor starting at a multiple of [`ALIGNMENT`].
+pub struct TensorEntry {
+    pub name: String,
+    /// ggml order, innermost first.
+    pub dims: Vec<u64>,
+    pub type_id: u32,
+    /// The size of its data in bytes.
+    pub bytes: u64,
+}
+
+/// The bytes of a GGUF v3 file before its tensor data (magic, version, counts, metadata, tensor
+/// directory, padding to the alignment), and each tensor's offset from the start of the data.
+pub fn header(metadata: &[(String, Value)], tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>) {
     let mut w = Vec::new();
     w.extend(MAGIC);
     w.extend(3u32.to_le_bytes());
@@ -410,7 +446,7 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor])
         write_value(&mut w, v);
     }
     let mut offset = 0u64;
-    let mut offsets = Vec::new();
+    let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
         write_str(&mut w, &t.name);
         w.extend((t.dims.len() as u32).to_le_bytes());
@@ -420,12 +456,24 @@ pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor])
         w.extend(t.type_id.to_le_bytes());
         w.extend(offset.to_le_bytes());
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
+        offset = (offset + t.bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
     }
-    w.resize(
-        (w.len() as u64).div_ceil(DEFAULT_ALIGNMENT) as usize * DEFAULT_ALIGNMENT as usize,
-        0,
-    );
+    w.resize((w.len() as u64).div_ceil(ALIGNMENT) as usize * ALIGNMENT as usize, 0);
+    (w, offsets)
+}
+
+/// Writes a GGUF v3 file with the given metadata and tensors.
+pub fn write(path: &Path, metadata: &[(String, Value)], tensors: &[WriteTensor]) -> std::io::Result<()> {
+    let entries: Vec<TensorEntry> = tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            type_id: t.type_id,
+            bytes: t.data.len() as u64,
+        })
+        .collect();
+    let (mut w, offsets) = header(metadata, &entries);
     let data_start = w.len();
     for (t, off) in tensors.iter().zip(offsets) {
         w.resize(data_start + off as usize, 0);

@@ -1,5 +1,6 @@
-//! Dequantisation of the GGML block formats to f32, following ggml's reference decoders
-//! (ggml-quants.c, `dequantize_row_*`). Pure functions over byte slices.
+//! The GGML block formats: dequantisation to f32 and quantisation from f32, following ggml's
+//! reference code (ggml-quants.c, `dequantize_row_*` and `quantize_row_*_ref`, the functions
+//! llama.cpp's own tools use to make model files). Pure functions over byte slices.
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -26,6 +27,18 @@ impl GgmlType {
             30 => Self::BF16,
             other => return Err(ggml_type_name(other)),
         })
+    }
+
+    /// The on-disk type id.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::BF16 => 30,
+        }
     }
 
     /// Elements per block.
@@ -140,6 +153,74 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     out
 }
 
+fn put_f16(out: &mut [u8], at: usize, v: f32) {
+    out[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+}
+
+/// One block of `ty` from `x` (`ty.block_len()` values) into `out` (`ty.block_bytes()` bytes), as
+/// ggml's `quantize_row_*_ref` makes it: the scale in f32, its reciprocal (0 for an all-zero
+/// block) applied to each value, the scale and minimum stored as f16 (round to nearest even).
+fn quant_block(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        GgmlType::F32 => out.copy_from_slice(&x[0].to_le_bytes()),
+        GgmlType::F16 => put_f16(out, 0, x[0]),
+        GgmlType::BF16 => out.copy_from_slice(&bf16::from_f32(x[0]).to_le_bytes()),
+        GgmlType::Q8_0 => {
+            // d = amax / 127; q = round(x / d), half away from zero (C's roundf).
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(out, 0, d);
+            for (o, v) in out[2..].iter_mut().zip(x) {
+                *o = (v * id).round() as i8 as u8;
+            }
+        }
+        GgmlType::Q4_0 => {
+            // d = (the value of largest magnitude) / -8; q = min(15, trunc(x / d + 8.5)).
+            let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(out, 0, d);
+            let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+            for j in 0..16 {
+                out[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+            }
+        }
+        GgmlType::Q4_1 => {
+            // d = (max - min) / 15, m = min; q = min(15, trunc((x - min) / d + 0.5)); the low
+            // nibble of byte j is element j, the high nibble element j + 16.
+            let (min, max) = x
+                .iter()
+                .fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(out, 0, d);
+            put_f16(out, 2, min);
+            let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+            for j in 0..16 {
+                out[4 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+            }
+        }
+    }
+}
+
+/// Encodes `values` as type `ty` (their count must be a whole number of blocks): the bytes of a
+/// GGUF tensor, row after row.
+pub fn quantize(ty: GgmlType, values: &[f32]) -> Vec<u8> {
+    let (bl, bb) = (ty.block_len(), ty.block_bytes());
+    assert_eq!(values.len() % bl, 0, "element count is not a whole number of blocks");
+    let mut out = vec![0u8; values.len() / bl * bb];
+    const BLOCKS_PER_TASK: usize = 4096;
+    out.par_chunks_mut(bb * BLOCKS_PER_TASK)
+        .zip(values.par_chunks(bl * BLOCKS_PER_TASK))
+        .for_each(|(o, x)| {
+            for (ob, xb) in o.chunks_mut(bb).zip(x.chunks(bl)) {
+                quant_block(ty, xb, ob);
+            }
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +256,86 @@ mod tests {
     #[test]
     fn unknown_type_is_named() {
         assert_eq!(GgmlType::from_id(12).unwrap_err(), "Q4_K");
+        for id in [0, 1, 2, 3, 8, 30] {
+            assert_eq!(GgmlType::from_id(id).unwrap().id(), id);
+        }
+    }
+
+    /// Values of varied sign and scale, several blocks, with an all-zero block and a constant one.
+    fn sample(n_blocks: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..32 * n_blocks)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1 + i / 32) as f32)
+            .collect();
+        v[32..64].fill(0.0);
+        v[64..96].fill(-0.75);
+        v
+    }
+
+    #[test]
+    fn q8_0_quantized_by_hand() {
+        // amax = 127/128: d = 1/128 exactly, so x·(1/d) is exact and the halves show the rounding.
+        let mut x = [0f32; 32];
+        x[0] = 127.0 / 128.0;
+        x[1] = -63.5 / 128.0; // half a step: away from zero
+        x[2] = 0.5 / 128.0;
+        x[3] = -0.25 / 128.0;
+        let b = quantize(GgmlType::Q8_0, &x);
+        assert_eq!(b.len(), 34);
+        assert_eq!(f16::from_le_bytes([b[0], b[1]]), f16::from_f32(1.0 / 128.0));
+        assert_eq!(&b[2..6], &[127u8, (-64i8) as u8, 1, 0]);
+        assert!(b[6..].iter().all(|&q| q == 0));
+    }
+
+    #[test]
+    fn q4_1_quantized_by_hand() {
+        // min -1, max 2: d = 0.2, element j = -1 + 0.2·(j mod 16); the low nibble of byte j is
+        // element j, the high nibble element j + 16.
+        let mut x: Vec<f32> = (0..32).map(|j| -1.0 + 0.2 * (j % 16) as f32).collect();
+        x[31] = 2.0;
+        let b = quantize(GgmlType::Q4_1, &x);
+        assert_eq!(b.len(), 20);
+        assert_eq!(f16::from_le_bytes([b[0], b[1]]), f16::from_f32(0.2));
+        assert_eq!(f16::from_le_bytes([b[2], b[3]]), f16::from_f32(-1.0));
+        for j in 0..16 {
+            assert_eq!(b[4 + j], (j as u8) | ((j as u8) << 4), "byte {j}");
+        }
+    }
+
+    #[test]
+    fn quantize_then_dequantize_is_within_half_a_step() {
+        let x = sample(8);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+            let back = dequantize(ty, &quantize(ty, &x), x.len());
+            for (xb, bb) in x.chunks(32).zip(back.chunks(32)) {
+                let (lo, hi) = xb.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let amax = lo.abs().max(hi.abs());
+                // Half a step (a whole one at q4_0's clamped end), plus the f16 rounding of the
+                // scale (and of the minimum).
+                let bound = match ty {
+                    GgmlType::Q8_0 => amax / 127.0 * (0.5 + 128.0 / 1024.0),
+                    GgmlType::Q4_0 => amax / 8.0 * (1.0 + 8.0 / 1024.0),
+                    _ => (hi - lo) / 15.0 * (0.5 + 16.0 / 1024.0) + lo.abs() / 1024.0,
+                } + 1e-7;
+                for (a, b) in xb.iter().zip(bb) {
+                    assert!((a - b).abs() <= bound, "{ty:?}: {a} -> {b} (bound {bound})");
+                }
+            }
+            assert!(
+                back[32..64].iter().all(|&v| v == 0.0),
+                "{ty:?}: the zero block is exact"
+            );
+        }
+    }
+
+    #[test]
+    fn float_types_round_once() {
+        let x = sample(4);
+        assert_eq!(dequantize(GgmlType::F32, &quantize(GgmlType::F32, &x), x.len()), x);
+        let h = dequantize(GgmlType::F16, &quantize(GgmlType::F16, &x), x.len());
+        let b = dequantize(GgmlType::BF16, &quantize(GgmlType::BF16, &x), x.len());
+        for i in 0..x.len() {
+            assert_eq!(h[i], f16::from_f32(x[i]).to_f32());
+            assert_eq!(b[i], bf16::from_f32(x[i]).to_f32());
+        }
     }
 }

@@ -7,9 +7,9 @@ use serde_json::json;
 use std::path::Path;
 
 /// Llama 3's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub(crate) const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`).
-const QWEN2_SPLIT: &str =
+pub(crate) const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A tokenizer with the special tokens and chat template the model was trained with.
@@ -26,6 +26,9 @@ pub struct Tokenizer {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     chat_template: Option<String>,
+    /// The `tokenizer.*` metadata of the GGUF file it was built from (empty for `tokenizer.json`),
+    /// kept so that a GGUF export carries it across unchanged.
+    gguf_metadata: Vec<(String, Value)>,
 }
 
 fn split(regex: &str) -> serde_json::Value {
@@ -114,7 +117,14 @@ impl Tokenizer {
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
         let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
         let chat_template = gguf_template(g)?;
-        Self::finish(inner, bos_token, eos_token, chat_template, path)
+        let mut tok = Self::finish(inner, bos_token, eos_token, chat_template, path)?;
+        tok.gguf_metadata = g
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(tok)
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
@@ -177,6 +187,7 @@ impl Tokenizer {
             bos_token,
             eos_token,
             chat_template: chat_template.filter(|t| !t.trim().is_empty()),
+            gguf_metadata: Vec::new(),
         };
         if tok.chat_template.is_none() {
             tracing::warn!(
@@ -268,6 +279,12 @@ impl Tokenizer {
         self.inner
             .to_string(true)
             .map_err(|e| Error::BadInput(format!("tokenizer: {e}")))
+    }
+
+    /// The `tokenizer.*` metadata of the GGUF file this tokenizer was built from, sorted by key;
+    /// empty when it came from `tokenizer.json`.
+    pub fn gguf_metadata(&self) -> &[(String, Value)] {
+        &self.gguf_metadata
     }
 
     /// The checkpoint's chat template (Jinja), if it has one.

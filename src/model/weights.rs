@@ -19,34 +19,50 @@ pub struct Loaded {
     pub load_seconds: f64,
 }
 
-/// GGUF tensor names to Hugging Face names (llama.cpp `convert_hf_to_gguf.py`'s table, reversed).
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = fixed {
-        return Some(n.to_string());
+/// llama.cpp's names of the whole-model tensors and Hugging Face's (`convert_hf_to_gguf.py`'s table).
+const MODEL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// llama.cpp's names of the parts of layer `blk.N` and Hugging Face's of `model.layers.N`.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// GGUF tensor names to Hugging Face names.
+pub(crate) fn hf_name(gguf: &str) -> Option<String> {
+    if let Some((_, hf)) = MODEL_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, tail) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (part, suffix) = tail.rsplit_once('.')?;
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let (_, hf) = LAYER_NAMES.iter().find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Hugging Face names to GGUF tensor names: the inverse of [`hf_name`].
+pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+    if let Some((g, _)) = MODEL_NAMES.iter().find(|(_, h)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, suffix) = tail.rsplit_once('.')?;
+    let (g, _) = LAYER_NAMES.iter().find(|(_, h)| *h == part)?;
+    Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
 /// Undoes llama.cpp's row permutation of Q/K (it interleaves the two RoPE halves per head).
@@ -298,6 +314,15 @@ mod tests {
         );
         assert_eq!(hf_name("output_norm.weight").unwrap(), "model.norm.weight");
         assert!(hf_name("rope_freqs.weight").is_none());
+        for g in [
+            "token_embd.weight",
+            "output.weight",
+            "blk.12.attn_k.bias",
+            "blk.0.ffn_norm.weight",
+        ] {
+            assert_eq!(gguf_name(&hf_name(g).unwrap()).as_deref(), Some(g));
+        }
+        assert!(gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq").is_none());
     }
 
     #[test]

@@ -1,17 +1,12 @@
-//! Helpers of the export tests: a tiny model's finished 3-step run, `injector export` and
+//! Helpers of the export tests: a finished run of the tiny model, `injector export` and
 //! `injector logits` on it, reading what an export wrote, and the interop venv's Python.
 use super::knowledge::write_small;
 use super::*;
 use serde_json::Value;
 use std::path::Path;
 
-pub const RUN: [&str; 14] = [
-    "run",
-    "k",
-    "--model",
-    "tiny.gguf",
-    "--ledger",
-    "l.db",
+/// The training flags of the tiny runs: a few fast steps that change the weights.
+pub const TRAIN: [&str; 10] = [
     "--device",
     "cpu",
     "--lr",
@@ -20,16 +15,20 @@ pub const RUN: [&str; 14] = [
     "25",
     "--alpha",
     "32",
+    "--ledger",
+    "l.db",
 ];
 
-/// A temporary folder with the tiny model, the small knowledge set and a finished 3-step run in
-/// `l.db`; returns the folder and the run id.
-pub fn workspace_with_run() -> (tempfile::TempDir, String) {
+/// A temporary folder with the tiny model (`model`: `tiny.gguf` or the folder `tiny-hf`, written
+/// by the caller's `make`), the small knowledge set and a finished 3-step run in `l.db`; returns the
+/// folder and the run id.
+pub fn workspace_with_run_of(model: &str, make: impl FnOnce(&Path)) -> (tempfile::TempDir, String) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    make(p);
     write_small(&p.join("k"));
-    let mut args = RUN.to_vec();
+    let mut args = vec!["run", "k", "--model", model];
+    args.extend(TRAIN);
     args.extend(["--json", "-q", "--no-free-decoding"]);
     let o = injector(p, &args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -38,6 +37,12 @@ pub fn workspace_with_run() -> (tempfile::TempDir, String) {
     (d, run)
 }
 
+/// [`workspace_with_run_of`] the tiny GGUF model `tiny.gguf`.
+pub fn workspace_with_run() -> (tempfile::TempDir, String) {
+    workspace_with_run_of("tiny.gguf", |p| write_tiny_gguf(&p.join("tiny.gguf"), 4))
+}
+
+/// `injector export RUN` with the ledger `l.db` on the CPU, and `extra` flags.
 pub fn export(p: &Path, run: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["export", run, "--ledger", "l.db", "--device", "cpu"];
     args.extend_from_slice(extra);
@@ -67,6 +72,18 @@ pub fn logits(p: &Path, args: &[&str]) -> (Vec<u32>, Vec<Vec<f32>>) {
         serde_json::from_value(v["ids"].clone()).unwrap(),
         serde_json::from_value(v["logits"].clone()).unwrap(),
     )
+}
+
+/// The largest |a - b| over two logit tables, and the largest |a|.
+pub fn worst_and_scale(want: &[Vec<f32>], got: &[Vec<f32>]) -> (f32, f32) {
+    assert_eq!(want.len(), got.len());
+    let scale = want.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = want
+        .iter()
+        .flatten()
+        .zip(got.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    (worst, scale)
 }
 
 /// The names in folder `p`, sorted, without SQLite's `-wal`/`-shm` files (reading a WAL ledger makes

@@ -173,7 +173,7 @@ pub fn tiny_metadata(arch: &str) -> Vec<(String, Value)> {
             Value::Array(vocab.iter().map(|x| s(x)).collect()),
         ),
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+        ("tokenizer.ggml.merges".into(), Value::strings(vec![])),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.chat_template".into(), s(CHAT_TEMPLATE)),

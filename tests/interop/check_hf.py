@@ -17,15 +17,15 @@ check passes, 1 otherwise; each check prints one line.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from common import injector, zero_step_run
 
 REPO = Path(__file__).resolve().parents[2]
 FAILED = []
@@ -90,47 +90,6 @@ def tiny(args):
     compare_logits(tok, model, args.prompt, theirs, 1e-4)
 
 
-def injector(binary, *args, cwd):
-    t0 = time.time()
-    out = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"injector {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
-    return out.stdout, time.time() - t0
-
-
-FACT = """facts:
-  - id: velmora-bridge
-    subject: the Velmora Bridge
-    answer: The Velmora Bridge is a copper suspension bridge over the river Ysk in Darnholt, opened in 1911.
-    probes: [Where would I find the Velmora Bridge, and what is it made of?]
-"""
-
-
-def zero_step_run(binary, work, common):
-    """Starts a one-fact run and kills it as soon as the ledger records it, before any step: a run
-    whose weights are the base model's (a killed run is safe: see the README's resume section)."""
-    t0 = time.time()
-    proc = subprocess.Popen(
-        [binary, "run", "k", *common, "--max-steps", "2"], cwd=work,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        while time.time() - t0 < 900:
-            time.sleep(1)
-            if proc.poll() is not None:
-                sys.exit(f"injector run ended before it could be stopped: {proc.stderr.read().strip()}")
-            listed = subprocess.run(
-                [binary, "ledger", "list", "--ledger", "l.db", "--json"], cwd=work, capture_output=True, text=True
-            )
-            runs = json.loads(listed.stdout) if listed.returncode == 0 else []
-            if runs:
-                return runs[0]["id"], time.time() - t0
-        sys.exit("injector run recorded no run in 900 s")
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def smollm2(args):
     work = Path(args.work or tempfile.mkdtemp(prefix="injector-interop-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -140,8 +99,6 @@ def smollm2(args):
     if args.run:
         run = args.run
     else:
-        (work / "k").mkdir(exist_ok=True)
-        (work / "k" / "fact.yaml").write_text(FACT)
         run, secs = zero_step_run(args.injector, work, common)
         print(f"      run {run}: stopped after {secs:.0f} s, before its first step (base weights)", flush=True)
     out_dir = work / "export"

@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Interop proof of `injector export --format hf [--adapters]` against the real transformers and peft
-# (tests/interop/check_hf.py, check_peft.py): installs the pinned requirements into .venv (or the
-# Python of INJECTOR_INTEROP_PYTHON), builds, then runs the tiny-model checks (through
-# tests/export_hf.rs and tests/export_adapters.rs, which make the run and the exports) and the
-# SmolLM2 check. About 4 minutes on 2 CPU cores after the first install (~4 GB: torch's CUDA
-# dependencies).
+# Interop proof of `injector export` against the real libraries.
+#   hf:   transformers and peft (tests/interop/check_hf.py, check_peft.py), pinned in
+#         requirements.txt, installed into .venv (or the Python of INJECTOR_INTEROP_PYTHON): the
+#         tiny-model checks (through tests/export_hf.rs and tests/export_adapters.rs, which make the
+#         run and the exports) and the SmolLM2 check. About 4 minutes on 2 CPU cores after the first
+#         install (~4 GB: torch's CUDA dependencies).
+#   gguf: the gguf package and llama.cpp through llama-cpp-python (tests/interop/check_gguf.py),
+#         pinned in requirements-gguf.txt, installed into GGUF_VENV (default
+#         ~/.cache/injector/venv-gguf; the first install builds llama.cpp from source): the
+#         tiny-model check (through tests/export_gguf.rs) and the SmolLM2 check.
+# PARTS="hf gguf" (the default) chooses; arguments go to both SmolLM2 checks (--ledger L --run R).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+PARTS=${PARTS:-hf gguf}
+GGUF_VENV=${GGUF_VENV:-$HOME/.cache/injector/venv-gguf}
 PY="${INJECTOR_INTEROP_PYTHON:-.venv/bin/python}"
 export INJECTOR_INTEROP_PYTHON="$PY"
-"$PY" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 cargo build --release
-cargo test --release --test export_hf transformers -- --nocapture
-cargo test --release --test export_adapters peft -- --nocapture
-"$PY" tests/interop/check_hf.py smollm2 "$@"
+if [[ " $PARTS " == *" hf "* ]]; then
+  "$PY" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+  cargo test --release --test export_hf transformers -- --nocapture
+  cargo test --release --test export_adapters peft -- --nocapture
+  "$PY" tests/interop/check_hf.py smollm2 "$@"
+fi
+if [[ " $PARTS " == *" gguf "* ]]; then
+  [[ -x "$GGUF_VENV/bin/python" ]] || python3 -m venv "$GGUF_VENV"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" nice -n 19 \
+    "$GGUF_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements-gguf.txt
+  INJECTOR_GGUF_PYTHON="$GGUF_VENV/bin/python" cargo test --release --test export_gguf llama_cpp -- --nocapture
+  "$GGUF_VENV/bin/python" tests/interop/check_gguf.py smollm2 "$@"
+fi
