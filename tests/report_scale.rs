@@ -193,6 +193,9 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
         assert!(row.split("<td").nth(1).unwrap().contains(&format!(">{mean:.2}<")), "{id}");
     }
     assert!(cap.contains("alike templates, colliding pairs"));
+    let empty = injector(p, &["--ledger", "l.db", "--reports", "reports", "report", "--capacity", ","]);
+    assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
+    assert!(stderr(&empty).contains("--capacity: an empty run id"));
 
     // Seconds Chromium takes to load `url` and screenshot it: its own start included, so a blank
     // page is timed too and the difference is the page's.

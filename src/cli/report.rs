@@ -18,6 +18,9 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs, g: &Global) -> anyhow::Result<()> {
+    if a.capacity.iter().any(|r| r.trim().is_empty()) {
+        return Err(injector::Error::BadInput("--capacity: an empty run id (expected RUN,RUN,…)".into()).into());
+    }
     injector::paths::check_dir_writable(&g.reports, "--reports")?;
     let ledger = Ledger::open_read_only(&g.ledger)?;
     let mut written = match (&a.run, &a.compare) {
