@@ -1,6 +1,8 @@
 //! GPU-only checks, for CUDA builds (INJECTOR_CUDA=1) on a machine with a GPU. Elsewhere each test
 //! prints that it skipped: the CPU machines of CI have no GPU, and the GPU runs of bench/NOTES.md
 //! carry this binary there.
+mod common;
+
 use tch::{Device, Kind, Tensor};
 
 fn gpu() -> Option<Device> {
@@ -193,4 +195,30 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
     let want = h.finalize().to_hex().to_string();
     assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
     assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
+}
+
+/// Greedy decoding with the step captured as a CUDA graph gives the answers of the same step run
+/// eagerly, and of the growing cache, for left-padded rows of a batch (fp32, so no near-tie flips).
+#[test]
+fn graph_decoding_answers_like_eager_decoding() {
+    use injector::model::generate::{greedy_batch_fixed, greedy_batch};
+    use injector::model::NoAdapter;
+    let Some(dev) = gpu() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    common::write_tiny_gguf(&g, 5);
+    let m = injector::model::load(&g, dev).unwrap();
+    let prompts: Vec<Vec<u32>> = [9usize, 4, 13, 1]
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| (0..n as u32).map(|i| 3 + ((i + 7 * r as u32) * 41 % 250)).collect())
+        .collect();
+    let graph = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter, true).unwrap();
+    let eager = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter, false).unwrap();
+    assert!(eager.iter().any(|a| a.len() > 3), "too short to test decoding: {eager:?}");
+    assert_eq!(graph, eager);
+    std::env::set_var("INJECTOR_GRAPH_DECODING", "0");
+    let growing = greedy_batch(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter).unwrap();
+    std::env::remove_var("INJECTOR_GRAPH_DECODING");
+    assert_eq!(growing, eager);
 }

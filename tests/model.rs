@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use injector::model::generate::{generate, Sampling};
+use injector::model::generate::{generate, greedy_batch, greedy_batch_fixed, Sampling};
 use injector::model::gguf::Gguf;
-use injector::model::{load, Cache, NoAdapter};
+use injector::model::{load, Cache, FixedCache, NoAdapter};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -92,6 +92,49 @@ fn padded_batch_rows_match_each_row_alone() {
         ))
     });
     assert!((plain - zero).abs().max().double_value(&[]) < 1e-5);
+}
+
+/// The decoding step a CUDA graph captures (a cache of fixed shape, the position read from the
+/// device) gives the logits of the growing cache, step after step, for left-padded rows; and the
+/// greedy answers of a batch decoded that way are the growing cache's.
+#[test]
+fn fixed_cache_decoding_matches_the_growing_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, 5);
+    let m = load(&g, Device::Cpu).unwrap();
+    let rows: Vec<Vec<i64>> = [9usize, 4, 13]
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| (0..n as i64).map(|i| 3 + ((i + 7 * r as i64) * 41 % 250)).collect())
+        .collect();
+    let (b, len) = (rows.len() as i64, rows.iter().map(Vec::len).max().unwrap() as i64);
+    let mut ids = vec![0i64; (b * len) as usize];
+    let pad: Vec<i64> = rows.iter().map(|r| len - r.len() as i64).collect();
+    for (i, r) in rows.iter().enumerate() {
+        ids[i * len as usize + pad[i] as usize..(i + 1) * len as usize].copy_from_slice(r);
+    }
+    let pad = Tensor::from_slice(&pad);
+    tch::no_grad(|| {
+        let mut cache = Cache::new(&m.model.cfg);
+        let ids = Tensor::from_slice(&ids).view([b, len]);
+        let _ = m.model.hidden_padded(&ids, Some(&mut cache), Some(&pad), &NoAdapter);
+        let fixed = FixedCache::from_prefill(&cache, &pad, len + 6).unwrap();
+        for (s, next) in [[17i64, 99, 200], [5, 6, 7], [250, 3, 41]].iter().enumerate() {
+            let next = Tensor::from_slice(next).view([b, 1]);
+            let grow = m.model.logits(&m.model.hidden_padded(&next, Some(&mut cache), Some(&pad), &NoAdapter));
+            let got = m.model.logits(&m.model.decode_fixed(&next, &fixed, &NoAdapter));
+            let _ = fixed.pos.shallow_clone().g_add_scalar_(1);
+            let diff = (grow - got).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "step {s}: the fixed cache's logits differ by {diff}");
+        }
+        assert_eq!(fixed.pos.int64_value(&[0]), len + 3);
+    });
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.iter().map(|&t| t as u32).collect()).collect();
+    let want = greedy_batch(&m.model, &m.tokenizer, &prompts, 12, &NoAdapter).unwrap();
+    let got = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 12, &NoAdapter, false).unwrap();
+    assert!(want.iter().any(|a| a.len() > 3), "too short to test decoding: {want:?}");
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -54,14 +54,20 @@ pub fn available(device: tch::Device) -> bool {
 
 /// A non-default stream of the device made current on this thread (graphs cannot be captured on
 /// the default stream). Entering and leaving synchronise the device, so work on either side of the
-/// switch needs no further ordering; leaving also returns the stream's cached blocks to the driver.
+/// switch needs no further ordering; leaving also returns the cached blocks to the driver.
 #[cfg_attr(not(injector_cuda), allow(dead_code))]
 pub struct SideStream {
     guard: *mut std::ffi::c_void,
     device: i64,
 }
 
+thread_local! {
+    /// How many [`SideStream`]s this thread is inside.
+    static ENTERED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl SideStream {
+    /// Errors: not a CUDA device, or not a CUDA build.
     pub fn enter(device: tch::Device) -> Result<Self> {
         let tch::Device::Cuda(d) = device else {
             return Err(Error::BadDevice("CUDA graphs need a CUDA device".into()));
@@ -72,6 +78,7 @@ impl SideStream {
             let mut guard = std::ptr::null_mut();
             // SAFETY: the shim writes a heap-allocated guard into `guard` on success.
             check(unsafe { ffi::inj_stream_enter(d as i32, &mut guard) })?;
+            ENTERED.with(|n| n.set(n.get() + 1));
             // Blocks cached for the default stream (the model's loading, earlier evaluation) cannot
             // serve the side stream's allocations: hand them back so they do not add to the peak.
             empty_cache()?;
@@ -82,6 +89,16 @@ impl SideStream {
         }
         #[cfg(not(injector_cuda))]
         Err(unavailable())
+    }
+
+    /// A side stream to capture on, unless this thread is already inside one (a run's training
+    /// keeps one for its whole loop; entering another there would cache blocks on one more stream
+    /// of libtorch's pool with each call).
+    pub fn unless_inside(device: tch::Device) -> Result<Option<Self>> {
+        match ENTERED.with(|n| n.get()) {
+            0 => Self::enter(device).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -94,6 +111,7 @@ impl Drop for SideStream {
             let _ = check(ffi::inj_stream_exit(self.guard));
             let _ = check(ffi::inj_empty_cache());
         }
+        ENTERED.with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 

@@ -62,6 +62,69 @@ impl Cache {
     }
 }
 
+/// A key/value cache of fixed shape, for decoding steps that a CUDA graph can capture once and
+/// replay: per layer K and V of [b, kv_heads, cap, head_dim], the absolute position the next token
+/// is written at (int64 [1], on the device, advanced in place) and each row's left padding (int64
+/// [b]). A step writes its token's K and V at `pos` and row i attends to positions `pad[i] ..= pos`,
+/// so every step has the same shapes and reads its position from the device. Positions past `pos`
+/// hold stale values that the mask hides.
+pub struct FixedCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// The absolute position of the next token, int64 [1].
+    pub pos: Tensor,
+    pad: Tensor,
+    /// 0..cap, int64 [1, 1, cap]: the key positions the mask compares against.
+    keys: Tensor,
+}
+
+impl FixedCache {
+    /// The cache a prefill of `t` positions left (its K and V copied to the front), `cap` ≥ t
+    /// positions in all, the next token at position t. `pad`: int64 [b], each row's left padding.
+    ///
+    /// Errors: an empty cache (no prefill), or `cap` below the prefill's length.
+    pub fn from_prefill(cache: &Cache, pad: &Tensor, cap: i64) -> Result<Self> {
+        let t = cache.len();
+        if t == 0 || cap < t {
+            return Err(Error::Torch(tch::TchError::Torch(format!(
+                "a fixed cache of {cap} positions after a prefill of {t}"
+            ))));
+        }
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        for (pk, pv) in cache.kv.iter().flatten() {
+            let (b, h, _, d) = pk.size4()?;
+            for (src, dst) in [(pk, &mut k), (pv, &mut v)] {
+                let buf = Tensor::zeros([b, h, cap, d], (src.kind(), src.device()));
+                buf.narrow(2, 0, t).copy_(src);
+                dst.push(buf);
+            }
+        }
+        let dev = pad.device();
+        Ok(FixedCache {
+            k,
+            v,
+            pos: Tensor::from_slice(&[t]).to_device(dev),
+            pad: pad.shallow_clone(),
+            keys: Tensor::arange(cap, (Kind::Int64, dev)).view([1, 1, cap]),
+        })
+    }
+}
+
+/// The caches of a forward, all layers.
+enum Caches<'a> {
+    Off,
+    Grow(&'a mut Cache),
+    Fixed(&'a FixedCache),
+}
+
+/// Where one layer's keys and values go: nowhere (training, scoring), appended to a growing
+/// [`Cache`] slot, or written at the position of a [`FixedCache`].
+enum Kv<'a> {
+    Off,
+    Grow(&'a mut Option<(Tensor, Tensor)>),
+    Fixed { k: &'a Tensor, v: &'a Tensor, pos: &'a Tensor },
+}
+
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -204,7 +267,7 @@ impl Attention {
         layer: usize,
         x: &Tensor,
         pos: &Positions,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        kv: Kv,
         ad: &dyn Adapter,
     ) -> Tensor {
         let (cos, sin) = (&pos.cos, &pos.sin);
@@ -216,7 +279,7 @@ impl Attention {
         let q = rotary(&q, cos, sin);
         let k = rotary(&k, cos, sin);
         let (k, v, past) = match kv {
-            Some(slot) => {
+            Kv::Grow(slot) => {
                 let (k, v, past) = match slot.take() {
                     Some((pk, pv)) => {
                         let past = pk.size()[2];
@@ -227,7 +290,14 @@ impl Attention {
                 *slot = Some((k.shallow_clone(), v.shallow_clone()));
                 (k, v, past)
             }
-            None => (k, v, 0),
+            Kv::Fixed { k: kb, v: vb, pos: at } => {
+                // In place, so that a captured graph's replays write the caller's buffers.
+                let (mut kb, mut vb) = (kb.shallow_clone(), vb.shallow_clone());
+                let _ = kb.index_copy_(2, at, &k);
+                let _ = vb.index_copy_(2, at, &v);
+                (kb, vb, 0)
+            }
+            Kv::Off => (k, v, 0),
         };
         // libtorch's CPU SDPA with `enable_gqa` is ~100x slower than on repeated heads (measured:
         // 505 µs vs 5 µs a call at SmolLM2's decode shape), so heads are repeated there. With a
@@ -477,8 +547,6 @@ impl Llama {
     /// [`hidden`](Self::hidden) for rows of different lengths, left-padded: `pad[i]` (int64 [b])
     /// leading positions of row i are padding. Positions count from each row's first real token and
     /// no real token attends to padding, so each row's hidden states are those of the row alone.
-    // `x = x + a`, not `x += a`: an in-place add would overwrite a tensor autograd saved for backward.
-    #[allow(clippy::assign_op_pattern)]
     pub fn hidden_padded(
         &self,
         ids: &Tensor,
@@ -515,15 +583,58 @@ impl Llama {
             }
         };
         let pos = Positions { cos, sin, mask };
-        let prepared = ad.prepare(kind);
+        let caches = match cache {
+            Some(c) => Caches::Grow(c),
+            None => Caches::Off,
+        };
+        self.layers_forward(ids, &pos, ad, caches)
+    }
+
+    /// One decoding step on a [`FixedCache`]: ids [b, 1], the tokens at position `cache.pos`, ->
+    /// final hidden states [b, 1, hidden]. Each row's hidden state is the one
+    /// [`hidden_padded`](Self::hidden_padded) gives with the same left padding and a growing cache.
+    /// Launches only kernels whose shapes are fixed and reads nothing back to the host, so a CUDA
+    /// graph can capture it; it does not advance `cache.pos` (the caller does, in place).
+    pub fn decode_fixed(&self, ids: &Tensor, cache: &FixedCache, ad: &dyn Adapter) -> Tensor {
+        let kind = self.kind();
+        // Row positions count from each row's first real token: [b] -> tables [b, 1, 1, d].
+        let rows = (&cache.pos - &cache.pad).to_kind(Kind::Float);
+        let freqs = rows.view([-1, 1, 1]) * self.inv_freq.view([1, 1, -1]);
+        let (cos, sin) = rotary_tables(&freqs.unsqueeze(1), kind);
+        // Row i sees keys pad[i] ..= pos: [b, 1, 1, cap].
+        let mask = cache
+            .keys
+            .le_tensor(&cache.pos)
+            .logical_and(&cache.keys.ge_tensor(&cache.pad.view([-1, 1, 1])))
+            .unsqueeze(1);
+        let pos = Positions {
+            cos,
+            sin,
+            mask: Some(mask),
+        };
+        self.layers_forward(ids, &pos, ad, Caches::Fixed(cache))
+    }
+
+    /// Embedding, the decoder layers (their keys and values kept in `caches`) and the final norm.
+    // `x = x + a`, not `x += a`: an in-place add would overwrite a tensor autograd saved for backward.
+    #[allow(clippy::assign_op_pattern)]
+    fn layers_forward(&self, ids: &Tensor, pos: &Positions, ad: &dyn Adapter, mut caches: Caches) -> Tensor {
+        let prepared = ad.prepare(self.kind());
         let ad: &dyn Adapter = prepared.as_deref().unwrap_or(ad);
         let mut x = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
-        let mut cache = cache;
         for (l, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.kv[l]);
+            let kv = match &mut caches {
+                Caches::Off => Kv::Off,
+                Caches::Grow(c) => Kv::Grow(&mut c.kv[l]),
+                Caches::Fixed(c) => Kv::Fixed {
+                    k: &c.k[l],
+                    v: &c.v[l],
+                    pos: &c.pos,
+                },
+            };
             let a = layer
                 .self_attn
-                .forward(l, &layer.input_layernorm.forward(&x), &pos, slot, ad);
+                .forward(l, &layer.input_layernorm.forward(&x), pos, kv, ad);
             x = x + a;
             let m = layer.mlp.forward(l, &layer.post_attention_layernorm.forward(&x), ad);
             x = x + m;
