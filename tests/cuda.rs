@@ -195,6 +195,12 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
     let want = h.finalize().to_hex().to_string();
     assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
     assert_eq!(weights_hash(&model, "source", &cfg).unwrap(), want);
+    // The digest runs on a snapshot: a merge after the start does not change the hash it gives.
+    let pending = injector::inject::state::start_weights_hash(&model, "source", &cfg).unwrap();
+    let w = model.weight(&keys[0]).unwrap();
+    model.add_to_weight(&keys[0], &w.ones_like().to_kind(Kind::Float)).unwrap();
+    assert_eq!(pending.wait().unwrap(), want);
+    assert_ne!(weights_hash(&model, "source", &cfg).unwrap(), want);
 }
 
 /// Greedy decoding with the step captured as a CUDA graph gives the answers of the same step run

@@ -6,6 +6,7 @@ use super::evaluate::{evaluate, Evaluated};
 use super::plan::{check_model, find_or_record, key_of, plan, Plan};
 use super::prepare::{prepare, Prepared};
 use super::schedule::Schedule;
+use super::state::PendingHash;
 use super::step::{train, train_epochs, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
@@ -241,6 +242,9 @@ fn drive_steps(
             )),
             _ => None,
         };
+        // The last step's commit waits for its weights hash, whose digest overlaps the next
+        // step's training (bench/NOTES.md).
+        let mut pending: Option<Uncommitted> = None;
         for (g, group) in plan.groups.iter().enumerate() {
             let idx = plan.step_index(g);
             let own: Vec<&Fact> = group.iter().map(|&i| &plan.facts[i]).collect();
@@ -260,7 +264,12 @@ fn drive_steps(
                 Some(_) => Vec::new(),
                 None => plan.strategy.rehearse(&injected, config.seed, idx),
             };
-            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress)?;
+            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress);
+            // The last step is committed whether this one trained or not (its weights are merged).
+            if let Some(u) = pending.take() {
+                u.commit(ledger, progress, &mut fixed, &mut step_phases)?;
+            }
+            let trained = trained?;
             clock.lap();
             merge::merge(&loaded.model, &trained.factors, plan.run.merge_on_device)?;
             let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
@@ -325,7 +334,8 @@ fn drive_steps(
                 peak_gpu_bytes: crate::cuda::peak_allocated(loaded.model.device()).unwrap_or(0),
                 delta_file,
                 rank_pattern: trained.rank_pattern,
-                weights_hash,
+                // Filled in at the commit, from `weights_hash`.
+                weights_hash: String::new(),
                 created: String::new(),
                 phases,
                 rehearsal,
@@ -334,21 +344,26 @@ fn drive_steps(
                 let rows = probes.iter().map(|p| (p.fact.as_str(), p.recall));
                 s.observe(&Cadence::of(config), &step, &injected, rows, tokens);
             }
-            // Commit: the step with everything measured around it, in one transaction.
+            // Commit: the step with everything measured around it, in one transaction, once its
+            // hash is digested.
             let mut all_generations: Vec<_> = own
                 .iter()
                 .filter_map(|f| prepared.before.get(&f.hash).cloned())
                 .collect();
             all_generations.extend(generations);
-            clock.lap();
-            ledger.commit_step(&StepRecord {
-                step,
-                probes,
-                generations: all_generations,
-                locality,
-            })?;
-            fixed.commit += clock.lap();
-            progress.step_end(idx as usize, own_recall);
+            pending = Some(Uncommitted {
+                record: StepRecord {
+                    step,
+                    probes,
+                    generations: all_generations,
+                    locality,
+                },
+                hash: weights_hash,
+                own_recall,
+            });
+        }
+        if let Some(u) = pending.take() {
+            u.commit(ledger, progress, &mut fixed, &mut step_phases)?;
         }
     }
     ledger.set_status(&plan.run.id, "finished")?;
@@ -367,6 +382,44 @@ fn drive_steps(
     }
     progress.finish();
     outcome(ledger, &plan, seconds, fixed, step_phases)
+}
+
+/// A step trained, merged and evaluated, whose weights hash is still being digested.
+struct Uncommitted {
+    record: StepRecord,
+    hash: PendingHash,
+    own_recall: f64,
+}
+
+impl Uncommitted {
+    /// Waits for the hash (the wait is the step's hash phase, added to `step_phases`), commits the
+    /// step (its seconds added to `fixed`) and reports its end. Errors: the digest failed; the
+    /// ledger's.
+    fn commit(
+        self,
+        ledger: &mut Ledger,
+        progress: &mut dyn Progress,
+        fixed: &mut FixedPhases,
+        step_phases: &mut StepPhases,
+    ) -> Result<()> {
+        let Uncommitted {
+            mut record,
+            hash,
+            own_recall,
+        } = self;
+        let (hash, waited) = hash.wait_timed()?;
+        record.step.weights_hash = hash;
+        // The copy is already in both; the wait comes on top.
+        let copy = record.step.phases.hash;
+        record.step.phases.hash = waited.max(copy);
+        step_phases.hash += record.step.phases.hash - copy;
+        let t = Instant::now();
+        let idx = record.step.idx;
+        ledger.commit_step(&record)?;
+        fixed.commit += t.elapsed().as_secs_f64();
+        progress.step_end(idx as usize, own_recall);
+        Ok(())
+    }
 }
 
 /// Trains a fresh adapter on the step's own facts and the rehearsed ones, and warns when the

@@ -4,7 +4,7 @@
 //! "after" samples (at the last step); locality at full checks; the new weights' hash.
 use super::plan::Plan;
 use super::prepare::Prepared;
-use super::state::weights_hash;
+use super::state::{start_weights_hash, PendingHash};
 use super::Clock;
 use crate::config::RunConfig;
 use crate::error::Result;
@@ -33,7 +33,9 @@ pub struct Evaluated {
     pub generations: Vec<GenerationRow>,
     /// Locality, at full checks.
     pub locality: Option<f64>,
-    pub weights_hash: String,
+    /// The new weights' hash, being digested (its copy's seconds are in `phases.hash`; the wait
+    /// is the committer's).
+    pub weights_hash: PendingHash,
     /// The lowest recall among the step's own facts.
     pub own_recall: f64,
     /// Seconds of the evaluation's phases (the others are zero).
@@ -125,7 +127,7 @@ pub fn evaluate(
         .is_full(idx, last)
         .then(|| mean_accuracy(model, &prepared.locality, config.eval_batch_tokens));
     phases.locality = clock.lap();
-    let weights_hash = weights_hash(model, &loaded.source_hash, &config.train)?;
+    let weights_hash = start_weights_hash(model, &loaded.source_hash, &config.train)?;
     phases.hash = clock.lap();
     let own_recall = scores[..own.len()]
         .iter()
