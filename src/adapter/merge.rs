@@ -79,11 +79,33 @@ pub fn merge(model: &Llama, factors: &[Factor], on_device: bool) -> Result<()> {
     Ok(())
 }
 
+/// [`save`] on its own thread, so that the write overlaps the next step's training (the driver
+/// needs the file's hash only when it commits the step). The factors are copied to the host first.
+pub fn save_in_background(dir: &Path, factors: &[Factor]) -> std::thread::JoinHandle<Result<String>> {
+    let host: Vec<Factor> = factors
+        .iter()
+        .map(|f| Factor {
+            key: f.key.clone(),
+            a: f.a.to_device(tch::Device::Cpu),
+            b: f.b.to_device(tch::Device::Cpu),
+            scale: f.scale,
+            rank: f.rank,
+        })
+        .collect();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || save(&dir, &host))
+}
+
 /// Writes factors to `dir/<blake3>.safetensors` (written to a temporary name, then renamed);
 /// returns the hash.
 pub fn save(dir: &Path, factors: &[Factor]) -> Result<String> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}.safetensors", std::process::id()));
+    // Named by process and thread: saves on other threads never share a temporary file.
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:?}.safetensors",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for f in factors {
         named.push((format!("{}.A", f.key), f.a.shallow_clone()));

@@ -272,7 +272,7 @@ fn drive_steps(
             let trained = trained?;
             clock.lap();
             merge::merge(&loaded.model, &trained.factors, plan.run.merge_on_device)?;
-            let delta_file = merge::save(&ledger.deltas_dir(), &trained.factors)?;
+            let saving = merge::save_in_background(&ledger.deltas_dir(), &trained.factors);
             if let tch::Device::Cuda(d) = loaded.model.device() {
                 // The merge's kernels are the merge phase's, not the next one's.
                 tch::Cuda::synchronize(d as i64);
@@ -332,7 +332,8 @@ fn drive_steps(
                 tokens: trained.tokens as i64,
                 peak_rss_bytes: peak_rss_bytes(),
                 peak_gpu_bytes: crate::cuda::peak_allocated(loaded.model.device()).unwrap_or(0),
-                delta_file,
+                // Filled in at the commit, from `saving`.
+                delta_file: String::new(),
                 rank_pattern: trained.rank_pattern,
                 // Filled in at the commit, from `weights_hash`.
                 weights_hash: String::new(),
@@ -359,6 +360,7 @@ fn drive_steps(
                     locality,
                 },
                 hash: weights_hash,
+                saving,
                 own_recall,
             });
         }
@@ -384,10 +386,13 @@ fn drive_steps(
     outcome(ledger, &plan, seconds, fixed, step_phases)
 }
 
-/// A step trained, merged and evaluated, whose weights hash is still being digested.
+/// A step trained, merged and evaluated, whose weights hash is still being digested and whose
+/// factors are still being written.
 struct Uncommitted {
     record: StepRecord,
     hash: PendingHash,
+    /// The factors file's hash, once written.
+    saving: std::thread::JoinHandle<Result<String>>,
     own_recall: f64,
 }
 
@@ -405,8 +410,17 @@ impl Uncommitted {
         let Uncommitted {
             mut record,
             hash,
+            saving,
             own_recall,
         } = self;
+        let t = Instant::now();
+        record.step.delta_file = saving
+            .join()
+            .map_err(|_| crate::error::Error::Ledger("the thread writing a step's factors panicked".into()))??;
+        // Waiting for the write is the merge phase's (where the write was before).
+        let written = t.elapsed().as_secs_f64();
+        record.step.phases.merge += written;
+        step_phases.merge += written;
         let (hash, waited) = hash.wait_timed()?;
         record.step.weights_hash = hash;
         // The copy is already in both; the wait comes on top.
