@@ -2,6 +2,7 @@
 //! before any model is loaded), default prompt templates, and the content hash of each fact.
 pub mod generate;
 mod load;
+mod outline;
 mod scan;
 pub mod templates;
 
