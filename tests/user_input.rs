@@ -189,7 +189,11 @@ fn a_named_chat_template_is_chosen_in_every_form() {
     let chat = [("user", "hi")];
     let hf = d.path().join("hf");
     write_tiny_hf(&hf, 3);
-    let default = load(&hf, Device::Cpu).unwrap().tokenizer.render_chat(&chat, true).unwrap();
+    let default = load(&hf, Device::Cpu)
+        .unwrap()
+        .tokenizer
+        .render_chat(&chat, true)
+        .unwrap();
     let render = |path: &Path, name: Option<&str>| {
         let m = load_with_template(path, Device::Cpu, name).unwrap();
         m.tokenizer.render_chat(&chat, true).unwrap()
@@ -233,14 +237,32 @@ fn a_chat_template_name_the_model_lacks_is_refused() {
     let query = |model: &str, name: &str| {
         injector(
             p,
-            &["query", "hi", "--max-tokens", "1", "--device", "cpu", "--model", model, "--chat-template", name],
+            &[
+                "query",
+                "hi",
+                "--max-tokens",
+                "1",
+                "--device",
+                "cpu",
+                "--model",
+                model,
+                "--chat-template",
+                name,
+            ],
         )
     };
     write_tiny_hf(&p.join("hf"), 3);
-    assert!(query("hf", "default").status.success(), "`default` names the only template");
+    assert!(
+        query("hf", "default").status.success(),
+        "`default` names the only template"
+    );
     assert_refused(
         &query("hf", "plain"),
-        &["hf/tokenizer_config.json", "--chat-template plain", "a single chat template"],
+        &[
+            "hf/tokenizer_config.json",
+            "--chat-template plain",
+            "a single chat template",
+        ],
     );
     set_hf_template(
         &p.join("hf"),
@@ -248,12 +270,22 @@ fn a_chat_template_name_the_model_lacks_is_refused() {
     );
     assert_refused(
         &query("hf", "rag"),
-        &["hf/tokenizer_config.json", "--chat-template rag", "there are default, tool_use"],
+        &[
+            "hf/tokenizer_config.json",
+            "--chat-template rag",
+            "there are default, tool_use",
+        ],
     );
     write_tiny_gguf_meta(&p.join("named.gguf"), 3, |meta| {
-        meta.push(("tokenizer.chat_template.tool_use".into(), injector::model::gguf::Value::Str(PLAIN_TEMPLATE.into())))
+        meta.push((
+            "tokenizer.chat_template.tool_use".into(),
+            injector::model::gguf::Value::Str(PLAIN_TEMPLATE.into()),
+        ))
     });
-    assert_refused(&query("named.gguf", "rag"), &["named.gguf", "there are default, tool_use"]);
+    assert_refused(
+        &query("named.gguf", "rag"),
+        &["named.gguf", "there are default, tool_use"],
+    );
     write_tiny_gguf_meta(&p.join("bare.gguf"), 3, |meta| {
         meta.retain(|(k, _)| k != "tokenizer.chat_template")
     });
@@ -274,7 +306,11 @@ fn a_run_records_its_chat_template_and_keeps_it() {
         serde_json::json!([{"name": "default", "template": CHAT_TEMPLATE}, {"name": "plain", "template": PLAIN_TEMPLATE}]),
     );
     std::fs::create_dir_all(p.join("k")).unwrap();
-    std::fs::write(p.join("k/a.yaml"), "subject: Zorb\nanswer: Zorb is blue.\nprompts: [Zorb?]\n").unwrap();
+    std::fs::write(
+        p.join("k/a.yaml"),
+        "subject: Zorb\nanswer: Zorb is blue.\nprompts: [Zorb?]\n",
+    )
+    .unwrap();
     let base = ["--model", "hf", "--ledger", "l.db", "--device", "cpu"];
     let with = |args: &[&str]| {
         let mut v: Vec<&str> = args.to_vec();

@@ -45,7 +45,9 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
             let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
             let model = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
-            let template = config.recorded_chat_template(flag, &format!("run {}", r.id))?.map(str::to_string);
+            let template = config
+                .recorded_chat_template(flag, &format!("run {}", r.id))?
+                .map(str::to_string);
             (Some(r), config, dir, model, template)
         }
         None => {

@@ -426,14 +426,12 @@ impl RunConfig {
     pub fn recorded_chat_template(&self, flag: Option<&str>, what: &str) -> Result<Option<&str>> {
         let recorded = self.chat_template.as_deref();
         match flag {
-            Some(f) if (f != "default" || recorded.is_some()) && Some(f) != recorded => {
-                Err(Error::BadInput(format!(
-                    "--chat-template {f}: {what} was made with {}",
-                    recorded.map_or("the model's default chat template".to_string(), |r| format!(
-                        "the chat template named {r}"
-                    ))
-                )))
-            }
+            Some(f) if (f != "default" || recorded.is_some()) && Some(f) != recorded => Err(Error::BadInput(format!(
+                "--chat-template {f}: {what} was made with {}",
+                recorded.map_or("the model's default chat template".to_string(), |r| format!(
+                    "the chat template named {r}"
+                ))
+            ))),
             _ => Ok(recorded),
         }
     }
@@ -629,10 +627,17 @@ mod tests {
         c.set_chat_template(Some("default"));
         assert_eq!(c.to_json(), config().to_json(), "no flag and `default` are one run");
         c.set_chat_template(Some("tool_use"));
-        assert!(c.to_json().ends_with(r#","chat_template":"tool_use"}"#), "{}", c.to_json());
+        assert!(
+            c.to_json().ends_with(r#","chat_template":"tool_use"}"#),
+            "{}",
+            c.to_json()
+        );
         assert_eq!(RunConfig::from_json(&c.to_json(), "x").unwrap(), c);
         assert_eq!(c.recorded_chat_template(None, "run r").unwrap(), Some("tool_use"));
-        assert_eq!(c.recorded_chat_template(Some("tool_use"), "run r").unwrap(), Some("tool_use"));
+        assert_eq!(
+            c.recorded_chat_template(Some("tool_use"), "run r").unwrap(),
+            Some("tool_use")
+        );
         let e = c.recorded_chat_template(Some("rag"), "run r").unwrap_err();
         assert!(e.is_bad_input() && e.to_string().contains("named tool_use"), "{e}");
         let plain = config();
@@ -642,7 +647,10 @@ mod tests {
         for bad in ["", " ", "default"] {
             let mut c = config();
             c.chat_template = Some(bad.into());
-            assert!(c.validate().unwrap_err().to_string().contains("--chat-template"), "{bad:?}");
+            assert!(
+                c.validate().unwrap_err().to_string().contains("--chat-template"),
+                "{bad:?}"
+            );
         }
     }
 

@@ -51,7 +51,9 @@ fn yaml_error(path: &Path, text: &str, e: serde_yaml_ng::Error) -> Error {
         // The message quotes the key: `duplicate entry with key "subject"`.
         let key = msg.split(['"', '`']).nth(1);
         let tree = outline::outline(text);
-        let repeat = tree.as_ref().and_then(|t| t.repeated_key(key).or_else(|| t.repeated_key(None)));
+        let repeat = tree
+            .as_ref()
+            .and_then(|t| t.repeated_key(key).or_else(|| t.repeated_key(None)));
         line = repeat.unwrap_or(line);
     }
     let msg = match msg.find(" at line ") {
@@ -248,7 +250,12 @@ fn load_file_named(path: &Path, stem: &str) -> Result<Vec<Fact>> {
         Err(bad(path, 1, "the file holds no fact"))
     } else {
         let raw: RawFact = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
-        Ok(vec![resolve(raw, path, &Lines::of(tree.as_ref(), 1), stem.to_string())?])
+        Ok(vec![resolve(
+            raw,
+            path,
+            &Lines::of(tree.as_ref(), 1),
+            stem.to_string(),
+        )?])
     }
 }
 

@@ -89,7 +89,13 @@ pub fn outline(text: &str) -> Option<Node> {
                     Event::MapStart => Kind::Map(Vec::new()),
                     _ => Kind::Seq(Vec::new()),
                 };
-                open.push((Node { line: line(index), kind }, None));
+                open.push((
+                    Node {
+                        line: line(index),
+                        kind,
+                    },
+                    None,
+                ));
                 continue;
             }
             Event::Close => open.pop()?.0,

@@ -445,7 +445,10 @@ impl Templates {
                     Some((_, t)) => Ok(Some(t.clone())),
                     None => match want {
                         None => Err(Error::bad_model(source, no_default(&names.join(", ")))),
-                        Some(w) => flag(w, format!("no chat template has that name; there are {}", names.join(", "))),
+                        Some(w) => flag(
+                            w,
+                            format!("no chat template has that name; there are {}", names.join(", ")),
+                        ),
                     },
                 }
             }
@@ -488,7 +491,10 @@ fn gguf_templates(g: &Gguf) -> Result<Templates> {
 ///
 /// Errors: a file that is not JSON, or a template entry [`templates_of`] refuses.
 fn hf_templates(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<(Templates, std::path::PathBuf)> {
-    let mut found = (templates_of(cfg.get("chat_template"), cfg_path)?, cfg_path.to_path_buf());
+    let mut found = (
+        templates_of(cfg.get("chat_template"), cfg_path)?,
+        cfg_path.to_path_buf(),
+    );
     if matches!(found.0, Templates::None) {
         let jinja = dir.join("chat_template.jinja");
         let path = dir.join("chat_template.json");
@@ -534,7 +540,10 @@ fn hf_templates(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<
 fn templates_of(v: Option<&serde_json::Value>, path: &Path) -> Result<Templates> {
     use serde_json::Value as J;
     fn named(e: &J) -> Option<(String, String)> {
-        Some((e.get("name")?.as_str()?.to_string(), e.get("template")?.as_str()?.to_string()))
+        Some((
+            e.get("name")?.as_str()?.to_string(),
+            e.get("template")?.as_str()?.to_string(),
+        ))
     }
     match v {
         None | Some(J::Null) => Ok(Templates::None),
