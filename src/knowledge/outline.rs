@@ -5,7 +5,12 @@
 //! that a message names the line the problem is on.
 use super::scan;
 use std::mem::MaybeUninit;
-use unsafe_libyaml as sys;
+use unsafe_libyaml::{
+    yaml_event_delete, yaml_event_t, yaml_parser_delete, yaml_parser_initialize, yaml_parser_parse,
+    yaml_parser_set_encoding, yaml_parser_set_input_string, yaml_parser_t, YAML_ALIAS_EVENT, YAML_MAPPING_END_EVENT,
+    YAML_MAPPING_START_EVENT, YAML_SCALAR_EVENT, YAML_SEQUENCE_END_EVENT, YAML_SEQUENCE_START_EVENT,
+    YAML_STREAM_END_EVENT, YAML_UTF8_ENCODING,
+};
 
 /// A node of the document and the line (1-based) it starts on.
 pub struct Node {
@@ -78,7 +83,7 @@ pub fn outline(text: &str) -> Option<Node> {
     let line = |index: usize| starts.partition_point(|&s| s <= index);
     let mut parser = Parser::new(text)?;
     // The open collections, each with the key read for its next value (mappings).
-    let mut open: Vec<(Node, Option<(Option<String>, usize)>)> = Vec::new();
+    let mut open: Vec<(Node, Option<Key>)> = Vec::new();
     loop {
         let (event, index) = parser.next()?;
         let node = match event {
@@ -124,6 +129,9 @@ pub fn outline(text: &str) -> Option<Node> {
     }
 }
 
+/// A mapping key read and waiting for its value: its text (a scalar's) and line.
+type Key = (Option<String>, usize);
+
 /// What the outline needs of a parser event.
 enum Event {
     /// Stream and document boundaries.
@@ -139,21 +147,21 @@ enum Event {
 /// A libyaml parser over borrowed text.
 struct Parser<'a> {
     /// Boxed: libyaml keeps pointers into it.
-    sys: Box<MaybeUninit<sys::yaml_parser_t>>,
+    sys: Box<MaybeUninit<yaml_parser_t>>,
     _text: &'a str,
 }
 
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Option<Self> {
-        let mut sys = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
+        let mut sys = Box::new(MaybeUninit::<yaml_parser_t>::uninit());
         // SAFETY: the parser is initialised before any other call and deleted once, on drop; the
         // input outlives it (`_text`).
         unsafe {
-            if sys::yaml_parser_initialize(sys.as_mut_ptr()).fail {
+            if yaml_parser_initialize(sys.as_mut_ptr()).fail {
                 return None;
             }
-            sys::yaml_parser_set_encoding(sys.as_mut_ptr(), sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(sys.as_mut_ptr(), text.as_ptr(), text.len() as _);
+            yaml_parser_set_encoding(sys.as_mut_ptr(), YAML_UTF8_ENCODING);
+            yaml_parser_set_input_string(sys.as_mut_ptr(), text.as_ptr(), text.len() as _);
         }
         Some(Parser { sys, _text: text })
     }
@@ -161,22 +169,22 @@ impl<'a> Parser<'a> {
     /// The next event and the byte offset where it starts; `None` on a parse error (not to be called
     /// again after one).
     fn next(&mut self) -> Option<(Event, usize)> {
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<yaml_event_t>::uninit();
         // SAFETY: an initialised parser; the event is read only after a successful parse filled it,
         // and deleted after its data was copied out.
         unsafe {
             let parser = self.sys.as_mut_ptr();
-            if sys::yaml_parser_parse(parser, event.as_mut_ptr()).fail {
+            if yaml_parser_parse(parser, event.as_mut_ptr()).fail {
                 return None;
             }
             let e = event.as_mut_ptr();
             let out = match (*e).type_ {
-                sys::YAML_STREAM_END_EVENT => Event::End,
-                sys::YAML_MAPPING_START_EVENT => Event::MapStart,
-                sys::YAML_SEQUENCE_START_EVENT => Event::SeqStart,
-                sys::YAML_MAPPING_END_EVENT | sys::YAML_SEQUENCE_END_EVENT => Event::Close,
-                sys::YAML_ALIAS_EVENT => Event::Leaf(None),
-                sys::YAML_SCALAR_EVENT => {
+                YAML_STREAM_END_EVENT => Event::End,
+                YAML_MAPPING_START_EVENT => Event::MapStart,
+                YAML_SEQUENCE_START_EVENT => Event::SeqStart,
+                YAML_MAPPING_END_EVENT | YAML_SEQUENCE_END_EVENT => Event::Close,
+                YAML_ALIAS_EVENT => Event::Leaf(None),
+                YAML_SCALAR_EVENT => {
                     let s = (*e).data.scalar;
                     let bytes = std::slice::from_raw_parts(s.value, s.length as usize);
                     Event::Leaf(Some(String::from_utf8_lossy(bytes).into_owned()))
@@ -184,7 +192,7 @@ impl<'a> Parser<'a> {
                 _ => Event::Skip,
             };
             let index = (*e).start_mark.index as usize;
-            sys::yaml_event_delete(e);
+            yaml_event_delete(e);
             Some((out, index))
         }
     }
@@ -193,7 +201,7 @@ impl<'a> Parser<'a> {
 impl Drop for Parser<'_> {
     fn drop(&mut self) {
         // SAFETY: initialised in `new`, deleted only here.
-        unsafe { sys::yaml_parser_delete(self.sys.as_mut_ptr()) }
+        unsafe { yaml_parser_delete(self.sys.as_mut_ptr()) }
     }
 }
 
