@@ -171,7 +171,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => export::run(a, &cli.global),
         Command::Logits(a) => logits::run(a, &cli.global),
     };
-    out.map_err(|e| name_unreadable_rows(e, &ledger))
+    out.map_err(|e| name_full_ledger(name_unreadable_rows(e, &ledger), &ledger))
+}
+
+/// A ledger write that fails for want of space (SQLite's "database or disk is full") names the
+/// ledger, as every other write that fails names its file; it is the run's failure (exit 1).
+fn name_full_ledger(e: anyhow::Error, ledger: &std::path::Path) -> anyhow::Error {
+    let full = |s: &rusqlite::Error| s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+    let is_full = e.chain().any(|c| match c.downcast_ref::<injector::Error>() {
+        Some(injector::Error::Sqlite(s)) => full(s),
+        _ => c.downcast_ref::<rusqlite::Error>().is_some_and(full),
+    });
+    if !is_full {
+        return e;
+    }
+    injector::Error::Write {
+        path: ledger.to_path_buf(),
+        msg: format!("cannot write: the disk is full ({e})"),
+    }
+    .into()
 }
 
 /// A ledger row that does not read back (hand-edited JSON, a value of another type) is the
