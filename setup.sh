@@ -41,6 +41,16 @@ PY
   rm -rf "$tmp"
 fi
 
+# tests/yaml_roundtrip.rs reads the YAML injector writes with PyYAML (YAML 1.1), from its own venv;
+# without it that test says so and skips its PyYAML half, so a failed install does not stop set-up.
+YAML_VENV=${YAML_VENV:-$HOME/.cache/injector/venv-yaml}
+if [ ! -f "$YAML_VENV/.pyyaml-6.0.3" ]; then
+  { "$PY" -m venv "$YAML_VENV" &&
+    "$YAML_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements-yaml.txt &&
+    touch "$YAML_VENV/.pyyaml-6.0.3"; } ||
+    echo "setup: PyYAML not installed into $YAML_VENV; tests/yaml_roundtrip.rs will skip its PyYAML checks" >&2
+fi
+
 # The browser test loads the HTML reports in Debian's Chromium.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

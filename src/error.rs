@@ -26,6 +26,10 @@ pub enum Error {
     /// Something in the ledger that does not fit what was asked.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// A file that could not be written (a full disk, a quota, a file-size limit): nothing of it is
+    /// left behind (see [`crate::paths::write_through_temp`]).
+    #[error("{}: {msg}", path.display())]
+    Write { path: PathBuf, msg: String },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]

@@ -82,3 +82,32 @@ fn check_folder_takes_files(dir: &Path) -> std::result::Result<(), String> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// Makes `path` through a temporary file beside it (`.NAME.tmp-PID`) that `write` fills and that is
+/// then renamed into place: a reader never sees half a file, and a failure — a full disk, a
+/// file-size limit — leaves neither the temporary file nor a partial `path`.
+///
+/// Errors: [`Error::Write`] naming `path` and the cause.
+pub fn write_through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let failed = |e: &dyn std::fmt::Display| Error::Write {
+        path: path.to_path_buf(),
+        msg: format!("cannot write: {e}"),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let out = write(&tmp).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
+    out.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        failed(&e)
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file ([`write_through_temp`]).
+///
+/// Errors: [`Error::Write`] naming `path` and the cause.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_through_temp(path, |tmp| Ok(std::fs::write(tmp, bytes)?))
+}

@@ -1,6 +1,7 @@
 //! What users feed the tool, read as they meant it: fact and question text is plain text (a
 //! special-token string in it is ordinary tokens, never a control token), a chat template in the
-//! list form is the one named `default`, and text too long for the model's positions is refused.
+//! list form is the one named `default` or the one `--chat-template NAME` picks (recorded with a
+//! run), and text too long for the model's positions is refused.
 mod common;
 
 use common::*;
@@ -8,7 +9,7 @@ use injector::eval::batch::Example;
 use injector::eval::probe::FactExamples;
 use injector::knowledge::load_dir;
 use injector::model::generate::{generate, greedy_batch, Sampling};
-use injector::model::{load, Loaded, NoAdapter};
+use injector::model::{load, load_with_template, Loaded, NoAdapter};
 use std::path::Path;
 use tch::Device;
 
@@ -171,6 +172,182 @@ fn a_model_without_a_usable_chat_template_is_refused_or_named() {
     let o = query("bare.gguf");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("bare.gguf: no chat template"), "{}", stderr(&o));
+}
+
+/// A second template that renders differently from [`CHAT_TEMPLATE`]: plain `role: text` lines.
+const PLAIN_TEMPLATE: &str = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+
+/// What [`PLAIN_TEMPLATE`] makes of one user turn `hi` with the assistant's opening.
+const PLAIN_HI: &str = "user: hi\nassistant:";
+
+/// `--chat-template NAME` picks one of the named templates a checkpoint ships, in each of the forms
+/// they come in: the list in tokenizer_config.json, transformers' additional_chat_templates/ folder,
+/// GGUF's `tokenizer.chat_template.NAME`.
+#[test]
+fn a_named_chat_template_is_chosen_in_every_form() {
+    let d = tempfile::tempdir().unwrap();
+    let chat = [("user", "hi")];
+    let hf = d.path().join("hf");
+    write_tiny_hf(&hf, 3);
+    let default = load(&hf, Device::Cpu)
+        .unwrap()
+        .tokenizer
+        .render_chat(&chat, true)
+        .unwrap();
+    let render = |path: &Path, name: Option<&str>| {
+        let m = load_with_template(path, Device::Cpu, name).unwrap();
+        m.tokenizer.render_chat(&chat, true).unwrap()
+    };
+    set_hf_template(
+        &hf,
+        serde_json::json!([{"name": "default", "template": CHAT_TEMPLATE}, {"name": "plain", "template": PLAIN_TEMPLATE}]),
+    );
+    assert_eq!(render(&hf, Some("plain")), PLAIN_HI);
+    assert_eq!(render(&hf, Some("default")), default);
+    assert_eq!(render(&hf, None), default);
+
+    // transformers' layout: chat_template.jinja is the default, the others beside it by file name.
+    let folder = d.path().join("folder");
+    write_tiny_hf(&folder, 3);
+    set_hf_template(&folder, serde_json::Value::Null);
+    std::fs::write(folder.join("chat_template.jinja"), CHAT_TEMPLATE).unwrap();
+    std::fs::create_dir(folder.join("additional_chat_templates")).unwrap();
+    std::fs::write(folder.join("additional_chat_templates/plain.jinja"), PLAIN_TEMPLATE).unwrap();
+    assert_eq!(render(&folder, Some("plain")), PLAIN_HI);
+    assert_eq!(render(&folder, None), default);
+
+    let g = d.path().join("named.gguf");
+    write_tiny_gguf_meta(&g, 3, |meta| {
+        meta.push((
+            "tokenizer.chat_template.plain".into(),
+            injector::model::gguf::Value::Str(PLAIN_TEMPLATE.into()),
+        ))
+    });
+    assert_eq!(render(&g, Some("plain")), PLAIN_HI);
+    assert_eq!(render(&g, Some("default")), default);
+    assert_eq!(render(&g, None), default);
+}
+
+/// A name the checkpoint does not have is bad input naming the file and the names it has; a name
+/// for a checkpoint with one template (other than `default`, which names it) or none is refused.
+#[test]
+fn a_chat_template_name_the_model_lacks_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let query = |model: &str, name: &str| {
+        injector(
+            p,
+            &[
+                "query",
+                "hi",
+                "--max-tokens",
+                "1",
+                "--device",
+                "cpu",
+                "--model",
+                model,
+                "--chat-template",
+                name,
+            ],
+        )
+    };
+    write_tiny_hf(&p.join("hf"), 3);
+    assert!(
+        query("hf", "default").status.success(),
+        "`default` names the only template"
+    );
+    assert_refused(
+        &query("hf", "plain"),
+        &[
+            "hf/tokenizer_config.json",
+            "--chat-template plain",
+            "a single chat template",
+        ],
+    );
+    set_hf_template(
+        &p.join("hf"),
+        serde_json::json!([{"name": "default", "template": CHAT_TEMPLATE}, {"name": "tool_use", "template": PLAIN_TEMPLATE}]),
+    );
+    assert_refused(
+        &query("hf", "rag"),
+        &[
+            "hf/tokenizer_config.json",
+            "--chat-template rag",
+            "there are default, tool_use",
+        ],
+    );
+    write_tiny_gguf_meta(&p.join("named.gguf"), 3, |meta| {
+        meta.push((
+            "tokenizer.chat_template.tool_use".into(),
+            injector::model::gguf::Value::Str(PLAIN_TEMPLATE.into()),
+        ))
+    });
+    assert_refused(
+        &query("named.gguf", "rag"),
+        &["named.gguf", "there are default, tool_use"],
+    );
+    write_tiny_gguf_meta(&p.join("bare.gguf"), 3, |meta| {
+        meta.retain(|(k, _)| k != "tokenizer.chat_template")
+    });
+    assert_refused(&query("bare.gguf", "default"), &["bare.gguf", "has no chat template"]);
+    assert_refused(&query("hf", ""), &["--chat-template"]);
+}
+
+/// A run records the template it was made with: its config names it (a run made with `default`
+/// is the run made without the flag), the run's weights are queried with it, and `--resume` refuses
+/// another.
+#[test]
+fn a_run_records_its_chat_template_and_keeps_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_hf(&p.join("hf"), 3);
+    set_hf_template(
+        &p.join("hf"),
+        serde_json::json!([{"name": "default", "template": CHAT_TEMPLATE}, {"name": "plain", "template": PLAIN_TEMPLATE}]),
+    );
+    std::fs::create_dir_all(p.join("k")).unwrap();
+    std::fs::write(
+        p.join("k/a.yaml"),
+        "subject: Zorb\nanswer: Zorb is blue.\nprompts: [Zorb?]\n",
+    )
+    .unwrap();
+    let base = ["--model", "hf", "--ledger", "l.db", "--device", "cpu"];
+    let with = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&base);
+        injector(p, &v)
+    };
+    let run = |flags: &[&str]| {
+        let mut v = vec!["run", "k", "--max-steps", "2", "--json", "-q"];
+        v.extend_from_slice(flags);
+        let o = with(&v);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        out["run"].as_str().unwrap().to_string()
+    };
+    let plain = run(&["--chat-template", "plain"]);
+    let show = with(&["ledger", "show", &plain, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(v["config"]["chat_template"], "plain");
+    let default = run(&["--chat-template", "default"]);
+    assert_ne!(default, plain, "another template is another run");
+    assert_eq!(run(&[]), default, "`default` is recorded as no name: the same run");
+    let show = with(&["ledger", "show", &default, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert!(v["config"].get("chat_template").is_none(), "{}", v["config"]);
+
+    // The run's weights are rebuilt with its template, without the flag: the prompt's ids are
+    // the plain template's bytes (one token each in the tiny vocabulary), with no markup token.
+    let o = with(&["logits", "hi", "--run", &plain, "--last", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(ids["ids"].as_array().unwrap().len(), PLAIN_HI.len(), "{}", ids["ids"]);
+    // Another template for the recorded run is refused, before anything loads.
+    let o = with(&["run", "--resume", &plain, "--chat-template", "default"]);
+    assert_refused(&o, &["--chat-template default", &plain, "named plain"]);
+    let o = with(&["query", "hi", "--run", &default, "--chat-template", "plain"]);
+    assert_refused(&o, &["--chat-template plain", "the model's default chat template"]);
+    assert!(with(&["run", "--resume", &plain, "-q"]).status.success());
 }
 
 /// The tiny Hugging Face folder with room for `positions` tokens.

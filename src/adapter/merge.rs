@@ -98,24 +98,34 @@ pub fn save_in_background(dir: &Path, factors: &[Factor]) -> std::thread::JoinHa
 
 /// Writes factors to `dir/<blake3>.safetensors` (written to a temporary name, then renamed);
 /// returns the hash.
+///
+/// Errors: [`Error::Write`] naming `dir` (a full disk, a file-size limit); the temporary file is
+/// removed.
 pub fn save(dir: &Path, factors: &[Factor]) -> Result<String> {
-    std::fs::create_dir_all(dir)?;
-    // Named by process and thread: saves on other threads never share a temporary file.
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:?}.safetensors",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    // Numbered within the process: saves on other threads never share a temporary file.
+    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{n}.safetensors", std::process::id()));
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for f in factors {
         named.push((format!("{}.A", f.key), f.a.shallow_clone()));
         named.push((format!("{}.B", f.key), f.b.shallow_clone()));
         named.push((format!("{}.scale", f.key), Tensor::from_slice(&[f.scale])));
     }
-    Tensor::write_safetensors(&named, &tmp)?;
-    let hash = blake3::hash(&std::fs::read(&tmp)?).to_hex().to_string();
-    std::fs::rename(&tmp, path_of(dir, &hash))?;
-    Ok(hash)
+    let write = || -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        Tensor::write_safetensors(&named, &tmp)?;
+        let hash = blake3::hash(&std::fs::read(&tmp)?).to_hex().to_string();
+        std::fs::rename(&tmp, path_of(dir, &hash))?;
+        Ok(hash)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Write {
+            path: dir.to_path_buf(),
+            msg: format!("cannot write a step's factors: {e}"),
+        }
+    })
 }
 
 pub fn path_of(dir: &Path, hash: &str) -> PathBuf {

@@ -40,9 +40,14 @@ fn announce(run: &str, strategy: &str, new_steps: usize, seconds: f64) {
 
 pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let template = g.chat_template.as_deref();
     let configs: Vec<RunConfig> = strategies
         .iter()
-        .map(|s| a.train.run_config(Some(*s), g.seed))
+        .map(|s| {
+            let mut c = a.train.run_config(Some(*s), g.seed)?;
+            c.set_chat_template(template);
+            c.validate().map(|_| c)
+        })
         .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
     let device = injector::device::parse_device(&g.device)?;
@@ -74,6 +79,9 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                         // CPU processes side by side share the cores instead of each taking all.
                         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                         cmd.env("OMP_NUM_THREADS", (cores / jobs).max(1).to_string());
+                    }
+                    if let Some(t) = template {
+                        cmd.args(["--chat-template", t]);
                     }
                     cmd.args(["run", &a.dir.display().to_string(), "--json", "-q"])
                         .args(["--config-json", &c.to_json()])
@@ -119,7 +127,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         for c in &configs {
             // A fresh base for every strategy; the first load also checks the model before the
             // ledger is created.
-            let loaded = injector::model::load(&model_path, device)?;
+            let loaded = injector::model::load_with_template(&model_path, device, template)?;
             c.check_layers(loaded.model.cfg.num_hidden_layers)?;
             inject::plan::check_fit(&knowledge.facts, &loaded)?;
             if ledger.is_none() {

@@ -42,6 +42,11 @@ pub struct Global {
     /// Where HTML reports are written.
     #[arg(long, global = true, default_value = "reports")]
     pub reports: PathBuf,
+    /// The chat template to render prompts with, by name, for a checkpoint that ships several
+    /// (default: the one named `default`). A run records it: `--resume`, `repair`, `revert` and
+    /// `--run` use the run's own.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub chat_template: Option<String>,
     /// Random seed for everything that samples (default: the run config's, 0).
     #[arg(long, global = true)]
     pub seed: Option<u64>,
@@ -105,7 +110,8 @@ pub enum Command {
 pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::model::Loaded> {
     let device = injector::device::parse_device(&g.device)?;
     let Some(id) = run else {
-        return Ok(injector::model::load(&g.model_path(), device)?);
+        let template = g.chat_template.as_deref();
+        return Ok(injector::model::load_with_template(&g.model_path(), device, template)?);
     };
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(id)?;
@@ -129,8 +135,9 @@ pub fn resolve_step(step: Option<i64>, n: usize, run: &str) -> injector::Result<
     }
 }
 
-/// Loads the model run `r` was made with (`--model`, else the recorded path) and replays its
-/// committed steps up to `upto` (all when `None`, none when -1), checking the recorded weights hash.
+/// Loads the model run `r` was made with (`--model`, else the recorded path) with the chat template it
+/// recorded, and replays its committed steps up to `upto` (all when `None`, none when -1), checking
+/// the recorded weights hash.
 pub fn load_run_at(
     g: &Global,
     ledger: &injector::ledger::Ledger,
@@ -140,7 +147,8 @@ pub fn load_run_at(
     let device = injector::device::parse_device(&g.device)?;
     let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
-    let loaded = injector::model::load(&path, device)?;
+    let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
+    let loaded = injector::model::load_with_template(&path, device, template)?;
     injector::inject::plan::check_model(r, &loaded, &path.display().to_string())?;
     injector::inject::state::replay(ledger, r, &loaded, &config.train, upto)?;
     Ok(loaded)
@@ -163,7 +171,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => export::run(a, &cli.global),
         Command::Logits(a) => logits::run(a, &cli.global),
     };
-    out.map_err(|e| name_unreadable_rows(e, &ledger))
+    out.map_err(|e| name_full_ledger(name_unreadable_rows(e, &ledger), &ledger))
+}
+
+/// A ledger write that fails for want of space (SQLite's "database or disk is full") names the
+/// ledger, as every other write that fails names its file; it is the run's failure (exit 1).
+fn name_full_ledger(e: anyhow::Error, ledger: &std::path::Path) -> anyhow::Error {
+    let full = |s: &rusqlite::Error| s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+    let is_full = e.chain().any(|c| match c.downcast_ref::<injector::Error>() {
+        Some(injector::Error::Sqlite(s)) => full(s),
+        _ => c.downcast_ref::<rusqlite::Error>().is_some_and(full),
+    });
+    if !is_full {
+        return e;
+    }
+    injector::Error::Write {
+        path: ledger.to_path_buf(),
+        msg: format!("cannot write: the disk is full ({e})"),
+    }
+    .into()
 }
 
 /// A ledger row that does not read back (hand-edited JSON, a value of another type) is the

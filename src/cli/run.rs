@@ -37,14 +37,18 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     // Everything the user typed is checked before the ledger is opened or a model loaded.
     let device = injector::device::parse_device(&g.device)?;
     g.check_outputs()?;
-    let (resumed, config, dir, model_path) = match &a.resume {
+    let flag = g.chat_template.as_deref();
+    let (resumed, config, dir, model_path, template) = match &a.resume {
         Some(id) => {
             let r = Ledger::open_read_only(&g.ledger)?.run(id)?;
             // The recorded config goes through the same validation as flags before anything loads.
             let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
             let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(&r.knowledge_dir));
             let model = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
-            (Some(r), config, dir, model)
+            let template = config
+                .recorded_chat_template(flag, &format!("run {}", r.id))?
+                .map(str::to_string);
+            (Some(r), config, dir, model, template)
         }
         None => {
             let dir = a
@@ -52,17 +56,26 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 .clone()
                 .ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
             let config = match &a.config_json {
-                Some(j) => RunConfig::from_json(j, "--config-json")?,
+                Some(j) => {
+                    let c = RunConfig::from_json(j, "--config-json")?;
+                    c.recorded_chat_template(flag, "--config-json")?;
+                    c
+                }
                 None => {
                     let strategy = a.strategy.as_deref().map(str::parse::<Strategy>).transpose()?;
-                    a.train.run_config(strategy, g.seed)?
+                    let mut c = a.train.run_config(strategy, g.seed)?;
+                    c.set_chat_template(flag);
+                    c.validate()?;
+                    c
                 }
             };
-            (None, config, dir, g.model_path())
+            // The flag as given: `default` names no template of a model that has none.
+            let template = flag.map(str::to_string).or_else(|| config.chat_template.clone());
+            (None, config, dir, g.model_path(), template)
         }
     };
     let knowledge = load_dir(&dir)?;
-    let loaded = injector::model::load(&model_path, device)?;
+    let loaded = injector::model::load_with_template(&model_path, device, template.as_deref())?;
     if let Some(r) = &resumed {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;
     }

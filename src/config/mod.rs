@@ -221,6 +221,11 @@ pub struct RunConfig {
     /// The `spaced:K` strategy's rehearsal rules (unused by the others).
     #[serde(default, skip_serializing_if = "Rehearsal::is_default")]
     pub rehearsal: Rehearsal,
+    /// The chat template the prompts are rendered with, by name (`--chat-template`), for checkpoints
+    /// that ship several; `None` is the checkpoint's default (also what `default` names), so a run
+    /// made without the flag keeps its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 /// How `spaced:K` picks the facts it rehearses (see `inject::schedule`).
@@ -287,6 +292,7 @@ impl Default for RunConfig {
             free_every: 0,
             mixed_batch: MIXED_BATCH,
             rehearsal: Rehearsal::default(),
+            chat_template: None,
         }
     }
 }
@@ -393,9 +399,40 @@ impl RunConfig {
         c.at_least_one(self.retention_every as u64, "--retention-every", "retention_every");
         c.at_least_one(self.locality_tokens as u64, "", "locality_tokens");
         c.at_least_one(self.eval_batch_tokens as u64, "", "eval_batch_tokens");
+        if let Some(name) = &self.chat_template {
+            c.check(
+                !name.trim().is_empty() && name != "default",
+                "--chat-template",
+                "chat_template",
+                "a template's name other than `default` (which is recorded as no name)",
+                format!("{name:?}"),
+            );
+        }
         match c.problems.is_empty() {
             true => Ok(()),
             false => Err(Error::BadInput(c.problems.join("; "))),
+        }
+    }
+
+    /// Records `--chat-template NAME` for a new run: `default` is the checkpoint's default, the same
+    /// as no flag, and is recorded as no name.
+    pub fn set_chat_template(&mut self, name: Option<&str>) {
+        self.chat_template = name.filter(|n| *n != "default").map(str::to_string);
+    }
+
+    /// The chat template a recorded run (or a `--config-json`, `what`) is rebuilt or continued with;
+    /// `flag` (`--chat-template`) may only repeat it. Errors: another template (bad input naming
+    /// both).
+    pub fn recorded_chat_template(&self, flag: Option<&str>, what: &str) -> Result<Option<&str>> {
+        let recorded = self.chat_template.as_deref();
+        match flag {
+            Some(f) if (f != "default" || recorded.is_some()) && Some(f) != recorded => Err(Error::BadInput(format!(
+                "--chat-template {f}: {what} was made with {}",
+                recorded.map_or("the model's default chat template".to_string(), |r| format!(
+                    "the chat template named {r}"
+                ))
+            ))),
+            _ => Ok(recorded),
         }
     }
 
@@ -580,6 +617,41 @@ mod tests {
         let unknown = config().to_json().replace("\"seed\"", "\"sead\"");
         let e = RunConfig::from_json(&unknown, "--config-json").unwrap_err();
         assert!(e.to_string().contains("sead"), "{e}");
+    }
+
+    /// A run records the chosen template by name; `default` and no flag are the same run, and a
+    /// recorded run only takes its own template again.
+    #[test]
+    fn chat_templates_are_recorded_by_name() {
+        let mut c = config();
+        c.set_chat_template(Some("default"));
+        assert_eq!(c.to_json(), config().to_json(), "no flag and `default` are one run");
+        c.set_chat_template(Some("tool_use"));
+        assert!(
+            c.to_json().ends_with(r#","chat_template":"tool_use"}"#),
+            "{}",
+            c.to_json()
+        );
+        assert_eq!(RunConfig::from_json(&c.to_json(), "x").unwrap(), c);
+        assert_eq!(c.recorded_chat_template(None, "run r").unwrap(), Some("tool_use"));
+        assert_eq!(
+            c.recorded_chat_template(Some("tool_use"), "run r").unwrap(),
+            Some("tool_use")
+        );
+        let e = c.recorded_chat_template(Some("rag"), "run r").unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("named tool_use"), "{e}");
+        let plain = config();
+        assert_eq!(plain.recorded_chat_template(Some("default"), "run r").unwrap(), None);
+        let e = plain.recorded_chat_template(Some("rag"), "run r").unwrap_err();
+        assert!(e.to_string().contains("the model's default chat template"), "{e}");
+        for bad in ["", " ", "default"] {
+            let mut c = config();
+            c.chat_template = Some(bad.into());
+            assert!(
+                c.validate().unwrap_err().to_string().contains("--chat-template"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reading and validating knowledge files. Every problem is reported as `file:line: problem` before
 //! anything else happens.
+use super::outline::{self, Node};
 use super::scan;
 use super::templates::{decline, default_prompts};
 use super::{Fact, Knowledge, Lang, Op};
@@ -31,7 +32,8 @@ fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> Error {
     Error::BadInput(format!("{}:{line}: {msg}", path.display()))
 }
 
-/// Maps a YAML error to `file:line: message` (the parser's own " at line L column C" removed).
+/// Maps a YAML error to `file:line: message` (the parser's own " at line L column C" removed). A
+/// repeated key is named at the line where it repeats (the reader's error has no position).
 fn yaml_error(path: &Path, text: &str, e: serde_yaml_ng::Error) -> Error {
     if let (true, Some(line)) = (
         e.to_string().contains("more than one document"),
@@ -43,13 +45,50 @@ fn yaml_error(path: &Path, text: &str, e: serde_yaml_ng::Error) -> Error {
             "a second YAML document starts here; a file holds one fact, or a list of them under `facts:`",
         );
     }
-    let line = e.location().map(|l| l.line()).unwrap_or(1);
     let msg = e.to_string();
+    let mut line = e.location().map(|l| l.line()).unwrap_or(1);
+    if msg.contains("duplicate entry") || msg.contains("duplicate field") {
+        // The message quotes the key: `duplicate entry with key "subject"`.
+        let key = msg.split(['"', '`']).nth(1);
+        let tree = outline::outline(text);
+        let repeat = tree
+            .as_ref()
+            .and_then(|t| t.repeated_key(key).or_else(|| t.repeated_key(None)));
+        line = repeat.unwrap_or(line);
+    }
     let msg = match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg,
     };
     bad(path, line, msg)
+}
+
+/// Where a fact and its fields are, for messages: a field's problem is named at its key's line, one
+/// prompt's or probe's at its own, a problem of the whole fact at the line where it starts.
+struct Lines<'a> {
+    fact: usize,
+    node: Option<&'a Node>,
+}
+
+impl<'a> Lines<'a> {
+    /// The lines of the fact `node` (`None` when the outline has none: its fields are named at
+    /// `fallback`).
+    fn of(node: Option<&'a Node>, fallback: usize) -> Self {
+        Lines {
+            fact: node.map_or(fallback, |n| n.line),
+            node,
+        }
+    }
+
+    fn field(&self, key: &str) -> usize {
+        self.node.and_then(|n| n.entry(key)).map_or(self.fact, |e| e.line)
+    }
+
+    /// The line of item `i` of the list field `key`.
+    fn item(&self, key: &str, i: usize) -> usize {
+        let items = self.node.and_then(|n| n.entry(key)).map(|e| e.value.items());
+        items.and_then(|v| v.get(i)).map_or(self.field(key), |n| n.line)
+    }
 }
 
 /// Whether `s` carries something a model can learn: at least one letter or digit (any script).
@@ -73,20 +112,20 @@ fn question_key(s: &str) -> String {
         .collect()
 }
 
-fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result<Fact> {
+fn resolve(raw: RawFact, path: &Path, at: &Lines, default_id: String) -> Result<Fact> {
     let op = raw.op.unwrap_or_default();
     let lang = raw.lang.unwrap_or_default();
     if !nonempty(&raw.subject) {
-        return Err(bad(path, line, "`subject` is empty"));
+        return Err(bad(path, at.field("subject"), "`subject` is empty"));
     }
     let answer = match (op, raw.answer) {
         (Op::Delete, _) => decline(lang, raw.subject.trim()),
         (_, Some(a)) if nonempty(&a) => a.trim().to_string(),
-        (_, Some(_)) => return Err(bad(path, line, "`answer` is empty")),
+        (_, Some(_)) => return Err(bad(path, at.field("answer"), "`answer` is empty")),
         (_, None) => {
             return Err(bad(
                 path,
-                line,
+                at.fact,
                 format!("missing field `answer` (required for {})", op.as_str()),
             ))
         }
@@ -95,15 +134,15 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
         Some(p) if p.is_empty() => {
             return Err(bad(
                 path,
-                line,
+                at.field("prompts"),
                 "`prompts` is an empty list (leave it out to use the templates)",
             ))
         }
         Some(p) => p,
         None => default_prompts(lang, raw.subject.trim()),
     };
-    if prompts.iter().any(|p| !nonempty(p)) {
-        return Err(bad(path, line, "a prompt is empty"));
+    if let Some(i) = prompts.iter().position(|p| !nonempty(p)) {
+        return Err(bad(path, at.item("prompts", i), "a prompt is empty"));
     }
     let probes = raw.probes.unwrap_or_default();
     // A probe that differs from a training prompt only in case, spacing or punctuation is the same
@@ -112,30 +151,31 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
         true => HashSet::new(),
         false => prompts.iter().map(|q| question_key(q)).collect(),
     };
-    if let Some(p) = probes.iter().find(|p| prompt_keys.contains(&question_key(p))) {
+    if let Some(i) = probes.iter().position(|p| prompt_keys.contains(&question_key(p))) {
         return Err(bad(
             path,
-            line,
+            at.item("probes", i),
             format!(
-                "probe {p:?} is also a training prompt (up to case, spacing and punctuation); probes must be held out"
+                "probe {:?} is also a training prompt (up to case, spacing and punctuation); probes must be held out",
+                probes[i]
             ),
         ));
     }
-    if probes.iter().any(|p| !nonempty(p)) {
-        return Err(bad(path, line, "a probe is empty"));
+    if let Some(i) = probes.iter().position(|p| !nonempty(p)) {
+        return Err(bad(path, at.item("probes", i), "a probe is empty"));
     }
     if raw.previous.is_some() && op != Op::Update {
-        return Err(bad(path, line, "`previous` is only for `op: update`"));
+        return Err(bad(path, at.field("previous"), "`previous` is only for `op: update`"));
     }
     if let Some(prev) = &raw.previous {
         if !nonempty(prev) {
-            return Err(bad(path, line, "`previous` is empty"));
+            return Err(bad(path, at.field("previous"), "`previous` is empty"));
         }
         // An update whose old answer is its new one teaches nothing and scores nothing.
         if question_key(prev) == question_key(&answer) {
             return Err(bad(
                 path,
-                line,
+                at.field("previous"),
                 "`previous` is the same as `answer` (up to case, spacing and punctuation)",
             ));
         }
@@ -149,11 +189,11 @@ fn resolve(raw: RawFact, path: &Path, line: usize, default_id: String) -> Result
         probes,
         lang,
         previous: raw.previous.map(|p| p.trim().to_string()),
-        source: format!("{}:{line}", path.display()),
+        source: format!("{}:{}", path.display(), at.fact),
         hash: String::new(),
     };
     if !nonempty(&f.id) {
-        return Err(bad(path, line, "`id` is empty"));
+        return Err(bad(path, at.field("id"), "`id` is empty"));
     }
     f.hash = f.compute_hash();
     Ok(f)
@@ -192,24 +232,30 @@ fn load_file_named(path: &Path, stem: &str) -> Result<Vec<Fact>> {
         ));
     }
     let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
+    let tree = outline::outline(text);
     let is_list = value.as_mapping().is_some_and(|m| m.contains_key("facts"));
     if is_list {
         let raw: RawFile = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
-        let lines = scan::item_lines(text);
+        let list = tree.as_ref().and_then(|t| t.entry("facts"));
         if raw.facts.is_empty() {
-            return Err(bad(path, 1, "`facts` is an empty list"));
+            return Err(bad(path, list.map_or(1, |e| e.line), "`facts` is an empty list"));
         }
+        let items = list.map(|e| e.value.items()).unwrap_or_default();
         raw.facts
             .into_iter()
             .enumerate()
-            .map(|(i, r)| resolve(r, path, lines.get(i).copied().unwrap_or(1), format!("{stem}-{i}")))
+            .map(|(i, r)| resolve(r, path, &Lines::of(items.get(i), 1), format!("{stem}-{i}")))
             .collect()
     } else if value.is_null() {
         Err(bad(path, 1, "the file holds no fact"))
     } else {
         let raw: RawFact = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(path, text, e))?;
-        let line = scan::first_content_line(text);
-        Ok(vec![resolve(raw, path, line, stem.to_string())?])
+        Ok(vec![resolve(
+            raw,
+            path,
+            &Lines::of(tree.as_ref(), 1),
+            stem.to_string(),
+        )?])
     }
 }
 
@@ -330,8 +376,9 @@ mod tests {
         for (name, text) in [("lf.yaml", body.to_string()), ("crlf.yaml", body.replace('\n', "\r\n"))] {
             let p = d.path().join(name);
             std::fs::write(&p, format!("\u{FEFF}{text}")).unwrap();
+            // The blank answer is on line 7, in the fact that starts on line 5.
             let e = load_file(&p).unwrap_err().to_string();
-            assert!(e.contains(&format!("{name}:5:")), "{e}");
+            assert!(e.contains(&format!("{name}:7: `answer` is empty")), "{e}");
         }
         let ok = d.path().join("ok.yaml");
         std::fs::write(&ok, "\u{FEFF}id: a\nsubject: A\nanswer: A is 1.\n").unwrap();
@@ -436,7 +483,7 @@ mod tests {
             "a.yaml",
             "facts:\n  - subject: X\n    answer: A\n    prompts: []\n",
         );
-        assert!(err(d.path()).contains("a.yaml:2: `prompts` is an empty list"));
+        assert!(err(d.path()).contains("a.yaml:4: `prompts` is an empty list"));
         write(
             d.path(),
             "a.yaml",
@@ -453,7 +500,7 @@ mod tests {
             "a.yaml",
             "subject: X\nanswer: A\nprompts: [What is X?]\nprobes: [\"  what IS x \"]\n",
         );
-        assert!(err(d.path()).contains("a.yaml:1: probe \"  what IS x \" is also a training prompt"));
+        assert!(err(d.path()).contains("a.yaml:4: probe \"  what IS x \" is also a training prompt"));
         // Text with nothing to learn: punctuation alone, invisible characters.
         write(d.path(), "a.yaml", "subject: X\nanswer: \"?!.\"\n");
         assert!(err(d.path()).contains("`answer` is empty"), "{}", err(d.path()));
@@ -486,7 +533,7 @@ mod tests {
             "a.yaml",
             "op: update\nsubject: X\nanswer: X is 2.\nprevious: ' . '\n",
         );
-        assert!(err(d.path()).contains("a.yaml:1: `previous` is empty"));
+        assert!(err(d.path()).contains("a.yaml:4: `previous` is empty"));
         write(
             d.path(),
             "a.yaml",

@@ -1,7 +1,9 @@
 //! Knowledge files: the YAML schema, loading and validation (refused with `file:line: problem`
 //! before any model is loaded), default prompt templates, and the content hash of each fact.
+pub mod emit;
 pub mod generate;
 mod load;
+mod outline;
 mod scan;
 pub mod templates;
 

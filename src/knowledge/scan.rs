@@ -1,6 +1,6 @@
-//! A light scan of a knowledge file's text beside the YAML parser, which gives no positions for
-//! the values it returns: where each fact starts (for `file:line` messages), where a second
-//! document starts, and flow collections nested too deeply to parse in reasonable time.
+//! A light scan of a knowledge file's text beside the YAML parser: line numbers of byte offsets,
+//! where a second document starts, and flow collections nested too deeply to parse in reasonable
+//! time (where facts and fields are is `outline`'s, from the parser's own positions).
 //! Lines end in LF, CRLF or a lone CR, as YAML counts them.
 
 /// Flow collections (`[`, `{`) may nest this deep. The parser's time grows with the square of
@@ -19,6 +19,20 @@ pub fn lines(text: &str) -> Vec<&str> {
     }
     if !rest.is_empty() {
         out.push(rest);
+    }
+    out
+}
+
+/// The byte offsets where the lines of `text` start (the first is 0): line n (1-based) of a byte
+/// offset is the number of starts at or before it.
+pub fn line_starts(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut out = vec![0];
+    for (i, &c) in b.iter().enumerate() {
+        // CRLF ends one line, after its LF.
+        if c == b'\n' || (c == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+            out.push(i + 1);
+        }
     }
     out
 }
@@ -42,12 +56,6 @@ fn is_marker(line: &str, marker: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
-/// The first line with content (past blank lines, comments, directives and `---`): where a file's
-/// single fact starts.
-pub fn first_content_line(text: &str) -> usize {
-    lines(text).iter().position(|l| !is_preamble(l)).map_or(1, |i| i + 1)
-}
-
 /// The line where a second YAML document starts (`---` or `...` at the start of a line after
 /// content), if any.
 pub fn second_document_line(text: &str) -> Option<usize> {
@@ -58,43 +66,6 @@ pub fn second_document_line(text: &str) -> Option<usize> {
         .skip(first + 1)
         .find(|(_, l)| is_marker(l, "---") || is_marker(l, "..."))
         .map(|(i, _)| i + 1)
-}
-
-/// The key of a top-level `key:` line (plain, single- or double-quoted), if it is one.
-fn top_level_key(line: &str) -> Option<&str> {
-    let (key, _) = line.split_once(':')?;
-    let key = key.trim_end();
-    let unquoted = key
-        .strip_prefix('"')
-        .and_then(|k| k.strip_suffix('"'))
-        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')));
-    Some(unquoted.unwrap_or(key))
-}
-
-/// Line numbers (1-based) of the items of the top-level `facts:` list in block style, found by
-/// indentation (a list in flow style, `facts: [...]`, has none).
-pub fn item_lines(text: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    let mut in_facts = false;
-    let mut indent: Option<usize> = None;
-    for (i, line) in lines(text).into_iter().enumerate() {
-        let trimmed = line.trim_start();
-        if is_preamble(line) {
-            continue;
-        }
-        let ind = line.len() - trimmed.len();
-        if ind == 0 && !trimmed.starts_with('-') {
-            in_facts = top_level_key(trimmed) == Some("facts");
-            continue;
-        }
-        if in_facts && (trimmed.starts_with("- ") || trimmed == "-") {
-            let want = *indent.get_or_insert(ind);
-            if ind == want {
-                out.push(i + 1);
-            }
-        }
-    }
-    out
 }
 
 /// The line where flow collections first nest deeper than [`MAX_FLOW_DEPTH`], if they do.
@@ -191,15 +162,11 @@ mod tests {
         assert_eq!(lines("a\nb\r\nc\rd"), ["a", "b", "c", "d"]);
         assert_eq!(line_of(b"a\r\nb\rc\nd", 8), 4);
         assert_eq!(line_of(b"abc", 2), 1);
+        assert_eq!(line_starts("a\r\nb\rc\nd"), [0, 3, 5, 7]);
     }
 
     #[test]
-    fn facts_are_found_where_they_start() {
-        let text = "# facts\n\"facts\":\n  - id: a\n    prompts:\n    - x\n  - id: b\n";
-        assert_eq!(item_lines(text), [3, 6]);
-        assert_eq!(item_lines(&text.replace('\n', "\r")), [3, 6]);
-        assert_eq!(item_lines("facts:\n- id: a\n  prompts:\n  - x\n- id: b\n"), [2, 5]);
-        assert_eq!(first_content_line("# c\n\n%YAML 1.1\n---\nsubject: x\n"), 5);
+    fn second_documents_are_found() {
         assert_eq!(second_document_line("subject: x\n---\nsubject: y\n"), Some(2));
         assert_eq!(second_document_line("---\nsubject: x\n...\n"), Some(3));
         assert_eq!(second_document_line("---\nsubject: x\n"), None);

@@ -10,4 +10,4 @@ pub mod weights;
 pub use config::Config;
 pub use llama::{Adapter, Cache, FixedCache, Llama, NoAdapter, Proj};
 pub use tokenizer::Tokenizer;
-pub use weights::{load, Loaded};
+pub use weights::{load, load_with_template, Loaded};

@@ -41,11 +41,11 @@ fn byte_level(use_regex: bool) -> serde_json::Value {
 
 impl Tokenizer {
     /// Builds the tokenizer from GGUF `tokenizer.ggml.*` metadata, with the chat template of
-    /// `tokenizer.chat_template`.
+    /// `tokenizer.chat_template`, or the one named `template` (`tokenizer.chat_template.NAME`).
     ///
     /// Errors: bad model naming the file — an unsupported tokenizer, missing or malformed metadata, a
-    /// chat template that cannot be chosen or rendered.
-    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+    /// chat template that cannot be chosen (see [`gguf_templates`]) or rendered.
+    pub fn from_gguf(g: &Gguf, template: Option<&str>) -> Result<Self> {
         let path = &g.path;
         let bad = |msg: String| Error::bad_model(path, msg);
         let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
@@ -116,7 +116,9 @@ impl Tokenizer {
         let token_at = |id: Option<usize>| id.and_then(|i| tokens.get(i).cloned());
         let bos_token = token_at(id_of("tokenizer.ggml.bos_token_id"));
         let eos_token = token_at(id_of("tokenizer.ggml.eos_token_id"));
-        let chat_template = gguf_template(g)?;
+        let chat_template = gguf_templates(g)?.pick(template, path, |names| {
+            format!("chat templates named {names} but none is the default")
+        })?;
         let mut tok = Self::finish(inner, bos_token, eos_token, chat_template, path)?;
         tok.gguf_metadata = g
             .metadata
@@ -127,11 +129,12 @@ impl Tokenizer {
         Ok(tok)
     }
 
-    /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder.
+    /// Loads `tokenizer.json` and `tokenizer_config.json` from a Hugging Face model folder, with the
+    /// checkpoint's chat template, or the one named `template` (see [`hf_templates`]).
     ///
     /// Errors: bad model naming the file — a tokenizer or config that does not parse, a chat template
     /// that cannot be chosen or rendered.
-    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+    pub fn from_hf_dir(dir: &Path, template: Option<&str>) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| Error::bad_model(&tj, format!("{e}")))?;
         let cfg_path = dir.join("tokenizer_config.json");
@@ -144,8 +147,11 @@ impl Tokenizer {
             Some(v) => v.get("content").and_then(|c| c.as_str()).map(str::to_string),
             None => None,
         };
-        let template = hf_template(dir, &cfg, &cfg_path)?;
-        Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), template, dir)
+        let (found, source) = hf_templates(dir, &cfg, &cfg_path)?;
+        let chosen = found.pick(template, &source, |names| {
+            format!("chat_template lists {names} but none named 'default'")
+        })?;
+        Self::finish(inner, tok_str("bos_token"), tok_str("eos_token"), chosen, dir)
     }
 
     /// The tokenizer around `inner`, its chat template checked by rendering one user turn: a
@@ -408,83 +414,150 @@ fn split_placeholders(rendered: &str, n: usize) -> Vec<Piece<'_>> {
     pieces
 }
 
-/// The chat template of a GGUF file: `tokenizer.chat_template` (llama.cpp writes the default one
-/// there, and the other named ones as `tokenizer.chat_template.NAME`).
-///
-/// Errors: the key holds something other than text, or only named templates are present and none
-/// is the default.
-fn gguf_template(g: &Gguf) -> Result<Option<String>> {
-    const KEY: &str = "tokenizer.chat_template";
-    match g.get(KEY) {
-        Some(Value::Str(t)) => return Ok(Some(t.clone())),
-        Some(_) => return Err(Error::bad_model(&g.path, format!("'{KEY}' is not text"))),
-        None => {}
-    }
-    if let Some(Value::Str(t)) = g.get(&format!("{KEY}.default")) {
-        return Ok(Some(t.clone()));
-    }
-    let prefix = format!("{KEY}.");
-    let named: Vec<&str> = g.metadata.keys().filter_map(|k| k.strip_prefix(&prefix)).collect();
-    if named.is_empty() {
-        return Ok(None);
-    }
-    Err(Error::bad_model(
-        &g.path,
-        format!("chat templates named {} but none is the default", named.join(", ")),
-    ))
+/// The chat templates a checkpoint ships: none, one, or several by name.
+enum Templates {
+    None,
+    One(String),
+    Named(Vec<(String, String)>),
 }
 
-/// The chat template of a Hugging Face folder: `chat_template` of `tokenizer_config.json`, else
-/// `chat_template.jinja`, else `chat_template` of `chat_template.json`.
+impl Templates {
+    /// The template to use: the one named `want` (`--chat-template`) when given, else the only one
+    /// or the one named `default`. `default` also names a checkpoint's only template (transformers
+    /// saves a list that holds nothing else as a plain string).
+    ///
+    /// Errors (bad model naming `source`): a name the checkpoint does not have (its names are
+    /// listed), a name for a checkpoint with no template or a single one, and a list without a
+    /// `default` when no name is given (`no_default` words that).
+    fn pick(self, want: Option<&str>, source: &Path, no_default: impl Fn(&str) -> String) -> Result<Option<String>> {
+        let flag = |w: &str, msg: String| Err(Error::bad_model(source, format!("--chat-template {w}: {msg}")));
+        match (self, want) {
+            (Templates::None, None) => Ok(None),
+            (Templates::None, Some(w)) => flag(w, "the model has no chat template".into()),
+            (Templates::One(t), None | Some("default")) => Ok(Some(t)),
+            (Templates::One(_), Some(w)) => flag(
+                w,
+                "the model has a single chat template, not named ones (leave the flag out, or give `default`)".into(),
+            ),
+            (Templates::Named(list), want) => {
+                let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+                match list.iter().find(|(n, _)| n == want.unwrap_or("default")) {
+                    Some((_, t)) => Ok(Some(t.clone())),
+                    None => match want {
+                        None => Err(Error::bad_model(source, no_default(&names.join(", ")))),
+                        Some(w) => flag(
+                            w,
+                            format!("no chat template has that name; there are {}", names.join(", ")),
+                        ),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// The chat templates of a GGUF file: `tokenizer.chat_template` is the default one, and llama.cpp
+/// writes the other named ones as `tokenizer.chat_template.NAME` (the default too, at times, as
+/// `tokenizer.chat_template.default`).
 ///
-/// Errors: a file that is not JSON, or a template entry [`template_of`] refuses.
-fn hf_template(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<Option<String>> {
-    if let Some(t) = template_of(cfg.get("chat_template"), cfg_path)? {
-        return Ok(Some(t));
-    }
-    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
-        return Ok(Some(t));
-    }
-    let path = dir.join("chat_template.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(None);
+/// Errors: the default key holds something other than text.
+fn gguf_templates(g: &Gguf) -> Result<Templates> {
+    const KEY: &str = "tokenizer.chat_template";
+    let default = match g.get(KEY) {
+        Some(Value::Str(t)) => Some(t.clone()),
+        Some(_) => return Err(Error::bad_model(&g.path, format!("'{KEY}' is not text"))),
+        None => None,
     };
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::bad_model(&path, e.to_string()))?;
-    template_of(v.get("chat_template"), &path)
+    let prefix = format!("{KEY}.");
+    let mut named: Vec<(String, String)> = g
+        .metadata
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?.to_string(), v.as_str()?.to_string())))
+        .collect();
+    if named.is_empty() {
+        return Ok(default.map_or(Templates::None, Templates::One));
+    }
+    if let Some(t) = default {
+        named.retain(|(n, _)| n != "default");
+        named.insert(0, ("default".into(), t));
+    }
+    Ok(Templates::Named(named))
+}
+
+/// The chat templates of a Hugging Face folder: `chat_template` of `tokenizer_config.json`, else
+/// `chat_template.jinja`, else `chat_template` of `chat_template.json`; and the named ones newer
+/// transformers saves beside the default as `additional_chat_templates/NAME.jinja`. With the file
+/// or folder they came from, for messages.
+///
+/// Errors: a file that is not JSON, or a template entry [`templates_of`] refuses.
+fn hf_templates(dir: &Path, cfg: &serde_json::Value, cfg_path: &Path) -> Result<(Templates, std::path::PathBuf)> {
+    let mut found = (
+        templates_of(cfg.get("chat_template"), cfg_path)?,
+        cfg_path.to_path_buf(),
+    );
+    if matches!(found.0, Templates::None) {
+        let jinja = dir.join("chat_template.jinja");
+        let path = dir.join("chat_template.json");
+        if let Ok(t) = std::fs::read_to_string(&jinja) {
+            found = (Templates::One(t), jinja);
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::bad_model(&path, e.to_string()))?;
+            found = (templates_of(v.get("chat_template"), &path)?, path);
+        }
+    }
+    let extra_dir = dir.join("additional_chat_templates");
+    let mut extra: Vec<(String, String)> = std::fs::read_dir(&extra_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?.strip_suffix(".jinja")?.to_string();
+            Some((name, std::fs::read_to_string(&p).ok()?))
+        })
+        .collect();
+    if extra.is_empty() {
+        return Ok(found);
+    }
+    extra.sort();
+    let mut list = match found.0 {
+        Templates::None => Vec::new(),
+        Templates::One(t) => vec![("default".to_string(), t)],
+        Templates::Named(list) => list,
+    };
+    for (n, t) in extra {
+        if !list.iter().any(|(m, _)| *m == n) {
+            list.push((n, t));
+        }
+    }
+    Ok((Templates::Named(list), extra_dir))
 }
 
 /// A `chat_template` entry: a string, or the list form `[{"name": …, "template": …}, …]` some
-/// checkpoints ship, from which the one named `default` is taken (as transformers does).
+/// checkpoints ship (an empty list is none).
 ///
-/// Errors (naming `path`): a list with no `default` (its names are listed), or a value of another
-/// shape.
-fn template_of(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<String>> {
+/// Errors (naming `path`): an entry without a text name and template, or a value of another shape.
+fn templates_of(v: Option<&serde_json::Value>, path: &Path) -> Result<Templates> {
     use serde_json::Value as J;
-    fn named(e: &J) -> Option<(&str, &str)> {
-        Some((e.get("name")?.as_str()?, e.get("template")?.as_str()?))
+    fn named(e: &J) -> Option<(String, String)> {
+        Some((
+            e.get("name")?.as_str()?.to_string(),
+            e.get("template")?.as_str()?.to_string(),
+        ))
     }
     match v {
-        None | Some(J::Null) => Ok(None),
-        Some(J::String(t)) => Ok(Some(t.clone())),
+        None | Some(J::Null) => Ok(Templates::None),
+        Some(J::String(t)) => Ok(Templates::One(t.clone())),
+        Some(J::Array(list)) if list.is_empty() => Ok(Templates::None),
         Some(J::Array(list)) => {
-            let entries: Vec<(&str, &str)> = list.iter().filter_map(named).collect();
+            let entries: Vec<(String, String)> = list.iter().filter_map(named).collect();
             if entries.len() != list.len() {
                 return Err(Error::bad_model(
                     path,
                     "chat_template: every entry of the list needs a text 'name' and 'template'",
                 ));
             }
-            if let Some((_, t)) = entries.iter().find(|(n, _)| *n == "default") {
-                return Ok(Some(t.to_string()));
-            }
-            if entries.is_empty() {
-                return Ok(None);
-            }
-            let names: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
-            Err(Error::bad_model(
-                path,
-                format!("chat_template lists {} but none named 'default'", names.join(", ")),
-            ))
+            Ok(Templates::Named(entries))
         }
         Some(_) => Err(Error::bad_model(
             path,

@@ -75,10 +75,10 @@ pub fn unpermute_qk(w: &Tensor, n_head: i64) -> Tensor {
     w.reshape(&shape).transpose(1, 2).reshape(&size)
 }
 
-fn load_gguf(path: &Path) -> Result<(Config, Weights, Tokenizer)> {
+fn load_gguf(path: &Path, template: Option<&str>) -> Result<(Config, Weights, Tokenizer)> {
     let g = Gguf::open(path)?;
     let cfg = Config::from_gguf(&g)?;
-    let tokenizer = Tokenizer::from_gguf(&g)?;
+    let tokenizer = Tokenizer::from_gguf(&g, template)?;
     // Check every tensor's type before decoding any, so the error names the first unsupported one.
     for t in &g.tensors {
         if super::quant::GgmlType::from_id(t.type_id).is_err() && hf_name(&t.name).is_some() {
@@ -213,10 +213,10 @@ fn layers_held<'a>(names: impl Iterator<Item = &'a String>) -> usize {
         .unwrap_or(0)
 }
 
-fn load_hf_dir(dir: &Path) -> Result<(Config, Weights, Tokenizer)> {
+fn load_hf_dir(dir: &Path, template: Option<&str>) -> Result<(Config, Weights, Tokenizer)> {
     let cfg_path = dir.join("config.json");
     let cfg = Config::from_hf_json(&cfg_path)?;
-    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let tokenizer = Tokenizer::from_hf_dir(dir, template)?;
     let mut w = Weights::new();
     for f in safetensor_files(dir)? {
         w.extend(read_safetensors(&f)?);
@@ -250,17 +250,23 @@ fn hash_source(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Loads a checkpoint: a `.gguf` file or a Hugging Face folder. Base weights are fp32 on the CPU
-/// and bf16 on CUDA.
+/// Loads a checkpoint: a `.gguf` file or a Hugging Face folder, with its default chat template.
+/// Base weights are fp32 on the CPU and bf16 on CUDA.
 pub fn load(path: &Path, device: Device) -> Result<Loaded> {
+    load_with_template(path, device, None)
+}
+
+/// [`load`] with the chat template named `template` (`--chat-template`), for checkpoints that
+/// ship several; `None` is the checkpoint's default.
+pub fn load_with_template(path: &Path, device: Device, template: Option<&str>) -> Result<Loaded> {
     let t0 = std::time::Instant::now();
     if !path.exists() {
         return Err(Error::bad_model(path, "no such file or folder"));
     }
     let (cfg, weights, tokenizer) = if path.is_dir() {
-        load_hf_dir(path)?
+        load_hf_dir(path, template)?
     } else {
-        load_gguf(path)?
+        load_gguf(path, template)?
     };
     // Every id the tokenizer can give must have a row of the embedding, or the first forward of
     // such a token fails inside libtorch. Ids need not be dense: the largest one counts.

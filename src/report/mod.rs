@@ -20,13 +20,7 @@ pub fn num(v: Option<f64>) -> String {
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("html.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::paths::write_atomic(path, text.as_bytes())
 }
 
 /// Writes one run's page; returns its path.
