@@ -204,7 +204,9 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
 }
 
 /// Greedy decoding with the step captured as a CUDA graph gives the answers of the same step run
-/// eagerly, and of the growing cache, for left-padded rows of a batch (fp32, so no near-tie flips).
+/// eagerly (the same kernels), for left-padded rows of a batch. That the fixed cache's step equals
+/// the growing cache's is `tests/model.rs`'s check, in fp32 on the CPU: in bf16 the two attention
+/// shapes round differently and near ties can flip.
 #[test]
 fn graph_decoding_answers_like_eager_decoding() {
     use injector::model::generate::{greedy_batch_fixed, greedy_batch};
@@ -223,8 +225,6 @@ fn graph_decoding_answers_like_eager_decoding() {
     let eager = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter, false).unwrap();
     assert!(eager.iter().any(|a| a.len() > 3), "too short to test decoding: {eager:?}");
     assert_eq!(graph, eager);
-    std::env::set_var("INJECTOR_GRAPH_DECODING", "0");
-    let growing = greedy_batch(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter).unwrap();
-    std::env::remove_var("INJECTOR_GRAPH_DECODING");
-    assert_eq!(growing, eager);
+    // Through the public entry point (graphs on a GPU), the same.
+    assert_eq!(greedy_batch(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter).unwrap(), graph);
 }

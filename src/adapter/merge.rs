@@ -80,20 +80,48 @@ pub fn merge(model: &Llama, factors: &[Factor], on_device: bool) -> Result<()> {
 }
 
 /// [`save`] on its own thread, so that the write overlaps the next step's training (the driver
-/// needs the file's hash only when it commits the step). The factors are copied to the host first.
-pub fn save_in_background(dir: &Path, factors: &[Factor]) -> std::thread::JoinHandle<Result<String>> {
+/// needs the file's hash only when it commits the step). The thread writes its own host copy of
+/// the factors.
+pub fn save_in_background(dir: &Path, factors: &[Factor]) -> Saving {
+    let host = |t: &Tensor| match t.device() {
+        tch::Device::Cpu => t.copy(),
+        _ => t.to_device(tch::Device::Cpu),
+    };
     let host: Vec<Factor> = factors
         .iter()
         .map(|f| Factor {
             key: f.key.clone(),
-            a: f.a.to_device(tch::Device::Cpu),
-            b: f.b.to_device(tch::Device::Cpu),
+            a: host(&f.a),
+            b: host(&f.b),
             scale: f.scale,
             rank: f.rank,
         })
         .collect();
     let dir = dir.to_path_buf();
-    std::thread::spawn(move || save(&dir, &host))
+    Saving(Some(std::thread::spawn(move || save(&dir, &host))))
+}
+
+/// A factors file being written by [`save_in_background`]. Dropped unjoined (an error elsewhere),
+/// it still waits for the write, so that the process never exits mid-write and leaves the
+/// temporary file behind.
+pub struct Saving(Option<std::thread::JoinHandle<Result<String>>>);
+
+impl Saving {
+    /// The file's hash, once written. Errors: as [`save`]; the thread panicked.
+    pub fn join(mut self) -> Result<String> {
+        let handle = self.0.take().expect("joined once");
+        handle
+            .join()
+            .map_err(|_| Error::Ledger("the thread writing a step's factors panicked".into()))?
+    }
+}
+
+impl Drop for Saving {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Writes factors to `dir/<blake3>.safetensors` (written to a temporary name, then renamed);

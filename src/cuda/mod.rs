@@ -79,13 +79,15 @@ impl SideStream {
             // SAFETY: the shim writes a heap-allocated guard into `guard` on success.
             check(unsafe { ffi::inj_stream_enter(d as i32, &mut guard) })?;
             ENTERED.with(|n| n.set(n.get() + 1));
+            // Made before anything else can fail, so that its drop leaves the stream again.
+            let stream = SideStream {
+                guard,
+                device: d as i64,
+            };
             // Blocks cached for the default stream (the model's loading, earlier evaluation) cannot
             // serve the side stream's allocations: hand them back so they do not add to the peak.
             empty_cache()?;
-            Ok(SideStream {
-                guard,
-                device: d as i64,
-            })
+            Ok(stream)
         }
         #[cfg(not(injector_cuda))]
         Err(unavailable())

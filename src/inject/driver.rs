@@ -267,7 +267,7 @@ fn drive_steps(
             let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress);
             // The last step is committed whether this one trained or not (its weights are merged).
             if let Some(u) = pending.take() {
-                u.commit(ledger, progress, &mut fixed, &mut step_phases)?;
+                u.commit(ledger, &mut fixed, &mut step_phases)?;
             }
             let trained = trained?;
             clock.lap();
@@ -361,11 +361,12 @@ fn drive_steps(
                 },
                 hash: weights_hash,
                 saving,
-                own_recall,
             });
+            // The step is done; its commit follows the next step's training.
+            progress.step_end(idx as usize, own_recall);
         }
         if let Some(u) = pending.take() {
-            u.commit(ledger, progress, &mut fixed, &mut step_phases)?;
+            u.commit(ledger, &mut fixed, &mut step_phases)?;
         }
     }
     ledger.set_status(&plan.run.id, "finished")?;
@@ -392,18 +393,16 @@ struct Uncommitted {
     record: StepRecord,
     hash: PendingHash,
     /// The factors file's hash, once written.
-    saving: std::thread::JoinHandle<Result<String>>,
-    own_recall: f64,
+    saving: merge::Saving,
 }
 
 impl Uncommitted {
-    /// Waits for the hash (the wait is the step's hash phase, added to `step_phases`), commits the
-    /// step (its seconds added to `fixed`) and reports its end. Errors: the digest failed; the
-    /// ledger's.
+    /// Waits for the factors file and the hash (the waits are the step's merge and hash phases,
+    /// added to `step_phases`) and commits the step (its seconds added to `fixed`). Errors: the
+    /// write or the digest failed; the ledger's.
     fn commit(
         self,
         ledger: &mut Ledger,
-        progress: &mut dyn Progress,
         fixed: &mut FixedPhases,
         step_phases: &mut StepPhases,
     ) -> Result<()> {
@@ -411,12 +410,9 @@ impl Uncommitted {
             mut record,
             hash,
             saving,
-            own_recall,
         } = self;
         let t = Instant::now();
-        record.step.delta_file = saving
-            .join()
-            .map_err(|_| crate::error::Error::Ledger("the thread writing a step's factors panicked".into()))??;
+        record.step.delta_file = saving.join()?;
         // Waiting for the write is the merge phase's (where the write was before).
         let written = t.elapsed().as_secs_f64();
         record.step.phases.merge += written;
@@ -428,10 +424,8 @@ impl Uncommitted {
         record.step.phases.hash = waited.max(copy);
         step_phases.hash += record.step.phases.hash - copy;
         let t = Instant::now();
-        let idx = record.step.idx;
         ledger.commit_step(&record)?;
         fixed.commit += t.elapsed().as_secs_f64();
-        progress.step_end(idx as usize, own_recall);
         Ok(())
     }
 }

@@ -80,7 +80,7 @@ pub fn start_weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -
         .collect::<Result<_>>()?;
     let size = |w: &Tensor| w.numel() * w.kind().elt_size_in_bytes();
     let total: usize = weights.iter().map(|(_, w)| size(w)).sum();
-    let state = if model.device() != Device::Cpu && total <= MAX_SNAPSHOT_BYTES {
+    let state = if model.device() != Device::Cpu && total > 0 && total <= MAX_SNAPSHOT_BYTES {
         let snapshot = copy_to_snapshot(&weights, total)?;
         let spans: Vec<(String, usize, usize)> = {
             let mut at = 0;

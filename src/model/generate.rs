@@ -201,6 +201,7 @@ pub fn greedy_batch_fixed(
     let mut cache = Cache::new(&model.cfg);
     let h = model.hidden_padded(&batch.ids.to_device(dev), Some(&mut cache), Some(&pad), ad);
     let mut next = model.logits(&h.select(1, -1)).argmax(-1, false);
+    drop(h);
     // Step i writes the token of step i - 1 at position len + i - 1, the last at len + steps - 2.
     let fixed = FixedCache::from_prefill(&cache, &pad, batch.len + batch.steps as i64)?;
     drop(cache);
@@ -233,6 +234,12 @@ pub fn greedy_batch_fixed(
             }
             None => step(),
         };
+    }
+    // A dropped graph's private pool is only marked freeable: hand it back now, or a later capture
+    // (which never retries an allocation after emptying the cache) can run out of memory. Leaving
+    // the side stream empties the cache too.
+    if graph.take().is_some() && _stream.is_none() {
+        crate::cuda::empty_cache()?;
     }
     Ok(outs.finish(model, batch.steps, max_tokens))
 }
