@@ -31,24 +31,32 @@ fn gguf_and_hf_folder_give_the_same_logits() {
 
 /// Left-padded rows of different lengths, decoded together with one cache, give each row the
 /// logits it gets alone: padding shifts neither positions nor attention.
-#[test]
-fn padded_batch_rows_match_each_row_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 5);
-    let m = load(&g, Device::Cpu).unwrap();
+/// Three token rows of 9, 4 and 13 tokens, their ids left-padded into one [3, 13] batch (row-major),
+/// and each row's padding.
+fn left_padded_rows() -> (Vec<Vec<i64>>, Vec<i64>, Vec<i64>) {
     let rows: Vec<Vec<i64>> = [9usize, 4, 13]
         .iter()
         .enumerate()
         .map(|(r, &n)| (0..n as i64).map(|i| 3 + ((i + 7 * r as i64) * 41 % 250)).collect())
         .collect();
-    let next: Vec<i64> = vec![17, 99, 200];
     let len = rows.iter().map(Vec::len).max().unwrap();
     let mut ids = vec![0i64; rows.len() * len];
     let pad: Vec<i64> = rows.iter().map(|r| (len - r.len()) as i64).collect();
     for (i, r) in rows.iter().enumerate() {
         ids[i * len + pad[i] as usize..(i + 1) * len].copy_from_slice(r);
     }
+    (rows, ids, pad)
+}
+
+#[test]
+fn padded_batch_rows_match_each_row_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, 5);
+    let m = load(&g, Device::Cpu).unwrap();
+    let (rows, ids, pad) = left_padded_rows();
+    let next: Vec<i64> = vec![17, 99, 200];
+    let len = rows.iter().map(Vec::len).max().unwrap();
     let pad_t = Tensor::from_slice(&pad);
     let mut cache = Cache::new(&m.model.cfg);
     let (prefill, step) = tch::no_grad(|| {
@@ -103,17 +111,8 @@ fn fixed_cache_decoding_matches_the_growing_cache() {
     let g = dir.path().join("tiny.gguf");
     write_tiny_gguf(&g, 5);
     let m = load(&g, Device::Cpu).unwrap();
-    let rows: Vec<Vec<i64>> = [9usize, 4, 13]
-        .iter()
-        .enumerate()
-        .map(|(r, &n)| (0..n as i64).map(|i| 3 + ((i + 7 * r as i64) * 41 % 250)).collect())
-        .collect();
+    let (rows, ids, pad) = left_padded_rows();
     let (b, len) = (rows.len() as i64, rows.iter().map(Vec::len).max().unwrap() as i64);
-    let mut ids = vec![0i64; (b * len) as usize];
-    let pad: Vec<i64> = rows.iter().map(|r| len - r.len() as i64).collect();
-    for (i, r) in rows.iter().enumerate() {
-        ids[i * len as usize + pad[i] as usize..(i + 1) * len as usize].copy_from_slice(r);
-    }
     let pad = Tensor::from_slice(&pad);
     tch::no_grad(|| {
         let mut cache = Cache::new(&m.model.cfg);
