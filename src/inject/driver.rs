@@ -242,8 +242,8 @@ fn drive_steps(
             )),
             _ => None,
         };
-        // The last step's commit waits for its weights hash, whose digest overlaps the next
-        // step's training (bench/NOTES.md).
+        // A step's commit waits for its weights hash and factors file, which are made while the
+        // next step trains (bench/NOTES.md items 30-31).
         let mut pending: Option<Uncommitted> = None;
         for (g, group) in plan.groups.iter().enumerate() {
             let idx = plan.step_index(g);
@@ -265,7 +265,7 @@ fn drive_steps(
                 None => plan.strategy.rehearse(&injected, config.seed, idx),
             };
             let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress);
-            // The last step is committed whether this one trained or not (its weights are merged).
+            // The previous step is committed whether this one trained or not (its weights are merged).
             if let Some(u) = pending.take() {
                 u.commit(ledger, &mut fixed, &mut step_phases)?;
             }
@@ -417,12 +417,13 @@ impl Uncommitted {
         let written = t.elapsed().as_secs_f64();
         record.step.phases.merge += written;
         step_phases.merge += written;
-        let (hash, waited) = hash.wait_timed()?;
+        // `held` is the copy, which both phase records already have (timed by a lap that may be
+        // a little longer), plus the wait.
+        let (hash, held) = hash.wait_timed()?;
         record.step.weights_hash = hash;
-        // The copy is already in both; the wait comes on top.
-        let copy = record.step.phases.hash;
-        record.step.phases.hash = waited.max(copy);
-        step_phases.hash += record.step.phases.hash - copy;
+        let total = held.max(record.step.phases.hash);
+        step_phases.hash += total - record.step.phases.hash;
+        record.step.phases.hash = total;
         let t = Instant::now();
         ledger.commit_step(&record)?;
         fixed.commit += t.elapsed().as_secs_f64();

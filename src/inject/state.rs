@@ -149,12 +149,18 @@ fn copy_to_snapshot(weights: &[(String, Tensor)], total: usize) -> Result<Tensor
     let snapshot = SNAPSHOT.with(|s| host_buffer(&mut s.borrow_mut(), total))?;
     let mut at = 0i64;
     for (_, w) in weights {
-        let n = (w.numel() * w.kind().elt_size_in_bytes()) as i64;
-        let mut dst = snapshot.narrow(0, at, n).view_dtype(w.kind()).view(w.size().as_slice());
-        dst.copy_(w);
-        at += n;
+        at += copy_into(&snapshot, at, w).numel() as i64 * w.kind().elt_size_in_bytes() as i64;
     }
     Ok(snapshot)
+}
+
+/// Copies `w` into the bytes of `buf` (uint8, on the host) from byte `at` on, in `w`'s dtype and
+/// shape; returns that view of `buf`.
+fn copy_into(buf: &Tensor, at: i64, w: &Tensor) -> Tensor {
+    let n = (w.numel() * w.kind().elt_size_in_bytes()) as i64;
+    let mut dst = buf.narrow(0, at, n).view_dtype(w.kind()).view(w.size().as_slice());
+    dst.copy_(w);
+    dst
 }
 
 /// Adds the bytes of `w` (row-major, its own dtype) to `h`: on the CPU read in place, from a GPU
@@ -170,8 +176,7 @@ fn hash_bytes(h: &mut blake3::Hasher, w: &Tensor, capacity: usize) -> Result<()>
         STAGING.with(|s| -> Result<Tensor> {
             let mut s = s.borrow_mut();
             let staging = host_buffer(&mut s, capacity.max(bytes))?;
-            let mut dst = staging.narrow(0, 0, bytes as i64).view_dtype(w.kind()).view(w.size().as_slice());
-            dst.copy_(w);
+            let dst = copy_into(&staging, 0, w);
             *s = Some(staging);
             Ok(dst)
         })?
