@@ -91,7 +91,8 @@ fn pooled_trainers_replay_like_fresh_ones() {
         ..TrainConfig::default()
     };
     let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
-    for (k, seed) in [(1, 5), (3, 9), (1, 7)] {
+    // Consecutive seeds: the second and third resets take the draws made ahead on another thread.
+    for (k, seed) in [(1, 5), (3, 6), (1, 7)] {
         let ex = group(k);
         let owner: Vec<usize> = vec![0; ex.len()];
         let pooled = train(&mut pool, &ex, &owner, 1, seed, |_, _, _| {}).unwrap();
@@ -107,6 +108,38 @@ fn pooled_trainers_replay_like_fresh_ones() {
             let scale = df.abs().max().double_value(&[]);
             assert!(scale > 0.0 && d <= 1e-3 * scale, "group {k}, {}: {d} vs {scale}", p.key);
         }
+    }
+}
+
+/// A and B drawn ahead on another thread (`AdaLora::reset` on a GPU, from a private generator) are
+/// the global generator's draws bit for bit: the private draws equal `manual_seed` and `randn`, and
+/// an adapter reset with the next seed holds exactly what a new adapter from that seed holds.
+#[test]
+fn draws_made_ahead_are_the_global_generators() {
+    use injector::adapter::adalora::AdaLora;
+    use injector::config::AdaLoraConfig;
+    use injector::inject::step::adapter_shapes;
+    use injector::model::Llama;
+    let Some(dev) = gpu() else { return };
+    let shapes = vec![vec![12i64, 576], vec![1536, 12], vec![3, 5], vec![7], vec![16]];
+    for seed in [0u64, 42, 7_000_024] {
+        let private = injector::cuda::randn_private(seed, &shapes).unwrap().unwrap();
+        tch::manual_seed(seed as i64);
+        for (p, s) in private.iter().zip(&shapes) {
+            let global = Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu));
+            assert!(p.equal(&global), "seed {seed}, {s:?}");
+        }
+    }
+    let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
+    let cfg = AdaLoraConfig::default();
+    let sites = adapter_shapes(&model, &cfg);
+    let mut pooled = AdaLora::new(&cfg, &sites, dev, 3, 10);
+    pooled.reset(&sites, 4); // drawn here; 5 is drawn ahead
+    pooled.reset(&sites, 5);
+    let fresh = AdaLora::new(&cfg, &sites, dev, 5, 10);
+    for (p, f) in pooled.groups.iter().zip(&fresh.groups) {
+        assert!(p.a.equal(&f.a) && p.b.equal(&f.b), "{:?}", p.proj);
+        assert_eq!(p.e.abs().sum(Kind::Float).double_value(&[]), 0.0);
     }
 }
 
@@ -155,12 +188,21 @@ fn the_fused_pass_trains_like_two_passes() {
             fresh.forward_backward().unwrap();
             fresh.update().unwrap();
         }
-        for ((p, f), g) in pooled.factors.iter().zip(factors(&eager.adapter)).zip(factors(&fresh.adapter)) {
+        for ((p, f), g) in pooled
+            .factors
+            .iter()
+            .zip(factors(&eager.adapter))
+            .zip(factors(&fresh.adapter))
+        {
             let (dp, df, dg) = (p.delta_weight(), f.delta_weight(), g.delta_weight());
             let scale = df.abs().max().double_value(&[]);
             for (name, d) in [("pooled", &dp), ("fresh", &dg)] {
                 let diff = (d - &df).abs().max().double_value(&[]);
-                assert!(scale > 0.0 && diff <= 1e-3 * scale, "{name}, rows of {long}+, {}: {diff} vs {scale}", p.key);
+                assert!(
+                    scale > 0.0 && diff <= 1e-3 * scale,
+                    "{name}, rows of {long}+, {}: {diff} vs {scale}",
+                    p.key
+                );
             }
         }
     }
@@ -198,7 +240,9 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
     // The digest runs on a snapshot: a merge after the start does not change the hash it gives.
     let pending = injector::inject::state::start_weights_hash(&model, "source", &cfg).unwrap();
     let w = model.weight(&keys[0]).unwrap();
-    model.add_to_weight(&keys[0], &w.ones_like().to_kind(Kind::Float)).unwrap();
+    model
+        .add_to_weight(&keys[0], &w.ones_like().to_kind(Kind::Float))
+        .unwrap();
     assert_eq!(pending.wait().unwrap(), want);
     assert_ne!(weights_hash(&model, "source", &cfg).unwrap(), want);
 }
@@ -209,7 +253,7 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
 /// shapes round differently and near ties can flip.
 #[test]
 fn graph_decoding_answers_like_eager_decoding() {
-    use injector::model::generate::{greedy_batch_fixed, greedy_batch};
+    use injector::model::generate::{greedy_batch, greedy_batch_fixed};
     use injector::model::NoAdapter;
     let Some(dev) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -223,8 +267,14 @@ fn graph_decoding_answers_like_eager_decoding() {
         .collect();
     let graph = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter, true).unwrap();
     let eager = greedy_batch_fixed(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter, false).unwrap();
-    assert!(eager.iter().any(|a| a.len() > 3), "too short to test decoding: {eager:?}");
+    assert!(
+        eager.iter().any(|a| a.len() > 3),
+        "too short to test decoding: {eager:?}"
+    );
     assert_eq!(graph, eager);
     // Through the public entry point (graphs on a GPU), the same.
-    assert_eq!(greedy_batch(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter).unwrap(), graph);
+    assert_eq!(
+        greedy_batch(&m.model, &m.tokenizer, &prompts, 20, &NoAdapter).unwrap(),
+        graph
+    );
 }

@@ -28,6 +28,16 @@ pub struct Group {
 /// Layers, A draws and B draws of one projection, before stacking.
 type Drawn = (Vec<usize>, Vec<Tensor>, Vec<Tensor>);
 
+/// A and B of each projection, stacked over its layers as a [`Group`] holds them.
+type Stacked = BTreeMap<Proj, (Tensor, Tensor)>;
+
+/// Draws for a later [`AdaLora::reset`], being made on another thread.
+struct Ahead {
+    seed: u64,
+    shapes: Vec<(usize, Proj, i64, i64)>,
+    handle: std::thread::JoinHandle<crate::error::Result<Stacked>>,
+}
+
 /// A set of AdaLoRA modules over a model, with its rank allocator.
 pub struct AdaLora {
     pub vs: nn::VarStore,
@@ -38,6 +48,8 @@ pub struct AdaLora {
     pub training: bool,
     /// Per group, [L, in, in] projections applied to the input before A (null-space editing).
     projections: Vec<Option<Tensor>>,
+    /// The next reset's A and B, drawn ahead (GPU only).
+    ahead: Option<Ahead>,
 }
 
 impl AdaLora {
@@ -51,7 +63,7 @@ impl AdaLora {
         total_step: i64,
     ) -> Self {
         let vs = nn::VarStore::new(device);
-        let (order, mut drawn) = Self::draw(cfg, shapes, seed);
+        let (order, mut drawn) = Self::draw(cfg, shapes, seed, None);
         let r = cfg.init_r;
         let mut groups = Vec::new();
         let mut index = BTreeMap::new();
@@ -89,19 +101,34 @@ impl AdaLora {
             allocator,
             training: true,
             projections,
+            ahead: None,
         }
     }
 
     /// The initial A and B of every site, drawn on the CPU from `seed` in the order of `shapes` (so
     /// they do not depend on the device), grouped by projection in order of first appearance.
-    fn draw(cfg: &AdaLoraConfig, shapes: &[(usize, Proj, i64, i64)], seed: u64) -> (Vec<Proj>, BTreeMap<Proj, Drawn>) {
-        tch::manual_seed(seed as i64);
-        let r = cfg.init_r;
+    /// `normals`, when given, are those standard normal draws made already (A then B of each site,
+    /// as [`cuda::randn_private`](crate::cuda::randn_private) makes them); otherwise they are drawn
+    /// here from libtorch's global generator, seeded with `seed`.
+    fn draw(
+        cfg: &AdaLoraConfig,
+        shapes: &[(usize, Proj, i64, i64)],
+        seed: u64,
+        normals: Option<Vec<Tensor>>,
+    ) -> (Vec<Proj>, BTreeMap<Proj, Drawn>) {
+        let normals = normals.unwrap_or_else(|| {
+            tch::manual_seed(seed as i64);
+            Self::draw_shapes(cfg, shapes)
+                .iter()
+                .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)))
+                .collect()
+        });
+        let mut normals = normals.into_iter();
         let mut drawn: BTreeMap<Proj, Drawn> = BTreeMap::new();
         let mut order: Vec<Proj> = Vec::new();
-        for &(layer, proj, out, inp) in shapes {
-            let a = Tensor::randn([r, inp], (Kind::Float, Device::Cpu)) * 0.02;
-            let b = Tensor::randn([out, r], (Kind::Float, Device::Cpu)) * 0.02;
+        for &(layer, proj, _, _) in shapes {
+            let a = normals.next().expect("A of every site") * 0.02;
+            let b = normals.next().expect("B of every site") * 0.02;
             let entry = drawn.entry(proj).or_insert_with(|| {
                 order.push(proj);
                 (Vec::new(), Vec::new(), Vec::new())
@@ -113,20 +140,75 @@ impl AdaLora {
         (order, drawn)
     }
 
+    /// The shapes of [`AdaLora::draw`]'s draws: [r, in] (A) and [out, r] (B) of every site, in order.
+    fn draw_shapes(cfg: &AdaLoraConfig, shapes: &[(usize, Proj, i64, i64)]) -> Vec<Vec<i64>> {
+        let r = cfg.init_r;
+        shapes
+            .iter()
+            .flat_map(|&(_, _, out, inp)| [vec![r, inp], vec![out, r]])
+            .collect()
+    }
+
+    /// A and B of every projection for [`AdaLora::reset`] with `seed`, stacked as the groups hold
+    /// them, drawn on another thread from a private generator (`None` without one, that is without
+    /// a CUDA build): on a GPU the draw (~4 M normals on one core for SmolLM2's defaults, ~25 ms)
+    /// then overlaps the step before instead of holding the GPU idle (bench/NOTES.md).
+    fn draw_ahead(cfg: &AdaLoraConfig, shapes: &[(usize, Proj, i64, i64)], seed: u64) -> Option<Ahead> {
+        if !cfg!(injector_cuda) {
+            return None; // no private generator to draw from
+        }
+        let (cfg, sites) = (cfg.clone(), shapes.to_vec());
+        let handle = std::thread::spawn(move || -> crate::error::Result<Stacked> {
+            let normals = crate::cuda::randn_private(seed, &Self::draw_shapes(&cfg, &sites)).expect("a CUDA build")?;
+            let (_, drawn) = Self::draw(&cfg, &sites, seed, Some(normals));
+            Ok(drawn
+                .into_iter()
+                .map(|(p, (_, a, b))| (p, (Tensor::stack(&a, 0), Tensor::stack(&b, 0))))
+                .collect())
+        });
+        Some(Ahead {
+            seed,
+            shapes: shapes.to_vec(),
+            handle,
+        })
+    }
+
     /// Makes this adapter what [`AdaLora::new`] with `seed` on the same `shapes` makes, in place (the
     /// same tensors, as a captured CUDA graph needs): A and B drawn again, E zero, the allocator's
     /// state cleared. Projections stay.
+    ///
+    /// On a GPU of a CUDA build the draws for `seed + 1` (the next injection step's seed) are then
+    /// started on another thread, and a reset with that seed takes them instead of drawing: the
+    /// values are the same bit for bit. libtorch's global generators are seeded with `seed` either
+    /// way (dropout on the GPU draws from them), but the CPU one is then not advanced past the draws.
     pub fn reset(&mut self, shapes: &[(usize, Proj, i64, i64)], seed: u64) {
-        let (_, mut drawn) = Self::draw(&self.cfg, shapes, seed);
+        let ahead = self.ahead.take().filter(|a| a.seed == seed && a.shapes == shapes);
+        let mut stacked: Stacked = match ahead.map(|a| a.handle.join()) {
+            Some(Ok(Ok(stacked))) => {
+                tch::manual_seed(seed as i64);
+                stacked
+            }
+            // A failed thread (an allocation) or no draws ahead: draw here.
+            _ => {
+                let (_, drawn) = Self::draw(&self.cfg, shapes, seed, None);
+                drawn
+                    .into_iter()
+                    .map(|(p, (_, a, b))| (p, (Tensor::stack(&a, 0), Tensor::stack(&b, 0))))
+                    .collect()
+            }
+        };
         tch::no_grad(|| {
             for g in &mut self.groups {
-                let (_, a, b) = drawn.remove(&g.proj).expect("the same sites as at creation");
-                g.a.copy_(&Tensor::stack(&a, 0));
-                g.b.copy_(&Tensor::stack(&b, 0));
+                let (a, b) = stacked.remove(&g.proj).expect("the same sites as at creation");
+                g.a.copy_(&a);
+                g.b.copy_(&b);
                 let _ = g.e.zero_();
             }
         });
         self.allocator.reset();
+        if self.vs.device().is_cuda() {
+            self.ahead = Self::draw_ahead(&self.cfg, shapes, seed.wrapping_add(1));
+        }
     }
 
     fn triplets_of(groups: &[Group]) -> Vec<Triplet<'_>> {

@@ -5,6 +5,7 @@
 // links CUDA (INJECTOR_CUDA=1, see build.rs). Every entry point catches C++ exceptions and returns
 // the message (malloc'd, freed by the caller with inj_free_error) instead of unwinding into Rust.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -100,6 +101,19 @@ char* inj_swiglu(const at::Tensor* g, const at::Tensor* u, at::Tensor** out) {
 char* inj_pinned_empty(int64_t bytes, at::Tensor** out) {
   return guarded([&] {
     *out = new at::Tensor(at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true)));
+  });
+}
+
+// `count` tensors of standard normals (float32, on the host), numels[i] values each, drawn in order
+// from a CPU generator of their own seeded with `seed`: the values torch.manual_seed(seed) and the
+// same torch.randn calls give, without touching the global generator, so another thread can draw
+// while this one captures graphs. Each outs[i] is a new tensor owned by the caller.
+char* inj_randn_private(uint64_t seed, int64_t count, const int64_t* numels, at::Tensor** outs) {
+  return guarded([&] {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (int64_t i = 0; i < count; ++i) {
+      outs[i] = new at::Tensor(at::randn({numels[i]}, gen, at::TensorOptions().dtype(at::kFloat)));
+    }
   });
 }
 

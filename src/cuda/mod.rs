@@ -20,6 +20,7 @@ mod ffi {
         pub fn inj_empty_cache() -> *mut c_char;
         pub fn inj_peak_allocated(device: c_int, peak: *mut i64) -> *mut c_char;
         pub fn inj_pinned_empty(bytes: i64, out: *mut *mut c_void) -> *mut c_char;
+        pub fn inj_randn_private(seed: u64, count: i64, numels: *const i64, outs: *mut *mut c_void) -> *mut c_char;
         /// Tensors are tch's `C_tensor`, i.e. `at::Tensor*`.
         pub fn inj_swiglu(g: *const c_void, u: *const c_void, out: *mut *mut c_void) -> *mut c_char;
     }
@@ -207,6 +208,36 @@ pub fn pinned_empty(bytes: i64) -> Result<tch::Tensor> {
     }
     #[cfg(not(injector_cuda))]
     Ok(tch::Tensor::empty([bytes], (tch::Kind::Uint8, tch::Device::Cpu)))
+}
+
+/// Standard normal draws of the given shapes (float32, on the host), in order, from a generator of
+/// their own seeded with `seed`: bit for bit what `tch::manual_seed(seed)` and the same
+/// `Tensor::randn` calls on the CPU give, without libtorch's global generator, so a thread can draw
+/// while another captures or replays graphs (which read the global CUDA generator's state). `None`
+/// without a CUDA build (tch has no private generators).
+///
+/// Errors: libtorch's (an allocation that fails).
+pub fn randn_private(seed: u64, shapes: &[Vec<i64>]) -> Option<Result<Vec<tch::Tensor>>> {
+    #[cfg(injector_cuda)]
+    {
+        let numels: Vec<i64> = shapes.iter().map(|s| s.iter().product()).collect();
+        let mut outs = vec![std::ptr::null_mut(); shapes.len()];
+        // SAFETY: the shim writes `count` new at::Tensor pointers into `outs` on success, which
+        // `from_ptr` owns from here on; on failure the ones it made leak (an allocation failed).
+        let made =
+            check(unsafe { ffi::inj_randn_private(seed, numels.len() as i64, numels.as_ptr(), outs.as_mut_ptr()) });
+        Some(made.map(|()| {
+            outs.into_iter()
+                .zip(shapes)
+                .map(|(t, s)| unsafe { tch::Tensor::from_ptr(t.cast()) }.view(s.as_slice()))
+                .collect()
+        }))
+    }
+    #[cfg(not(injector_cuda))]
+    {
+        let _ = (seed, shapes);
+        None
+    }
 }
 
 /// The most bytes the caching allocator held allocated on `device` since the last call (or since
