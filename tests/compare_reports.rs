@@ -69,7 +69,15 @@ fn compare_runs_each_strategy_once_and_pages_show_ledger_numbers() {
             format!("{:.2}", s["locality"].as_f64().unwrap())
         );
         assert_eq!(
-            cell(&page, "compare", i, 10),
+            cell(&page, "compare", i, 7),
+            format!(
+                "{:.2} ({:.2})",
+                s["perplexity"].as_f64().unwrap(),
+                s["base_perplexity"].as_f64().unwrap()
+            )
+        );
+        assert_eq!(
+            cell(&page, "compare", i, 11),
             s["optimizer_steps"].as_i64().unwrap().to_string()
         );
         let run_page =

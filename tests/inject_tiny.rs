@@ -68,6 +68,14 @@ fn run_records_every_step_and_a_second_run_is_a_no_op() {
         3
     );
     assert_eq!(v["locality"].as_array().unwrap().len(), 4, "base + one per step");
+    // The general check beside locality, on the base model (step -1) and after each step; the run's
+    // outcome reports the last and the base one.
+    let ppl = v["perplexity"].as_array().unwrap();
+    let steps: Vec<i64> = ppl.iter().map(|r| r[0].as_i64().unwrap()).collect();
+    assert_eq!(steps, [-1, 0, 1, 2]);
+    assert!(ppl.iter().all(|r| r[1].as_f64().unwrap() >= 1.0), "{ppl:?}");
+    assert_eq!(out["base_perplexity"], ppl[0][1]);
+    assert_eq!(out["perplexity"], ppl[3][1]);
     let list = injector(p, &["ledger", "list", "--ledger", "l.db"]);
     assert!(stdout(&list).contains(&run));
     let probe = injector(

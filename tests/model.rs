@@ -278,3 +278,47 @@ fn weights_keep_the_requested_kind() {
     let logits = tch::no_grad(|| m.forward(&ids, None, &NoAdapter));
     assert_eq!(logits.kind(), Kind::Float);
 }
+
+/// The general check's perplexity from batched, gathered logits (several batches of rows of
+/// different lengths) equals exp of the mean negative log-likelihood computed one example at a time
+/// from full logits; its accuracy is `mean_accuracy`'s; no examples give 1.0 and 1.0.
+#[test]
+fn locality_perplexity_is_the_per_example_likelihood() {
+    use injector::eval::batch::Example;
+    use injector::eval::probe::{locality_scores, mean_accuracy};
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, 11);
+    let m = load(&g, Device::Cpu).unwrap().model;
+    let examples: Vec<Example> = [(5usize, 3usize), (9, 1), (2, 6), (12, 4), (7, 7)]
+        .iter()
+        .enumerate()
+        .map(|(k, &(p, t))| Example {
+            prompt: (0..p as i64).map(|i| 3 + (i * 17 + 5 * k as i64) % 250).collect(),
+            target: (0..t as i64).map(|i| 3 + (i * 29 + 11 * k as i64) % 250).collect(),
+        })
+        .collect();
+    let (mut nll, mut n) = (0.0f64, 0usize);
+    for e in &examples {
+        let ids: Vec<i64> = e.prompt.iter().chain(&e.target).copied().collect();
+        let x = Tensor::from_slice(&ids).unsqueeze(0);
+        let logp = tch::no_grad(|| m.forward(&x, None, &NoAdapter)).log_softmax(-1, Kind::Float);
+        for (j, &t) in e.target.iter().enumerate() {
+            let at = (e.prompt.len() + j - 1) as i64;
+            nll -= logp.double_value(&[0, at, t]);
+            n += 1;
+        }
+    }
+    let expected = (nll / n as f64).exp();
+    // 24 tokens a batch: the five examples go through in several batches.
+    let got = locality_scores(&m, &examples, 24);
+    assert!(got.perplexity > 1.0);
+    assert!(
+        (got.perplexity - expected).abs() < 1e-4 * expected,
+        "{} vs {expected}",
+        got.perplexity
+    );
+    assert_eq!(got.accuracy, mean_accuracy(&m, &examples, 24));
+    let none = locality_scores(&m, &[], 24);
+    assert_eq!((none.accuracy, none.perplexity), (1.0, 1.0));
+}

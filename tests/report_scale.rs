@@ -127,6 +127,7 @@ fn synthetic_run(l: &mut Ledger, k: &injector::knowledge::Knowledge, strategy: &
             probes,
             generations: vec![],
             locality: check.then_some(0.9 - rate),
+            perplexity: check.then_some(1.2 + rate),
         })
         .unwrap();
     }

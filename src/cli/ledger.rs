@@ -68,6 +68,7 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 let v = serde_json::json!({
                     "run": r, "config": serde_json::from_str::<serde_json::Value>(&r.config)?,
                     "facts": facts, "steps": steps, "probes": probes, "locality": locality,
+                    "perplexity": ledger.perplexity(&r.id)?,
                     "generations": ledger.generations(&r.id)?,
                     "summary": Matrix::new(&steps, &facts, probes.clone()).fact_summaries(&steps),
                 });

@@ -127,7 +127,7 @@ pub fn print_summary(o: &RunOutcome) {
     }
     let m = &o.means;
     println!(
-        "{} ({}): {} facts, {} steps; mean recall {} generalisation {} (free {} / {}) locality {}; {:.0}s; weights {}",
+        "{} ({}): {} facts, {} steps; mean recall {} generalisation {} (free {} / {}) locality {} perplexity {} (base {}); {:.0}s; weights {}",
         o.run,
         o.strategy,
         o.facts.len(),
@@ -137,6 +137,8 @@ pub fn print_summary(o: &RunOutcome) {
         num(m.free_recall),
         num(m.free_general),
         num(o.locality),
+        o.perplexity.map_or("-".into(), |p| format!("{p:.2}")),
+        o.base_perplexity.map_or("-".into(), |p| format!("{p:.2}")),
         o.seconds,
         &o.weights_hash[..12]
     );

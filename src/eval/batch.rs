@@ -223,6 +223,24 @@ pub fn token_accuracy(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: usi
         .collect()
 }
 
+impl Batch {
+    /// log p(target | context) of each of the batch's target tokens, from its logits
+    /// ([`Batch::logits`], [n_targets, vocab]), in target order; padding targets are left out (a
+    /// batch from [`build`] has none).
+    pub fn target_logprob(&self, logits: &Tensor) -> Vec<f64> {
+        let logp = logits.log_softmax(-1, Kind::Float);
+        let at = self.targets.clamp_min(0).unsqueeze(1);
+        let picked = Vec::<f32>::try_from(logp.gather(1, &at, false).squeeze_dim(1).to_device(Device::Cpu))
+            .expect("float vector");
+        picked
+            .iter()
+            .zip(&self.owner)
+            .filter(|(_, &o)| o != PADDING)
+            .map(|(v, _)| *v as f64)
+            .collect()
+    }
+}
+
 /// Sequence log-likelihood of every example: the sum over its target tokens (the answer and the
 /// end-of-turn token) of log p(token | prompt, earlier answer tokens), in nats, teacher-forced.
 /// Used to ask which of two answers the model prefers (an update's new answer or its previous one;
@@ -232,13 +250,10 @@ pub fn sequence_logprob(model: &Llama, ad: &dyn Adapter, batches: &[Batch], n: u
     let _g = tch::no_grad_guard();
     let mut out = vec![0.0; n];
     for b in batches {
-        let logp = b.logits(model, ad).log_softmax(-1, Kind::Float);
-        // Padding targets are −100: gather at 0 and drop them by owner below.
-        let at = b.targets.clamp_min(0).unsqueeze(1);
-        let picked = Vec::<f32>::try_from(logp.gather(1, &at, false).squeeze_dim(1).to_device(Device::Cpu))
-            .expect("float vector");
-        for (v, &o) in picked.iter().zip(&b.owner).filter(|(_, &o)| o != PADDING) {
-            out[o] += *v as f64;
+        let logp = b.target_logprob(&b.logits(model, ad));
+        let owners = b.owner.iter().filter(|&&o| o != PADDING);
+        for (v, &o) in logp.iter().zip(owners) {
+            out[o] += v;
         }
     }
     out

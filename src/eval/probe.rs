@@ -128,6 +128,44 @@ pub fn mean_accuracy(model: &Llama, examples: &[Example], max_batch_tokens: usiz
     mean(&token_accuracy(model, &NoAdapter, &batches, examples.len())).unwrap_or(1.0)
 }
 
+/// Locality and the general check, from one teacher-forced pass over the base model's own answers
+/// to the locality prompts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalityScore {
+    /// Mean over the answers of the share of their tokens whose argmax is right ([`mean_accuracy`]).
+    pub accuracy: f64,
+    /// exp of the mean negative log-likelihood (nats) over all the answers' target tokens: the
+    /// perplexity of the base model's own text at these weights (≥ 1; the base model scores its
+    /// greedy answers low, and a model whose general behaviour an edit damaged scores them higher).
+    /// Issue #12's general check; a standard perplexity over a fixed corpus (token-weighted).
+    pub perplexity: f64,
+}
+
+/// [`LocalityScore`] of `examples` (the base model's answers, as ids) at the model's weights: one
+/// batched pass of at most `max_batch_tokens` padded tokens a batch. With no examples, accuracy
+/// 1.0 and perplexity 1.0.
+pub fn locality_scores(model: &Llama, examples: &[Example], max_batch_tokens: usize) -> LocalityScore {
+    let _g = tch::no_grad_guard();
+    let batches = build(examples, max_batch_tokens, model.device());
+    let mut acc = vec![(0usize, 0usize); examples.len()];
+    let (mut nll, mut tokens) = (0.0f64, 0usize);
+    for b in &batches {
+        let logits = b.logits(model, &NoAdapter);
+        b.count_correct(&logits, &mut acc);
+        let logp = b.target_logprob(&logits);
+        nll -= logp.iter().sum::<f64>();
+        tokens += logp.len();
+    }
+    let each: Vec<f64> = acc
+        .iter()
+        .map(|&(c, t)| if t == 0 { 0.0 } else { c as f64 / t as f64 })
+        .collect();
+    LocalityScore {
+        accuracy: mean(&each).unwrap_or(1.0),
+        perplexity: if tokens == 0 { 1.0 } else { (nll / tokens as f64).exp() },
+    }
+}
+
 /// A greedy answer to `question` and its F1 against `answer`.
 pub fn generate_f1(model: &Llama, tok: &Tokenizer, question: &str, answer: &str) -> Result<(String, f64)> {
     Ok(generate_f1_all(model, tok, &[(question, answer)])?.remove(0))

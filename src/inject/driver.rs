@@ -16,7 +16,7 @@ use crate::eval::probe::{score, FactExamples};
 use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
 use crate::eval::Example;
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
+use crate::ledger::{last_locality, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
 use serde::Serialize;
 use std::time::Instant;
@@ -46,6 +46,11 @@ pub struct RunOutcome {
     /// Means over `facts`: teacher-forced and free-decoding recall and generalisation.
     pub means: Means,
     pub locality: Option<f64>,
+    /// The general check after the latest step that measured it: the perplexity of the base
+    /// model's own answers to the locality prompts ([`crate::eval::probe::LocalityScore`]).
+    pub perplexity: Option<f64>,
+    /// The same on the base model (step -1), for scale; None for runs recorded before schema 7.
+    pub base_perplexity: Option<f64>,
     pub weights_hash: String,
     /// Wall seconds of this invocation from the driver's start (the model load is before it).
     pub seconds: f64,
@@ -357,7 +362,8 @@ fn drive_steps(
                     step,
                     probes,
                     generations: all_generations,
-                    locality,
+                    locality: locality.map(|l| l.accuracy),
+                    perplexity: locality.map(|l| l.perplexity),
                 },
                 hash: weights_hash,
                 saving,
@@ -501,6 +507,7 @@ fn outcome(
     let steps = ledger.steps(id)?;
     let matrix = Matrix::new(&steps, &ledger.run_facts(id)?, ledger.probes(id)?);
     let facts = matrix.fact_summaries(&steps);
+    let perplexity = ledger.perplexity(id)?;
     Ok(RunOutcome {
         run: id.clone(),
         strategy: plan.run.strategy.clone(),
@@ -509,6 +516,8 @@ fn outcome(
         means: Means::of(&facts),
         facts,
         locality: ledger.last_locality(id)?,
+        perplexity: last_locality(&perplexity),
+        base_perplexity: perplexity.first().filter(|(s, _)| *s == -1).map(|(_, v)| *v),
         weights_hash: ledger.run(id)?.weights_hash,
         seconds,
         fixed,

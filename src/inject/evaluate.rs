@@ -9,7 +9,7 @@ use super::Clock;
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::eval::free::{free_score, FreeScore};
-use crate::eval::probe::{generate_f1_all, mean_accuracy, score, FactExamples, FactScore};
+use crate::eval::probe::{generate_f1_all, locality_scores, score, FactExamples, FactScore, LocalityScore};
 use crate::eval::retention::Cadence;
 use crate::knowledge::Fact;
 use crate::ledger::{GenerationRow, ProbeRow, StepPhases};
@@ -31,8 +31,8 @@ pub struct Evaluated {
     /// Greedy answers after the step: at an invocation's last step, to every sampled injected fact;
     /// none before it.
     pub generations: Vec<GenerationRow>,
-    /// Locality, at full checks.
-    pub locality: Option<f64>,
+    /// Locality and the general check's perplexity, at full checks.
+    pub locality: Option<LocalityScore>,
     /// The new weights' hash, being digested (its copy's seconds are in `phases.hash`; the wait
     /// is the committer's).
     pub weights_hash: PendingHash,
@@ -125,7 +125,7 @@ pub fn evaluate(
         .collect();
     let locality = cadence
         .is_full(idx, last)
-        .then(|| mean_accuracy(model, &prepared.locality, config.eval_batch_tokens));
+        .then(|| locality_scores(model, &prepared.locality, config.eval_batch_tokens));
     phases.locality = clock.lap();
     let weights_hash = start_weights_hash(model, &loaded.source_hash, &config.train)?;
     phases.hash = clock.lap();

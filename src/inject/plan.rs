@@ -6,7 +6,8 @@ use super::prepare::locality_baseline;
 use super::state::weights_hash;
 use crate::config::{RunConfig, Strategy};
 use crate::error::{Error, Result};
-use crate::eval::probe::FactExamples;
+use crate::eval::batch::Example;
+use crate::eval::probe::{locality_scores, FactExamples};
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{Ledger, Rehearsed, RunRow};
 use crate::model::Loaded;
@@ -70,8 +71,8 @@ pub fn find_or_record(
     }
 }
 
-/// Records a new run: its config, the base weights' hash and the base model's answers to the
-/// locality prompts (generated now, before any edit).
+/// Records a new run: its config, the base weights' hash, the base model's answers to the locality
+/// prompts (generated now, before any edit) and their perplexity on the base model (step -1).
 fn record_run(
     ledger: &mut Ledger,
     loaded: &Loaded,
@@ -101,8 +102,17 @@ fn record_run(
         finished: None,
         merge_on_device: true,
     };
+    // The general check on the base model itself, the scale for every later step's.
+    let own: Vec<Example> = base
+        .iter()
+        .map(|b| Example {
+            prompt: b.prompt_ids.clone(),
+            target: b.answer_ids.clone(),
+        })
+        .collect();
+    let general = locality_scores(&loaded.model, &own, config.eval_batch_tokens);
     ledger.create_run(&row, &base)?;
-    ledger.set_locality(&row.id, -1, 1.0)?;
+    ledger.set_locality(&row.id, -1, 1.0, Some(general.perplexity))?;
     ledger.run(&row.id)
 }
 

@@ -491,8 +491,8 @@ impl Ledger {
         }
         if let Some(v) = rec.locality {
             tx.execute(
-                "INSERT INTO locality (run, step, value) VALUES (?1,?2,?3)",
-                params![s.run, s.idx, v],
+                "INSERT INTO locality (run, step, value, perplexity) VALUES (?1,?2,?3,?4)",
+                params![s.run, s.idx, v, rec.perplexity],
             )?;
         }
         tx.execute(
@@ -605,11 +605,12 @@ impl Ledger {
         Ok(rows)
     }
 
-    /// Records the locality of the base model (step -1) and other run-level measurements.
-    pub fn set_locality(&self, run: &str, step: i64, value: f64) -> Result<()> {
+    /// Records the locality of the base model (step -1) and other run-level measurements, with the
+    /// perplexity of the general check where it was measured.
+    pub fn set_locality(&self, run: &str, step: i64, value: f64, perplexity: Option<f64>) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO locality (run, step, value) VALUES (?1,?2,?3)",
-            params![run, step, value],
+            "INSERT OR REPLACE INTO locality (run, step, value, perplexity) VALUES (?1,?2,?3,?4)",
+            params![run, step, value, perplexity],
         )?;
         Ok(())
     }
@@ -668,6 +669,19 @@ impl Ledger {
         let mut st = self
             .conn
             .prepare("SELECT step, value FROM locality WHERE run = ?1 ORDER BY step")?;
+        let rows = st
+            .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The general check by step: the perplexity of the base model's own answers to the locality
+    /// prompts (step -1: on the base model itself), where it was measured (rows recorded before
+    /// schema 7 have none).
+    pub fn perplexity(&self, run: &str) -> Result<Vec<(i64, f64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT step, perplexity FROM locality WHERE run = ?1 AND perplexity IS NOT NULL ORDER BY step",
+        )?;
         let rows = st
             .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;

@@ -266,4 +266,7 @@ pub struct StepRecord {
     pub probes: Vec<ProbeRow>,
     pub generations: Vec<GenerationRow>,
     pub locality: Option<f64>,
+    /// The general check measured with locality: the perplexity of the base model's own answers
+    /// to the locality prompts ([`crate::eval::probe::LocalityScore`]).
+    pub perplexity: Option<f64>,
 }

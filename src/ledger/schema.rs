@@ -153,4 +153,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE runs ADD COLUMN merge_on_device INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: the general check beside locality (issue #12): the perplexity of the base model's own
+    // answers to the locality prompts at the weights of the step (step -1: the base model). NULL in
+    // rows recorded before it.
+    r#"
+    ALTER TABLE locality ADD COLUMN perplexity REAL;
+    "#,
 ];

@@ -126,7 +126,9 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
                 }
             })
             .collect();
-        line_chart_ticks(&series, title, "facts injected (log scale)", Some((0.0, 1.0)), &ticks)
+        // Shares on 0–1; a perplexity (≥ 1) on its own scale.
+        let range = if title.starts_with("general check") { None } else { Some((0.0, 1.0)) };
+        line_chart_ticks(&series, title, "facts injected (log scale)", range, &ticks)
     };
     let mut b = String::new();
     let _ = write!(b, "<h1>Capacity {}</h1>", esc(id));
@@ -142,13 +144,17 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     b.push_str(&chart("generalisation (teacher-forced)", &|s| s.final_general));
     b.push_str(&chart("generalisation (free decoding)", &|s| s.final_free_general));
     b.push_str(&chart("locality", &|s| s.locality));
+    b.push_str(&chart(
+        "general check: perplexity of the base model's own answers (lower is better)",
+        &|s| s.perplexity,
+    ));
     b.push_str(&chart("first quarter's recall (teacher-forced)", &|s| {
         Some(s.first_quarter_recall)
     }));
     b.push_str("</div>");
     b.push_str(
         "<table><tr><th>N</th><th class=l>strategy</th><th class=l>run</th><th>recall</th><th>free recall</th>\
-         <th>generalisation</th><th>free generalisation</th><th>locality</th><th>first quarter</th>\
+         <th>generalisation</th><th>free generalisation</th><th>locality</th><th>perplexity (base)</th><th>first quarter</th>\
          <th>tokens</th><th>wall s</th></tr>",
     );
     let mut order: Vec<usize> = (0..runs.len()).collect();
@@ -158,7 +164,7 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
         let _ = write!(
             b,
             "<tr><td>{}</td><td class=l>{}</td><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
             s.facts,
             esc(&r.run.strategy),
             esc(&r.run.id),
@@ -168,6 +174,7 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
             num(s.final_general),
             num(s.final_free_general),
             num(s.locality),
+            super::html::perplexity_cell(s),
             num(Some(s.first_quarter_recall)),
             s.tokens,
             s.wall_seconds

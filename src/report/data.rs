@@ -15,6 +15,8 @@ pub struct RunData {
     /// The fact × step scores.
     pub matrix: Matrix,
     pub locality: Vec<(i64, f64)>,
+    /// The general check by step (step -1: the base model); empty for runs before it existed.
+    pub perplexity: Vec<(i64, f64)>,
     pub generations: Vec<GenerationRow>,
     /// Each invocation's fixed costs (none for runs recorded before they were).
     pub invocations: Vec<InvocationRow>,
@@ -37,6 +39,11 @@ pub struct Summary {
     /// Mean recall of each fact right after its own step.
     pub recall_at_step: f64,
     pub locality: Option<f64>,
+    /// The general check after the latest step that measured it: the perplexity of the base
+    /// model's own answers to the locality prompts (`eval::probe::LocalityScore`).
+    pub perplexity: Option<f64>,
+    /// The same on the base model (step -1).
+    pub base_perplexity: Option<f64>,
     /// Mean recall after the last step of the first-injected quarter of the facts.
     pub first_quarter_recall: f64,
     pub wall_seconds: f64,
@@ -59,6 +66,7 @@ impl RunData {
         Ok(RunData {
             config,
             locality: ledger.locality(&run.id)?,
+            perplexity: ledger.perplexity(&run.id)?,
             generations: ledger.generations(&run.id)?,
             invocations: ledger.invocations(&run.id)?,
             reverts: ledger.reverts(&run.id)?,
@@ -100,6 +108,8 @@ impl RunData {
             final_free_general,
             recall_at_step: self.matrix.recall_at_step().unwrap_or(f64::NAN),
             locality: last_locality(&self.locality),
+            perplexity: last_locality(&self.perplexity),
+            base_perplexity: self.perplexity.first().filter(|(s, _)| *s == -1).map(|(_, v)| *v),
             first_quarter_recall: self.matrix.mean_after(last, n.div_ceil(4)).0.unwrap_or(f64::NAN),
             wall_seconds: self.steps.iter().map(|s| s.seconds + s.eval_seconds).sum(),
             train_seconds: self.steps.iter().map(|s| s.seconds).sum(),

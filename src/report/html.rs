@@ -41,6 +41,7 @@ fn summary_cells(s: &Summary) -> Vec<String> {
         num(s.final_free_recall),
         num(s.final_free_general),
         num(s.locality),
+        perplexity_cell(s),
         num(Some(s.first_quarter_recall)),
         num(Some(s.recall_at_step)),
         format!("{:.1}", s.wall_seconds),
@@ -51,12 +52,22 @@ fn summary_cells(s: &Summary) -> Vec<String> {
     ]
 }
 
-const SUMMARY_HEAD: [&str; 12] = [
+/// The general check's perplexity after the run, with the base model's in brackets.
+pub(super) fn perplexity_cell(s: &Summary) -> String {
+    match (s.perplexity, s.base_perplexity) {
+        (Some(p), Some(b)) => format!("{p:.2} ({b:.2})"),
+        (Some(p), None) => format!("{p:.2}"),
+        _ => "-".into(),
+    }
+}
+
+const SUMMARY_HEAD: [&str; 13] = [
     "final recall",
     "final generalisation",
     "final free recall",
     "final free generalisation",
     "locality",
+    "perplexity of the base model's answers (base)",
     "first-quarter retention",
     "recall right after its step",
     "wall seconds",
@@ -448,12 +459,13 @@ pub fn run_page(d: &RunData) -> String {
     b.push_str(&reverts_table(d));
     b.push_str("<h2>AdaLoRA rank pattern (last step)</h2>");
     b.push_str(&rank_chart(d, "unmasked rank / init_r per module and layer"));
-    b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>peak GPU (MiB)</th><th>locality</th></tr>");
+    b.push_str("<h2>Time and memory per step</h2><table><tr><th>step</th><th>facts</th><th>optimizer steps</th><th>train s</th><th>eval s</th><th>tokens</th><th>peak RSS (MiB)</th><th>peak GPU (MiB)</th><th>locality</th><th>perplexity</th></tr>");
     let locs: std::collections::HashMap<i64, f64> = d.locality.iter().copied().collect();
+    let ppl: std::collections::HashMap<i64, f64> = d.perplexity.iter().copied().collect();
     for st in &d.steps {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             st.idx,
             st.facts.len(),
             st.optimizer_steps,
@@ -462,7 +474,8 @@ pub fn run_page(d: &RunData) -> String {
             st.tokens,
             mib(st.peak_rss_bytes),
             gpu_mib(st.peak_gpu_bytes),
-            num(locs.get(&st.idx).copied())
+            num(locs.get(&st.idx).copied()),
+            ppl.get(&st.idx).map_or("-".into(), |p| format!("{p:.2}"))
         );
     }
     b.push_str("</table>");
@@ -600,6 +613,7 @@ pub fn compare_page(id: &str, runs: &[RunData]) -> String {
                 s.final_free_recall.unwrap_or(f64::NAN),
                 s.final_free_general.unwrap_or(f64::NAN),
                 s.locality.unwrap_or(f64::NAN),
+                -s.perplexity.unwrap_or(f64::NAN),
                 s.first_quarter_recall,
                 s.recall_at_step,
                 -s.wall_seconds,
