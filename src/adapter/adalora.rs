@@ -34,9 +34,14 @@ type Stacked = BTreeMap<Proj, (Tensor, Tensor)>;
 /// Draws for a later [`AdaLora::reset`], being made on another thread.
 struct Ahead {
     seed: u64,
+    init_r: i64,
     shapes: Vec<(usize, Proj, i64, i64)>,
     handle: std::thread::JoinHandle<crate::error::Result<Stacked>>,
 }
+
+/// The draws made ahead for the next reset of any adapter: a run's pooled trainers (one per batch
+/// shape) share them, since the next injection step may take another trainer than this one.
+static AHEAD: std::sync::Mutex<Option<Ahead>> = std::sync::Mutex::new(None);
 
 /// A set of AdaLoRA modules over a model, with its rank allocator.
 pub struct AdaLora {
@@ -48,8 +53,6 @@ pub struct AdaLora {
     pub training: bool,
     /// Per group, [L, in, in] projections applied to the input before A (null-space editing).
     projections: Vec<Option<Tensor>>,
-    /// The next reset's A and B, drawn ahead (GPU only).
-    ahead: Option<Ahead>,
 }
 
 impl AdaLora {
@@ -101,7 +104,6 @@ impl AdaLora {
             allocator,
             training: true,
             projections,
-            ahead: None,
         }
     }
 
@@ -157,6 +159,7 @@ impl AdaLora {
         if !cfg!(injector_cuda) {
             return None; // no private generator to draw from
         }
+        let init_r = cfg.init_r;
         let (cfg, sites) = (cfg.clone(), shapes.to_vec());
         let handle = std::thread::spawn(move || -> crate::error::Result<Stacked> {
             let normals = crate::cuda::randn_private(seed, &Self::draw_shapes(&cfg, &sites)).expect("a CUDA build")?;
@@ -168,6 +171,7 @@ impl AdaLora {
         });
         Some(Ahead {
             seed,
+            init_r,
             shapes: shapes.to_vec(),
             handle,
         })
@@ -178,11 +182,13 @@ impl AdaLora {
     /// state cleared. Projections stay.
     ///
     /// On a GPU of a CUDA build the draws for `seed + 1` (the next injection step's seed) are then
-    /// started on another thread, and a reset with that seed takes them instead of drawing: the
-    /// values are the same bit for bit. libtorch's global generators are seeded with `seed` either
-    /// way (dropout on the GPU draws from them), but the CPU one is then not advanced past the draws.
+    /// started on another thread, and the next reset of any adapter with that seed and these sites
+    /// (a run's pooled trainers share them) takes them instead of drawing: the values are the same
+    /// bit for bit. libtorch's global generators are seeded with `seed` either way (dropout on the
+    /// GPU draws from them), but the CPU one is then not advanced past the draws.
     pub fn reset(&mut self, shapes: &[(usize, Proj, i64, i64)], seed: u64) {
-        let ahead = self.ahead.take().filter(|a| a.seed == seed && a.shapes == shapes);
+        let taken = AHEAD.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let ahead = taken.filter(|a| a.seed == seed && a.init_r == self.cfg.init_r && a.shapes == shapes);
         let mut stacked: Stacked = match ahead.map(|a| a.handle.join()) {
             Some(Ok(Ok(stacked))) => {
                 tch::manual_seed(seed as i64);
@@ -207,7 +213,8 @@ impl AdaLora {
         });
         self.allocator.reset();
         if self.vs.device().is_cuda() {
-            self.ahead = Self::draw_ahead(&self.cfg, shapes, seed.wrapping_add(1));
+            *AHEAD.lock().unwrap_or_else(|p| p.into_inner()) =
+                Self::draw_ahead(&self.cfg, shapes, seed.wrapping_add(1));
         }
     }
 
