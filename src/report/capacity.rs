@@ -136,7 +136,9 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
         "<p class=meta>Each point is one run: its strategy on N generated facts (<code>injector facts generate \
          --n N</code>), every score after the run's last step, averaged over its facts. Teacher-forced token \
          accuracy (recall, generalisation) beside free decoding's key-detail recall (the share of an \
-         answer's names and numbers that the greedy answer gives). Made by <code>bench/capacity.sh</code>.</p>",
+         answer's names and numbers that the greedy answer gives). The general check is the perplexity of the \
+         base model's own answers to the locality prompts at the run's final weights (the base model's own \
+         in brackets in the table). Made by <code>bench/capacity.sh</code>.</p>",
     );
     b.push_str("<div class=charts>");
     b.push_str(&chart("final recall (teacher-forced)", &|s| Some(s.final_recall)));
@@ -145,7 +147,7 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     b.push_str(&chart("generalisation (free decoding)", &|s| s.final_free_general));
     b.push_str(&chart("locality", &|s| s.locality));
     b.push_str(&chart(
-        "general check: perplexity of the base model's own answers (lower is better)",
+        "general check: perplexity (lower is better)",
         &|s| s.perplexity,
     ));
     b.push_str(&chart("first quarter's recall (teacher-forced)", &|s| {
