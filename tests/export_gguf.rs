@@ -214,6 +214,87 @@ fn quantised_gguf_round_trips_within_the_types_rounding() {
     assert_eq!(decoded, g.tensor_f32(t).unwrap().0);
 }
 
+/// Every tensor of a GGUF file as stored, by name, with its type id.
+fn stored(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let g = Gguf::open(path).unwrap();
+    g.tensors
+        .iter()
+        .map(|t| (t.name.clone(), (t.type_id, g.tensor_bytes(t).unwrap().to_vec())))
+        .collect()
+}
+
+#[test]
+fn trained_weights_are_stored_apart_when_asked() {
+    let (d, run) = workspace_with_run();
+    let p = d.path();
+    let cases: [(&str, &[&str]); 8] = [
+        ("base", &["--dtype", "q4_1", "--step", "-1"]),
+        ("f32", &["--dtype", "f32"]),
+        ("q8", &["--dtype", "q8_0"]),
+        ("near", &["--dtype", "q4_1"]),
+        ("keep", &["--dtype", "q4_1", "--trained-dtype", "q8_0"]),
+        ("st", &["--dtype", "q4_1", "--stochastic-rounding"]),
+        ("st-again", &["--dtype", "q4_1", "--stochastic-rounding"]),
+        ("st-seed", &["--dtype", "q4_1", "--stochastic-rounding", "--seed", "1"]),
+    ];
+    for (out, extra) in cases {
+        let mut args = vec!["--out", out, "--format", "gguf"];
+        args.extend_from_slice(extra);
+        let o = export(p, &run, &args);
+        assert!(o.status.success(), "{out}: {}", stderr(&o));
+        let warned = stderr(&o).contains("--trained-dtype q8_0 keeps them");
+        assert_eq!(
+            warned,
+            out == "near",
+            "{out}: q4_1 alone warns that it rounds the update away"
+        );
+    }
+    let [base, q8, near, keep, st] = ["base", "q8", "near", "keep", "st"].map(|n| stored(&file(p, n)));
+    assert_eq!(st, stored(&file(p, "st-again")), "the same seed draws the same bytes");
+    assert_ne!(st, stored(&file(p, "st-seed")), "another seed, others");
+    let trained = |n: &str| ["ffn_gate", "ffn_up", "ffn_down"].iter().any(|t| n.contains(t));
+    let (mut moved, mut kept, mut kept_nearest) = (0.0, 0.0, 0.0);
+    let (exact, base_f32, st_f32, near_f32) = (
+        tensors(&file(p, "f32")),
+        tensors(&file(p, "base")),
+        tensors(&file(p, "st")),
+        tensors(&file(p, "near")),
+    );
+    for (name, (id, bytes)) in &near {
+        if !trained(name) {
+            assert_eq!(
+                (&keep[name], &st[name]),
+                (&near[name], &near[name]),
+                "{name}: as without the flags"
+            );
+            continue;
+        }
+        assert_eq!((*id, keep[name].0, st[name].0), (3, 8, 3), "{name}: types");
+        assert_eq!(keep[name].1, q8[name].1, "{name}: the q8_0 export's bytes");
+        // On the base weights' grid: every block keeps the scale and minimum of the base export.
+        for (a, b) in st[name].1.chunks(20).zip(base[name].1.chunks(20)) {
+            assert_eq!(a[..4], b[..4], "{name}");
+        }
+        assert_ne!(&st[name].1, bytes, "{name}");
+        // The share of the run's update (f32 export - base) each q4_1 file keeps, by projection.
+        let b = &base_f32[name].1;
+        for (i, x) in exact[name].1.iter().enumerate() {
+            let u = x - b[i];
+            moved += (u * u) as f64;
+            kept += ((st_f32[name].1[i] - b[i]) * u) as f64;
+            kept_nearest += ((near_f32[name].1[i] - b[i]) * u) as f64;
+        }
+    }
+    let (kept, kept_nearest) = (kept / moved, kept_nearest / moved);
+    println!("share of the update kept: stochastic {kept:.3}, nearest {kept_nearest:.3}");
+    assert!(
+        (kept - 1.0).abs() < 0.2,
+        "stochastic rounding keeps the update on average: {kept}"
+    );
+    let size = |n: &str| std::fs::metadata(file(p, n)).unwrap().len();
+    assert!(size("near") == size("st") && size("near") < size("keep") && size("keep") < size("q8"));
+}
+
 #[test]
 fn a_hugging_face_source_gets_its_tokenizer_built_from_tokenizer_json() {
     let (d, run) = workspace_with_run_of("tiny-hf", |p| write_tiny_hf(&p.join("tiny-hf"), 4));
@@ -263,7 +344,7 @@ fn bad_gguf_export_input_exits_2_and_writes_nothing() {
     std::fs::create_dir(p.join("full")).unwrap();
     std::fs::write(p.join("full/x"), "keep").unwrap();
     let before = entries(p);
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--format", "hf", "--dtype", "q4_1"],
             "unknown type 'q4_1' for --format hf",
@@ -277,6 +358,15 @@ fn bad_gguf_export_input_exits_2_and_writes_nothing() {
             "unknown type 'q4_k' for --format gguf",
         ),
         (&["--format", "ggml"], "unknown format 'ggml' (supported: hf, gguf)"),
+        (&["--trained-dtype", "q8_0"], "--trained-dtype: only with --format gguf"),
+        (
+            &["--format", "gguf", "--trained-dtype", "q4_k"],
+            "--trained-dtype: unknown type 'q4_k'",
+        ),
+        (
+            &["--format", "gguf", "--stochastic-rounding"],
+            "--stochastic-rounding: the changed weights are stored as f16",
+        ),
         (&["--format", "gguf"], "has no llama.cpp name"),
     ];
     for (args, says) in cases {
@@ -363,7 +453,7 @@ fn q4_1_export_of_the_embedded_model_is_its_source_file_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("model.gguf");
     let ty = injector::export::GgufType::Q4_1;
-    injector::export::gguf::write_file(&out, &loaded.model, &loaded.tokenizer, ty).unwrap();
+    injector::export::gguf::write_file(&out, &loaded.model, &loaded.tokenizer, ty, None).unwrap();
     let (a, b) = (Gguf::open(&src).unwrap(), Gguf::open(&out).unwrap());
     assert_eq!(a.tensors.len(), b.tensors.len());
     for t in &a.tensors {

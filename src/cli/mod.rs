@@ -12,6 +12,7 @@ pub mod repair;
 pub mod report;
 pub mod revert;
 pub mod run;
+pub mod score_answers;
 mod train_args;
 
 use clap::{Args, Parser, Subcommand};
@@ -103,6 +104,9 @@ pub enum Command {
     /// Debugging: the model's logits on a prompt, as JSON (for comparisons with other programs).
     #[command(hide = true)]
     Logits(logits::LogitsArgs),
+    /// Checks: free answers another program decoded, scored as `probe` scores injector's (JSON).
+    #[command(hide = true)]
+    ScoreAnswers(score_answers::ScoreAnswersArgs),
 }
 
 /// Loads the model: the base (`--model` or the embedded one), or a run's current weights when `run`
@@ -170,6 +174,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Facts(a) => facts::run(a, &cli.global),
         Command::Export(a) => export::run(a, &cli.global),
         Command::Logits(a) => logits::run(a, &cli.global),
+        Command::ScoreAnswers(a) => score_answers::run(a, &cli.global),
     };
     out.map_err(|e| name_full_ledger(name_unreadable_rows(e, &ledger), &ledger))
 }

@@ -1,10 +1,12 @@
-//! `injector probe DIR [--run RUN]`: score facts on the base model or a run's weights, no training:
-//! teacher-forced token accuracy and free (greedy) answers' key-detail recall.
+//! `injector probe DIR [--run RUN] [--locality RUN]`: score facts on the base model or a run's weights,
+//! no training: teacher-forced token accuracy and free (greedy) answers' key-detail recall; with
+//! `--locality`, also the run's locality metric on whatever model is loaded (an export of the run).
 use super::Global;
 use clap::Args;
 use injector::config::RunConfig;
 use injector::eval::free::free_score;
-use injector::eval::probe::{score, FactExamples};
+use injector::eval::probe::{mean_accuracy, score, FactExamples};
+use injector::eval::Example;
 use injector::knowledge::load_dir;
 use injector::report::num;
 use std::path::PathBuf;
@@ -23,6 +25,11 @@ pub struct ProbeArgs {
     /// prompts, which matters on the CPU for thousands of facts).
     #[arg(long)]
     pub no_free_decoding: bool,
+    /// Also score locality as run RUN scores it: teacher-forced accuracy on the answers the run's base
+    /// model gave its unrelated prompts (recorded in the ledger), on the model loaded here (`--model
+    /// EXPORT` for an export of the run). With --json the output becomes {"facts": [...], "locality": x}.
+    #[arg(long, value_name = "RUN")]
+    pub locality: Option<String>,
 }
 
 pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
@@ -36,6 +43,12 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let refs: Vec<&FactExamples> = ex.iter().collect();
     let budget = RunConfig::default().eval_batch_tokens;
+    let locality = a
+        .locality
+        .as_deref()
+        .map(|id| locality_examples(g, id, &loaded.tokenizer))
+        .transpose()?
+        .map(|ex| mean_accuracy(&loaded.model, &ex, budget));
     let scores = score(&loaded.model, &refs, budget);
     let free = if a.no_free_decoding {
         Vec::new()
@@ -50,7 +63,11 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
             .enumerate()
             .map(|(i, (f, s))| serde_json::json!({"id": f.id, "hash": f.hash, "score": s, "free": free.get(i)}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let out = match locality {
+            Some(l) => serde_json::json!({"facts": rows, "locality": l}),
+            None => serde_json::json!(rows),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     // Teacher-forced token accuracy, then the free answers' key-detail recall.
@@ -72,5 +89,39 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
             num(fr.and_then(|f| f.general))
         );
     }
+    if let Some(l) = locality {
+        println!("locality {l:.3}");
+    }
     Ok(())
+}
+
+/// Run `id`'s locality examples: its unrelated prompts and its base model's answers, as ids.
+///
+/// Errors: an unknown run, a run with no recorded answers, or a model whose tokenizer does not give the run's prompt ids (the
+/// answers' ids would not mean the same tokens): bad input.
+fn locality_examples(g: &Global, id: &str, tok: &injector::model::Tokenizer) -> anyhow::Result<Vec<Example>> {
+    let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
+    let r = ledger.run(id)?;
+    let base = ledger.locality_base(&r.id)?;
+    if base.is_empty() {
+        return Err(
+            injector::Error::BadInput(format!("--locality {}: the run recorded no locality answers", r.id)).into(),
+        );
+    }
+    for b in &base {
+        if Example::chat(tok, &b.prompt, "")?.prompt != b.prompt_ids {
+            return Err(injector::Error::BadInput(format!(
+                "--locality {}: this model's tokenizer does not give the run's ids for '{}'",
+                r.id, b.prompt
+            ))
+            .into());
+        }
+    }
+    Ok(base
+        .into_iter()
+        .map(|b| Example {
+            prompt: b.prompt_ids,
+            target: b.answer_ids,
+        })
+        .collect())
 }

@@ -161,7 +161,13 @@ fn temp_dir_for(out: &Path) -> PathBuf {
 /// Errors: what [`check_out_dir`] refuses (checked again here), a model or tokenizer the format
 /// cannot hold (bad input), a stored adapter that cannot be read, or an I/O error — after which the
 /// temporary folder is removed.
-pub fn export(loaded: &Loaded, out: &Path, target: Target, adapters: Option<&adapters::Source>) -> Result<u64> {
+pub fn export(
+    loaded: &Loaded,
+    out: &Path,
+    target: Target,
+    trained: Option<&gguf::Trained>,
+    adapters: Option<&adapters::Source>,
+) -> Result<u64> {
     check_out_dir(out)?;
     std::fs::create_dir_all(parent_of(out))?;
     let tmp = temp_dir_for(out);
@@ -171,7 +177,7 @@ pub fn export(loaded: &Loaded, out: &Path, target: Target, adapters: Option<&ada
     std::fs::create_dir(&tmp)?;
     let written = match target {
         Target::Hf(dtype) => hf::write_folder(&tmp, &loaded.model, &loaded.tokenizer, dtype),
-        Target::Gguf(ty) => gguf::write_file(&tmp.join(GGUF_FILE), &loaded.model, &loaded.tokenizer, ty),
+        Target::Gguf(ty) => gguf::write_file(&tmp.join(GGUF_FILE), &loaded.model, &loaded.tokenizer, ty, trained),
     }
     .and_then(|()| match adapters {
         Some(src) => adapters::write_steps(&tmp.join("adapters"), src).map(drop),

@@ -221,6 +221,68 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Re-encodes `values` on the grid of `grid` — an encoding in `ty` (Q8_0, Q4_0 or Q4_1) of nearby
+/// values, such as a model's weights before a small update — keeping each block's scale and minimum
+/// and rounding each value to one of the two grid points around it at random, up with probability
+/// equal to its distance from the lower one in steps (unbiased stochastic rounding: the expected
+/// decoded value is the value itself, clamped to the block's range). Rounding to nearest gives back
+/// `grid` wherever a value moved less than half a step, erasing such an update; this keeps it on
+/// average. `seed` and the block's index choose the draws, so the bytes repeat for a seed.
+pub fn requantize_stochastic(ty: GgmlType, grid: &[u8], values: &[f32], seed: u64) -> Vec<u8> {
+    let (bl, bb) = (ty.block_len(), ty.block_bytes());
+    assert!(
+        matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1),
+        "{ty:?} has no grid"
+    );
+    assert_eq!(values.len() % bl, 0, "element count is not a whole number of blocks");
+    assert_eq!(grid.len(), values.len() / bl * bb, "grid does not match the values");
+    let mut out = grid.to_vec();
+    const BLOCKS_PER_TASK: usize = 4096;
+    out.par_chunks_mut(bb * BLOCKS_PER_TASK)
+        .zip(values.par_chunks(bl * BLOCKS_PER_TASK))
+        .enumerate()
+        .for_each(|(task, (o, x))| {
+            for (i, (ob, xb)) in o.chunks_mut(bb).zip(x.chunks(bl)).enumerate() {
+                let block = (task * BLOCKS_PER_TASK + i) as u64;
+                let mut rng = crate::rng::SplitMix64(seed ^ block.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                // A value on a grid point (up to float rounding of the division) stays there.
+                let mut code = |v: f32, lo: f32, hi: f32| {
+                    let near = v.round();
+                    let q = if (v - near).abs() < 1e-4 {
+                        near
+                    } else {
+                        (v + rng.next_f64() as f32).floor()
+                    };
+                    q.clamp(lo, hi)
+                };
+                match ty {
+                    GgmlType::Q8_0 => {
+                        let d = f16_at(ob, 0);
+                        if d != 0.0 {
+                            for (o, v) in ob[2..].iter_mut().zip(xb) {
+                                *o = code(v / d, -127.0, 127.0) as i8 as u8;
+                            }
+                        }
+                    }
+                    GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                        let (d, m, at) = match ty {
+                            GgmlType::Q4_0 => (f16_at(ob, 0), -8.0 * f16_at(ob, 0), 2),
+                            _ => (f16_at(ob, 0), f16_at(ob, 2), 4),
+                        };
+                        if d != 0.0 {
+                            let mut q = |v: f32| code((v - m) / d, 0.0, 15.0) as u8;
+                            for j in 0..16 {
+                                ob[at + j] = q(xb[j]) | (q(xb[j + 16]) << 4);
+                            }
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +398,63 @@ mod tests {
         for i in 0..x.len() {
             assert_eq!(h[i], f16::from_f32(x[i]).to_f32());
             assert_eq!(b[i], bf16::from_f32(x[i]).to_f32());
+        }
+    }
+
+    #[test]
+    fn stochastic_rounding_keeps_small_updates_on_average() {
+        let base = sample(2048);
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_0] {
+            let grid = quantize(ty, &base);
+            let on_grid = dequantize(ty, &grid, base.len());
+            // An update of a tenth of a step, up and down in turn (nearest rounding keeps half a step).
+            let step = |b: &[f32]| {
+                let (lo, hi) = b.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let amax = lo.abs().max(hi.abs());
+                match ty {
+                    GgmlType::Q8_0 => amax / 127.0,
+                    GgmlType::Q4_0 => amax / 8.0,
+                    _ => (hi - lo) / 15.0,
+                }
+            };
+            let delta: Vec<f32> = on_grid
+                .chunks(32)
+                .flat_map(|b| {
+                    let s = 0.1 * step(b);
+                    (0..32).map(move |j| if j % 2 == 0 { s } else { -s })
+                })
+                .collect();
+            let moved: Vec<f32> = on_grid.iter().zip(&delta).map(|(w, d)| w + d).collect();
+            let nearest = dequantize(ty, &quantize(ty, &moved), base.len());
+            let kept = |q: &[f32]| -> f64 {
+                let dot: f64 = q
+                    .iter()
+                    .zip(&on_grid)
+                    .zip(&delta)
+                    .map(|((q, w), d)| ((q - w) * d) as f64)
+                    .sum();
+                dot / delta.iter().map(|d| (d * d) as f64).sum::<f64>()
+            };
+            let stochastic = requantize_stochastic(ty, &grid, &moved, 7);
+            assert_eq!(stochastic.len(), grid.len());
+            assert_eq!(
+                stochastic,
+                requantize_stochastic(ty, &grid, &moved, 7),
+                "a seed repeats"
+            );
+            assert_ne!(stochastic, requantize_stochastic(ty, &grid, &moved, 8));
+            let s = kept(&dequantize(ty, &stochastic, base.len()));
+            assert!(
+                kept(&nearest) < 0.5,
+                "{ty:?}: nearest rounding loses most of it ({})",
+                kept(&nearest)
+            );
+            assert!(
+                (s - 1.0).abs() < 0.15,
+                "{ty:?}: stochastic rounding keeps it on average ({s})"
+            );
+            // Values already on the grid stay where they are.
+            assert_eq!(requantize_stochastic(ty, &grid, &on_grid, 7), grid, "{ty:?}");
         }
     }
 }
