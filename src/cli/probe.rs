@@ -5,7 +5,7 @@ use super::Global;
 use clap::Args;
 use injector::config::RunConfig;
 use injector::eval::free::free_score;
-use injector::eval::probe::{mean_accuracy, score, FactExamples};
+use injector::eval::probe::{locality_scores, score, FactExamples};
 use injector::eval::Example;
 use injector::knowledge::load_dir;
 use injector::report::num;
@@ -27,7 +27,8 @@ pub struct ProbeArgs {
     pub no_free_decoding: bool,
     /// Also score locality as run RUN scores it: teacher-forced accuracy on the answers the run's base
     /// model gave its unrelated prompts (recorded in the ledger), on the model loaded here (`--model
-    /// EXPORT` for an export of the run). With --json the output becomes {"facts": [...], "locality": x}.
+    /// EXPORT` for an export of the run), and the general check on them (their perplexity). With
+    /// --json the output becomes {"facts": [...], "locality": x, "perplexity": y}.
     #[arg(long, value_name = "RUN")]
     pub locality: Option<String>,
 }
@@ -48,7 +49,7 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         .as_deref()
         .map(|id| locality_examples(g, id, &loaded.tokenizer))
         .transpose()?
-        .map(|ex| mean_accuracy(&loaded.model, &ex, budget));
+        .map(|ex| locality_scores(&loaded.model, &ex, budget));
     let scores = score(&loaded.model, &refs, budget);
     let free = if a.no_free_decoding {
         Vec::new()
@@ -64,7 +65,7 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
             .map(|(i, (f, s))| serde_json::json!({"id": f.id, "hash": f.hash, "score": s, "free": free.get(i)}))
             .collect();
         let out = match locality {
-            Some(l) => serde_json::json!({"facts": rows, "locality": l}),
+            Some(l) => serde_json::json!({"facts": rows, "locality": l.accuracy, "perplexity": l.perplexity}),
             None => serde_json::json!(rows),
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -90,7 +91,7 @@ pub fn run(a: ProbeArgs, g: &Global) -> anyhow::Result<()> {
         );
     }
     if let Some(l) = locality {
-        println!("locality {l:.3}");
+        println!("locality {:.3} perplexity {:.3}", l.accuracy, l.perplexity);
     }
     Ok(())
 }
