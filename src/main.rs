@@ -28,6 +28,12 @@ fn init_tracing(verbose: u8, quiet: bool) {
 }
 
 fn main() -> ExitCode {
+    // A closed output pipe (`injector ledger list | head`) ends the process as it ends other Unix
+    // tools, by SIGPIPE, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     init_tracing(cli.global.verbose, cli.global.quiet);
     match cli::dispatch(cli) {

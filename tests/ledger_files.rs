@@ -229,3 +229,24 @@ fn output_paths_that_cannot_be_written_are_refused_before_the_model_loads() {
     assert!(!p.join("injector.db").exists());
     assert!(!p.join("reports").exists());
 }
+
+/// Output into a pipe whose reader is gone (`injector ledger list | head -c 5`) ends the process
+/// by SIGPIPE, as it ends other Unix tools, not by a panic in `println!` (exit 101 before).
+#[test]
+fn a_closed_output_pipe_ends_by_sigpipe_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("ledger-v1").join("ledger.sqlite"), d.path().join("l.db")).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_injector"))
+        .args(["--ledger", "l.db", "ledger", "list", "--json"])
+        .current_dir(d.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
