@@ -75,7 +75,7 @@ for spec in $types; do
   # shellcheck disable=SC2206
   flags=(${!flags_var:-})
   out=$work/export-$name
-  [ -d "$out" ] || secs ours export "$run" --out "$out" --format "$format" --dtype "$ty" "${flags[@]}" 2>/dev/null
+  [ -d "$out" ] || secs ours export "$run" --out "$out" --format "$format" --dtype "$ty" "${flags[@]}" 2>"$work/export-$name.log"
   file=$out
   [ "$format" = gguf ] && file=$out/model.gguf
   probe "$name" "$file"

@@ -161,14 +161,16 @@ impl AdaLora {
         }
         let init_r = cfg.init_r;
         let (cfg, sites) = (cfg.clone(), shapes.to_vec());
-        let handle = std::thread::spawn(move || -> crate::error::Result<Stacked> {
+        // No thread to be had (the OS refused one): the next reset draws on its own thread.
+        let handle = std::thread::Builder::new().spawn(move || -> crate::error::Result<Stacked> {
             let normals = crate::cuda::randn_private(seed, &Self::draw_shapes(&cfg, &sites)).expect("a CUDA build")?;
             let (_, drawn) = Self::draw(&cfg, &sites, seed, Some(normals));
             Ok(drawn
                 .into_iter()
                 .map(|(p, (_, a, b))| (p, (Tensor::stack(&a, 0), Tensor::stack(&b, 0))))
                 .collect())
-        });
+        })
+        .ok()?;
         Some(Ahead {
             seed,
             init_r,
@@ -215,6 +217,16 @@ impl AdaLora {
         if self.vs.device().is_cuda() {
             *AHEAD.lock().unwrap_or_else(|p| p.into_inner()) =
                 Self::draw_ahead(&self.cfg, shapes, seed.wrapping_add(1));
+        }
+    }
+
+    /// Waits for draws made ahead and drops them: a thread still drawing when the process exits
+    /// would race libtorch's static destructors. [`crate::inject::step::Trainers`] calls it when
+    /// dropped.
+    pub fn forget_draws_ahead() {
+        let ahead = AHEAD.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(a) = ahead {
+            let _ = a.handle.join();
         }
     }
 

@@ -34,8 +34,10 @@ pub struct ExportArgs {
     pub trained_dtype: Option<String>,
     /// gguf, when the weights the run changed are stored as q8_0 or q4_1: round them
     /// stochastically on the grid the base weights take, not to nearest (which gives back the base
-    /// weight wherever the run moved it by less than half a step); the update survives on average,
-    /// in a file no larger, with noise that costs locality. Draws seeded by --seed (default 0).
+    /// weight wherever the run moved it by less than half a step): an update within a block's range
+    /// survives on average, in a file no larger, with noise that costs locality. The base blocks'
+    /// scales are kept, so what leaves a block's range is clamped to it (a tiny run's large update
+    /// keeps 0.73 of itself this way; tests/export_gguf.rs). Draws seeded by --seed (default 0).
     #[arg(long)]
     pub stochastic_rounding: bool,
     /// Also write the adapter of every step up to the exported one in peft's AdaLoRA format, as

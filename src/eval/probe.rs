@@ -162,7 +162,13 @@ pub fn locality_scores(model: &Llama, examples: &[Example], max_batch_tokens: us
         .collect();
     LocalityScore {
         accuracy: mean(&each).unwrap_or(1.0),
-        perplexity: if tokens == 0 { 1.0 } else { (nll / tokens as f64).exp() },
+        // Diverged weights (NaN logits) score as infinitely perplexed, which the ledger keeps as a
+        // number, rather than NaN, which SQLite would store as "not measured".
+        perplexity: match (nll / tokens.max(1) as f64).exp() {
+            _ if tokens == 0 => 1.0,
+            p if p.is_nan() => f64::INFINITY,
+            p => p,
+        },
     }
 }
 

@@ -543,6 +543,12 @@ pub struct Trainers<'a> {
     stream: Option<SideStream>,
 }
 
+impl Drop for Trainers<'_> {
+    fn drop(&mut self) {
+        crate::adapter::adalora::AdaLora::forget_draws_ahead();
+    }
+}
+
 impl<'a> Trainers<'a> {
     pub fn new(model: &'a Llama, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Result<Self> {
         let dev = model.device();
