@@ -19,7 +19,10 @@ the file, and llama.cpp (through llama-cpp-python) loads it and computes what in
            llama.cpp's greedy chat answer to "What is the capital of France?" names Paris, as
            injector's does. For q8_0 and q4_1 the answer is printed, not checked (INFO): the base
            model's first token wins by 0.08 logits, and llama.cpp's 8-bit activations flip it —
-           for the llama.cpp-made source file too, whose answer is printed beside them.
+           for the llama.cpp-made source file too, whose answer is printed beside them. For a run
+           with steps, also: llama.cpp's greedy answers on the q8_0 export to the probes of at least
+           two injected facts carry every key detail (injector's key-detail recall, through
+           `injector score-answers`).
 
 Requirements: tests/interop/requirements-gguf.txt (llama-cpp-python builds llama.cpp from source).
 Exit status 0 when every check passes, 1 otherwise; each check prints one line.
@@ -37,7 +40,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from common import injector, zero_step_run
+from common import injected_facts_answered, injector, zero_step_run
 
 REPO = Path(__file__).resolve().parents[2]
 FAILED = []
@@ -180,6 +183,10 @@ def smollm2(args):
             check("Paris" in text, f"{dtype}: llama.cpp's greedy answer names Paris: {text!r}")
         else:
             info(f"{dtype}: llama.cpp's greedy answer: {text!r} ({ours_top}, {theirs_top})")
+        if dtype == "q8_0":
+            plain = load(path)
+            injected_facts_answered(args.injector, run, common, work, lambda p, n: answer(plain, p, n),
+                                    "llama.cpp, q8_0 export", check)
     text = answer(load(model_path), prompt, 24)
     info(f"the llama.cpp-made source file {Path(model_path).name} in llama.cpp: {text!r}")
 

@@ -9,7 +9,9 @@ AutoModelForCausalLM and AutoTokenizer and computes what injector computes.
            soon as the ledger records it: the base weights, through the same replay, hash check and
            export; no training), or any recorded run with --ledger and --run — then transformers'
            ids and fp32 logits on one prompt match injector's within 1e-3, and its greedy answer to
-           "What is the capital of France?" names Paris.
+           "What is the capital of France?" names Paris. For a run with steps, also: its greedy
+           answers to the probes of at least two injected facts carry every key detail (injector's
+           key-detail recall, through `injector score-answers`).
 
 Requirements: tests/interop/requirements.txt (into the repo's .venv). Exit status 0 when every
 check passes, 1 otherwise; each check prints one line.
@@ -25,7 +27,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from common import injector, zero_step_run
+from common import injected_facts_answered, injector, zero_step_run
 
 REPO = Path(__file__).resolve().parents[2]
 FAILED = []
@@ -111,6 +113,8 @@ def smollm2(args):
     compare_logits(tok, model, prompt, json.loads(out), 1e-3)
     answer = greedy(tok, model, prompt, 24)
     check("Paris" in answer, f"transformers' greedy answer names Paris: {answer!r}")
+    injected_facts_answered(args.injector, run, common, work, lambda p, n: greedy(tok, model, p, n),
+                            "transformers, f32 export", check)
     ours, _ = injector(args.injector, "query", prompt, "--run", run, *common, "--max-tokens", "24", cwd=work)
     print(f"      injector query --run, same prompt: {ours.strip()!r}", flush=True)
     bf16_dir = work / "export-bf16"

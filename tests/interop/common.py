@@ -1,8 +1,12 @@
-"""Helpers shared by the interop checks: running injector, and a run that holds the base weights."""
+"""Helpers shared by the interop checks: running injector, a run that holds the base weights, and
+the check that an export answers the facts its run injected."""
 import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import yaml
 
 FACT = """facts:
   - id: velmora-bridge
@@ -48,3 +52,43 @@ def zero_step_run(binary, work, common):
     finally:
         proc.kill()
         proc.wait()
+
+
+def injected_facts_answered(binary, run, common, work, answer, label, check):
+    """Issue #13's check on a trained run's export: another program's greedy answers (`answer(prompt,
+    max_tokens)`, on the export) to the training prompts and probes of every fact run `run` injected,
+    scored by injector's own key-detail recall (`injector score-answers`, as `probe` scores injector's
+    answers). Two checks: the probe answers of at least two facts carry most (at least half) of their
+    answer's key details, and the means over the facts are within 0.05 of those injector's own free
+    decoding recorded after the run's last step (the other program answers as injector does: the
+    knowledge left the tool whole). Not "every detail": a run's look-alike facts lend each other
+    details (README, collisions), and the two-fact run of run.sh does so. Does nothing for a run
+    with no committed step (the zero-step run: the base weights)."""
+    out, _ = injector(binary, *common, "ledger", "show", run, "--json", cwd=work)
+    show = json.loads(out)
+    if not show["steps"]:
+        return
+    kdir = show["run"]["knowledge_dir"]
+    resolved = Path(work) / f"resolved-{label}.yaml"
+    injector(binary, "facts", "resolve", kdir, "--out", str(resolved), cwd=work)
+    ids = {f["id"] for f in show["facts"]}
+    facts = [f for f in yaml.safe_load(resolved.read_text())["facts"] if f["id"] in ids]
+    rows = [{"id": f["id"], "recall": [answer(p, 64) for p in f["prompts"]],
+             "general": [answer(q, 64) for q in f["probes"]]} for f in facts]
+    answers = Path(work) / f"answers-{label}.json"
+    answers.write_text(json.dumps(rows, ensure_ascii=False))
+    out, _ = injector(binary, "score-answers", kdir, str(answers), cwd=work)
+    scored = json.loads(out)
+    for r, f in zip(rows, scored):
+        print(f"      {label}, {r['id']}: {r['general'][0]!r} (key details {f['free']['general']:.2f})", flush=True)
+    most = [f["id"] for f in scored if f["free"]["general"] >= 0.5]
+    check(len(most) >= 2, f"{label}: the probe answers of {len(most)} of {len(scored)} injected facts carry at least "
+                          f"half their key details ({', '.join(most) or 'none'}; at least 2 wanted)")
+    last = max(s["idx"] for s in show["steps"])
+    rec = [p for p in show["probes"] if p["step"] == last and p["free_general"] is not None]
+    mean = lambda v: sum(v) / len(v) if v else float("nan")
+    theirs = (mean([f["free"]["recall"] for f in scored]), mean([f["free"]["general"] for f in scored]))
+    ours = (mean([p["free_recall"] for p in rec]), mean([p["free_general"] for p in rec]))
+    check(all(abs(a - b) <= 0.05 for a, b in zip(theirs, ours)),
+          f"{label}: free recall / generalisation {theirs[0]:.2f} / {theirs[1]:.2f}, injector recorded "
+          f"{ours[0]:.2f} / {ours[1]:.2f} (within 0.05)")
