@@ -8,7 +8,7 @@ use super::Global;
 use clap::Args;
 use injector::error::Error;
 use injector::eval::free::{FreeAnswer, FreeScore};
-use injector::eval::metrics::{key_detail_recall, key_details, token_f1};
+use injector::eval::metrics::key_details;
 use injector::knowledge::load_dir;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -28,11 +28,6 @@ struct Answers {
     id: String,
     recall: Vec<String>,
     general: Vec<String>,
-}
-
-fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
-    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    (n > 0).then(|| s / n as f64)
 }
 
 pub fn run(a: ScoreAnswersArgs, _g: &Global) -> anyhow::Result<()> {
@@ -63,22 +58,10 @@ pub fn run(a: ScoreAnswersArgs, _g: &Global) -> anyhow::Result<()> {
         let scored = |texts: &[String]| -> Vec<FreeAnswer> {
             texts
                 .iter()
-                .map(|t| FreeAnswer {
-                    key: key_detail_recall(t, &details),
-                    f1: token_f1(t, &f.answer),
-                    text: t.clone(),
-                })
+                .map(|t| FreeAnswer::score(t.clone(), &f.answer, &details))
                 .collect()
         };
-        let (recall_each, general_each) = (scored(&given.recall), scored(&given.general));
-        let free = FreeScore {
-            recall: mean(recall_each.iter().map(|x| x.key)).unwrap_or(0.0),
-            general: mean(general_each.iter().map(|x| x.key)),
-            recall_f1: mean(recall_each.iter().map(|x| x.f1)).unwrap_or(0.0),
-            general_f1: mean(general_each.iter().map(|x| x.f1)),
-            recall_each,
-            general_each,
-        };
+        let free = FreeScore::new(scored(&given.recall), scored(&given.general));
         rows.push(serde_json::json!({"id": f.id, "hash": f.hash, "free": free}));
     }
     println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -43,8 +43,20 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+impl FreeAnswer {
+    /// `text` scored against a fact's `answer` and its key `details` ([`key_details`]).
+    pub fn score(text: String, answer: &str, details: &[String]) -> Self {
+        FreeAnswer {
+            key: key_detail_recall(&text, details),
+            f1: token_f1(&text, answer),
+            text,
+        }
+    }
+}
+
 impl FreeScore {
-    fn new(recall_each: Vec<FreeAnswer>, general_each: Vec<FreeAnswer>) -> Self {
+    /// The means of a fact's answers to its training prompts (`recall_each`) and its probes.
+    pub fn new(recall_each: Vec<FreeAnswer>, general_each: Vec<FreeAnswer>) -> Self {
         FreeScore {
             recall: mean(recall_each.iter().map(|a| a.key)).unwrap_or(0.0),
             general: mean(general_each.iter().map(|a| a.key)),
@@ -119,11 +131,7 @@ pub fn free_score(
                 texts
                     .by_ref()
                     .take(n)
-                    .map(|text| FreeAnswer {
-                        key: key_detail_recall(&text, &f.details),
-                        f1: token_f1(&text, &f.answer),
-                        text,
-                    })
+                    .map(|text| FreeAnswer::score(text, &f.answer, &f.details))
                     .collect()
             };
             let recall_each = answer(f.recall.len());
