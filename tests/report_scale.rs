@@ -177,8 +177,8 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     assert_eq!(csv.lines().count(), 1 + l.probes(&ids[0]).unwrap().len());
     assert!(html.len() < 3_000_000, "page of {} bytes", html.len());
 
-    // The capacity page of the same runs (issue #12): six charts, each run's final recall in its
-    // table, and the collisions' template overlap.
+    // The capacity page of the same runs (issue #12): seven charts (the general check's perplexity
+    // the seventh), each run's final recall in its table, and the collisions' template overlap.
     drop(l);
     let c = injector(
         p,
@@ -188,7 +188,8 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     let cap_path = String::from_utf8_lossy(&c.stdout).lines().next().unwrap().to_string();
     assert!(cap_path.contains("capacity-"), "{cap_path}");
     let cap = std::fs::read_to_string(p.join(&cap_path)).unwrap();
-    assert_eq!(cap.matches("<svg").count(), 6);
+    assert_eq!(cap.matches("<svg").count(), 7);
+    assert!(cap.contains("general check: perplexity"));
     for (id, mean) in &runs {
         let row = &cap[cap.find(&format!(">{id}</a>")).unwrap()..];
         assert!(row.split("<td").nth(1).unwrap().contains(&format!(">{mean:.2}<")), "{id}");

@@ -17,8 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PARTS=${PARTS:-hf gguf}
-GGUF_VENV=${GGUF_VENV:-$HOME/.cache/injector/venv-gguf}
-PY="${INJECTOR_INTEROP_PYTHON:-.venv/bin/python}"
+GGUF_VENV=$(realpath -sm "${GGUF_VENV:-$HOME/.cache/injector/venv-gguf}")
+# Absolute (not resolving the venv's symlink): the tests run it from temporary folders.
+PY="$(realpath -s "${INJECTOR_INTEROP_PYTHON:-.venv/bin/python}")"
 export INJECTOR_INTEROP_PYTHON="$PY"
 cargo build --release
 # A two-fact run trained to the end on the CPU (27 minutes on the 2 cores shared with other work: a
