@@ -6,8 +6,7 @@ use super::prepare::locality_baseline;
 use super::state::weights_hash;
 use crate::config::{RunConfig, Strategy};
 use crate::error::{Error, Result};
-use crate::eval::batch::Example;
-use crate::eval::probe::{locality_scores, FactExamples};
+use crate::eval::probe::FactExamples;
 use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{Ledger, Rehearsed, RunRow};
 use crate::model::Loaded;
@@ -72,7 +71,7 @@ pub fn find_or_record(
 }
 
 /// Records a new run: its config, the base weights' hash, the base model's answers to the locality
-/// prompts (generated now, before any edit) and their perplexity on the base model (step -1).
+/// prompts (generated now, before any edit).
 fn record_run(
     ledger: &mut Ledger,
     loaded: &Loaded,
@@ -102,17 +101,9 @@ fn record_run(
         finished: None,
         merge_on_device: true,
     };
-    // The general check on the base model itself, the scale for every later step's.
-    let own: Vec<Example> = base
-        .iter()
-        .map(|b| Example {
-            prompt: b.prompt_ids.clone(),
-            target: b.answer_ids.clone(),
-        })
-        .collect();
-    let general = locality_scores(&loaded.model, &own, config.eval_batch_tokens);
     ledger.create_run(&row, &base)?;
-    ledger.set_locality(&row.id, -1, 1.0, Some(general.perplexity))?;
+    // The general check's base figure comes with the run's first preparation (`prepare`).
+    ledger.set_locality(&row.id, -1, 1.0, None)?;
     ledger.run(&row.id)
 }
 

@@ -12,7 +12,7 @@ use crate::config::{Proj, RunConfig};
 use crate::error::Result;
 use crate::eval::batch::Example;
 use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
-use crate::eval::probe::FactExamples;
+use crate::eval::probe::{locality_scores, FactExamples};
 use crate::ledger::{FixedPhases, GenerationRow, Ledger, LocalityBase};
 use crate::model::Loaded;
 use std::collections::HashMap;
@@ -133,14 +133,7 @@ pub fn prepare(ledger: &mut Ledger, loaded: &Loaded, config: &RunConfig, plan: &
         .into_iter()
         .map(|g| (g.fact.clone(), g))
         .collect();
-    phases.before = clock.lap();
-    replay(ledger, &plan.run, loaded, &config.train, None)?;
-    phases.replay = clock.lap();
-    let mut examples = HashMap::new();
-    for f in &plan.facts {
-        examples.insert(f.hash.clone(), FactExamples::new(&loaded.tokenizer, f)?);
-    }
-    let locality = ledger
+    let locality: Vec<Example> = ledger
         .locality_base(&plan.run.id)?
         .into_iter()
         .map(|b| Example {
@@ -148,6 +141,20 @@ pub fn prepare(ledger: &mut Ledger, loaded: &Loaded, config: &RunConfig, plan: &
             target: b.answer_ids,
         })
         .collect();
+    // The general check on the base model itself (step -1), the scale for every step's: once per
+    // run, here while the weights are still the base's (a run recorded before schema 7 gets it
+    // when resumed).
+    if ledger.perplexity(&plan.run.id)?.first().is_none_or(|(s, _)| *s != -1) {
+        let base = locality_scores(&loaded.model, &locality, config.eval_batch_tokens);
+        ledger.set_base_perplexity(&plan.run.id, base.perplexity)?;
+    }
+    phases.before = clock.lap();
+    replay(ledger, &plan.run, loaded, &config.train, None)?;
+    phases.replay = clock.lap();
+    let mut examples = HashMap::new();
+    for f in &plan.facts {
+        examples.insert(f.hash.clone(), FactExamples::new(&loaded.tokenizer, f)?);
+    }
     phases.tokenize = clock.lap();
     Ok(Prepared {
         preserve,

@@ -675,6 +675,16 @@ impl Ledger {
         Ok(rows)
     }
 
+    /// Records the general check on the base model (step -1) of a run that has none: the row of
+    /// step -1 is the run's from its creation (locality 1.0).
+    pub fn set_base_perplexity(&self, run: &str, perplexity: f64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE locality SET perplexity = ?2 WHERE run = ?1 AND step = -1 AND perplexity IS NULL",
+            params![run, perplexity],
+        )?;
+        Ok(())
+    }
+
     /// The general check by step: the perplexity of the base model's own answers to the locality
     /// prompts (step -1: on the base model itself), where it was measured (rows recorded before
     /// schema 7 have none).
