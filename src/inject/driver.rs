@@ -49,7 +49,8 @@ pub struct RunOutcome {
     /// The general check after the latest step that measured it: the perplexity of the base
     /// model's own answers to the locality prompts ([`crate::eval::probe::LocalityScore`]).
     pub perplexity: Option<f64>,
-    /// The same on the base model (step -1), for scale; None for runs recorded before schema 7.
+    /// The same on the base model (step -1), for scale; None for a run recorded before schema 7
+    /// and not resumed since.
     pub base_perplexity: Option<f64>,
     pub weights_hash: String,
     /// Wall seconds of this invocation from the driver's start (the model load is before it).
