@@ -8,6 +8,16 @@ use injector::model::gguf::Gguf;
 use injector::model::{load, Cache, FixedCache, NoAdapter};
 use tch::{Device, Kind, Tensor};
 
+/// A tiny random model (`write_tiny_gguf` with `seed`) loaded on the CPU; keep the folder while
+/// the model is in use.
+fn tiny_loaded(seed: u64) -> (tempfile::TempDir, injector::model::Loaded) {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, seed);
+    let m = load(&g, Device::Cpu).unwrap();
+    (dir, m)
+}
+
 #[test]
 fn gguf_and_hf_folder_give_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,10 +60,7 @@ fn left_padded_rows() -> (Vec<Vec<i64>>, Vec<i64>, Vec<i64>) {
 
 #[test]
 fn padded_batch_rows_match_each_row_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 5);
-    let m = load(&g, Device::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(5);
     let (rows, ids, pad) = left_padded_rows();
     let next: Vec<i64> = vec![17, 99, 200];
     let len = rows.iter().map(Vec::len).max().unwrap();
@@ -107,10 +114,7 @@ fn padded_batch_rows_match_each_row_alone() {
 /// greedy answers of a batch decoded that way are the growing cache's.
 #[test]
 fn fixed_cache_decoding_matches_the_growing_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 5);
-    let m = load(&g, Device::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(5);
     let (rows, ids, pad) = left_padded_rows();
     let (b, len) = (rows.len() as i64, rows.iter().map(Vec::len).max().unwrap() as i64);
     let pad = Tensor::from_slice(&pad);
@@ -138,10 +142,7 @@ fn fixed_cache_decoding_matches_the_growing_cache() {
 
 #[test]
 fn kv_cache_matches_full_recompute() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 3);
-    let m = load(&g, Device::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(3);
     let ids: Vec<i64> = (0..20).map(|i| 3 + (i * 37 % 250)).collect();
     let full = tch::no_grad(|| {
         m.model
@@ -178,10 +179,7 @@ fn kv_cache_matches_full_recompute() {
 
 #[test]
 fn sampling_is_seeded_and_greedy_is_deterministic() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 5);
-    let m = load(&g, Device::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(5);
     let ids = m
         .tokenizer
         .encode_markup("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
@@ -249,10 +247,7 @@ fn truncated_and_fuzzed_gguf_never_panics() {
 
 #[test]
 fn parameter_count_matches_the_loaded_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 1);
-    let m = load(&g, Device::Cpu).unwrap();
+    let (_dir, m) = tiny_loaded(1);
     assert_eq!(m.model.kind(), Kind::Float);
     assert!(
         m.model.vs.variables().values().all(|t| !t.requires_grad()),
@@ -286,10 +281,8 @@ fn weights_keep_the_requested_kind() {
 fn locality_perplexity_is_the_per_example_likelihood() {
     use injector::eval::batch::Example;
     use injector::eval::probe::{locality_scores, mean_accuracy};
-    let dir = tempfile::tempdir().unwrap();
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, 11);
-    let m = load(&g, Device::Cpu).unwrap().model;
+    let (_dir, m) = tiny_loaded(11);
+    let m = m.model;
     let examples: Vec<Example> = [(5usize, 3usize), (9, 1), (2, 6), (12, 4), (7, 7)]
         .iter()
         .enumerate()
