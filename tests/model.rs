@@ -276,11 +276,12 @@ fn weights_keep_the_requested_kind() {
 
 /// The general check's perplexity from batched, gathered logits (several batches of rows of
 /// different lengths) equals exp of the mean negative log-likelihood computed one example at a time
-/// from full logits; its accuracy is `mean_accuracy`'s; no examples give 1.0 and 1.0.
+/// from full logits; its accuracy is the mean of the examples' token accuracies; no examples give 1.0 and 1.0.
 #[test]
 fn locality_perplexity_is_the_per_example_likelihood() {
     use injector::eval::batch::Example;
-    use injector::eval::probe::{locality_scores, mean_accuracy};
+    use injector::eval::batch::{build, token_accuracy};
+    use injector::eval::probe::locality_scores;
     let (_dir, m) = tiny_loaded(11);
     let m = m.model;
     let examples: Vec<Example> = [(5usize, 3usize), (9, 1), (2, 6), (12, 4), (7, 7)]
@@ -311,7 +312,9 @@ fn locality_perplexity_is_the_per_example_likelihood() {
         "{} vs {expected}",
         got.perplexity
     );
-    assert_eq!(got.accuracy, mean_accuracy(&m, &examples, 24));
+    // Accuracy: the mean over examples of each one's teacher-forced token accuracy.
+    let each = token_accuracy(&m, &NoAdapter, &build(&examples, 24, Device::Cpu), examples.len());
+    assert_eq!(got.accuracy, each.iter().sum::<f64>() / each.len() as f64);
     let none = locality_scores(&m, &[], 24);
     assert_eq!((none.accuracy, none.perplexity), (1.0, 1.0));
 }

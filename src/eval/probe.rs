@@ -124,8 +124,7 @@ fn prefers_new(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) 
 
 /// Mean teacher-forced accuracy on fixed examples (locality against the base answers).
 pub fn mean_accuracy(model: &Llama, examples: &[Example], max_batch_tokens: usize) -> f64 {
-    let batches = build(examples, max_batch_tokens, model.device());
-    mean(&token_accuracy(model, &NoAdapter, &batches, examples.len())).unwrap_or(1.0)
+    locality_scores(model, examples, max_batch_tokens).accuracy
 }
 
 /// Locality and the general check, from one teacher-forced pass over the base model's own answers
