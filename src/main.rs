@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     init_tracing(cli.global.verbose, cli.global.quiet);
+    tracing::debug!("started");
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -278,3 +278,36 @@ fn graph_decoding_answers_like_eager_decoding() {
         graph
     );
 }
+
+/// The base model's teacher-forced forward replayed as a captured graph (padded to its shape's
+/// rows and length) gives the eager forward's hidden states up to bf16 rounding, for batches of
+/// different sizes sharing one padded shape, and follows a merge into the weights (edited in place).
+#[test]
+fn the_base_forward_replayed_from_a_graph_is_the_eager_ones() {
+    use injector::model::{base_graph_shape, Llama, NoAdapter};
+    let Some(dev) = gpu() else { return };
+    tch::manual_seed(0);
+    let model = Llama::random(&tiny_config(), dev, Kind::BFloat16).unwrap();
+    let close = |ids: &Tensor| {
+        let graph = model.hidden_base(ids).unwrap().to_kind(Kind::Float);
+        let eager = model.hidden(ids, None, &NoAdapter).to_kind(Kind::Float);
+        assert_eq!(graph.size(), eager.size());
+        let err = (&graph - &eager).abs().max().double_value(&[]);
+        let scale = eager.abs().max().double_value(&[]);
+        assert!(err <= 0.02 * scale, "graph {err} from eager (scale {scale})");
+        graph
+    };
+    let a = Tensor::randint(97, [5, 19], (Kind::Int64, dev));
+    let b = Tensor::randint(97, [7, 30], (Kind::Int64, dev));
+    assert_eq!(base_graph_shape(5, 19), base_graph_shape(7, 30));
+    let before = close(&a);
+    let _ = close(&b);
+    // The first batch again, after the second overwrote the graph's input: the same values.
+    let again = close(&a);
+    assert_eq!((&before - &again).abs().max().double_value(&[]), 0.0);
+    let key = injector::model::Proj::Up.weight_key(0);
+    let w = model.weight(&key).unwrap();
+    model.add_to_weight(&key, &w.ones_like().to_kind(Kind::Float)).unwrap();
+    let after = close(&a);
+    assert!((&before - &after).abs().max().double_value(&[]) > 0.0, "the merge did not reach the graph");
+}

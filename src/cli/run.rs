@@ -75,7 +75,9 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         }
     };
     let knowledge = load_dir(&dir)?;
+    tracing::debug!("loading {} onto {device:?}", model_path.display());
     let loaded = injector::model::load_with_template(&model_path, device, template.as_deref())?;
+    tracing::debug!("model loaded");
     if let Some(r) = &resumed {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;
     }
@@ -88,8 +90,10 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         Some(r) => inject::resume(&mut ledger, &loaded, &path, r, &knowledge, &mut bar)?,
         None => inject::run(&mut ledger, &loaded, &path, &knowledge, &config, &mut bar)?,
     };
+    tracing::debug!("run finished; writing the reports");
     let page = injector::report::write_run(&ledger, &g.reports, &out.run)?;
     injector::report::write_index(&ledger, &g.reports)?;
+    tracing::debug!("reports written");
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if !g.quiet {

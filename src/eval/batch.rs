@@ -2,7 +2,7 @@
 //! built once and reused for every pass. Only the positions that predict a target token reach the
 //! vocabulary projection.
 use crate::error::Result;
-use crate::model::{Adapter, Llama, Tokenizer};
+use crate::model::{base_graph_shape, base_graphs_on, Adapter, Llama, Tokenizer};
 use tch::{Device, Kind, Tensor};
 
 /// One prompt with the tokens the model should produce after it.
@@ -52,15 +52,27 @@ pub struct Batch {
 }
 
 /// Packs examples into batches of at most `max_tokens` padded tokens each (sorted by length so that
-/// padding stays small; a longer single example still gets its own batch).
+/// padding stays small; a longer single example still gets its own batch). Where the base model's
+/// forwards replay captured graphs ([`base_graphs_on`]), a batch holds at most the power of two of
+/// rows that fits `max_tokens` at its graph's padded length, so that full batches fill their
+/// graph's shape ([`base_graph_shape`]) without padding rows.
 pub fn build(examples: &[Example], max_tokens: usize, device: Device) -> Vec<Batch> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].len(), i));
+    let graphed = base_graphs_on(device);
+    let fits = |rows: usize, len: usize| match graphed {
+        false => rows * len <= max_tokens,
+        true => {
+            let padded = base_graph_shape(1, len as i64).1 as usize;
+            let most = max_tokens / padded;
+            most > 0 && rows <= 1 << most.ilog2()
+        }
+    };
     let mut batches = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let mut end = start + 1;
-        while end < order.len() && (end + 1 - start) * examples[order[end]].len() <= max_tokens {
+        while end < order.len() && fits(end + 1 - start, examples[order[end]].len()) {
             end += 1;
         }
         batches.push(pack(examples, &order[start..end], device));
@@ -205,9 +217,17 @@ impl Batch {
 
 /// Logits of ids [n, L] at the flat positions `gather` of [n·L] only: [positions, vocab] (fp32).
 pub fn gathered_logits(model: &Llama, ad: &dyn Adapter, ids: &Tensor, gather: &Tensor) -> Tensor {
-    let h = model.hidden(ids, None, ad);
+    let h = match ad.is_none() {
+        // The base model alone: a captured forward on a GPU (the same values up to rounding).
+        true => model.hidden_base(ids).unwrap_or_else(|e| {
+            tracing::warn!("evaluating without a CUDA graph: {e}");
+            model.hidden(ids, None, ad)
+        }),
+        false => model.hidden(ids, None, ad),
+    };
     let hidden = h.size()[2];
-    model.logits(&h.view([-1, hidden]).index_select(0, gather))
+    // A replayed graph's hidden states are a view of its padded output: `reshape` copies them.
+    model.logits(&h.reshape([-1, hidden]).index_select(0, gather))
 }
 
 /// Teacher-forced token accuracy of every example (share of target tokens whose argmax is right).

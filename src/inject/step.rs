@@ -200,8 +200,18 @@ fn per_fact(acc: &[f64], owner: &[usize], n_facts: usize) -> Vec<f64> {
 }
 
 /// Eager optimizer steps before the optimizer step is captured as CUDA graphs: the first backward allocates the
-/// gradients the graph then accumulates into, and cuBLAS sets up its workspace on the stream.
-const EAGER_STEPS: i64 = 3;
+/// gradients the graph then accumulates into, and cuBLAS sets up its workspace on the stream. One is
+/// enough (three until session 9: the same weights, 0.9 s less warm-up on the shipped set; bench/NOTES.md
+/// item 34); `INJECTOR_EAGER_STEPS` (at least 1) overrides it, for measuring what the warm-up costs.
+fn eager_steps() -> i64 {
+    static N: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("INJECTOR_EAGER_STEPS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(1, |n| n.max(1))
+    })
+}
 
 /// An optimizer step's outputs: the loss (cross-entropy + regularisers, a float scalar) and each example's
 /// count of right argmax target tokens (float [n_examples]), both on the device.
@@ -231,7 +241,7 @@ struct Graphs {
 }
 
 /// One adapter being trained on pre-built batches: the loop body of [`train`], also timed by
-/// `bench/train_step.rs`. On a GPU of a CUDA build, after [`EAGER_STEPS`] eager steps each
+/// `bench/train_step.rs`. On a GPU of a CUDA build, after [`eager_steps`] eager steps each
 /// forward+backward and each update before the allocator's final step is a replayed CUDA graph.
 pub struct Trainer<'a> {
     model: &'a Llama,
@@ -383,12 +393,17 @@ impl<'a> Trainer<'a> {
             p.load(opt_step % p.padded.len());
         }
         let captured = self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_some());
-        if self.graphs.is_none() || (!captured && self.opt_step < EAGER_STEPS) {
+        if self.graphs.is_none() || (!captured && self.opt_step < eager_steps()) {
+            if self.graphs.is_some() {
+                tracing::debug!("eager optimizer step {} before the capture", self.opt_step);
+            }
             return Ok(self.forward_backward_eager());
         }
         if self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_none()) {
             crate::cuda::empty_cache()?;
+            tracing::debug!("capturing the forward+backward after {} eager optimizer steps", self.opt_step);
             let captured = Graph::capture(|| self.forward_backward_eager())?;
+            tracing::debug!("captured the forward+backward");
             if let Some(g) = self.graphs.as_mut() {
                 g.forward_backward = Some(captured);
             }
@@ -417,11 +432,13 @@ impl<'a> Trainer<'a> {
     pub fn update(&mut self) -> Result<()> {
         let before_final = self.adapter.plan_allocation(self.opt_step);
         let captured = self.graphs.as_ref().is_some_and(|g| g.update.is_some());
-        if self.graphs.is_none() || !before_final || (!captured && self.opt_step < EAGER_STEPS) {
+        if self.graphs.is_none() || !before_final || (!captured && self.opt_step < eager_steps()) {
             self.update_eager(before_final);
         } else {
             if self.graphs.as_ref().is_some_and(|g| g.update.is_none()) {
+                tracing::debug!("capturing the update");
                 let (graph, ()) = Graph::capture(|| self.update_eager(true))?;
+                tracing::debug!("captured the update");
                 if let Some(g) = self.graphs.as_mut() {
                     g.update = Some(graph);
                 }
@@ -440,7 +457,7 @@ impl<'a> Trainer<'a> {
     pub fn warming_up(&self) -> bool {
         self.graphs
             .as_ref()
-            .is_some_and(|g| (g.forward_backward.is_none() || g.update.is_none()) && self.opt_step <= EAGER_STEPS)
+            .is_some_and(|g| (g.forward_backward.is_none() || g.update.is_none()) && self.opt_step <= eager_steps())
     }
 
     /// A trainer for examples of `shape`, to be [`reset`](Self::reset) before each use; on a GPU its

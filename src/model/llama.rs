@@ -25,6 +25,12 @@ pub trait Adapter {
     fn prepare(&self, _kind: Kind) -> Option<Box<dyn Adapter + '_>> {
         None
     }
+
+    /// Whether this adapter adds nothing (the base model alone): such forwards may replay a graph
+    /// captured on the base weights ([`Llama::hidden_base`]).
+    fn is_none(&self) -> bool {
+        false
+    }
 }
 
 /// The base model alone.
@@ -33,6 +39,10 @@ pub struct NoAdapter;
 impl Adapter for NoAdapter {
     fn delta(&self, _: usize, _: Proj, _: &Tensor) -> Option<Tensor> {
         None
+    }
+
+    fn is_none(&self) -> bool {
+        true
     }
 }
 
@@ -192,6 +202,33 @@ pub struct Llama {
     /// fp32 copies of edited weights when the base is stored in lower precision, so merges
     /// accumulate in fp32 instead of rounding each update away in bf16.
     masters: std::sync::Mutex<HashMap<String, Tensor>>,
+    /// [`hidden_base`](Llama::hidden_base)'s captured forwards, by padded shape.
+    base_graphs: std::sync::Mutex<HashMap<(i64, i64), BaseGraph>>,
+}
+
+/// A teacher-forced forward of the base model captured as a CUDA graph for one padded shape: its
+/// input ids [rows, len] (rewritten before each replay) and its output, the final hidden states
+/// [rows, len, hidden] in the graph's pool (rewritten by each replay).
+struct BaseGraph {
+    graph: crate::cuda::Graph,
+    ids: Tensor,
+    hidden: Tensor,
+}
+
+/// Whether [`Llama::hidden_base`] replays captured forwards on `device`: a GPU of a CUDA build,
+/// unless `INJECTOR_GRAPH_EVAL=0` (or `INJECTOR_CUDA_GRAPHS=0`) asks for eager forwards.
+pub fn base_graphs_on(device: Device) -> bool {
+    crate::cuda::available(device) && std::env::var("INJECTOR_GRAPH_EVAL").as_deref() != Ok("0")
+}
+
+/// The padded shape [`Llama::hidden_base`] replays a [b, t] batch in: rows up to a power of two
+/// (at least 8 for rows of up to 1,024 tokens), length up to a multiple of 32, so that a run's
+/// evaluation batches fall in a few shapes, each captured once.
+pub fn base_graph_shape(b: i64, t: i64) -> (i64, i64) {
+    let len = (t.max(1) + 31) / 32 * 32;
+    let rows = (b.max(1) as u64).next_power_of_two() as i64;
+    // Short rows share shapes of at least 8; a long one (beyond 1,024 tokens) is not padded to 8.
+    (if len <= 1024 { rows.max(8) } else { rows }, len)
 }
 
 fn proj(layer: usize, p: Proj, lin: &Linear, x: &Tensor, ad: &dyn Adapter) -> Tensor {
@@ -440,6 +477,7 @@ impl Llama {
             lm_head,
             inv_freq,
             masters: Default::default(),
+            base_graphs: Default::default(),
         })
     }
 
@@ -454,7 +492,11 @@ impl Llama {
 
     /// A base weight by Hugging Face name (shares storage: in-place edits change the model).
     pub fn weight(&self, name: &str) -> Option<Tensor> {
-        self.vs.variables().get(name).map(|t| t.shallow_clone())
+        // One lookup: `VarStore::variables` would clone the whole map (every name and tensor
+        // handle), ~60 µs a call on SmolLM2, and a step looks up every adapted weight several
+        // times (bench/NOTES.md item 34).
+        let vars = self.vs.variables_.lock().expect("variables lock");
+        vars.named_variables.get(name).map(Tensor::shallow_clone)
     }
 
     /// Every base weight's Hugging Face name, sorted (`lm_head.weight` only when it is not tied).
@@ -542,6 +584,49 @@ impl Llama {
     /// ids: [b, t] (positions start at the cache length) -> final hidden states [b, t, hidden]
     pub fn hidden(&self, ids: &Tensor, cache: Option<&mut Cache>, ad: &dyn Adapter) -> Tensor {
         self.hidden_padded(ids, cache, None, ad)
+    }
+
+    /// [`hidden`](Self::hidden) of `ids` [b, t] (right-padded rows, no cache) at the base weights,
+    /// no adapter: [b, t, hidden]. On a GPU of a CUDA build the forward runs as a CUDA graph
+    /// captured once per padded shape ([`base_graph_shape`]) and replayed after (merges edit the
+    /// weights in place, so the graph reads the current weights); a forward of SmolLM2 is ~1,000
+    /// small kernels whose launches cost more than their arithmetic at evaluation's batch sizes
+    /// (bench/NOTES.md item 33). The rows and positions of the padding compute values nothing
+    /// reads: a row attends only to its own earlier positions. The result lives in the graph's
+    /// memory and holds until the next forward of the same padded shape: use it before then (work
+    /// queued on the same stream, as every eager use is, is ordered before the replay). Eager
+    /// elsewhere, or with `INJECTOR_GRAPH_EVAL=0`.
+    ///
+    /// Errors: a failed capture or replay.
+    pub fn hidden_base(&self, ids: &Tensor) -> Result<Tensor> {
+        if !base_graphs_on(self.device()) {
+            return Ok(self.hidden(ids, None, &NoAdapter));
+        }
+        let _guard = tch::no_grad_guard();
+        let (b, t) = ids.size2()?;
+        let shape = base_graph_shape(b, t);
+        let mut graphs = self.base_graphs.lock().expect("base graphs lock");
+        let g = match graphs.entry(shape) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                // Captured on a side stream, after one eager forward of the shape (libtorch's
+                // handles and workspaces are made outside the capture).
+                let _stream = crate::cuda::SideStream::unless_inside(self.device())?;
+                let input = Tensor::zeros([shape.0, shape.1], (Kind::Int64, self.device()));
+                drop(self.hidden(&input, None, &NoAdapter));
+                let (graph, hidden) = crate::cuda::Graph::capture(|| self.hidden(&input, None, &NoAdapter))?;
+                e.insert(BaseGraph {
+                    graph,
+                    ids: input,
+                    hidden,
+                })
+            }
+        };
+        // Only the batch's own [b, t] corner is written: what the padding holds from earlier
+        // batches (valid token ids) reaches no position that is read.
+        g.ids.narrow(0, 0, b).narrow(1, 0, t).shallow_clone().copy_(ids);
+        g.graph.replay()?;
+        Ok(g.hidden.narrow(0, 0, b).narrow(1, 0, t))
     }
 
     /// [`hidden`](Self::hidden) for rows of different lengths, left-padded: `pad[i]` (int64 [b])

@@ -8,6 +8,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::Config;
-pub use llama::{Adapter, Cache, FixedCache, Llama, NoAdapter, Proj};
+pub use llama::{base_graph_shape, base_graphs_on, Adapter, Cache, FixedCache, Llama, NoAdapter, Proj};
 pub use tokenizer::Tokenizer;
 pub use weights::{load, load_with_template, Loaded};
