@@ -13,7 +13,8 @@
 # embedded one), PEER (default ../shared/peers/peft_inject.py), PEER_PYTHON (a Python with torch,
 # transformers, peft, gguf, pyyaml; default python3), N (overrides the facts count), BIG (overrides
 # 1000; 0 skips that row), ROWS (which rows to run, default peer,article,default,shipped,big),
-# WORK (a work folder to keep and reuse: rows already in its times file are not run again).
+# WORK (a work folder to keep and reuse: rows already in its times file are not run again), DTYPE
+# (our --base-dtype: auto, f32 or bf16; default auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 inj=$(realpath "${INJ:-target/release/injector}")
@@ -45,7 +46,7 @@ timed() {
 touch "$work/times"
 [ -d "$work/facts" ] || "$inj" facts generate --n "$n" --seed 0 --out "$work/facts" >/dev/null
 [ -f "$work/facts.yaml" ] || "$inj" facts resolve "$work/facts" --out "$work/facts.yaml" >/dev/null
-ours() { "$inj" --device "$dev" --model "$model" --ledger "$work/ledger.db" --reports "$work/reports" "$@"; }
+ours() { "$inj" --device "$dev" --base-dtype "${DTYPE:-auto}" --model "$model" --ledger "$work/ledger.db" --reports "$work/reports" "$@"; }
 
 timed peer "$py" "$peer" "$model" "$work/facts.yaml" --mode sequential > "$work/peer.log" 2> "$work/peer.err"
 timed article ours run "$work/facts" --preset article --json -q > "$work/article.json"

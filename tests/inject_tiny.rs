@@ -656,3 +656,29 @@ fn revert_is_exact_and_the_run_goes_on() {
     let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(r["weights_hash"], before["run"]["base_weights_hash"]);
 }
+
+/// `--base-dtype bf16` on the CPU: the run trains and records bf16 weights, every fact is put in, and
+/// its weights replay (`probe --run`) with the same type; with f32 the replay check refuses them,
+/// naming the type.
+#[test]
+fn a_bf16_run_on_the_cpu_replays_only_as_bf16() {
+    let d = small_workspace();
+    let p = d.path();
+    let o = injector(p, &run_args(&["--base-dtype", "bf16", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(out["new_steps"], 3);
+    for f in out["facts"].as_array().unwrap() {
+        assert!(f["recall_at_step"].as_f64().unwrap() > 0.5, "{f}");
+    }
+    let run = out["run"].as_str().unwrap();
+    let probe = |dtype: &str| {
+        let args = ["probe", "k", "--run", run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu", "--base-dtype", dtype];
+        injector(p, &args)
+    };
+    let same = probe("bf16");
+    assert!(same.status.success(), "{}", stderr(&same));
+    let other = probe("f32");
+    assert!(!other.status.success());
+    assert!(stderr(&other).contains("--base-dtype it was made with: Float"), "{}", stderr(&other));
+}

@@ -85,7 +85,8 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                     }
                     cmd.args(["run", &a.dir.display().to_string(), "--json", "-q"])
                         .args(["--config-json", &c.to_json()])
-                        .args(["--device", &device, "--ledger", &g.ledger.display().to_string()])
+                        .args(["--device", &device, "--base-dtype", &g.base_dtype])
+                        .args(["--ledger", &g.ledger.display().to_string()])
                         .args([
                             "--model",
                             &model_path.display().to_string(),
@@ -127,7 +128,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         for c in &configs {
             // A fresh base for every strategy; the first load also checks the model before the
             // ledger is created.
-            let loaded = injector::model::load_with_template(&model_path, device, template)?;
+            let loaded = g.load(&model_path, device, template)?;
             c.check_layers(loaded.model.cfg.num_hidden_layers)?;
             inject::plan::check_fit(&knowledge.facts, &loaded)?;
             if ledger.is_none() {

@@ -76,7 +76,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     };
     let knowledge = load_dir(&dir)?;
     tracing::debug!("loading {} onto {device:?}", model_path.display());
-    let loaded = injector::model::load_with_template(&model_path, device, template.as_deref())?;
+    let loaded = g.load(&model_path, device, template.as_deref())?;
     tracing::debug!("model loaded");
     if let Some(r) = &resumed {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;

@@ -228,10 +228,12 @@ pub fn replay(ledger: &Ledger, run: &RunRow, loaded: &Loaded, cfg: &TrainConfig,
     let now = weights_hash(&loaded.model, &loaded.source_hash, cfg)?;
     if now != last_hash {
         return Err(Error::Ledger(format!(
-            "replaying run {} gives weights {} but the ledger recorded {}",
+            "replaying run {} gives weights {} but the ledger recorded {} (a run replays only on \
+             the kind of device and with the --base-dtype it was made with: {:?} here)",
             run.id,
             &now[..12],
-            &last_hash[..12]
+            &last_hash[..12],
+            loaded.model.kind()
         )));
     }
     Ok(applied)

@@ -250,6 +250,35 @@ fn hash_source(path: &Path) -> Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// The kind of the base weights on `device` by default: bf16 on CUDA, fp32 on the CPU.
+pub fn base_kind(device: Device) -> Kind {
+    if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+/// The kind of the base weights `--base-dtype` asks for on `device`: `auto` ([`base_kind`]), `f32` (the
+/// CPU only) or `bf16` (on a CPU, products in bf16: on CPUs with AMX, as this project's machine has,
+/// training steps run ~2.6× faster than in fp32; bench/NOTES.md item 35). Adapters, optimizer state
+/// and merges stay fp32 either way (merges accumulate in an fp32 master copy of each edited weight).
+/// A run's weights hash depends on it, as on the device: resume and replay a run with the type it
+/// was made with.
+///
+/// Errors: bad input for another name, or f32 on a GPU (its training graphs are made for bf16).
+pub fn parse_dtype(s: &str, device: Device) -> Result<Kind> {
+    match s {
+        "auto" => Ok(base_kind(device)),
+        "bf16" => Ok(Kind::BFloat16),
+        "f32" if device.is_cuda() => Err(Error::BadInput(
+            "--base-dtype f32: on a GPU the base weights are bf16 (use auto or bf16)".into(),
+        )),
+        "f32" => Ok(Kind::Float),
+        _ => Err(Error::BadInput(format!("unknown --base-dtype '{s}': expected auto, f32 or bf16"))),
+    }
+}
+
 /// Loads a checkpoint: a `.gguf` file or a Hugging Face folder, with its default chat template.
 /// Base weights are fp32 on the CPU and bf16 on CUDA.
 pub fn load(path: &Path, device: Device) -> Result<Loaded> {
@@ -259,6 +288,11 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
 /// [`load`] with the chat template named `template` (`--chat-template`), for checkpoints that
 /// ship several; `None` is the checkpoint's default.
 pub fn load_with_template(path: &Path, device: Device, template: Option<&str>) -> Result<Loaded> {
+    load_as(path, device, base_kind(device), template)
+}
+
+/// [`load_with_template`] with base weights of `kind` ([`parse_dtype`]).
+pub fn load_as(path: &Path, device: Device, kind: Kind, template: Option<&str>) -> Result<Loaded> {
     let t0 = std::time::Instant::now();
     if !path.exists() {
         return Err(Error::bad_model(path, "no such file or folder"));
@@ -290,7 +324,6 @@ pub fn load_with_template(path: &Path, device: Device, template: Option<&str>) -
             ),
         ));
     }
-    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
     let model = Llama::new(&cfg, weights, device, kind).map_err(|e| match e {
         Error::BadInput(msg) => Error::bad_model(path, msg),
         other => other,
@@ -307,6 +340,16 @@ pub fn load_with_template(path: &Path, device: Device, template: Option<&str>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dtypes_by_name_and_device() {
+        assert_eq!(parse_dtype("auto", Device::Cpu).unwrap(), Kind::Float);
+        assert_eq!(parse_dtype("auto", Device::Cuda(0)).unwrap(), Kind::BFloat16);
+        assert_eq!(parse_dtype("bf16", Device::Cpu).unwrap(), Kind::BFloat16);
+        assert_eq!(parse_dtype("f32", Device::Cpu).unwrap(), Kind::Float);
+        assert!(parse_dtype("f32", Device::Cuda(0)).unwrap_err().is_bad_input());
+        assert!(parse_dtype("fp8", Device::Cpu).unwrap_err().is_bad_input());
+    }
 
     #[test]
     fn names_map_to_hf() {
