@@ -680,5 +680,5 @@ fn a_bf16_run_on_the_cpu_replays_only_as_bf16() {
     assert!(same.status.success(), "{}", stderr(&same));
     let other = probe("f32");
     assert!(!other.status.success());
-    assert!(stderr(&other).contains("--base-dtype it was made with: Float"), "{}", stderr(&other));
+    assert!(stderr(&other).contains("--base-dtype it was made with: f32"), "{}", stderr(&other));
 }

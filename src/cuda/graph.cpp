@@ -6,7 +6,6 @@
 // the message (malloc'd, freed by the caller with inj_free_error) instead of unwinding into Rust.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <cuda_runtime_api.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,10 +13,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <cstdlib>
 #include <cstring>
-#include <condition_variable>
 #include <exception>
-#include <mutex>
-#include <stdexcept>
 
 namespace {
 char* copy_message(const char* what) {
@@ -129,83 +125,6 @@ char* inj_peak_allocated(int device, int64_t* peak) {
     *peak = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
   });
-}
-
-void check_cuda(cudaError_t err) {
-  if (err != cudaSuccess) throw std::runtime_error(cudaGetErrorString(err));
-}
-
-// Set by a host function that the copy stream runs after the copies of inj_copy_to_host_async,
-// waited on without any CUDA call (so the waiting thread never trips another's graph capture).
-struct CopiesDone {
-  std::mutex m;
-  std::condition_variable cv;
-  bool done = false;
-};
-
-void CUDART_CB copies_done(void* p) {
-  auto* d = static_cast<CopiesDone*>(p);
-  {
-    std::lock_guard<std::mutex> lock(d->m);
-    d->done = true;
-  }
-  d->cv.notify_all();
-}
-
-// Copies srcs[i] (tensors on one GPU) into dsts[i] (page-locked host tensors of the same shape and
-// dtype) without holding the host: on a stream of libtorch's pool that first waits for the work
-// already queued on this thread's current stream (so the copies see every write queued before
-// them), and which that stream's later work waits for (so no later write reaches them). *done
-// (owned by the caller: inj_copies_wait, then inj_copies_free) is set once the copies are complete. The sources are marked as used on that stream, so their memory is not handed out
-// again before the copies are done even if they are freed meanwhile.
-char* inj_copy_to_host_async(int64_t count, const at::Tensor* const* srcs, const at::Tensor* const* dsts,
-                             void** done) {
-  return guarded([&] {
-    if (count <= 0) throw std::invalid_argument("no tensors to copy");
-    auto index = srcs[0]->device().index();
-    auto current = c10::cuda::getCurrentCUDAStream(index);
-    auto copying = c10::cuda::getStreamFromPool(false, index);
-    // `later` waits on the GPU for the work queued on `earlier` so far (the event may be destroyed
-    // once the wait is queued).
-    auto order = [](cudaStream_t earlier, cudaStream_t later) {
-      cudaEvent_t e;
-      check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      check_cuda(cudaEventRecord(e, earlier));
-      check_cuda(cudaStreamWaitEvent(later, e, 0));
-      check_cuda(cudaEventDestroy(e));
-    };
-    order(current.stream(), copying.stream());
-    {
-      c10::cuda::CUDAStreamGuard guard(copying);
-      for (int64_t i = 0; i < count; ++i) {
-        at::Tensor dst = *dsts[i];
-        dst.copy_(*srcs[i], /*non_blocking=*/true);
-        srcs[i]->record_stream(copying.unwrap());
-      }
-    }
-    // Work queued on the current stream from now on (a merge writing the sources) waits for the
-    // copies; the host is not held.
-    order(copying.stream(), current.stream());
-    auto* d = new CopiesDone();
-    auto err = cudaLaunchHostFunc(copying.stream(), copies_done, d);
-    if (err != cudaSuccess) delete d;
-    check_cuda(err);
-    *done = d;
-  });
-}
-
-// Blocks this thread until the copies behind `done` (from inj_copy_to_host_async) are complete.
-char* inj_copies_wait(void* done) {
-  return guarded([&] {
-    auto* d = static_cast<CopiesDone*>(done);
-    std::unique_lock<std::mutex> lock(d->m);
-    d->cv.wait(lock, [d] { return d->done; });
-  });
-}
-
-// Frees `done`; only after inj_copies_wait returned (the host function writes it until then).
-char* inj_copies_free(void* done) {
-  return guarded([&] { delete static_cast<CopiesDone*>(done); });
 }
 
 // Returns the caching allocator's unused blocks to the driver (torch.cuda.empty_cache()).

@@ -23,14 +23,6 @@ mod ffi {
         pub fn inj_randn_private(seed: u64, count: i64, numels: *const i64, outs: *mut *mut c_void) -> *mut c_char;
         /// Tensors are tch's `C_tensor`, i.e. `at::Tensor*`.
         pub fn inj_swiglu(g: *const c_void, u: *const c_void, out: *mut *mut c_void) -> *mut c_char;
-        pub fn inj_copy_to_host_async(
-            count: i64,
-            srcs: *const *const c_void,
-            dsts: *const *const c_void,
-            done: *mut *mut c_void,
-        ) -> *mut c_char;
-        pub fn inj_copies_wait(done: *mut c_void) -> *mut c_char;
-        pub fn inj_copies_free(done: *mut c_void) -> *mut c_char;
     }
 }
 
@@ -250,63 +242,6 @@ pub fn randn_private(seed: u64, shapes: &[Vec<i64>]) -> Option<Result<Vec<tch::T
         let _ = (seed, shapes);
         None
     }
-}
-
-/// Copies of GPU tensors into host tensors in flight ([`copy_to_host_async`]): the host tensors hold
-/// their values once [`wait`](Self::wait) returns. Waiting makes no CUDA call (the copy stream
-/// signals the host), so any thread may wait while another captures a graph.
-#[cfg_attr(not(injector_cuda), allow(dead_code))]
-pub struct HostCopies(*mut std::ffi::c_void);
-
-// SAFETY: the flag behind the pointer is a mutex and condition variable, made for use across
-// threads; it is only waited on and freed.
-unsafe impl Send for HostCopies {}
-
-impl HostCopies {
-    /// Blocks until the copies are done.
-    pub fn wait(self) {
-        // Drop waits.
-    }
-}
-
-impl Drop for HostCopies {
-    fn drop(&mut self) {
-        #[cfg(injector_cuda)]
-        // SAFETY: `self.0` came from inj_copy_to_host_async; it is freed exactly once, after the
-        // copy stream's host function has set it (the wait).
-        unsafe {
-            let _ = check(ffi::inj_copies_wait(self.0));
-            let _ = check(ffi::inj_copies_free(self.0));
-        }
-    }
-}
-
-/// Starts copying each `(src, dst)` pair's GPU tensor `src` into `dst`, a page-locked host tensor
-/// of its shape and dtype ([`pinned_empty`]), and returns without waiting for them: the copies run
-/// on a stream of their own, after the work already queued on this thread's current stream (so they
-/// see every write queued before the call), and the work queued there after the call waits for them
-/// on the GPU (so a later write does not reach them). The destinations hold the values once
-/// [`HostCopies::wait`] returns. `None` without a CUDA build or with no pairs.
-///
-/// Errors: libtorch's (mismatched shapes, a source not on a GPU).
-pub fn copy_to_host_async(pairs: &[(&tch::Tensor, &tch::Tensor)]) -> Option<Result<HostCopies>> {
-    if pairs.is_empty() {
-        return None;
-    }
-    #[cfg(injector_cuda)]
-    {
-        let srcs: Vec<*const std::ffi::c_void> = pairs.iter().map(|(s, _)| s.as_ptr().cast()).collect();
-        let dsts: Vec<*const std::ffi::c_void> = pairs.iter().map(|(_, d)| d.as_ptr().cast()).collect();
-        let mut done = std::ptr::null_mut();
-        // SAFETY: `srcs` and `dsts` hold `len` live tensors each; on success the shim writes a new
-        // flag into `done`, owned by the returned `HostCopies`.
-        let started = check(unsafe {
-            ffi::inj_copy_to_host_async(srcs.len() as i64, srcs.as_ptr(), dsts.as_ptr(), &mut done)
-        });
-        Some(started.map(|()| HostCopies(done)))
-    }
-    #[cfg(not(injector_cuda))]
-    None
 }
 
 /// The most bytes the caching allocator held allocated on `device` since the last call (or since

@@ -52,22 +52,35 @@ pub struct Batch {
 }
 
 /// Packs examples into batches of at most `max_tokens` padded tokens each (sorted by length so that
-/// padding stays small; a longer single example still gets its own batch). Where the base model's
-/// forwards replay captured graphs ([`base_graphs_on`]), a batch holds at most the power of two of
-/// rows that fits `max_tokens` at its graph's padded length, so that full batches fill their
-/// graph's shape ([`base_graph_shape`]) without padding rows.
+/// padding stays small; a longer single example still gets its own batch).
 pub fn build(examples: &[Example], max_tokens: usize, device: Device) -> Vec<Batch> {
+    pack_sorted(examples, device, |rows, len| rows * len <= max_tokens)
+}
+
+/// [`build`] for passes of the base model alone ([`Llama::hidden_base`]): where those replay captured
+/// graphs ([`base_graphs_on`]), a batch holds at most [`base_rows`] rows, so that full batches fill
+/// their graph's shape ([`base_graph_shape`]) without padding rows; elsewhere [`build`]'s batches.
+pub fn build_for_base(examples: &[Example], max_tokens: usize, device: Device) -> Vec<Batch> {
+    if !base_graphs_on(device) {
+        return build(examples, max_tokens, device);
+    }
+    pack_sorted(examples, device, |rows, len| rows <= base_rows(len, max_tokens))
+}
+
+/// The most rows a batch for a base graph holds when its longest example has `len` tokens: the
+/// largest power of two of rows that fits `max_tokens` at the graph's padded length (at least 1).
+pub fn base_rows(len: usize, max_tokens: usize) -> usize {
+    let padded = base_graph_shape(1, len as i64).1 as usize;
+    match max_tokens / padded {
+        0 => 1,
+        most => 1 << most.ilog2(),
+    }
+}
+
+/// Batches of `examples` sorted by length, each grown while `fits(rows, longest)` holds.
+fn pack_sorted(examples: &[Example], device: Device, fits: impl Fn(usize, usize) -> bool) -> Vec<Batch> {
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| (examples[i].len(), i));
-    let graphed = base_graphs_on(device);
-    let fits = |rows: usize, len: usize| match graphed {
-        false => rows * len <= max_tokens,
-        true => {
-            let padded = base_graph_shape(1, len as i64).1 as usize;
-            let most = max_tokens / padded;
-            most > 0 && rows <= 1 << most.ilog2()
-        }
-    };
     let mut batches = Vec::new();
     let mut start = 0;
     while start < order.len() {
@@ -226,7 +239,8 @@ pub fn gathered_logits(model: &Llama, ad: &dyn Adapter, ids: &Tensor, gather: &T
         false => model.hidden(ids, None, ad),
     };
     let hidden = h.size()[2];
-    // A replayed graph's hidden states are a view of its padded output: `reshape` copies them.
+    // A replayed graph's hidden states are a view of its padded output: `reshape` copies them unless
+    // the batch fills the shape; `index_select` copies before any later replay either way.
     model.logits(&h.reshape([-1, hidden]).index_select(0, gather))
 }
 
@@ -284,4 +298,46 @@ pub fn loss_sum(b: &Batch, logits: &Tensor) -> Tensor {
     logits
         .cross_entropy_loss::<Tensor>(&b.targets, None, tch::Reduction::Sum, -100, 0.0)
         .to_kind(Kind::Float)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_graph_shapes_and_rows() {
+        // Rows up to a power of two (at least 8 for rows of up to 1,024 tokens), length up to 32.
+        assert_eq!(base_graph_shape(5, 19), (8, 32));
+        assert_eq!(base_graph_shape(12, 70), (16, 96));
+        assert_eq!(base_graph_shape(128, 64), (128, 64));
+        assert_eq!(base_graph_shape(1, 2000), (1, 2016));
+        // The most rows of a batch: the largest power of two that fits the budget at that length.
+        assert_eq!(base_rows(60, 8192), 128);
+        assert_eq!(base_rows(70, 8192), 64);
+        assert_eq!(base_rows(9000, 8192), 1);
+        assert_eq!(base_rows(64, usize::MAX), 1 << (usize::MAX / 64).ilog2());
+        // Full batches fill their shape exactly.
+        for len in [10, 33, 64, 100, 500] {
+            let rows = base_rows(len, 8192);
+            assert_eq!(base_graph_shape(rows as i64, len as i64).0, (rows as i64).max(8));
+            assert!(rows as i64 * base_graph_shape(1, len as i64).1 <= 8192);
+        }
+    }
+
+    #[test]
+    fn base_batches_are_plain_batches_on_the_cpu() {
+        let ex: Vec<Example> = (1..30)
+            .map(|n| Example {
+                prompt: vec![1; n],
+                target: vec![2; 3],
+            })
+            .collect();
+        let plain = build(&ex, 256, Device::Cpu);
+        let base = build_for_base(&ex, 256, Device::Cpu);
+        assert_eq!(plain.len(), base.len());
+        for (a, b) in plain.iter().zip(&base) {
+            assert_eq!(a.owner, b.owner);
+            assert!(a.ids.size()[0] as usize * a.ids.size()[1] as usize <= 256 || a.ids.size()[0] == 1);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Scoring facts at the model's current weights: recall on the training prompts, generalisation on
 //! the held-out probes, and for updates how much of the previous answer still comes out. All
 //! examples of all facts asked for go through one set of large batched passes.
-use super::batch::{build, sequence_logprob, token_accuracy, Example};
+use super::batch::{build_for_base, sequence_logprob, token_accuracy, Example};
 use super::metrics::{key_details, token_f1};
 use crate::error::Result;
 use crate::knowledge::Fact;
@@ -63,7 +63,7 @@ pub fn score(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) ->
         all.extend(f.general.iter().cloned());
         all.extend(f.previous.iter().cloned());
     }
-    let batches = build(&all, max_batch_tokens, model.device());
+    let batches = build_for_base(&all, max_batch_tokens, model.device());
     let acc = token_accuracy(model, &NoAdapter, &batches, all.len());
     let mut at = 0;
     let mut take = |n: usize| {
@@ -106,7 +106,7 @@ fn prefers_new(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) 
     if pairs.is_empty() {
         return vec![None; facts.len()];
     }
-    let logp = sequence_logprob(model, &NoAdapter, &build(&pairs, max_batch_tokens, model.device()), pairs.len());
+    let logp = sequence_logprob(model, &NoAdapter, &build_for_base(&pairs, max_batch_tokens, model.device()), pairs.len());
     let mut at = 0;
     facts
         .iter()
@@ -145,7 +145,7 @@ pub struct LocalityScore {
 /// 1.0 and perplexity 1.0.
 pub fn locality_scores(model: &Llama, examples: &[Example], max_batch_tokens: usize) -> LocalityScore {
     let _g = tch::no_grad_guard();
-    let batches = build(examples, max_batch_tokens, model.device());
+    let batches = build_for_base(examples, max_batch_tokens, model.device());
     let mut acc = vec![(0usize, 0usize); examples.len()];
     let (mut nll, mut tokens) = (0.0f64, 0usize);
     for b in &batches {

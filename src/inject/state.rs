@@ -61,9 +61,7 @@ impl PendingHash {
 }
 
 /// Starts [`weights_hash`]. On a GPU (up to [`MAX_SNAPSHOT_BYTES`]) the weights are copied into one
-/// page-locked snapshot, asynchronously with a CUDA build (after the work queued so far, the merge
-/// included, and before any queued later), and digested on another thread once copied; elsewhere
-/// the hash is made here.
+/// page-locked snapshot here and digested on another thread; elsewhere the hash is made here.
 ///
 /// Errors: as [`weights_hash`].
 pub fn start_weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -> Result<PendingHash> {
@@ -83,7 +81,7 @@ pub fn start_weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -
     let size = |w: &Tensor| w.numel() * w.kind().elt_size_in_bytes();
     let total: usize = weights.iter().map(|(_, w)| size(w)).sum();
     let state = if model.device() != Device::Cpu && total > 0 && total <= MAX_SNAPSHOT_BYTES {
-        let (snapshot, copies) = start_snapshot(&weights, total)?;
+        let snapshot = copy_to_snapshot(&weights, total)?;
         let spans: Vec<(String, usize, usize)> = {
             let mut at = 0;
             weights
@@ -96,13 +94,10 @@ pub fn start_weights_hash(model: &Llama, source_hash: &str, cfg: &TrainConfig) -
         };
         let source = source_hash.to_string();
         Pending::Digesting(std::thread::spawn(move || {
-            if let Some(c) = copies {
-                c.wait();
-            }
             let mut h = blake3::Hasher::new();
             h.update(source.as_bytes());
             // SAFETY: the snapshot is a contiguous uint8 CPU tensor of at least `total` bytes, owned
-            // by this thread until it returns it, and its copies are done: nothing writes it.
+            // by this thread until it returns it, and nothing else writes it meanwhile.
             let data = unsafe { std::slice::from_raw_parts(snapshot.data_ptr() as *const u8, total) };
             for (k, at, n) in &spans {
                 h.update(k.as_bytes());
@@ -149,31 +144,14 @@ fn host_buffer(slot: &mut Option<Tensor>, bytes: usize) -> Result<Tensor> {
     })
 }
 
-/// Starts copying `weights` back to back into the reused page-locked snapshot (`total` bytes in
-/// all): with a CUDA build asynchronously ([`crate::cuda::copy_to_host_async`]; the copies, `Some`,
-/// must be waited for before the snapshot is read); in place otherwise (`None`).
-fn start_snapshot(weights: &[(String, Tensor)], total: usize) -> Result<(Tensor, Option<crate::cuda::HostCopies>)> {
+/// `weights` copied back to back into the reused page-locked snapshot (`total` bytes in all).
+fn copy_to_snapshot(weights: &[(String, Tensor)], total: usize) -> Result<Tensor> {
     let snapshot = SNAPSHOT.with(|s| host_buffer(&mut s.borrow_mut(), total))?;
     let mut at = 0i64;
-    let views: Vec<Tensor> = weights
-        .iter()
-        .map(|(_, w)| {
-            let n = (w.numel() * w.kind().elt_size_in_bytes()) as i64;
-            at += n;
-            snapshot.narrow(0, at - n, n).view_dtype(w.kind()).view(w.size().as_slice())
-        })
-        .collect();
-    let pairs: Vec<(&Tensor, &Tensor)> = weights.iter().map(|(_, w)| w).zip(&views).collect();
-    let copies = match crate::cuda::copy_to_host_async(&pairs) {
-        Some(started) => Some(started?),
-        None => {
-            for (w, mut v) in weights.iter().map(|(_, w)| w).zip(views) {
-                v.copy_(w);
-            }
-            None
-        }
-    };
-    Ok((snapshot, copies))
+    for (_, w) in weights {
+        at += copy_into(&snapshot, at, w).numel() as i64 * w.kind().elt_size_in_bytes() as i64;
+    }
+    Ok(snapshot)
 }
 
 /// Copies `w` into the bytes of `buf` (uint8, on the host) from byte `at` on, in `w`'s dtype and
@@ -229,11 +207,11 @@ pub fn replay(ledger: &Ledger, run: &RunRow, loaded: &Loaded, cfg: &TrainConfig,
     if now != last_hash {
         return Err(Error::Ledger(format!(
             "replaying run {} gives weights {} but the ledger recorded {} (a run replays only on \
-             the kind of device and with the --base-dtype it was made with: {:?} here)",
+             the kind of device and with the --base-dtype it was made with: {} here)",
             run.id,
             &now[..12],
             &last_hash[..12],
-            loaded.model.kind()
+            crate::model::dtype_name(loaded.model.kind())
         )));
     }
     Ok(applied)

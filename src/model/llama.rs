@@ -485,7 +485,7 @@ impl Llama {
         self.vs.device()
     }
 
-    /// The kind of the base weights (fp32 on CPU, bf16 on CUDA).
+    /// The kind of the base weights (bf16 on CUDA; fp32 on the CPU unless `--base-dtype bf16`).
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
     }
@@ -593,9 +593,11 @@ impl Llama {
     /// small kernels whose launches cost more than their arithmetic at evaluation's batch sizes
     /// (bench/NOTES.md item 33). The rows and positions of the padding compute values nothing
     /// reads: a row attends only to its own earlier positions. The result lives in the graph's
-    /// memory and holds until the next forward of the same padded shape: use it before then (work
-    /// queued on the same stream, as every eager use is, is ordered before the replay). Eager
-    /// elsewhere, or with `INJECTOR_GRAPH_EVAL=0`.
+    /// memory and holds until the next `hidden_base` of the same padded shape, on any thread: use
+    /// it before then (work queued on the same stream, as every eager use is, is ordered before the
+    /// replay). Each shape's graph keeps its own memory pool for the model's lifetime (a run uses a
+    /// few shapes; rows are padded to 8 even where 8 rows of a long example exceed the evaluation
+    /// budget). Eager elsewhere, or with `INJECTOR_GRAPH_EVAL=0`.
     ///
     /// Errors: a failed capture or replay.
     pub fn hidden_base(&self, ids: &Tensor) -> Result<Tensor> {

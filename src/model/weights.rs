@@ -261,7 +261,7 @@ pub fn base_kind(device: Device) -> Kind {
 
 /// The kind of the base weights `--base-dtype` asks for on `device`: `auto` ([`base_kind`]), `f32` (the
 /// CPU only) or `bf16` (on a CPU, products in bf16: on CPUs with AMX, as this project's machine has,
-/// training steps run ~2.6× faster than in fp32; bench/NOTES.md item 35). Adapters, optimizer state
+/// training steps run 2.1–2.6× faster than in fp32; bench/NOTES.md item 35). Adapters, optimizer state
 /// and merges stay fp32 either way (merges accumulate in an fp32 master copy of each edited weight).
 /// A run's weights hash depends on it, as on the device: resume and replay a run with the type it
 /// was made with.
@@ -276,6 +276,15 @@ pub fn parse_dtype(s: &str, device: Device) -> Result<Kind> {
         )),
         "f32" => Ok(Kind::Float),
         _ => Err(Error::BadInput(format!("unknown --base-dtype '{s}': expected auto, f32 or bf16"))),
+    }
+}
+
+/// The `--base-dtype` name of a base-weight kind (`f32`, `bf16`; others by libtorch's name).
+pub fn dtype_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "f32".into(),
+        Kind::BFloat16 => "bf16".into(),
+        k => format!("{k:?}"),
     }
 }
 
@@ -349,6 +358,8 @@ mod tests {
         assert_eq!(parse_dtype("f32", Device::Cpu).unwrap(), Kind::Float);
         assert!(parse_dtype("f32", Device::Cuda(0)).unwrap_err().is_bad_input());
         assert!(parse_dtype("fp8", Device::Cpu).unwrap_err().is_bad_input());
+        assert_eq!(dtype_name(Kind::Float), "f32");
+        assert_eq!(dtype_name(Kind::BFloat16), "bf16");
     }
 
     #[test]
