@@ -657,11 +657,11 @@ fn revert_is_exact_and_the_run_goes_on() {
     assert_eq!(r["weights_hash"], before["run"]["base_weights_hash"]);
 }
 
-/// `--base-dtype bf16` on the CPU: the run trains and records bf16 weights, every fact is put in, and
-/// its weights replay (`probe --run`) with the same type; with f32 the replay check refuses them,
-/// naming the type.
+/// `--base-dtype bf16` on the CPU: the run trains bf16 weights, every fact is put in, and it records
+/// its type: `probe --run` replays it as bf16 without the flag, refuses another type by name (bad
+/// input), and an f32 run of the same facts in the same ledger is another run.
 #[test]
-fn a_bf16_run_on_the_cpu_replays_only_as_bf16() {
+fn a_bf16_run_on_the_cpu_records_its_type() {
     let d = small_workspace();
     let p = d.path();
     let o = injector(p, &run_args(&["--base-dtype", "bf16", "--json"]));
@@ -671,14 +671,21 @@ fn a_bf16_run_on_the_cpu_replays_only_as_bf16() {
     for f in out["facts"].as_array().unwrap() {
         assert!(f["recall_at_step"].as_f64().unwrap() > 0.5, "{f}");
     }
-    let run = out["run"].as_str().unwrap();
-    let probe = |dtype: &str| {
-        let args = ["probe", "k", "--run", run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu", "--base-dtype", dtype];
+    let run = out["run"].as_str().unwrap().to_string();
+    let probe = |extra: &[&str]| {
+        let mut args = vec!["probe", "k", "--run", &run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
+        args.extend_from_slice(extra);
         injector(p, &args)
     };
-    let same = probe("bf16");
-    assert!(same.status.success(), "{}", stderr(&same));
-    let other = probe("f32");
-    assert!(!other.status.success());
-    assert!(stderr(&other).contains("--base-dtype it was made with: f32"), "{}", stderr(&other));
+    let recorded = probe(&[]);
+    assert!(recorded.status.success(), "{}", stderr(&recorded));
+    assert!(probe(&["--base-dtype", "bf16"]).status.success());
+    let other = probe(&["--base-dtype", "f32"]);
+    assert_eq!(other.status.code(), Some(2), "{}", stderr(&other));
+    assert!(stderr(&other).contains("was made with bf16"), "{}", stderr(&other));
+    let f32_run = injector(p, &run_args(&["--json"]));
+    assert!(f32_run.status.success(), "{}", stderr(&f32_run));
+    let f32_out: serde_json::Value = serde_json::from_str(&stdout(&f32_run)).unwrap();
+    assert_ne!(f32_out["run"].as_str().unwrap(), run);
+    assert_eq!(f32_out["new_steps"], 3);
 }

@@ -51,6 +51,14 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
     let device = injector::device::parse_device(&g.device)?;
+    let recorded = injector::model::dtype_to_record(&g.base_dtype, device)?;
+    let configs: Vec<RunConfig> = configs
+        .into_iter()
+        .map(|mut c| {
+            c.base_dtype = recorded.clone();
+            c
+        })
+        .collect();
     g.check_outputs()?;
     let model_path = g.model_path();
     let gpus = tch::Cuda::device_count() as usize;
@@ -128,7 +136,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
         for c in &configs {
             // A fresh base for every strategy; the first load also checks the model before the
             // ledger is created.
-            let loaded = g.load(&model_path, device, template)?;
+            let loaded = g.load(&model_path, device, &g.base_dtype, template)?;
             c.check_layers(loaded.model.cfg.num_hidden_layers)?;
             inject::plan::check_fit(&knowledge.facts, &loaded)?;
             if ledger.is_none() {

@@ -76,10 +76,17 @@ impl Global {
         injector::paths::check_dir_writable(&self.reports, "--reports")
     }
 
-    /// Loads the checkpoint at `path` onto `device` with `--base-dtype`'s base weights and the chat
-    /// template `template`. Errors: as [`injector::model::load_as`]; a `--base-dtype` the device lacks.
-    pub fn load(&self, path: &std::path::Path, device: tch::Device, template: Option<&str>) -> injector::Result<injector::model::Loaded> {
-        let kind = injector::model::parse_dtype(&self.base_dtype, device)?;
+    /// Loads the checkpoint at `path` onto `device` with base weights of `dtype` (`--base-dtype`, or
+    /// a run's recorded type) and the chat template `template`. Errors: as
+    /// [`injector::model::load_as`]; a type the device lacks.
+    pub fn load(
+        &self,
+        path: &std::path::Path,
+        device: tch::Device,
+        dtype: &str,
+        template: Option<&str>,
+    ) -> injector::Result<injector::model::Loaded> {
+        let kind = injector::model::parse_dtype(dtype, device)?;
         injector::model::load_as(path, device, kind, template)
     }
 
@@ -127,7 +134,7 @@ pub fn load_model(g: &Global, run: Option<&str>) -> anyhow::Result<injector::mod
     let device = injector::device::parse_device(&g.device)?;
     let Some(id) = run else {
         let template = g.chat_template.as_deref();
-        return Ok(g.load(&g.model_path(), device, template)?);
+        return Ok(g.load(&g.model_path(), device, &g.base_dtype, template)?);
     };
     let ledger = injector::ledger::Ledger::open_read_only(&g.ledger)?;
     let r = ledger.run(id)?;
@@ -164,7 +171,8 @@ pub fn load_run_at(
     let config = injector::config::RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
-    let loaded = g.load(&path, device, template)?;
+    let dtype = config.recorded_base_dtype(&g.base_dtype, &format!("run {}", r.id))?;
+    let loaded = g.load(&path, device, dtype, template)?;
     injector::inject::plan::check_model(r, &loaded, &path.display().to_string())?;
     injector::inject::state::replay(ledger, r, &loaded, &config.train, upto)?;
     Ok(loaded)

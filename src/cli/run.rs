@@ -59,12 +59,14 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 Some(j) => {
                     let c = RunConfig::from_json(j, "--config-json")?;
                     c.recorded_chat_template(flag, "--config-json")?;
+                    c.recorded_base_dtype(&g.base_dtype, "--config-json")?;
                     c
                 }
                 None => {
                     let strategy = a.strategy.as_deref().map(str::parse::<Strategy>).transpose()?;
                     let mut c = a.train.run_config(strategy, g.seed)?;
                     c.set_chat_template(flag);
+                    c.base_dtype = injector::model::dtype_to_record(&g.base_dtype, device)?;
                     c.validate()?;
                     c
                 }
@@ -74,9 +76,11 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
             (None, config, dir, g.model_path(), template)
         }
     };
+    let what = resumed.as_ref().map_or("--config-json".to_string(), |r| format!("run {}", r.id));
+    let dtype = config.recorded_base_dtype(&g.base_dtype, &what)?.to_string();
     let knowledge = load_dir(&dir)?;
-    tracing::debug!("loading {} onto {device:?}", model_path.display());
-    let loaded = g.load(&model_path, device, template.as_deref())?;
+    tracing::debug!("loading {} onto {device:?} ({dtype})", model_path.display());
+    let loaded = g.load(&model_path, device, &dtype, template.as_deref())?;
     tracing::debug!("model loaded");
     if let Some(r) = &resumed {
         inject::plan::check_model(r, &loaded, &model_path.display().to_string())?;

@@ -226,6 +226,11 @@ pub struct RunConfig {
     /// made without the flag keeps its key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
+    /// `bf16` for a run whose base weights were bf16 on the CPU (`--base-dtype bf16`); `None` for
+    /// the device's own type (f32 on the CPU, bf16 on a GPU), so a run made without the flag keeps
+    /// its key. A run replays only with its type: `--resume`, `repair`, `revert` and `--run` use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dtype: Option<String>,
 }
 
 /// How `spaced:K` picks the facts it rehearses (see `inject::schedule`).
@@ -293,6 +298,7 @@ impl Default for RunConfig {
             mixed_batch: MIXED_BATCH,
             rehearsal: Rehearsal::default(),
             chat_template: None,
+            base_dtype: None,
         }
     }
 }
@@ -408,9 +414,23 @@ impl RunConfig {
                 format!("{name:?}"),
             );
         }
+        if let Some(t) = &self.base_dtype {
+            c.check(t == "bf16", "--base-dtype", "base_dtype", "bf16 (f32 on the CPU is recorded as none)", format!("{t:?}"));
+        }
         match c.problems.is_empty() {
             true => Ok(()),
             false => Err(Error::BadInput(c.problems.join("; "))),
+        }
+    }
+
+    /// The `--base-dtype` a recorded run (or a `--config-json`, `what`) is rebuilt or continued
+    /// with: its recorded type, which `flag` may only repeat (or leave `auto`); without one, `flag`.
+    /// Errors: another type (bad input naming both).
+    pub fn recorded_base_dtype<'a>(&'a self, flag: &'a str, what: &str) -> Result<&'a str> {
+        match self.base_dtype.as_deref() {
+            Some(r) if flag == "auto" || flag == r => Ok(r),
+            Some(r) => Err(Error::BadInput(format!("--base-dtype {flag}: {what} was made with {r}"))),
+            None => Ok(flag),
         }
     }
 
@@ -621,6 +641,21 @@ mod tests {
 
     /// A run records the chosen template by name; `default` and no flag are the same run, and a
     /// recorded run only takes its own template again.
+    #[test]
+    fn base_dtypes_are_recorded_for_bf16_on_the_cpu_only() {
+        let mut c = RunConfig::default();
+        assert_eq!(c.recorded_base_dtype("auto", "run r").unwrap(), "auto");
+        assert_eq!(c.recorded_base_dtype("f32", "run r").unwrap(), "f32");
+        c.base_dtype = Some("bf16".into());
+        assert!(c.to_json().ends_with(r#","base_dtype":"bf16"}"#));
+        assert_eq!(c.recorded_base_dtype("auto", "run r").unwrap(), "bf16");
+        assert_eq!(c.recorded_base_dtype("bf16", "run r").unwrap(), "bf16");
+        let e = c.recorded_base_dtype("f32", "run r").unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("run r was made with bf16"), "{e}");
+        c.base_dtype = Some("f32".into());
+        assert!(c.validate().unwrap_err().is_bad_input());
+    }
+
     #[test]
     fn chat_templates_are_recorded_by_name() {
         let mut c = config();

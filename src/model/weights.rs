@@ -279,6 +279,14 @@ pub fn parse_dtype(s: &str, device: Device) -> Result<Kind> {
     }
 }
 
+/// What a new run records of `--base-dtype` `flag` on `device` (`RunConfig::base_dtype`): `bf16`
+/// where that is not the device's own type (bf16 on the CPU), else nothing. Errors: as
+/// [`parse_dtype`].
+pub fn dtype_to_record(flag: &str, device: Device) -> Result<Option<String>> {
+    let kind = parse_dtype(flag, device)?;
+    Ok((kind != base_kind(device)).then(|| dtype_name(kind)))
+}
+
 /// The `--base-dtype` name of a base-weight kind (`f32`, `bf16`; others by libtorch's name).
 pub fn dtype_name(kind: Kind) -> String {
     match kind {
@@ -360,6 +368,9 @@ mod tests {
         assert!(parse_dtype("fp8", Device::Cpu).unwrap_err().is_bad_input());
         assert_eq!(dtype_name(Kind::Float), "f32");
         assert_eq!(dtype_name(Kind::BFloat16), "bf16");
+        assert_eq!(dtype_to_record("bf16", Device::Cpu).unwrap().as_deref(), Some("bf16"));
+        assert_eq!(dtype_to_record("auto", Device::Cpu).unwrap(), None);
+        assert_eq!(dtype_to_record("bf16", Device::Cuda(0)).unwrap(), None);
     }
 
     #[test]
