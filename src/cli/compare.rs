@@ -41,24 +41,18 @@ fn announce(run: &str, strategy: &str, new_steps: usize, seconds: f64) {
 pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
     let strategies: Vec<Strategy> = a.strategy.split(',').map(str::parse).collect::<Result<_, _>>()?;
     let template = g.chat_template.as_deref();
+    let device = injector::device::parse_device(&g.device)?;
+    let recorded = injector::model::dtype_to_record(&g.base_dtype, device)?;
     let configs: Vec<RunConfig> = strategies
         .iter()
         .map(|s| {
             let mut c = a.train.run_config(Some(*s), g.seed)?;
             c.set_chat_template(template);
+            c.base_dtype = recorded.clone();
             c.validate().map(|_| c)
         })
         .collect::<Result<_, _>>()?;
     let knowledge = load_dir(&a.dir)?;
-    let device = injector::device::parse_device(&g.device)?;
-    let recorded = injector::model::dtype_to_record(&g.base_dtype, device)?;
-    let configs: Vec<RunConfig> = configs
-        .into_iter()
-        .map(|mut c| {
-            c.base_dtype = recorded.clone();
-            c
-        })
-        .collect();
     g.check_outputs()?;
     let model_path = g.model_path();
     let gpus = tch::Cuda::device_count() as usize;

@@ -639,8 +639,8 @@ mod tests {
         assert!(e.to_string().contains("sead"), "{e}");
     }
 
-    /// A run records the chosen template by name; `default` and no flag are the same run, and a
-    /// recorded run only takes its own template again.
+    /// A bf16 run on the CPU records its type; the device's own type is recorded as none, and a
+    /// recorded run only takes its own type again.
     #[test]
     fn base_dtypes_are_recorded_for_bf16_on_the_cpu_only() {
         let mut c = RunConfig::default();
@@ -656,6 +656,8 @@ mod tests {
         assert!(c.validate().unwrap_err().is_bad_input());
     }
 
+    /// A run records the chosen template by name; `default` and no flag are the same run, and a
+    /// recorded run only takes its own template again.
     #[test]
     fn chat_templates_are_recorded_by_name() {
         let mut c = config();
