@@ -38,7 +38,7 @@ pub struct Global {
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
     /// The base weights' type: auto (bf16 on a GPU, f32 on the CPU), f32 (CPU only) or bf16 (on a
-    /// CPU with AMX, as this project's machine has: training 2.1-2.6x faster than f32). A run is
+    /// CPU with AMX, as this project's machine has: training 1.7-2.6x faster than f32). A run is
     /// resumed, replayed and reverted with the type it was made with.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     pub base_dtype: String,

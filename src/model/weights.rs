@@ -261,7 +261,7 @@ pub fn base_kind(device: Device) -> Kind {
 
 /// The kind of the base weights `--base-dtype` asks for on `device`: `auto` ([`base_kind`]), `f32` (the
 /// CPU only) or `bf16` (on a CPU, products in bf16: on CPUs with AMX, as this project's machine has,
-/// training steps run 2.1–2.6× faster than in fp32; bench/NOTES.md item 35). Adapters, optimizer state
+/// training runs 1.7–2.6× faster than in fp32; bench/NOTES.md item 35). Adapters, optimizer state
 /// and merges stay fp32 either way (merges accumulate in an fp32 master copy of each edited weight).
 /// A run's weights hash depends on it, as on the device: resume and replay a run with the type it
 /// was made with.
