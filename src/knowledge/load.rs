@@ -312,6 +312,12 @@ pub fn discover(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
 /// subfolders too, sorted by path), or a single file, and checks the facts together: ids unique, no
 /// fact twice. Other files are named in a warning.
 pub fn load_dir(dir: &Path) -> Result<Knowledge> {
+    if !dir.exists() {
+        return Err(Error::BadInput(format!(
+            "{}: no such knowledge folder or file",
+            dir.display()
+        )));
+    }
     let files: Vec<PathBuf> = if dir.is_file() {
         vec![dir.to_path_buf()]
     } else {
@@ -510,6 +516,8 @@ mod tests {
         assert!(err(d.path()).contains("a.yaml:"));
         std::fs::remove_file(d.path().join("a.yaml")).unwrap();
         assert!(err(d.path()).contains("no facts"));
+        let missing = d.path().join("nowhere");
+        assert!(err(&missing).contains("nowhere: no such knowledge folder or file"), "{}", err(&missing));
     }
 
     /// Validation the corpus (tests/corpus/knowledge) found missing: a probe that is a prompt in
