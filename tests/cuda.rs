@@ -208,6 +208,72 @@ fn the_fused_pass_trains_like_two_passes() {
     }
 }
 
+/// `mixed` at scale on a GPU (issue #12): its mini-batches, written into padded micro-batches, are
+/// one captured optimizer step replayed for every mini-batch. With preservation on, in one micro-batch
+/// (the one-pass objective) and in several, the replays train as the eager mini-batches
+/// (`INJECTOR_REUSE_GRAPHS=0`): the same optimizer steps, losses and update within float rounding.
+#[test]
+fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
+    use injector::config::TrainConfig;
+    use injector::eval::batch::Example;
+    use injector::inject::preserve::Preserve;
+    use injector::inject::step::{train_epochs, Trainers};
+    use injector::model::Llama;
+    let Some(dev) = gpu() else { return };
+    if std::env::var("INJECTOR_REUSE_GRAPHS").as_deref() == Ok("0") {
+        eprintln!("skipped: INJECTOR_REUSE_GRAPHS=0 turns the graphs off");
+        return;
+    }
+    tch::manual_seed(0);
+    let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
+    let facts: Vec<Vec<Example>> = (0..7i64)
+        .map(|f| {
+            (0..2 + f % 3)
+                .map(|i| Example {
+                    prompt: (0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(),
+                    target: (0..2 + (f * i) % 4).map(|j| (11 * f + 5 * i + j) % 97).collect(),
+                })
+                .collect()
+        })
+        .collect();
+    let kept: Vec<Example> = (0..6i64)
+        .map(|i| Example {
+            prompt: (0..9 + i).map(|j| (5 * i + 3 * j + 40) % 97).collect(),
+            target: (0..3).map(|j| (13 * i + j) % 97).collect(),
+        })
+        .collect();
+    let preserve = Preserve::new(&model, &kept, 3);
+    for max_batch_tokens in [4096, 40] {
+        let train_cfg = TrainConfig {
+            lr: 0.05,
+            max_steps: 4,
+            threshold: 1.0 + 1e-9,
+            preserve: 2.0,
+            max_batch_tokens,
+            ..TrainConfig::default()
+        };
+        let run = |graphs: bool| {
+            std::env::set_var("INJECTOR_REUSE_GRAPHS", if graphs { "1" } else { "0" });
+            let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
+            let t = train_epochs(&mut pool, &facts, 3, 9, |_, _, _| {}).unwrap();
+            std::env::remove_var("INJECTOR_REUSE_GRAPHS");
+            t
+        };
+        let (g, e) = (run(true), run(false));
+        assert_eq!((g.optimizer_steps, g.tokens), (e.optimizer_steps, e.tokens));
+        assert!(g.warmup_seconds > 0.0 && e.warmup_seconds == 0.0);
+        for (a, b) in g.losses.iter().zip(&e.losses) {
+            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{max_batch_tokens}: loss {a} vs {b}");
+        }
+        for (p, f) in g.factors.iter().zip(&e.factors) {
+            let (dp, df) = (p.delta_weight(), f.delta_weight());
+            let diff = (&dp - &df).abs().max().double_value(&[]);
+            let scale = df.abs().max().double_value(&[]);
+            assert!(scale > 0.0 && diff <= 1e-3 * scale, "{max_batch_tokens}, {}: {diff} vs {scale}", p.key);
+        }
+    }
+}
+
 /// The weights hash of a GPU model, read through the pinned staging buffer, is the digest of its
 /// bytes as a plain copy to the host gives them (twice: the buffer is reused).
 #[test]

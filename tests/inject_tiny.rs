@@ -451,6 +451,34 @@ fn spaced_continues_exactly(cadence: &[&str]) {
     );
 }
 
+/// `--rehearse-prompts 1`: a rehearsed fact trains on one of its prompts, so a step that rehearses
+/// one spends fewer tokens per optimizer step than the same step rehearsing all of them (the first
+/// rehearsal, of fact 0 at step 1, is the same in both runs), and the run's config records it.
+#[test]
+fn a_fact_rehearsed_with_one_prompt_costs_fewer_tokens() {
+    use common::knowledge::write_many;
+    let per_step = |extra: &[&str]| -> (Vec<serde_json::Value>, String) {
+        let d = tempfile::tempdir().unwrap();
+        write_tiny_gguf(&d.path().join("tiny.gguf"), 4);
+        write_many(&d.path().join("k"), 2);
+        let mut flags = vec!["--strategy", "spaced:1", "--json", "--rehearse-below", "1.0"];
+        flags.extend_from_slice(extra);
+        let o = injector(d.path(), &run_args(&flags));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let show = injector(d.path(), &["ledger", "show", out["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        (v["steps"].as_array().unwrap().clone(), v.to_string())
+    };
+    let ((all, _), (one, shown)) = (per_step(&[]), per_step(&["--rehearse-prompts", "1"]));
+    let rate = |s: &serde_json::Value| s["tokens"].as_f64().unwrap() / s["optimizer_steps"].as_f64().unwrap();
+    assert_eq!(all[1]["rehearsed"], one[1]["rehearsed"]);
+    assert_eq!(one[1]["rehearsed"].as_array().unwrap().len(), 1);
+    assert_eq!(rate(&all[0]), rate(&one[0]));
+    assert!(rate(&one[1]) < rate(&all[1]), "{} vs {}", rate(&one[1]), rate(&all[1]));
+    assert!(shown.contains(r#"\"prompts\":1"#) || shown.contains(r#""prompts":1"#), "{shown}");
+}
+
 /// `repair RUN` scores every fact at the run's weights and re-injects those below the threshold as
 /// new steps with no facts of their own, each rehearsed fact recorded as fallen; the run then holds
 /// them (or is scored again), and the weights move.

@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// spaced:K only: extra tokens rehearsal may spend, as a multiple of the facts' own tokens.
     #[arg(long)]
     pub rehearse_budget: Option<f64>,
+    /// spaced:K and replay:K: rehearse a fact with this many of its training prompts, taken in turn
+    /// (default 0: all of them).
+    #[arg(long)]
+    pub rehearse_prompts: Option<usize>,
 }
 
 impl TrainArgs {
@@ -119,6 +123,7 @@ impl TrainArgs {
         set(&mut c.mixed_batch, self.mixed_batch);
         set(&mut c.rehearsal.below, self.rehearse_below);
         set(&mut c.rehearsal.budget, self.rehearse_budget);
+        set(&mut c.rehearsal.prompts, self.rehearse_prompts);
         c.validate()?;
         Ok(c)
     }

@@ -243,6 +243,11 @@ pub struct Rehearsal {
     /// Extra tokens rehearsal may spend, as a multiple of the tokens of the facts' own steps
     /// (1.0: at most twice plain sequential's tokens).
     pub budget: f64,
+    /// How many of a rehearsed fact's training prompts it is rehearsed with, taken in turn from step
+    /// to step so that successive rehearsals cover them all; 0 (the default) for all of them. Fewer
+    /// prompts make a rehearsal cheaper, so the budget covers more facts. Also for `replay:K`.
+    #[serde(skip_serializing_if = "is_zero_usize")]
+    pub prompts: usize,
 }
 
 impl Default for Rehearsal {
@@ -250,7 +255,21 @@ impl Default for Rehearsal {
         Rehearsal {
             below: 0.95,
             budget: 1.0,
+            prompts: 0,
         }
+    }
+}
+
+impl Rehearsal {
+    /// The examples a fact rehearsed at step `idx` trains on, of its training examples `all`: all of
+    /// them, or [`prompts`](Self::prompts) of them from position `idx · prompts` on (wrapping).
+    pub fn examples<'e, T>(&self, all: &'e [T], idx: i64) -> Vec<&'e T> {
+        let n = all.len();
+        if self.prompts == 0 || self.prompts >= n {
+            return all.iter().collect();
+        }
+        let start = (idx.max(0) as usize).wrapping_mul(self.prompts) % n;
+        (0..self.prompts).map(|i| &all[(start + i) % n]).collect()
     }
 }
 
@@ -552,6 +571,30 @@ mod tests {
 
     fn config() -> RunConfig {
         RunConfig::new(Strategy::Batch(1), 0, TrainConfig::default())
+    }
+
+    /// A rehearsal's prompts are taken in turn: with 3 of 8, successive steps start 3 further on
+    /// (wrapping), so any 3 consecutive rehearsals cover every prompt; 0, or more than there
+    /// are, takes them all.
+    #[test]
+    fn rehearsal_prompts_are_taken_in_turn() {
+        let all: Vec<usize> = (0..8).collect();
+        let rules = |prompts| Rehearsal { prompts, ..Rehearsal::default() };
+        let at = |p, idx| rules(p).examples(&all, idx).into_iter().copied().collect::<Vec<_>>();
+        assert_eq!(at(3, 0), [0, 1, 2]);
+        assert_eq!(at(3, 1), [3, 4, 5]);
+        assert_eq!(at(3, 2), [6, 7, 0]);
+        let mut seen: Vec<usize> = (5..8).flat_map(|i| at(3, i)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, all);
+        assert_eq!(at(0, 4), all);
+        assert_eq!(at(9, 4), all);
+        // The default leaves the config's JSON (and so every run key) as it was.
+        assert!(!RunConfig::default().to_json().contains("prompts"));
+        let mut c = RunConfig::default();
+        c.rehearsal.prompts = 2;
+        assert!(c.to_json().contains(r#""prompts":2"#));
     }
 
     #[test]

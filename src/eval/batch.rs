@@ -186,8 +186,21 @@ impl Batch {
     /// target −100, which the loss ignores and no argmax equals, and count for example 0 (adding
     /// nothing to it).
     pub fn fill(&mut self, examples: &[Example]) {
+        self.fill_from(examples, 0);
+    }
+
+    /// [`Batch::fill`] for a micro-batch whose first row is example `first` of a longer list (one of
+    /// several padded batches an optimizer step goes through): each target belongs to example
+    /// `first + row`. Panics when the examples do not fit the batch's shape (a caller's bug).
+    pub fn fill_from(&mut self, examples: &[Example], first: usize) {
         let (rows, len) = (self.ids.size()[0] as usize, self.ids.size()[1] as usize);
         let slots = self.owner.len();
+        assert!(
+            examples.len() <= rows
+                && examples.iter().all(|e| e.len() <= len)
+                && examples.iter().map(|e| e.target.len()).sum::<usize>() <= slots,
+            "examples do not fit the padded batch [{rows} x {len}, {slots} targets]"
+        );
         let mut ids = vec![0i64; rows * len];
         let (mut gather, mut targets, mut owner) = (vec![0i64; slots], vec![-100i64; slots], vec![PADDING; slots]);
         let mut k = 0;
@@ -199,7 +212,7 @@ impl Batch {
             for (j, &t) in ex.target.iter().enumerate() {
                 gather[k] = (row * len + ex.prompt.len() + j - 1) as i64;
                 targets[k] = t;
-                owner[k] = row;
+                owner[k] = first + row;
                 k += 1;
             }
         }

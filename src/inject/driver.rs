@@ -10,7 +10,7 @@ use super::state::PendingHash;
 use super::step::{train, train_epochs, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
-use crate::config::{RunConfig, Strategy};
+use crate::config::{Rehearsal, RunConfig, Strategy};
 use crate::error::Result;
 use crate::eval::probe::{score, FactExamples};
 use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
@@ -237,7 +237,18 @@ fn drive_steps(
         // Each step's GPU peak is its own: reset what the preparation left.
         crate::cuda::peak_allocated(loaded.model.device());
         let mut injected = plan.injected.clone();
-        let tokens = |h: &str| prepared.examples[h].recall.iter().map(Example::len).sum::<usize>();
+        // A fact's own tokens, and those it is rehearsed with: its longest `rehearsal.prompts`
+        // examples bound the share taken in turn at any step.
+        let tokens = |h: &str| {
+            let mut lens: Vec<usize> = prepared.examples[h].recall.iter().map(Example::len).collect();
+            let own = lens.iter().sum::<usize>();
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            let k = match config.rehearsal.prompts {
+                0 => lens.len(),
+                k => k,
+            };
+            (own, lens.iter().take(k).sum::<usize>())
+        };
         let mut schedule = match plan.strategy {
             Strategy::Spaced(_) => Some(Schedule::rebuild(
                 &config.rehearsal,
@@ -258,9 +269,11 @@ fn drive_steps(
             let mut clock = Clock::start();
             let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
             let preset = plan.preset.get(g).cloned().unwrap_or_default();
+            // Repair's steps (preset rehearsals) train every prompt of a fact that fell.
+            let rehearse_all = !preset.is_empty();
             let rehearsal = match (&schedule, plan.strategy) {
                 _ if !preset.is_empty() => preset,
-                (Some(s), Strategy::Spaced(k)) => s.pick(idx, k, own_hashes.iter().map(|h| tokens(h)).sum()),
+                (Some(s), Strategy::Spaced(k)) => s.pick(idx, k, own_hashes.iter().map(|h| tokens(h).0).sum()),
                 _ => Vec::new(),
             };
             // Facts rehearsed for a reason are scored after the step (the reason's follow-up).
@@ -270,7 +283,11 @@ fn drive_steps(
                 Some(_) => Vec::new(),
                 None => plan.strategy.rehearse(&injected, config.seed, idx),
             };
-            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, progress);
+            let rules = match rehearse_all {
+                true => Rehearsal { prompts: 0, ..config.rehearsal.clone() },
+                false => config.rehearsal.clone(),
+            };
+            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, &rules, progress);
             // The previous step is committed whether this one trained or not (its weights are merged).
             if let Some(u) = pending.take() {
                 u.commit(ledger, &mut fixed, &mut step_phases)?;
@@ -438,8 +455,9 @@ impl Uncommitted {
     }
 }
 
-/// Trains a fresh adapter on the step's own facts and the rehearsed ones, and warns when the
-/// optimizer-step budget ran out before every fact reached the threshold.
+/// Trains a fresh adapter on the step's own facts (every training prompt) and the rehearsed ones
+/// (the prompts `rules` give them at this step), and warns when the optimizer-step budget ran out
+/// before every fact reached the threshold.
 #[allow(clippy::too_many_arguments)]
 fn train_stage(
     trainers: &mut Trainers,
@@ -449,6 +467,7 @@ fn train_stage(
     idx: i64,
     own: &[&Fact],
     rehearsed: &[String],
+    rules: &Rehearsal,
     progress: &mut dyn Progress,
 ) -> Result<Trained> {
     let mut facts: Vec<&Fact> = own.to_vec();
@@ -470,7 +489,12 @@ fn train_stage(
         let mut examples = Vec::new();
         let mut owner = Vec::new();
         for (i, f) in facts.iter().enumerate() {
-            for e in &prepared.examples[&f.hash].recall {
+            let all = &prepared.examples[&f.hash].recall;
+            let chosen = match i < own.len() {
+                true => all.iter().collect(),
+                false => rules.examples(all, idx),
+            };
+            for e in chosen {
                 examples.push(e.clone());
                 owner.push(i);
             }

@@ -22,7 +22,10 @@ struct Entry {
     due: i64,
     recall: Option<f64>,
     fell: bool,
+    /// Tokens of the fact's own step.
     tokens: usize,
+    /// Tokens of the examples it is rehearsed with (a share of its prompts: `rehearsal.prompts`).
+    cost: usize,
 }
 
 /// The review state of every injected fact of a run.
@@ -45,14 +48,15 @@ impl Schedule {
     }
 
     /// The schedule after a run's committed `steps` and their probe rows (`probes`, in step order);
-    /// `tokens` gives a fact's training tokens. The same [`Schedule::observe`] the driver calls
+    /// `tokens` gives a fact's training tokens and the tokens of the examples it is rehearsed with
+    /// (see [`Schedule::on_step`]). The same [`Schedule::observe`] the driver calls
     /// after each step, so a resumed or continued run picks what the uninterrupted run would have.
     pub fn rebuild(
         rules: &Rules,
         cadence: &Cadence,
         steps: &[StepRow],
         probes: &[ProbeRow],
-        tokens: impl Fn(&str) -> usize,
+        tokens: impl Fn(&str) -> (usize, usize),
     ) -> Self {
         let mut s = Schedule::new(rules);
         let mut injected: Vec<String> = Vec::new();
@@ -86,7 +90,7 @@ impl Schedule {
         step: &StepRow,
         injected: &[String],
         rows: impl IntoIterator<Item = (&'a str, f64)>,
-        tokens: impl Fn(&str) -> usize,
+        tokens: impl Fn(&str) -> (usize, usize),
     ) {
         self.on_step(step.idx, &step.facts, &step.rehearsed, tokens);
         let mut counted: HashSet<String> = cadence
@@ -99,9 +103,10 @@ impl Schedule {
 
     /// Step `step` trained `own` (new facts: first review after one step) and rehearsed
     /// `rehearsed` (their intervals double: they are expected to hold, until a check says not).
-    pub fn on_step(&mut self, step: i64, own: &[String], rehearsed: &[String], tokens: impl Fn(&str) -> usize) {
+    /// `tokens(fact)`: the tokens of its own step's examples and of the examples it is rehearsed with.
+    pub fn on_step(&mut self, step: i64, own: &[String], rehearsed: &[String], tokens: impl Fn(&str) -> (usize, usize)) {
         for h in own {
-            let t = tokens(h);
+            let (t, cost) = tokens(h);
             self.own_tokens += t;
             self.entries.insert(
                 h.clone(),
@@ -112,12 +117,13 @@ impl Schedule {
                     recall: None,
                     fell: false,
                     tokens: t,
+                    cost,
                 },
             );
         }
         for h in rehearsed {
             if let Some(e) = self.entries.get_mut(h) {
-                self.extra_tokens += e.tokens;
+                self.extra_tokens += e.cost;
                 e.interval *= 2;
                 e.due = step + e.interval;
                 e.fell = false;
@@ -163,10 +169,10 @@ impl Schedule {
             if out.len() == k {
                 break;
             }
-            if spent + e.tokens as f64 > allowed {
+            if spent + e.cost as f64 > allowed {
                 continue;
             }
-            spent += e.tokens as f64;
+            spent += e.cost as f64;
             out.push(Rehearsed {
                 fact: h.clone(),
                 reason: if e.fell { Reason::Fell } else { Reason::Due },
@@ -183,7 +189,7 @@ mod tests {
     use super::*;
 
     fn rules(budget: f64) -> Rules {
-        Rules { below: 0.9, budget }
+        Rules { below: 0.9, budget, prompts: 0 }
     }
 
     fn h(i: usize) -> String {
@@ -193,20 +199,20 @@ mod tests {
     #[test]
     fn due_facts_come_back_at_doubling_intervals_and_fallen_ones_first() {
         let mut s = Schedule::new(&rules(10.0));
-        s.on_step(0, &[h(0)], &[], |_| 10);
+        s.on_step(0, &[h(0)], &[], |_| (10, 10));
         s.on_scores(0, [("f0", 1.0)]);
         // Step 1: f0 is due (interval 1).
         let p = s.pick(1, 2, 10);
         assert_eq!(p.len(), 1);
         assert_eq!((p[0].fact.as_str(), p[0].reason, p[0].interval), ("f0", Reason::Due, 1));
-        s.on_step(1, &[h(1)], &[h(0)], |_| 10);
+        s.on_step(1, &[h(1)], &[h(0)], |_| (10, 10));
         s.on_scores(1, [("f1", 1.0), ("f0", 1.0)]);
         // f0 now waits 2 steps (due at 3); f1 is due at 2.
         assert_eq!(
             s.pick(2, 2, 10).iter().map(|r| r.fact.as_str()).collect::<Vec<_>>(),
             ["f1"]
         );
-        s.on_step(2, &[h(2)], &[h(1)], |_| 10);
+        s.on_step(2, &[h(2)], &[h(1)], |_| (10, 10));
         // A check finds f0 fell: it comes first, ahead of f2, which is due too.
         s.on_scores(2, [("f2", 1.0), ("f0", 0.5)]);
         let p = s.pick(3, 2, 10);
@@ -214,7 +220,7 @@ mod tests {
         assert_eq!((p[0].reason, p[0].recall, p[0].interval), (Reason::Fell, Some(0.5), 1));
         assert_eq!(p[1].fact, "f2");
         // Rehearsed, then measured holding: no longer fallen.
-        s.on_step(3, &[h(3)], &[h(0)], |_| 10);
+        s.on_step(3, &[h(3)], &[h(0)], |_| (10, 10));
         s.on_scores(3, [("f0", 0.97)]);
         assert!(s.pick(9, 5, 10).iter().all(|r| r.reason == Reason::Due));
     }
@@ -223,15 +229,29 @@ mod tests {
     fn the_budget_caps_extra_tokens() {
         // Budget 0.5: rehearsal may spend half the own tokens.
         let mut s = Schedule::new(&rules(0.5));
-        s.on_step(0, &[h(0), h(1)], &[], |_| 10);
+        s.on_step(0, &[h(0), h(1)], &[], |_| (10, 10));
         s.on_scores(0, [("f0", 0.1), ("f1", 0.2)]);
         // Own so far 20 + this step's 10 = 30: 15 extra allowed, one 10-token fact fits.
         let p = s.pick(1, 5, 10);
         assert_eq!(p.len(), 1);
-        s.on_step(1, &[h(2)], &[p[0].fact.clone()], |_| 10);
+        s.on_step(1, &[h(2)], &[p[0].fact.clone()], |_| (10, 10));
         // 30 own + 10 = 40: 20 allowed, 10 spent, one more fits.
         assert_eq!(s.pick(2, 5, 10).len(), 1);
         assert!(Schedule::new(&rules(0.0)).pick(0, 5, 10).is_empty());
+    }
+
+    /// Facts rehearsed with a share of their prompts cost that share of the budget: at budget 0.5
+    /// four 10-token facts rehearsed with 2.5 tokens' worth each fit where one whole one does.
+    #[test]
+    fn a_cheaper_rehearsal_lets_the_budget_cover_more_facts() {
+        let mut s = Schedule::new(&rules(0.5));
+        s.on_step(0, &[h(0), h(1), h(2), h(3)], &[], |_| (10, 3));
+        s.on_scores(0, [("f0", 0.1), ("f1", 0.2), ("f2", 0.3), ("f3", 0.4)]);
+        // Own 40 + 10 = 50: 25 extra allowed, four facts at 3 each.
+        let p = s.pick(1, 8, 10);
+        assert_eq!(p.iter().map(|r| r.fact.as_str()).collect::<Vec<_>>(), ["f0", "f1", "f2", "f3"]);
+        s.on_step(1, &[h(4)], &[h(0), h(1), h(2), h(3)], |_| (10, 3));
+        assert_eq!(s.extra_tokens, 12);
     }
 
     #[test]
@@ -276,12 +296,12 @@ mod tests {
                 .iter()
                 .filter(|p| p.step == s.idx)
                 .map(|p| (p.fact.as_str(), p.recall));
-            online.observe(&cadence, s, &injected, here, |_| 7);
+            online.observe(&cadence, s, &injected, here, |_| (7, 7));
         }
         // f0 fell at step 1 (0.7) and has not been measured since: still first, as fallen.
         let p = online.pick(3, 5, 7);
         assert_eq!((p[0].fact.as_str(), p[0].reason), ("f0", Reason::Fell));
         assert!(p[1..].iter().all(|r| r.reason == Reason::Due));
-        assert_eq!(Schedule::rebuild(&rules(1.0), &cadence, &steps, &probes, |_| 7), online);
+        assert_eq!(Schedule::rebuild(&rules(1.0), &cadence, &steps, &probes, |_| (7, 7)), online);
     }
 }

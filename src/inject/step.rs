@@ -495,12 +495,19 @@ impl<'a> Trainer<'a> {
     }
 
     pub fn pooled(model: &'a Llama, shape: Shape, cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
+        Self::on_padded(model, &[shape], cfg, preserve)
+    }
+
+    /// A trainer whose optimizer step goes through padded micro-batches of `shapes`, in order, to be
+    /// [`reset`](Self::reset) before use and [`load`](Self::load)ed between optimizer steps; on a GPU
+    /// its graphs, once captured, serve every later load.
+    fn on_padded(model: &'a Llama, shapes: &[Shape], cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
         let dev = model.device();
         let (adapter, opt, static_preserve) = Self::parts(model, cfg, preserve, 0, true);
         Trainer {
             model,
-            batches: vec![Batch::padded(shape, dev)],
-            n_examples: shape.rows,
+            batches: shapes.iter().map(|&s| Batch::padded(s, dev)).collect(),
+            n_examples: shapes.iter().map(|s| s.rows).sum(),
             n_targets: 0,
             inv_targets: Some(Tensor::zeros([], (Kind::Float, dev))),
             adapter,
@@ -522,16 +529,31 @@ impl<'a> Trainer<'a> {
     /// padding of its batch), in place: the examples written into its batch, the adapter drawn
     /// again, the optimizer's and allocator's state cleared.
     pub fn reset(&mut self, examples: &[Example], seed: u64) {
-        self.batches[0].fill(examples);
-        self.n_examples = examples.len();
-        self.n_targets = examples.iter().map(|e| e.target.len()).sum();
-        if let Some(inv) = &mut self.inv_targets {
-            let _ = inv.fill_(1.0 / self.n_targets.max(1) as f64);
-        }
+        self.load(examples);
         self.adapter.reset(&adapter_shapes(self.model, &self.cfg.adalora), seed);
         self.opt.reset();
         self.opt_step = 0;
         self.tokens = 0;
+    }
+
+    /// Writes `examples` into a padded trainer's micro-batches in order (example i in row i of the
+    /// rows laid end to end; `Pass::correct` is indexed the same way, padding rows counting 0) and
+    /// sets the 1 / target-tokens scalar, keeping the adapter and the optimizer's state: the next
+    /// optimizer steps train on them. Panics when they do not fit the batches' shapes.
+    fn load(&mut self, examples: &[Example]) {
+        let mut at = 0;
+        for b in &mut self.batches {
+            let rows = b.ids.size()[0] as usize;
+            let (from, to) = (at.min(examples.len()), (at + rows).min(examples.len()));
+            b.fill_from(&examples[from..to], at);
+            at += rows;
+        }
+        assert!(examples.len() <= at, "{} examples for {at} padded rows", examples.len());
+        self.n_examples = at;
+        self.n_targets = examples.iter().map(|e| e.target.len()).sum();
+        if let Some(inv) = &mut self.inv_targets {
+            let _ = inv.fill_(1.0 / self.n_targets.max(1) as f64);
+        }
     }
 
     /// Optimizer steps taken.
@@ -603,14 +625,55 @@ fn merged_factors(adapter: &AdaLora, merge_scale: f64) -> Result<Vec<Factor>> {
 /// fact would take `max_steps` steps in all. With at most `batch_facts` facts it is [`train`] (one
 /// mini-batch, an epoch per optimizer step). The stop is checked at the end of an epoch whose
 /// mini-batches all met the threshold (or, with dropout, every epoch) by measuring every fact
-/// again, without dropout, at the current weights. Mini-batches are eager on every device (their
-/// shapes change between steps; CUDA graphs need fixed ones). The order is drawn from `seed`.
+/// again, without dropout, at the current weights. The order is drawn from `seed`.
+///
+/// On a GPU of a CUDA build (a pool with graphs), every mini-batch is written into the same padded
+/// micro-batches ([`epoch_shapes`]), so the optimizer step is captured once and replayed for every
+/// mini-batch; elsewhere each mini-batch is packed afresh and run eagerly. The two agree up to
+/// float rounding (padding changes no logit; `tests/cuda.rs` and this module's tests check it).
 /// Errors: [`Error::Diverged`] when the loss or the update is not finite.
 pub fn train_epochs(
     trainers: &mut Trainers,
     facts: &[Vec<Example>],
     batch_facts: usize,
     seed: u64,
+    on_step: impl FnMut(i64, f64, f64),
+) -> Result<Trained> {
+    let padded = trainers.stream.is_some();
+    epochs(trainers, facts, batch_facts, seed, padded, on_step)
+}
+
+/// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits: rows for
+/// the `batch_facts` facts with the most examples, at the longest example's length rounded up to 16,
+/// split into micro-batches of at most `max_tokens` padded tokens (at least a row each) of as even a
+/// row count as may be, each with target slots for its row count's longest targets (rounded up to 64).
+pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usize) -> Vec<Shape> {
+    let up = |v: usize, m: usize| v.div_ceil(m).max(1) * m;
+    let mut counts: Vec<usize> = facts.iter().map(Vec::len).collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let rows = counts.iter().take(batch_facts.max(1)).sum::<usize>().max(1);
+    let len = up(facts.iter().flatten().map(Example::len).max().unwrap_or(1), 16);
+    let mut targets: Vec<usize> = facts.iter().flatten().map(|e| e.target.len()).collect();
+    targets.sort_unstable_by(|a, b| b.cmp(a));
+    let parts = rows.div_ceil((max_tokens / len).max(1));
+    let per = rows.div_ceil(parts);
+    (0..parts)
+        .map(|j| per.min(rows - j * per))
+        .map(|r| Shape {
+            rows: r,
+            len,
+            targets: up(targets.iter().take(r).sum(), 64),
+        })
+        .collect()
+}
+
+/// [`train_epochs`], its mini-batches in padded micro-batches (`padded`) or packed afresh.
+fn epochs(
+    trainers: &mut Trainers,
+    facts: &[Vec<Example>],
+    batch_facts: usize,
+    seed: u64,
+    padded: bool,
     mut on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let n = facts.len();
@@ -630,8 +693,15 @@ pub fn train_epochs(
     let (model, preserve) = (trainers.model, trainers.preserve);
     let all: Vec<Example> = facts.iter().flatten().cloned().collect();
     let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
-    let mut tr = Trainer::eager(model, &facts[0], &cfg, preserve, seed);
+    let mut tr = if padded {
+        let mut tr = Trainer::on_padded(model, &epoch_shapes(facts, batch_facts, cfg.max_batch_tokens), &cfg, preserve);
+        tr.reset(&facts[0], seed);
+        tr
+    } else {
+        Trainer::eager(model, &facts[0], &cfg, preserve, seed)
+    };
     let setup_seconds = t0.elapsed().as_secs_f64();
+    let mut warm_end: Option<Instant> = None;
     let mut rng = crate::rng::SplitMix64(seed ^ 0x6d69_7865_6421);
     let mut order: Vec<usize> = (0..n).collect();
     let mut recall = vec![0.0; n];
@@ -655,7 +725,14 @@ pub fn train_epochs(
         for chunk in order.chunks(batch_facts) {
             let examples: Vec<Example> = chunk.iter().flat_map(|&f| facts[f].iter().cloned()).collect();
             let totals: Vec<f64> = examples.iter().map(|e| e.target.len() as f64).collect();
-            tr.set_examples(&examples);
+            if padded {
+                tr.load(&examples);
+            } else {
+                tr.set_examples(&examples);
+            }
+            if warm_end.is_none() && !tr.warming_up() {
+                warm_end = Some(Instant::now());
+            }
             let pass = tr.forward_backward()?;
             let read = Vec::<f32>::try_from(Tensor::cat(&[pass.loss.view([1]), pass.correct.shallow_clone()], 0))?;
             let loss = read[0] as f64;
@@ -701,7 +778,11 @@ pub fn train_epochs(
         tokens: tr.tokens,
         seconds: t0.elapsed().as_secs_f64(),
         setup_seconds,
-        warmup_seconds: 0.0,
+        // Training that ended while still warming up was all warm-up (0 where nothing is captured).
+        warmup_seconds: match (padded, warm_end) {
+            (false, _) => 0.0,
+            (true, end) => end.unwrap_or_else(Instant::now).duration_since(t0).as_secs_f64() - setup_seconds,
+        },
         rank_pattern: tr.adapter.rank_pattern(),
     })
 }
@@ -892,6 +973,133 @@ mod tests {
             &run(&mut pooled),
             &run(&mut Trainer::new(&model, &b, &train_cfg, None, 9).unwrap()),
         );
+    }
+
+    /// Facts of 2–4 examples of different lengths, for the mini-batch tests.
+    fn uneven_facts(n: i64) -> Vec<Vec<Example>> {
+        (0..n)
+            .map(|f| {
+                (0..2 + f % 3)
+                    .map(|i| Example {
+                        prompt: (0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(),
+                        target: (0..2 + (f * i) % 4).map(|j| (11 * f + 5 * i + j) % 97).collect(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Any mini-batch of at most `batch_facts` facts, in any order, fits the padded micro-batches:
+    /// rows, length and target slots, each micro-batch within `max_tokens` padded tokens.
+    #[test]
+    fn every_mini_batch_fits_the_epoch_shapes() {
+        let facts = uneven_facts(9);
+        for (batch_facts, max_tokens) in [(2, 4096), (4, 40), (3, 16), (9, 1)] {
+            let shapes = epoch_shapes(&facts, batch_facts, max_tokens);
+            let len = shapes[0].len;
+            assert!(shapes.iter().all(|s| s.len == len && s.rows > 0));
+            if len <= max_tokens {
+                assert!(shapes.iter().all(|s| s.rows * s.len <= max_tokens), "{shapes:?}");
+            }
+            let rows: usize = shapes.iter().map(|s| s.rows).sum();
+            let mut rng = crate::rng::SplitMix64(batch_facts as u64);
+            for _ in 0..50 {
+                let mut order: Vec<usize> = (0..facts.len()).collect();
+                for i in (1..order.len()).rev() {
+                    order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                }
+                for chunk in order.chunks(batch_facts) {
+                    let ex: Vec<&Example> = chunk.iter().flat_map(|&f| &facts[f]).collect();
+                    assert!(ex.len() <= rows && ex.iter().all(|e| e.len() <= len));
+                    let mut at = 0;
+                    for s in &shapes {
+                        let part = &ex[at.min(ex.len())..(at + s.rows).min(ex.len())];
+                        assert!(part.iter().map(|e| e.target.len()).sum::<usize>() <= s.targets);
+                        at += s.rows;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mini-batches written into padded micro-batches (the GPU's way, where the step is a replayed
+    /// graph) train as mini-batches packed afresh: the same losses, recall, tokens and factors up
+    /// to float rounding, over three epochs of uneven mini-batches split into several micro-batches;
+    /// and the argmax counts of one mini-batch land on the right examples.
+    #[test]
+    fn padded_mini_batches_train_like_packed_ones() {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let model = tiny_model();
+        let facts = uneven_facts(7);
+        let train_cfg = TrainConfig {
+            lr: 0.05,
+            max_steps: 3,
+            threshold: 1.0 + 1e-9,
+            max_batch_tokens: 40,
+            adalora: AdaLoraConfig {
+                tinit: 1,
+                tfinal: 1,
+                ..AdaLoraConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        assert!(epoch_shapes(&facts, 3, 40).len() > 1, "the test needs several micro-batches");
+        // The weakest fact's recall reported after each optimizer step comes from that step's
+        // argmax counts, read from the micro-batches.
+        let run = |padded: bool| {
+            let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
+            let mut weakest = Vec::new();
+            let t = epochs(&mut pool, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
+            (t, weakest)
+        };
+        let ((p, pw), (e, ew)) = (run(true), run(false));
+        assert_eq!(pw, ew);
+        assert_eq!(p.optimizer_steps, 9);
+        assert_eq!((p.optimizer_steps, p.tokens), (e.optimizer_steps, e.tokens));
+        for (a, b) in p.losses.iter().zip(&e.losses) {
+            assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "loss {a} vs {b}");
+        }
+        for (a, b) in p.recall.iter().zip(&e.recall) {
+            assert!((a - b).abs() < 1e-9, "recall {a} vs {b}");
+        }
+        for (f, g) in p.factors.iter().zip(&e.factors) {
+            let d = (f.delta_weight() - g.delta_weight()).abs().max().double_value(&[]);
+            let scale = g.delta_weight().abs().max().double_value(&[]);
+            assert!(scale > 0.0 && d <= 1e-4 * scale, "{}: {d} vs {scale}", f.key);
+        }
+        // Each example's argmax count lands on that example, micro-batch after micro-batch: half the
+        // examples' targets are the model's own greedy tokens (every one right), half are not.
+        let greedy = |prompt: Vec<i64>, n: usize| {
+            let mut seq = prompt.clone();
+            for _ in 0..n {
+                let ids = Tensor::from_slice(&seq).view([1, -1]);
+                let at = Tensor::from_slice(&[seq.len() as i64 - 1]);
+                let next = gathered_logits(&model, &crate::model::NoAdapter, &ids, &at).argmax(-1, false);
+                seq.push(next.int64_value(&[0]));
+            }
+            Example { target: seq[prompt.len()..].to_vec(), prompt }
+        };
+        let mixed: Vec<Vec<Example>> = facts
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .enumerate()
+                    .map(|(i, e)| if i % 2 == 0 { greedy(e.prompt.clone(), e.target.len()) } else { e.clone() })
+                    .collect()
+            })
+            .collect();
+        let batch: Vec<Example> = mixed[..3].iter().flatten().cloned().collect();
+        let shapes = epoch_shapes(&mixed, 3, 40);
+        assert!(shapes.len() > 1);
+        let mut padded = Trainer::on_padded(&model, &shapes, &train_cfg, None);
+        padded.reset(&batch, 3);
+        let mut eager = Trainer::eager(&model, &batch, &train_cfg, None, 3);
+        let counts = |t: &mut Trainer| Vec::<f32>::try_from(t.forward_backward().unwrap().correct).unwrap();
+        let (cp, ce) = (counts(&mut padded), counts(&mut eager));
+        assert!(cp.len() >= batch.len() && cp[batch.len()..].iter().all(|&c| c == 0.0));
+        assert_eq!(&cp[..batch.len()], &ce[..]);
+        assert!(ce.iter().any(|&c| c > 0.0) && ce.contains(&0.0), "{ce:?}");
     }
 
     /// A default adapter whose E holds random values × `scale` (a fresh one's E is zero: it changes
