@@ -210,29 +210,33 @@ fn the_fused_pass_trains_like_two_passes() {
 
 /// `mixed` at scale on a GPU (issue #12): its mini-batches, written into padded micro-batches, are
 /// one captured optimizer step replayed for every mini-batch. With preservation on, in one micro-batch
-/// (the one-pass objective) and in several, the replays train as the eager mini-batches
-/// (`INJECTOR_REUSE_GRAPHS=0`): the same optimizer steps, losses and update within float rounding.
+/// (the one-pass objective) and in several, the replays train as the same mini-batches packed afresh
+/// and run eagerly: the same optimizer steps; the weakest fact's recall after every optimizer step
+/// (read from the replayed argmax counts; the targets are the model's own greedy tokens, so it
+/// starts above 0), losses and update all within float rounding.
 #[test]
 fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
     use injector::config::TrainConfig;
-    use injector::eval::batch::Example;
+    use injector::eval::batch::{gathered_logits, Example};
     use injector::inject::preserve::Preserve;
-    use injector::inject::step::{train_epochs, Trainers};
-    use injector::model::Llama;
+    use injector::inject::step::{train_epochs_with, Trainers};
+    use injector::model::{Llama, NoAdapter};
     let Some(dev) = gpu() else { return };
-    if std::env::var("INJECTOR_REUSE_GRAPHS").as_deref() == Ok("0") {
-        eprintln!("skipped: INJECTOR_REUSE_GRAPHS=0 turns the graphs off");
-        return;
-    }
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
+    let greedy = |prompt: Vec<i64>, n: i64| {
+        let mut seq = prompt.clone();
+        for _ in 0..n {
+            let ids = Tensor::from_slice(&seq).view([1, -1]).to_device(dev);
+            let at = Tensor::from_slice(&[seq.len() as i64 - 1]).to_device(dev);
+            seq.push(gathered_logits(&model, &NoAdapter, &ids, &at).argmax(-1, false).int64_value(&[0]));
+        }
+        Example { target: seq[prompt.len()..].to_vec(), prompt }
+    };
     let facts: Vec<Vec<Example>> = (0..7i64)
         .map(|f| {
             (0..2 + f % 3)
-                .map(|i| Example {
-                    prompt: (0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(),
-                    target: (0..2 + (f * i) % 4).map(|j| (11 * f + 5 * i + j) % 97).collect(),
-                })
+                .map(|i| greedy((0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(), 2 + (f * i) % 4))
                 .collect()
         })
         .collect();
@@ -252,16 +256,21 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
             max_batch_tokens,
             ..TrainConfig::default()
         };
-        let run = |graphs: bool| {
-            std::env::set_var("INJECTOR_REUSE_GRAPHS", if graphs { "1" } else { "0" });
-            let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
-            let t = train_epochs(&mut pool, &facts, 3, 9, |_, _, _| {}).unwrap();
-            std::env::remove_var("INJECTOR_REUSE_GRAPHS");
-            t
+        let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
+        let mut run = |padded: bool| {
+            let mut weakest = Vec::new();
+            let t = train_epochs_with(&mut pool, &facts, 3, 9, padded, |_, _, r| weakest.push(r)).unwrap();
+            (t, weakest)
         };
-        let (g, e) = (run(true), run(false));
+        let ((g, gw), (e, ew)) = (run(true), run(false));
         assert_eq!((g.optimizer_steps, g.tokens), (e.optimizer_steps, e.tokens));
-        assert!(g.warmup_seconds > 0.0 && e.warmup_seconds == 0.0);
+        assert!(gw.iter().all(|&r| r > 0.0), "{gw:?}");
+        // An argmax may flip where two logits tie within rounding; a misplaced count moves whole facts.
+        let same = gw.iter().zip(&ew).filter(|(a, b)| a == b).count();
+        assert!(
+            gw.len() == ew.len() && 10 * same >= 9 * gw.len() && gw.iter().zip(&ew).all(|(a, b)| (a - b).abs() <= 0.34),
+            "{max_batch_tokens}: the weakest recall after each optimizer step: {gw:?} vs {ew:?}"
+        );
         for (a, b) in g.losses.iter().zip(&e.losses) {
             assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{max_batch_tokens}: loss {a} vs {b}");
         }

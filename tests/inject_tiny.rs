@@ -382,16 +382,23 @@ fn free_decoding_is_recorded_when_asked() {
 
 /// `spaced:K` rehearses by retention and records why; its choices are a function of the ledger, so a
 /// run continued with more facts rehearses, and ends, exactly as the same run made in one go — at
-/// the default cadence and with sparse, sampled checks (where the continued run's extra check after
-/// its first invocation must not count).
+/// the default cadence, with sparse, sampled checks (where the continued run's extra check after
+/// its first invocation must not count), and with one prompt a rehearsal (whose turn, a count of
+/// the fact's earlier rehearsals, is rebuilt from the ledger).
 #[test]
 fn spaced_rehearsal_is_recorded_and_continues_exactly() {
-    for cadence in [&[][..], &["--retention-every", "3", "--retention-sample", "1"][..]] {
-        spaced_continues_exactly(cadence);
+    // (flags, facts in the first invocation): with one prompt, fact 0's second rehearsal (step 2)
+    // falls in the second invocation, which must take its second prompt.
+    for (cadence, first) in [
+        (&[][..], 3),
+        (&["--retention-every", "3", "--retention-sample", "1"][..], 3),
+        (&["--rehearse-prompts", "1"][..], 2),
+    ] {
+        spaced_continues_exactly(cadence, first);
     }
 }
 
-fn spaced_continues_exactly(cadence: &[&str]) {
+fn spaced_continues_exactly(cadence: &[&str], first: usize) {
     use common::knowledge::write_many;
     let mut flags = vec!["--strategy", "spaced:1", "--json", "--rehearse-below", "1.0"];
     flags.extend_from_slice(cadence);
@@ -404,14 +411,14 @@ fn spaced_continues_exactly(cadence: &[&str]) {
 
     let twice = tempfile::tempdir().unwrap();
     write_tiny_gguf(&twice.path().join("tiny.gguf"), 4);
-    write_many(&twice.path().join("k"), 3);
-    let first = injector(twice.path(), &run_args(&flags));
-    assert!(first.status.success(), "{}", stderr(&first));
+    write_many(&twice.path().join("k"), first);
+    let first_run = injector(twice.path(), &run_args(&flags));
+    assert!(first_run.status.success(), "{}", stderr(&first_run));
     write_many(&twice.path().join("k"), 5);
     let b = injector(twice.path(), &run_args(&flags));
     assert!(b.status.success(), "{}", stderr(&b));
     let b: serde_json::Value = serde_json::from_str(&stdout(&b)).unwrap();
-    assert_eq!(b["new_steps"], 2);
+    assert_eq!(b["new_steps"], 5 - first);
     assert_eq!(a["weights_hash"], b["weights_hash"], "{cadence:?}");
 
     let steps = |dir: &std::path::Path, run: &str| -> Vec<serde_json::Value> {

@@ -79,7 +79,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub rehearse_budget: Option<f64>,
     /// spaced:K and replay:K: rehearse a fact with this many of its training prompts, taken in turn
-    /// (default 0: all of them).
+    /// from one of its rehearsals to the next (default 0: all of them; other strategies ignore it).
     #[arg(long)]
     pub rehearse_prompts: Option<usize>,
 }
@@ -123,7 +123,10 @@ impl TrainArgs {
         set(&mut c.mixed_batch, self.mixed_batch);
         set(&mut c.rehearsal.below, self.rehearse_below);
         set(&mut c.rehearsal.budget, self.rehearse_budget);
-        set(&mut c.rehearsal.prompts, self.rehearse_prompts);
+        // Only strategies that rehearse take it: elsewhere it would change the run's key for nothing.
+        if matches!(c.strategy.parse::<Strategy>(), Ok(Strategy::Spaced(_) | Strategy::Replay(_))) {
+            set(&mut c.rehearsal.prompts, self.rehearse_prompts);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -132,5 +135,30 @@ impl TrainArgs {
 fn set<T>(field: &mut T, flag: Option<T>) {
     if let Some(v) = flag {
         *field = v;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// `--rehearse-prompts` reaches the strategies that rehearse and no other: a sequential or
+    /// mixed run made with it keeps the key it has without it.
+    #[test]
+    fn rehearse_prompts_applies_only_where_facts_are_rehearsed() {
+        let args = Flags::parse_from(["x", "--rehearse-prompts", "1"]).train;
+        let prompts = |s: &str| args.run_config(Some(s.parse().unwrap()), None).unwrap().rehearsal.prompts;
+        assert_eq!((prompts("spaced:8"), prompts("replay:2")), (1, 1));
+        assert_eq!((prompts("sequential"), prompts("mixed"), prompts("batch:4")), (0, 0, 0));
+        let plain = Flags::parse_from(["x"]).train;
+        let key = |a: &TrainArgs| a.run_config(Some(Strategy::Mixed), None).unwrap().to_json();
+        assert_eq!(key(&args), key(&plain));
     }
 }

@@ -218,7 +218,8 @@ pub struct RunConfig {
     /// shuffled mini-batches of this many facts, and `train.max_steps` counts epochs.
     #[serde(default = "mixed_batch", skip_serializing_if = "is_mixed_batch")]
     pub mixed_batch: usize,
-    /// The `spaced:K` strategy's rehearsal rules (unused by the others).
+    /// The rehearsal rules: `spaced:K`'s choice of facts, and the prompts a rehearsed fact trains on
+    /// (`spaced:K` and `replay:K`; unused by the others).
     #[serde(default, skip_serializing_if = "Rehearsal::is_default")]
     pub rehearsal: Rehearsal,
     /// The chat template the prompts are rendered with, by name (`--chat-template`), for checkpoints
@@ -243,9 +244,10 @@ pub struct Rehearsal {
     /// Extra tokens rehearsal may spend, as a multiple of the tokens of the facts' own steps
     /// (1.0: at most twice plain sequential's tokens).
     pub budget: f64,
-    /// How many of a rehearsed fact's training prompts it is rehearsed with, taken in turn from step
-    /// to step so that successive rehearsals cover them all; 0 (the default) for all of them. Fewer
-    /// prompts make a rehearsal cheaper, so the budget covers more facts. Also for `replay:K`.
+    /// How many of a rehearsed fact's training prompts it is rehearsed with, taken in turn from one
+    /// rehearsal of the fact to its next, so that successive rehearsals cover them all; 0 (the
+    /// default) for all of them. Fewer prompts make a rehearsal cheaper, so the budget covers more
+    /// facts. For `replay:K` too; repair's steps take every prompt.
     #[serde(skip_serializing_if = "is_zero_usize")]
     pub prompts: usize,
 }
@@ -261,14 +263,15 @@ impl Default for Rehearsal {
 }
 
 impl Rehearsal {
-    /// The examples a fact rehearsed at step `idx` trains on, of its training examples `all`: all of
-    /// them, or [`prompts`](Self::prompts) of them from position `idx · prompts` on (wrapping).
-    pub fn examples<'e, T>(&self, all: &'e [T], idx: i64) -> Vec<&'e T> {
+    /// The examples a fact trains on at its rehearsal number `turn` (0 for its first), of its
+    /// training examples `all`: all of them, or [`prompts`](Self::prompts) of them from position
+    /// `turn · prompts` on (wrapping), so any ⌈n / prompts⌉ successive rehearsals cover all n.
+    pub fn examples<'e, T>(&self, all: &'e [T], turn: usize) -> Vec<&'e T> {
         let n = all.len();
         if self.prompts == 0 || self.prompts >= n {
             return all.iter().collect();
         }
-        let start = (idx.max(0) as usize).wrapping_mul(self.prompts) % n;
+        let start = turn.wrapping_mul(self.prompts) % n;
         (0..self.prompts).map(|i| &all[(start + i) % n]).collect()
     }
 }
@@ -573,9 +576,9 @@ mod tests {
         RunConfig::new(Strategy::Batch(1), 0, TrainConfig::default())
     }
 
-    /// A rehearsal's prompts are taken in turn: with 3 of 8, successive steps start 3 further on
-    /// (wrapping), so any 3 consecutive rehearsals cover every prompt; 0, or more than there
-    /// are, takes them all.
+    /// A rehearsal's prompts are taken in turn: with 3 of 8, each rehearsal of a fact starts 3
+    /// further on than its last (wrapping), so any 3 successive rehearsals cover every prompt; 0,
+    /// or more than there are, takes them all.
     #[test]
     fn rehearsal_prompts_are_taken_in_turn() {
         let all: Vec<usize> = (0..8).collect();

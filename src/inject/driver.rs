@@ -19,6 +19,7 @@ use crate::knowledge::{Fact, Knowledge};
 use crate::ledger::{last_locality, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// What a caller sees of a run as it goes.
@@ -249,16 +250,22 @@ fn drive_steps(
             };
             (own, lens.iter().take(k).sum::<usize>())
         };
+        let committed = ledger.steps(&plan.run.id)?;
         let mut schedule = match plan.strategy {
             Strategy::Spaced(_) => Some(Schedule::rebuild(
                 &config.rehearsal,
                 &Cadence::of(config),
-                &ledger.steps(&plan.run.id)?,
+                &committed,
                 &ledger.probes(&plan.run.id)?,
                 tokens,
             )),
             _ => None,
         };
+        // How often each fact was rehearsed before: its next rehearsal takes its next prompts.
+        let mut turns: HashMap<String, usize> = HashMap::new();
+        for h in committed.iter().flat_map(|s| &s.rehearsed) {
+            *turns.entry(h.clone()).or_default() += 1;
+        }
         // A step's commit waits for its weights hash and factors file, which are made while the
         // next step trains (bench/NOTES.md items 30-31).
         let mut pending: Option<Uncommitted> = None;
@@ -287,7 +294,10 @@ fn drive_steps(
                 true => Rehearsal { prompts: 0, ..config.rehearsal.clone() },
                 false => config.rehearsal.clone(),
             };
-            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, &rules, progress);
+            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, (&rules, &turns), progress);
+            for h in &rehearsed {
+                *turns.entry(h.clone()).or_default() += 1;
+            }
             // The previous step is committed whether this one trained or not (its weights are merged).
             if let Some(u) = pending.take() {
                 u.commit(ledger, &mut fixed, &mut step_phases)?;
@@ -456,7 +466,8 @@ impl Uncommitted {
 }
 
 /// Trains a fresh adapter on the step's own facts (every training prompt) and the rehearsed ones
-/// (the prompts `rules` give them at this step), and warns when the optimizer-step budget ran out
+/// (the prompts `rules` give them at their next turn; `turns`: how often each was rehearsed
+/// before), and warns when the optimizer-step budget ran out
 /// before every fact reached the threshold.
 #[allow(clippy::too_many_arguments)]
 fn train_stage(
@@ -467,7 +478,7 @@ fn train_stage(
     idx: i64,
     own: &[&Fact],
     rehearsed: &[String],
-    rules: &Rehearsal,
+    (rules, turns): (&Rehearsal, &HashMap<String, usize>),
     progress: &mut dyn Progress,
 ) -> Result<Trained> {
     let mut facts: Vec<&Fact> = own.to_vec();
@@ -492,7 +503,7 @@ fn train_stage(
             let all = &prepared.examples[&f.hash].recall;
             let chosen = match i < own.len() {
                 true => all.iter().collect(),
-                false => rules.examples(all, idx),
+                false => rules.examples(all, turns.get(&f.hash).copied().unwrap_or(0)),
             };
             for e in chosen {
                 examples.push(e.clone());

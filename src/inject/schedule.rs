@@ -103,7 +103,8 @@ impl Schedule {
 
     /// Step `step` trained `own` (new facts: first review after one step) and rehearsed
     /// `rehearsed` (their intervals double: they are expected to hold, until a check says not).
-    /// `tokens(fact)`: the tokens of its own step's examples and of the examples it is rehearsed with.
+    /// `tokens(fact)`: the tokens of its own step's examples and of the examples it is rehearsed with
+    /// (a repair step, with no facts of its own, rehearses with all of them and is charged so).
     pub fn on_step(&mut self, step: i64, own: &[String], rehearsed: &[String], tokens: impl Fn(&str) -> (usize, usize)) {
         for h in own {
             let (t, cost) = tokens(h);
@@ -121,9 +122,11 @@ impl Schedule {
                 },
             );
         }
+        // Steps with no facts of their own are repair's, which rehearse with every prompt.
+        let repair = own.is_empty();
         for h in rehearsed {
             if let Some(e) = self.entries.get_mut(h) {
-                self.extra_tokens += e.cost;
+                self.extra_tokens += if repair { e.tokens } else { e.cost };
                 e.interval *= 2;
                 e.due = step + e.interval;
                 e.fell = false;
@@ -252,6 +255,9 @@ mod tests {
         assert_eq!(p.iter().map(|r| r.fact.as_str()).collect::<Vec<_>>(), ["f0", "f1", "f2", "f3"]);
         s.on_step(1, &[h(4)], &[h(0), h(1), h(2), h(3)], |_| (10, 3));
         assert_eq!(s.extra_tokens, 12);
+        // A repair step (no facts of its own) rehearses with every prompt: charged in full.
+        s.on_step(2, &[], &[h(0)], |_| (10, 3));
+        assert_eq!(s.extra_tokens, 22);
     }
 
     #[test]

@@ -640,7 +640,7 @@ pub fn train_epochs(
     on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let padded = trainers.stream.is_some();
-    epochs(trainers, facts, batch_facts, seed, padded, on_step)
+    train_epochs_with(trainers, facts, batch_facts, seed, padded, on_step)
 }
 
 /// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits: rows for
@@ -667,8 +667,10 @@ pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usiz
         .collect()
 }
 
-/// [`train_epochs`], its mini-batches in padded micro-batches (`padded`) or packed afresh.
-fn epochs(
+/// [`train_epochs`] with the caller's choice of how mini-batches are laid out: written into padded
+/// micro-batches (`padded`; replayed from captured graphs where the pool has a GPU stream), or
+/// packed afresh and run eagerly. For the tests that hold the two to the same training.
+pub fn train_epochs_with(
     trainers: &mut Trainers,
     facts: &[Vec<Example>],
     batch_facts: usize,
@@ -1050,7 +1052,7 @@ mod tests {
         let run = |padded: bool| {
             let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
             let mut weakest = Vec::new();
-            let t = epochs(&mut pool, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
+            let t = train_epochs_with(&mut pool, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
             (t, weakest)
         };
         let ((p, pw), (e, ew)) = (run(true), run(false));
