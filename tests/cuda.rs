@@ -212,8 +212,8 @@ fn the_fused_pass_trains_like_two_passes() {
 /// one captured optimizer step replayed for every mini-batch. With preservation on, in one micro-batch
 /// (the one-pass objective) and in several, the replays train as the same mini-batches packed afresh
 /// and run eagerly: the same optimizer steps; the weakest fact's recall after every optimizer step
-/// (read from the replayed argmax counts; the targets are the model's own greedy tokens, so it
-/// starts above 0), losses and update all within float rounding.
+/// (read from the replayed argmax counts; the targets are the model's own greedy tokens, so it is
+/// above 0 once the first epoch has met every fact), losses and update all within float rounding.
 #[test]
 fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
     use injector::config::TrainConfig;
@@ -264,7 +264,9 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         };
         let ((g, gw), (e, ew)) = (run(true), run(false));
         assert_eq!((g.optimizer_steps, g.tokens), (e.optimizer_steps, e.tokens));
-        assert!(gw.iter().all(|&r| r > 0.0), "{gw:?}");
+        // Facts not yet met in the first epoch count 0; after it, every fact's own greedy tokens.
+        let first_epoch = facts.len().div_ceil(3);
+        assert!(gw[first_epoch..].iter().all(|&r| r > 0.0), "{gw:?}");
         // An argmax may flip where two logits tie within rounding; a misplaced count moves whole facts.
         let same = gw.iter().zip(&ew).filter(|(a, b)| a == b).count();
         assert!(
