@@ -13,7 +13,8 @@ fn an_export_is_scored_as_the_run_was() {
     let p = d.path();
     let o = export(p, &run, &["--out", "f32", "--format", "gguf", "--dtype", "f32"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let args = ["--ledger", "l.db", "--device", "cpu", "--json"];
+    // f32 base weights, as the run's (the check below is exact).
+    let args = ["--ledger", "l.db", "--device", "cpu", "--base-dtype", "f32", "--json"];
     let mut probe = vec!["probe", "k", "--model", "f32/model.gguf", "--locality", &run];
     probe.extend(args);
     let o = injector(p, &probe);

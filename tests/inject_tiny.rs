@@ -694,7 +694,9 @@ fn revert_is_exact_and_the_run_goes_on() {
 
 /// `--base-dtype bf16` on the CPU: the run trains bf16 weights, every fact is put in, and it records
 /// its type: `probe --run` replays it as bf16 without the flag, refuses another type by name (bad
-/// input), and an f32 run of the same facts in the same ledger is another run.
+/// input), and an f32 run of the same facts in the same ledger is another run, which records no type
+/// and replays in f32 even where `auto` means bf16 (refusing bf16 by name). The default (`auto`) is
+/// the bf16 run on a CPU that multiplies bf16 natively, the f32 one elsewhere.
 #[test]
 fn a_bf16_run_on_the_cpu_records_its_type() {
     let d = small_workspace();
@@ -707,20 +709,31 @@ fn a_bf16_run_on_the_cpu_records_its_type() {
         assert!(f["recall_at_step"].as_f64().unwrap() > 0.5, "{f}");
     }
     let run = out["run"].as_str().unwrap().to_string();
-    let probe = |extra: &[&str]| {
-        let mut args = vec!["probe", "k", "--run", &run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
+    let probe = |run: &str, extra: &[&str]| {
+        let mut args = vec!["probe", "k", "--run", run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
         args.extend_from_slice(extra);
         injector(p, &args)
     };
-    let recorded = probe(&[]);
+    let recorded = probe(&run, &[]);
     assert!(recorded.status.success(), "{}", stderr(&recorded));
-    assert!(probe(&["--base-dtype", "bf16"]).status.success());
-    let other = probe(&["--base-dtype", "f32"]);
+    assert!(probe(&run, &["--base-dtype", "bf16"]).status.success());
+    let other = probe(&run, &["--base-dtype", "f32"]);
     assert_eq!(other.status.code(), Some(2), "{}", stderr(&other));
     assert!(stderr(&other).contains("was made with bf16"), "{}", stderr(&other));
-    let f32_run = injector(p, &run_args(&["--json"]));
+    let f32_run = injector(p, &run_args(&["--base-dtype", "f32", "--json"]));
     assert!(f32_run.status.success(), "{}", stderr(&f32_run));
     let f32_out: serde_json::Value = serde_json::from_str(&stdout(&f32_run)).unwrap();
-    assert_ne!(f32_out["run"].as_str().unwrap(), run);
+    let f32_id = f32_out["run"].as_str().unwrap().to_string();
+    assert_ne!(f32_id, run);
     assert_eq!(f32_out["new_steps"], 3);
+    let plain = probe(&f32_id, &[]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let as_bf16 = probe(&f32_id, &["--base-dtype", "bf16"]);
+    assert_eq!(as_bf16.status.code(), Some(2), "{}", stderr(&as_bf16));
+    assert!(stderr(&as_bf16).contains("was made with f32"), "{}", stderr(&as_bf16));
+    // The default finds one of the two runs finished.
+    let auto = injector(p, &run_args(&["--json"]));
+    let auto: serde_json::Value = serde_json::from_str(&stdout(&auto)).unwrap();
+    let expected = if injector::model::cpu_has_bf16() { &run } else { &f32_id };
+    assert_eq!((auto["run"].as_str().unwrap(), &auto["new_steps"]), (expected.as_str(), &serde_json::json!(0)));
 }

@@ -40,8 +40,8 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     }
     let model_path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
-    let dtype = config.recorded_base_dtype(&g.base_dtype, &format!("run {}", r.id))?;
-    let loaded = g.load(&model_path, device, dtype, template)?;
+    let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;
+    let loaded = g.load(&model_path, device, &dtype, template)?;
     let mut ledger = Ledger::open(&g.ledger)?;
     let mut bar = Bar::new(g.quiet || a.json);
     let how = Repair {

@@ -28,8 +28,8 @@ pub fn run(a: RevertArgs, g: &Global) -> anyhow::Result<()> {
     let config = RunConfig::from_ledger(&r.config, &r.id)?;
     let path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
-    let dtype = config.recorded_base_dtype(&g.base_dtype, &format!("run {}", r.id))?;
-    let loaded = g.load(&path, device, dtype, template)?;
+    let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;
+    let loaded = g.load(&path, device, &dtype, template)?;
     injector::inject::plan::check_model(&r, &loaded, &path.display().to_string())?;
     let ledger = Ledger::open(&g.ledger)?;
     // Not while another process trains the run: its next commit would follow the steps taken back.

@@ -59,7 +59,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 Some(j) => {
                     let c = RunConfig::from_json(j, "--config-json")?;
                     c.recorded_chat_template(flag, "--config-json")?;
-                    c.recorded_base_dtype(&g.base_dtype, "--config-json")?;
+                    c.recorded_base_dtype(&g.base_dtype, device, "--config-json")?;
                     c
                 }
                 None => {
@@ -77,7 +77,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
         }
     };
     let what = resumed.as_ref().map_or("--config-json".to_string(), |r| format!("run {}", r.id));
-    let dtype = config.recorded_base_dtype(&g.base_dtype, &what)?.to_string();
+    let dtype = config.recorded_base_dtype(&g.base_dtype, device, &what)?;
     let knowledge = load_dir(&dir)?;
     tracing::debug!("loading {} onto {device:?} ({dtype})", model_path.display());
     let loaded = g.load(&model_path, device, &dtype, template.as_deref())?;

@@ -5,10 +5,13 @@ use super::*;
 use serde_json::Value;
 use std::path::Path;
 
-/// The training flags of the tiny runs: a few fast steps that change the weights.
-pub const TRAIN: [&str; 10] = [
+/// The training flags of the tiny runs: a few fast steps that change the weights, with f32 base
+/// weights (the exports are checked bit for bit against them; `auto` is bf16 on CPUs with AMX).
+pub const TRAIN: [&str; 12] = [
     "--device",
     "cpu",
+    "--base-dtype",
+    "f32",
     "--lr",
     "0.05",
     "--max-steps",
@@ -61,9 +64,10 @@ pub fn safetensors_header(path: &Path) -> (Value, usize) {
     (header, bytes.len() - 8 - n)
 }
 
-/// `injector logits` on a chat prompt, with `args` choosing the weights: (ids, logits [t][vocab]).
+/// `injector logits` on a chat prompt with f32 base weights, with `args` choosing the weights:
+/// (ids, logits [t][vocab]).
 pub fn logits(p: &Path, args: &[&str]) -> (Vec<u32>, Vec<Vec<f32>>) {
-    let mut all = vec!["logits", "Tell me Zorb.", "--device", "cpu"];
+    let mut all = vec!["logits", "Tell me Zorb.", "--device", "cpu", "--base-dtype", "f32"];
     all.extend_from_slice(args);
     let o = injector(p, &all);
     assert!(o.status.success(), "{}", stderr(&o));
