@@ -37,9 +37,9 @@ pub struct Global {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
-    /// The base weights' type: auto (bf16 on a GPU, f32 on the CPU), f32 (CPU only) or bf16 (on a
-    /// CPU with AMX, as this project's machine has: training 1.7-2.6x faster than f32). A run is
-    /// resumed, replayed and reverted with the type it was made with.
+    /// The base weights' type: auto (bf16 on a GPU and on a CPU with AVX512-BF16, as AMX machines
+    /// have, where training runs 1.7-2.6x faster than in f32; f32 on other CPUs), f32 (CPU only) or
+    /// bf16. A run is resumed, replayed and reverted with the type it was made with.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     pub base_dtype: String,
     /// The SQLite ledger of runs.

@@ -227,9 +227,10 @@ pub struct RunConfig {
     /// made without the flag keeps its key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
-    /// `bf16` for a run whose base weights were bf16 on the CPU (`--base-dtype bf16`); `None` for
-    /// the device's own type (f32 on the CPU, bf16 on a GPU), so a run made without the flag keeps
-    /// its key. A run replays only with its type: `--resume`, `repair`, `revert` and `--run` use it.
+    /// `bf16` for a run whose base weights were bf16 on the CPU (`--base-dtype bf16`, or `auto` on a
+    /// CPU with AVX512-BF16); `None` for the device's fixed type (f32 on the CPU, bf16 on a GPU), so
+    /// a run made in it keeps its key. A run replays only with its type: `--resume`, `repair`,
+    /// `revert` and `--run` use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_dtype: Option<String>,
 }

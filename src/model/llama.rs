@@ -485,7 +485,7 @@ impl Llama {
         self.vs.device()
     }
 
-    /// The kind of the base weights (bf16 on CUDA; fp32 on the CPU unless `--base-dtype bf16`).
+    /// The kind of the base weights (bf16 on CUDA; on the CPU as loaded: `--base-dtype`).
     pub fn kind(&self) -> Kind {
         self.embed_tokens.kind()
     }

@@ -323,7 +323,8 @@ pub fn dtype_name(kind: Kind) -> String {
 }
 
 /// Loads a checkpoint: a `.gguf` file or a Hugging Face folder, with its default chat template.
-/// Base weights are fp32 on the CPU and bf16 on CUDA.
+/// Base weights are [`base_kind`]'s: fp32 on the CPU and bf16 on CUDA (the CLI's `auto` may choose
+/// bf16 on the CPU: [`load_as`]).
 pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     load_with_template(path, device, None)
 }
