@@ -12,7 +12,9 @@
 # NS (default "100 300 1000 3000"), STRATEGIES (default "sequential,spaced:2,mixed"), WORK (a folder
 # to keep and reuse: finished runs are found in its ledger and not trained again), EXTRA (more flags
 # for `compare`, e.g. "--retention-every 50 --retention-sample 50", the default), LEDGER (default
-# WORK/ledger.db; two sweeps at once, one per GPU, can share one ledger and so one capacity page).
+# WORK/ledger.db; two sweeps at once, one per GPU, can share one ledger and so one capacity page),
+# DTYPE (our --base-dtype, default auto: the runs of a work folder are found again only with the type
+# they were made with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 inj=$(realpath "${INJ:-target/release/injector}")
@@ -31,7 +33,7 @@ echo "capacity: device $dev, N in {$ns}, strategies $strategies, work folder $wo
 for n in $ns; do
   [ -d "$work/facts-$n" ] || "$inj" facts generate --n "$n" --seed 1 --out "$work/facts-$n" >/dev/null
   # shellcheck disable=SC2086
-  "$inj" --device "$dev" --model "$model" --ledger "$ledger" --reports "$work/reports" \
+  "$inj" --device "$dev" --base-dtype "${DTYPE:-auto}" --model "$model" --ledger "$ledger" --reports "$work/reports" \
     compare "$work/facts-$n" --strategy "$strategies" $extra --json -q > "$work/compare-$n.json"
   echo "  N=$n: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['report'])" "$work/compare-$n.json")" >&2
 done

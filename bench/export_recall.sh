@@ -18,7 +18,8 @@
 # "hf:f32 gguf:f32 gguf:bf16 gguf:f16 gguf:q8_0 gguf:q4_1"; FORMAT:TYPE, and an EXPORT_FLAGS_<name>
 # variable's flags are added for a type spelt FORMAT:TYPE:name); GGUF_VENV (the Python environment
 # with llama-cpp-python, as tests/interop/run.sh; default ~/.cache/injector/venv-gguf; NO_LLAMA=1
-# skips llama.cpp).
+# skips llama.cpp); DTYPE (our --base-dtype: default f32 on the CPU, so that the exports are loaded
+# as written and the run is the fp32 one of the README's table; auto on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 inj=$(realpath "${INJ:-target/release/injector}")
@@ -33,7 +34,8 @@ work=$(realpath "${WORK:-$(mktemp -d)}")
 mkdir -p "$work"
 ledger=$(realpath "${LEDGER:-$work/ledger.db}")
 echo "export_recall: device $dev, work folder $work, ledger $ledger" >&2
-ours() { "$inj" --device "$dev" --ledger "$ledger" --reports "$work/reports" "$@"; }
+dtype=${DTYPE:-$([ "$dev" = cpu ] && echo f32 || echo auto)}
+ours() { "$inj" --device "$dev" --base-dtype "$dtype" --ledger "$ledger" --reports "$work/reports" "$@"; }
 secs() { local t0=$SECONDS; "$@"; echo "  $(($SECONDS - t0)) s: ${*: -3}" >&2; }
 
 run=${RUN:-}

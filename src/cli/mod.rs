@@ -37,8 +37,8 @@ pub struct Global {
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     pub device: String,
-    /// The base weights' type: auto (bf16 on a GPU and on a CPU with AVX512-BF16, as AMX machines
-    /// have, where training runs 1.7-2.6x faster than in f32; f32 on other CPUs), f32 (CPU only) or
+    /// The base weights' type: auto (bf16 on a GPU and on a CPU with AVX512-BF16; on this project's
+    /// AMX machine training runs 1.7-2.6x faster than in f32; f32 on other CPUs), f32 (CPU only) or
     /// bf16. A run is resumed, replayed and reverted with the type it was made with.
     #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     pub base_dtype: String,

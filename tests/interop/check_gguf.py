@@ -148,7 +148,7 @@ def smollm2(args):
     work.mkdir(parents=True, exist_ok=True)
     ledger = str(Path(args.ledger).resolve()) if args.ledger else "l.db"
     model_path = str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    common = ["--model", model_path, "--ledger", ledger, "--device", "cpu", "-q"]
+    common = ["--model", model_path, "--ledger", ledger, "--device", "cpu", "--base-dtype", "f32", "-q"]
     if args.run:
         run = args.run
     else:

@@ -30,7 +30,7 @@ if [[ -z "${TRAINED_RUN:-}" ]]; then
   trained=$(mktemp -d)
   mkdir "$trained/k" && cp tests/interop/two-facts.yaml "$trained/k/"
   TRAINED_LEDGER=$trained/l.db
-  TRAINED_RUN=$(target/release/injector --ledger "$TRAINED_LEDGER" --device cpu -q run "$trained/k" --json |
+  TRAINED_RUN=$(target/release/injector --ledger "$TRAINED_LEDGER" --device cpu --base-dtype f32 -q run "$trained/k" --json |
     python3 -c "import json, sys; print(json.load(sys.stdin)['run'])")
 fi
 if [[ " $PARTS " == *" hf "* ]]; then
