@@ -25,7 +25,7 @@ impl FromStr for Strategy {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || {
             Error::BadInput(format!(
-                "unknown strategy '{s}': expected sequential, mixed, batch:K, replay:K or spaced:K"
+                "unknown strategy '{s}': expected sequential, mixed, batch:K, replay:K or spaced:K (K at least 1)"
             ))
         };
         let k = |v: &str| v.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(bad);
