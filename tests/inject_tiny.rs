@@ -546,6 +546,17 @@ fn repair_re_injects_the_facts_that_fell() {
     // Bad input: a threshold out of range.
     let bad = injector(p, &["repair", run, "--below", "0", "--ledger", "l.db"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    // A run made with `--rehearse-below 0` (no fact counts as fallen) repairs nothing by default.
+    let zero = injector(
+        p,
+        &run_with(&["--lr", "0.05", "--alpha", "32", "--max-steps", "3", "--rehearse-below", "0", "--json"]),
+    );
+    assert!(zero.status.success(), "{}", stderr(&zero));
+    let zero: serde_json::Value = serde_json::from_str(&stdout(&zero)).unwrap();
+    let o = injector(p, &["repair", zero["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rep["new_steps"], 0, "{rep}");
 }
 
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one

@@ -31,10 +31,12 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     g.check_outputs()?;
     let r = Ledger::open_read_only(&g.ledger)?.run(&a.run)?;
     let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
-    let below = a.below.unwrap_or(config.rehearsal.below);
-    if !(below.is_finite() && 0.0 < below && below <= 1.0) {
-        return Err(Error::BadInput(format!("--below {below}: expected a number in (0, 1]")).into());
+    // The flag must name a threshold in (0, 1]; the run's own `--rehearse-below` (in [0, 1], where
+    // 0 counts no fact as fallen) is taken as recorded, so a run made with 0 repairs nothing.
+    if let Some(b) = a.below.filter(|b| !(b.is_finite() && 0.0 < *b && *b <= 1.0)) {
+        return Err(Error::BadInput(format!("--below {b}: expected a number in (0, 1]")).into());
     }
+    let below = a.below.unwrap_or(config.rehearsal.below);
     if a.per_step == 0 {
         return Err(Error::BadInput("--per-step 0: expected at least 1".into()).into());
     }

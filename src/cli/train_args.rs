@@ -7,57 +7,63 @@ use injector::Error;
 pub struct TrainArgs {
     /// Start from a named preset: `default` (the measured defaults; README, "Choosing the defaults")
     /// or `article` (the source article: q_proj/v_proj,
-    /// alpha 32, dropout 0.1, no preservation, stop at 0.9). Flags below override it; `ledger show`
-    /// prints a run's whole config.
+    /// alpha 32, dropout 0.1, no preservation, stop at 0.9). Flags below override it (the defaults they
+    /// name are the `default` preset's); `ledger show` prints a run's whole config.
     #[arg(long, default_value = "default")]
     pub preset: String,
-    /// Learning rate of AdamW.
+    /// Learning rate of AdamW (default 0.005).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// AdaLoRA lora_alpha (the scaling).
+    /// AdaLoRA lora_alpha (the scaling; default 32).
     #[arg(long)]
     pub alpha: Option<f64>,
-    /// AdaLoRA initial rank per module.
+    /// AdaLoRA initial rank per module (default 12).
     #[arg(long)]
     pub init_r: Option<i64>,
-    /// AdaLoRA target rank per module (the budget the allocator ends at).
+    /// AdaLoRA target rank per module (the budget the allocator ends at; default 8).
     #[arg(long)]
     pub target_r: Option<i64>,
-    /// Projections to adapt, comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    /// Projections to adapt, comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+    /// (default gate_proj,up_proj,down_proj).
     #[arg(long)]
     pub targets: Option<String>,
-    /// Layers to adapt: all, or a list/range such as `8-20` or `3,5,7`.
+    /// Layers to adapt: all (the default), or a list/range such as `8-20` or `3,5,7`.
     #[arg(long)]
     pub layers: Option<String>,
-    /// Dropout on the adapter input.
+    /// Dropout on the adapter input (default 0).
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// Weight of AdaLoRA's orthogonal regulariser.
+    /// Weight of AdaLoRA's orthogonal regulariser (default 0.5).
     #[arg(long)]
     pub orth_reg: Option<f64>,
-    /// Most optimizer steps per injection step (also the allocator's total_step).
+    /// Most optimizer steps per injection step (also the allocator's total_step; default 60).
     #[arg(long)]
     pub max_steps: Option<i64>,
-    /// Token accuracy on the training prompts at which a step's training stops, in [0, 1].
+    /// Token accuracy on the training prompts at which a step's training stops, in [0, 1] (default 1).
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// Multiply each merged update by this.
+    /// Multiply each merged update by this (default 1).
     #[arg(long)]
     pub merge_scale: Option<f64>,
-    /// Weight of the preservation term (KL to the base model on unrelated prompts); 0 turns it off.
+    /// Weight of the preservation term (KL to the base model on unrelated prompts); 0 turns it off
+    /// (default 4).
     #[arg(long)]
     pub preserve: Option<f64>,
-    /// Preservation prompts per optimizer step (taken in turn from the set of 48), at least 1.
+    /// Preservation prompts per optimizer step (taken in turn from the set of 48), at least 1
+    /// (default 8).
     #[arg(long)]
     pub preserve_batch: Option<usize>,
     /// Null-space projection: each adapter's input loses the principal directions carrying this
-    /// share, in [0, 1), of the base model's input energy on the preservation prompts (0 = off).
+    /// share, in [0, 1), of the base model's input energy on the preservation prompts (0 = off;
+    /// default 0.9).
     #[arg(long)]
     pub null_space: Option<f64>,
-    /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1); always after the last.
+    /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1; default 1); always
+    /// after the last.
     #[arg(long)]
     pub retention_every: Option<usize>,
-    /// At intermediate retention checks, score only a seeded sample of this many earlier facts (0 = all).
+    /// At intermediate retention checks, score only a seeded sample of this many earlier facts (0 = all,
+    /// the default).
     #[arg(long)]
     pub retention_sample: Option<usize>,
     /// Skip the free-decoding scores (greedy answers to the scored facts' prompts and probes);
@@ -72,10 +78,12 @@ pub struct TrainArgs {
     /// mini-batches of this many facts, and --max-steps counts epochs (default 16).
     #[arg(long)]
     pub mixed_batch: Option<usize>,
-    /// spaced:K only: a fact measured below this recall has fallen and is rehearsed first.
+    /// spaced:K: a fact measured below this recall has fallen and is rehearsed first (default 0.95;
+    /// also `repair`'s default threshold for the run).
     #[arg(long)]
     pub rehearse_below: Option<f64>,
-    /// spaced:K only: extra tokens rehearsal may spend, as a multiple of the facts' own tokens.
+    /// spaced:K only: extra tokens rehearsal may spend, as a multiple of the facts' own tokens
+    /// (default 1).
     #[arg(long)]
     pub rehearse_budget: Option<f64>,
     /// spaced:K and replay:K: rehearse a fact with this many of its training prompts, taken in turn
@@ -151,6 +159,48 @@ mod tests {
 
     /// `--rehearse-prompts` reaches the strategies that rehearse and no other: a sequential or
     /// mixed run made with it keeps the key it has without it.
+    /// Every default a flag's help names is the `default` preset's (or the run config's), so the
+    /// help cannot drift from what a run without the flag uses.
+    #[test]
+    fn the_help_names_the_defaults_runs_use() {
+        use clap::CommandFactory;
+        let c = RunConfig::default();
+        let (t, a) = (&c.train, &c.train.adalora);
+        assert_eq!(TrainConfig::preset("default").unwrap(), *t);
+        let cmd = Flags::command();
+        let help = |id: &str| -> String {
+            let arg = cmd.get_arguments().find(|x| x.get_id() == id).unwrap_or_else(|| panic!("{id}"));
+            arg.get_long_help().or(arg.get_help()).unwrap().to_string().replace('\n', " ")
+        };
+        let g = |v: f64| format!("{v}");
+        for (id, want) in [
+            ("lr", format!("default {}", g(t.lr))),
+            ("alpha", format!("default {}", g(a.lora_alpha))),
+            ("init_r", format!("default {}", a.init_r)),
+            ("target_r", format!("default {}", a.target_r)),
+            ("dropout", format!("default {}", g(a.dropout))),
+            ("orth_reg", format!("default {}", g(a.orth_reg_weight))),
+            ("max_steps", format!("default {}", t.max_steps)),
+            ("threshold", format!("default {}", g(t.threshold))),
+            ("merge_scale", format!("default {}", g(t.merge_scale))),
+            ("preserve", format!("default {}", g(t.preserve))),
+            ("preserve_batch", format!("default {}", t.preserve_batch)),
+            ("null_space", format!("default {}", g(t.null_space))),
+            ("retention_every", format!("default {}", c.retention_every)),
+            ("mixed_batch", format!("default {}", c.mixed_batch)),
+            ("rehearse_below", format!("default {}", g(c.rehearsal.below))),
+            ("rehearse_budget", format!("default {}", g(c.rehearsal.budget))),
+            ("rehearse_prompts", format!("default {}", c.rehearsal.prompts)),
+        ] {
+            assert!(help(id).contains(&want), "--{id}: {:?} lacks {want:?}", help(id));
+        }
+        assert_eq!((c.retention_sample, c.free_every), (0, 0));
+        assert!(help("retention_sample").contains("0 = all, the default") && help("free_every").contains("(0, the default)"));
+        let names: Vec<&str> = a.targets.iter().map(|p| p.name()).collect();
+        assert!(help("targets").contains(&format!("default {}", names.join(","))), "{names:?}");
+        assert!(a.layers.is_empty() && help("layers").contains("all (the default)"));
+    }
+
     #[test]
     fn rehearse_prompts_applies_only_where_facts_are_rehearsed() {
         let args = Flags::parse_from(["x", "--rehearse-prompts", "1"]).train;
