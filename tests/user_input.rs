@@ -348,6 +348,9 @@ fn a_run_records_its_chat_template_and_keeps_it() {
     let o = with(&["query", "hi", "--run", &default, "--chat-template", "plain"]);
     assert_refused(&o, &["--chat-template plain", "the model's default chat template"]);
     assert!(with(&["run", "--resume", &plain, "-q"]).status.success());
+    // So are flags that would change the resumed run's config (they used to be ignored silently).
+    let o = with(&["run", "--resume", &plain, "--lr", "0.1", "--strategy", "mixed", "--seed", "3"]);
+    assert_refused(&o, &["--strategy, --lr, --seed", &plain, "start a new run without --resume"]);
 }
 
 /// The tiny Hugging Face folder with room for `positions` tokens.

@@ -20,7 +20,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub strategy: Option<String>,
     /// Continue this run with the config it recorded, on the facts of DIR (default: the folder it was
-    /// made from); facts it has injected are skipped. The same command again does the same.
+    /// made from); facts it has injected are skipped. The same command again does the same. Flags
+    /// that would change the config (--strategy, --seed, the training flags) are refused.
     #[arg(long)]
     pub resume: Option<String>,
     /// Print the outcome as JSON on stdout.
@@ -40,6 +41,21 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     let flag = g.chat_template.as_deref();
     let (resumed, config, dir, model_path, template) = match &a.resume {
         Some(id) => {
+            let mut given = a.train.given();
+            if a.strategy.is_some() {
+                given.insert(0, "--strategy");
+            }
+            if g.seed.is_some() {
+                given.push("--seed");
+            }
+            if !given.is_empty() {
+                return Err(Error::BadInput(format!(
+                    "{}: --resume {id} continues the run with the config it recorded (`ledger show {id}`); \
+                     to train with other settings, start a new run without --resume",
+                    given.join(", ")
+                ))
+                .into());
+            }
             let r = Ledger::open_read_only(&g.ledger)?.run(id)?;
             // The recorded config goes through the same validation as flags before anything loads.
             let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;

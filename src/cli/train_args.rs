@@ -93,6 +93,41 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The flags given that change a run's config (`--preset` other than `default` included), by
+    /// name: a resumed run keeps its recorded config, so `run --resume` refuses them.
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut on = |set: bool, name: &'static str| {
+            if set {
+                v.push(name);
+            }
+        };
+        on(self.preset != "default", "--preset");
+        on(self.lr.is_some(), "--lr");
+        on(self.alpha.is_some(), "--alpha");
+        on(self.init_r.is_some(), "--init-r");
+        on(self.target_r.is_some(), "--target-r");
+        on(self.targets.is_some(), "--targets");
+        on(self.layers.is_some(), "--layers");
+        on(self.dropout.is_some(), "--dropout");
+        on(self.orth_reg.is_some(), "--orth-reg");
+        on(self.max_steps.is_some(), "--max-steps");
+        on(self.threshold.is_some(), "--threshold");
+        on(self.merge_scale.is_some(), "--merge-scale");
+        on(self.preserve.is_some(), "--preserve");
+        on(self.preserve_batch.is_some(), "--preserve-batch");
+        on(self.null_space.is_some(), "--null-space");
+        on(self.retention_every.is_some(), "--retention-every");
+        on(self.retention_sample.is_some(), "--retention-sample");
+        on(self.no_free_decoding, "--no-free-decoding");
+        on(self.free_every.is_some(), "--free-every");
+        on(self.mixed_batch.is_some(), "--mixed-batch");
+        on(self.rehearse_below.is_some(), "--rehearse-below");
+        on(self.rehearse_budget.is_some(), "--rehearse-budget");
+        on(self.rehearse_prompts.is_some(), "--rehearse-prompts");
+        v
+    }
+
     /// The preset with the flags applied, under `strategy` and `seed` (the config's defaults when not
     /// given), validated (bad input).
     pub fn run_config(&self, strategy: Option<Strategy>, seed: Option<u64>) -> Result<RunConfig, Error> {
@@ -199,6 +234,28 @@ mod tests {
         let names: Vec<&str> = a.targets.iter().map(|p| p.name()).collect();
         assert!(help("targets").contains(&format!("default {}", names.join(","))), "{names:?}");
         assert!(a.layers.is_empty() && help("layers").contains("all (the default)"));
+    }
+
+    /// Every training flag, given, is named by `given` (so `run --resume` refuses each of them).
+    #[test]
+    fn every_training_flag_given_is_named() {
+        use clap::CommandFactory;
+        let cmd = Flags::command();
+        let flags: Vec<String> = cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+        assert!(flags.len() >= 23, "{flags:?}");
+        assert!(Flags::parse_from(["x"]).train.given().is_empty());
+        for f in &flags {
+            let value = match f.as_str() {
+                "--no-free-decoding" => None,
+                "--preset" => Some("article"),
+                "--targets" => Some("gate_proj"),
+                "--layers" => Some("1-2"),
+                _ => Some("1"),
+            };
+            let mut argv = vec!["x", f.as_str()];
+            argv.extend(value);
+            assert_eq!(Flags::parse_from(argv).train.given(), [f.as_str()]);
+        }
     }
 
     #[test]
