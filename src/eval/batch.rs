@@ -155,10 +155,15 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// `v` rounded up to a multiple of `m`, at least `m`: how batch sizes are padded to shapes.
+    pub fn round_up(v: usize, m: usize) -> usize {
+        v.div_ceil(m).max(1) * m
+    }
+
     /// The shape `examples` fit in: their count, the longest rounded up to a multiple of 16, the
     /// target tokens rounded up to a multiple of 64.
     pub fn of(examples: &[Example]) -> Shape {
-        let up = |v: usize, m: usize| v.div_ceil(m).max(1) * m;
+        let up = Shape::round_up;
         Shape {
             rows: examples.len(),
             len: up(examples.iter().map(Example::len).max().unwrap_or(1), 16),

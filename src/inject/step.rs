@@ -648,7 +648,7 @@ pub fn train_epochs(
 /// split into micro-batches of at most `max_tokens` padded tokens (at least a row each) of as even a
 /// row count as may be, each with target slots for its row count's longest targets (rounded up to 64).
 pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usize) -> Vec<Shape> {
-    let up = |v: usize, m: usize| v.div_ceil(m).max(1) * m;
+    let up = Shape::round_up;
     let mut counts: Vec<usize> = facts.iter().map(Vec::len).collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let rows = counts.iter().take(batch_facts.max(1)).sum::<usize>().max(1);
