@@ -38,7 +38,16 @@ fn main() -> ExitCode {
     init_tracing(cli.global.verbose, cli.global.quiet);
     tracing::debug!("started");
     match cli::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            // Everything is written and closed (the ledger, the reports, the output, flushed here),
+            // so the process ends now: the C++ teardown of libtorch's CUDA state at exit (the
+            // caching allocator, the context) only costs time at the end of a GPU run.
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process without running handlers; nothing is left to flush.
+            unsafe { libc::_exit(0) }
+        }
         Err(e) => {
             let bad_input = e
                 .chain()

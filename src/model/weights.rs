@@ -341,11 +341,23 @@ pub fn load_as(path: &Path, device: Device, kind: Kind, template: Option<&str>) 
     if !path.exists() {
         return Err(Error::bad_model(path, "no such file or folder"));
     }
-    let (cfg, weights, tokenizer) = if path.is_dir() {
-        load_hf_dir(path, template)?
-    } else {
-        load_gguf(path, template)?
-    };
+    // A GPU's context takes about a second to create (driver, libraries, allocator): it is made on
+    // another thread while this one reads and dequantises the checkpoint, which needs no GPU.
+    let (parsed, source_hash) = std::thread::scope(|s| {
+        let context = device.is_cuda().then(|| s.spawn(move || drop(Tensor::f_zeros([1], (Kind::Float, device)))));
+        let hash = s.spawn(|| hash_source(path));
+        let parsed = if path.is_dir() {
+            load_hf_dir(path, template)
+        } else {
+            load_gguf(path, template)
+        };
+        if let Some(c) = context {
+            // A failed context shows again, with its message, when the weights go to the device.
+            let _ = c.join();
+        }
+        (parsed, hash.join().expect("hashing the checkpoint panicked"))
+    });
+    let (cfg, weights, tokenizer) = parsed?;
     // Every id the tokenizer can give must have a row of the embedding, or the first forward of
     // such a token fails inside libtorch. Ids need not be dense: the largest one counts.
     let (count, top) = (tokenizer.vocab_size(), tokenizer.max_id().map_or(0, |i| i as usize + 1));
@@ -372,7 +384,7 @@ pub fn load_as(path: &Path, device: Device, kind: Kind, template: Option<&str>) 
         Error::BadInput(msg) => Error::bad_model(path, msg),
         other => other,
     })?;
-    let source_hash = hash_source(path)?;
+    let source_hash = source_hash?;
     Ok(Loaded {
         model,
         tokenizer,
