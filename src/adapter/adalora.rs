@@ -260,6 +260,24 @@ impl AdaLora {
         Tensor::cat(&terms, 0).mean(Kind::Float) * self.cfg.orth_reg_weight
     }
 
+    /// Σ over adapted sites of tr(ΔW K ΔWᵀ) = Σ_x ‖ΔW x‖² for the inputs whose second moment K is
+    /// given per group (`energies[g]`: [L, in, in], aligned with [`groups`](Self::groups); `None`
+    /// skips a group), with ΔW = B·scaling·diag(E)·A as applied (A after any projection). Computed
+    /// from r×r products, tr(BᵀB · A K Aᵀ) with the scaling and E folded in: a float scalar with
+    /// gradients to A, E and B.
+    pub fn interference(&self, energies: &[Option<Tensor>]) -> Tensor {
+        let mut total = Tensor::zeros([], (Kind::Float, self.vs.device()));
+        for (gi, (g, k)) in self.groups.iter().zip(energies).enumerate() {
+            let Some(k) = k else { continue };
+            let ae = self.effective_a(gi) * &g.e;
+            let m = ae.bmm(k).bmm(&ae.transpose(1, 2));
+            let b = &g.b * self.scale();
+            let btb = b.transpose(1, 2).bmm(&b);
+            total += (m * btb).sum(Kind::Float);
+        }
+        total
+    }
+
     /// Scales all gradients so that their global norm is at most `max_norm`, without reading it
     /// back to the host.
     pub fn clip_grad_norm(&self, max_norm: f64) {

@@ -1,8 +1,16 @@
 //! AdamW (Loshchilov & Hutter; the same update as `torch.optim.AdamW`) with its step count on the
 //! device, so a captured CUDA graph of the update stays right on every replay: torch's C++ optimizer
 //! keeps the count on the host and would bake the bias corrections of the captured step into the
-//! graph. Every state update is in place.
+//! graph. Every state update is in place. A scheduled learning rate lives on the device too
+//! ([`AdamW::schedule`]), written between steps, for the same reason.
 use tch::{Kind, Tensor};
+
+/// The device-side learning rate of a scheduled optimizer and its weight-decay factor 1 − lr·λ,
+/// float scalars written (from f64, as a host scalar would be rounded) before each step.
+struct Scheduled {
+    lr: Tensor,
+    decay: Tensor,
+}
 
 pub struct AdamW {
     params: Vec<Tensor>,
@@ -15,6 +23,7 @@ pub struct AdamW {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
+    scheduled: Option<Scheduled>,
 }
 
 impl AdamW {
@@ -32,7 +41,28 @@ impl AdamW {
             beta2,
             eps: 1e-8,
             weight_decay,
+            scheduled: None,
         }
+    }
+
+    /// Reads the learning rate from the device from now on, so that [`set_lr`](Self::set_lr) can
+    /// change it under a captured graph. Until the first `set_lr` it is the rate given to `new`,
+    /// and each step's arithmetic is the same as with the host rate.
+    pub fn schedule(&mut self) {
+        let device = self.t.device();
+        let scalar = |v: f64| Tensor::full([], v, (Kind::Float, device));
+        self.scheduled = Some(Scheduled {
+            lr: scalar(self.lr),
+            decay: scalar(1.0 - self.lr * self.weight_decay),
+        });
+    }
+
+    /// The learning rate of the next steps (`lr` = the base rate × the schedule's factor), written in
+    /// place on the device. Panics unless [`schedule`](Self::schedule)d.
+    pub fn set_lr(&mut self, lr: f64) {
+        let s = self.scheduled.as_mut().expect("set_lr on an optimizer without a schedule");
+        let _ = s.lr.fill_(lr);
+        let _ = s.decay.fill_(1.0 - lr * self.weight_decay);
     }
 
     /// Back to the state of a new optimizer (moments and step count zero), in place.
@@ -62,7 +92,10 @@ impl AdamW {
             // 1 − β^t computed on the device from the device-side count.
             let bc1 = -(&self.t * self.beta1.ln()).exp() + 1.0;
             let bc2 = -(&self.t * self.beta2.ln()).exp() + 1.0;
-            let step_size = bc1.reciprocal() * self.lr;
+            let step_size = match &self.scheduled {
+                Some(s) => bc1.reciprocal() * &s.lr,
+                None => bc1.reciprocal() * self.lr,
+            };
             let bc2_sqrt = bc2.sqrt();
             for ((p, m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
                 let g = p.grad();
@@ -70,7 +103,10 @@ impl AdamW {
                     continue;
                 }
                 let mut p = p.shallow_clone();
-                let _ = p.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+                let _ = match &self.scheduled {
+                    Some(s) => p.g_mul_(&s.decay),
+                    None => p.g_mul_scalar_(1.0 - self.lr * self.weight_decay),
+                };
                 let _ = m.g_mul_scalar_(self.beta1);
                 let _ = m.g_add_(&(&g * (1.0 - self.beta1)));
                 let _ = v.g_mul_scalar_(self.beta2);
@@ -111,5 +147,49 @@ mod tests {
         assert!(diff < 1e-5, "max |diff| {diff}");
         let moved = (&w_ours - &target).abs().max().double_value(&[]);
         assert!(moved < 0.5 * start, "did not train: {start} -> {moved}");
+    }
+
+    /// A scheduled optimizer at a fixed rate takes bit for bit the steps of the host-rate one; with
+    /// the rate changed between steps it takes torch's steps at each step's rate (torch's AdamW
+    /// with its learning rate set before each step, as transformers' schedulers do).
+    #[test]
+    fn a_scheduled_rate_is_the_host_rate_and_follows_set_lr() {
+        tch::manual_seed(5);
+        let target = Tensor::randn([6, 3], (Kind::Float, tch::Device::Cpu));
+        let init = Tensor::randn([6, 3], (Kind::Float, tch::Device::Cpu));
+        let run = |scheduled: bool, rates: &[f64]| -> Tensor {
+            let w = init.copy().set_requires_grad(true);
+            let mut opt = AdamW::new(vec![w.shallow_clone()], 0.05, 0.9, 0.999, 0.01);
+            if scheduled {
+                opt.schedule();
+            }
+            for &lr in rates {
+                if scheduled {
+                    opt.set_lr(lr);
+                }
+                opt.zero_grad();
+                (&w - &target).square().sum(Kind::Float).backward();
+                opt.step();
+            }
+            w.detach()
+        };
+        let fixed = [0.05; 30];
+        let diff = (run(false, &fixed) - run(true, &fixed)).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "a scheduled optimizer at the base rate is not the host-rate one");
+        let falling: Vec<f64> = (0..30).map(|t| 0.05 * (1.0 - t as f64 / 30.0)).collect();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let w_ref = vs.root().var_copy("w", &init);
+        let mut reference = tch::nn::OptimizerConfig::build(tch::nn::adamw(0.9, 0.999, 0.01), &vs, 0.05).unwrap();
+        for &lr in &falling {
+            reference.set_lr(lr);
+            reference.zero_grad();
+            (&w_ref - &target).square().sum(Kind::Float).backward();
+            reference.step();
+        }
+        let ours = run(true, &falling);
+        let diff = (&ours - &w_ref.detach()).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "max |diff| against torch with the same rates: {diff}");
+        let unscheduled = (&ours - run(false, &fixed)).abs().max().double_value(&[]);
+        assert!(unscheduled > 1e-3, "the falling rate changed nothing: {unscheduled}");
     }
 }

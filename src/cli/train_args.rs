@@ -1,6 +1,6 @@
 //! Training and evaluation flags shared by `run` (and `compare`), resolved into a [`RunConfig`].
 use clap::Args;
-use injector::config::{parse_layers, parse_targets, RunConfig, Strategy, TrainConfig};
+use injector::config::{parse_layers, parse_targets, LrScheduler, RunConfig, Strategy, TrainConfig};
 use injector::Error;
 
 #[derive(Args, Debug, Clone)]
@@ -14,6 +14,10 @@ pub struct TrainArgs {
     /// Learning rate of AdamW (default 0.005).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// How the learning rate falls over a training's --max-steps optimizer steps (for mixed at scale,
+    /// over every mini-batch of every epoch): constant, linear or cosine (default constant).
+    #[arg(long, value_parser = LrScheduler::NAMES)]
+    pub lr_scheduler: Option<String>,
     /// AdaLoRA lora_alpha (the scaling; default 32).
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -58,6 +62,10 @@ pub struct TrainArgs {
     /// default 0.9).
     #[arg(long)]
     pub null_space: Option<f64>,
+    /// Weight of the interference penalty: the adapter's squared change to the activations of every
+    /// fact injected before, at every adapted site, summed over those facts (0 = off, the default).
+    #[arg(long)]
+    pub protect: Option<f64>,
     /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1; default 1); always
     /// after the last.
     #[arg(long)]
@@ -104,6 +112,7 @@ impl TrainArgs {
         };
         on(self.preset != "default", "--preset");
         on(self.lr.is_some(), "--lr");
+        on(self.lr_scheduler.is_some(), "--lr-scheduler");
         on(self.alpha.is_some(), "--alpha");
         on(self.init_r.is_some(), "--init-r");
         on(self.target_r.is_some(), "--target-r");
@@ -117,6 +126,7 @@ impl TrainArgs {
         on(self.preserve.is_some(), "--preserve");
         on(self.preserve_batch.is_some(), "--preserve-batch");
         on(self.null_space.is_some(), "--null-space");
+        on(self.protect.is_some(), "--protect");
         on(self.retention_every.is_some(), "--retention-every");
         on(self.retention_sample.is_some(), "--retention-sample");
         on(self.no_free_decoding, "--no-free-decoding");
@@ -145,12 +155,16 @@ impl TrainArgs {
             a.layers = parse_layers(s)?;
         }
         set(&mut t.lr, self.lr);
+        if let Some(s) = &self.lr_scheduler {
+            t.lr_scheduler = s.parse()?;
+        }
         set(&mut t.max_steps, self.max_steps);
         set(&mut t.threshold, self.threshold);
         set(&mut t.merge_scale, self.merge_scale);
         set(&mut t.preserve, self.preserve);
         set(&mut t.preserve_batch, self.preserve_batch);
         set(&mut t.null_space, self.null_space);
+        set(&mut t.protect, self.protect);
         let mut c = RunConfig {
             train: t,
             ..RunConfig::default()
@@ -210,6 +224,7 @@ mod tests {
         let g = |v: f64| format!("{v}");
         for (id, want) in [
             ("lr", format!("default {}", g(t.lr))),
+            ("lr_scheduler", format!("default {}", serde_json::to_value(t.lr_scheduler).unwrap().as_str().unwrap())),
             ("alpha", format!("default {}", g(a.lora_alpha))),
             ("init_r", format!("default {}", a.init_r)),
             ("target_r", format!("default {}", a.target_r)),
@@ -221,6 +236,7 @@ mod tests {
             ("preserve", format!("default {}", g(t.preserve))),
             ("preserve_batch", format!("default {}", t.preserve_batch)),
             ("null_space", format!("default {}", g(t.null_space))),
+            ("protect", "(0 = off, the default)".to_string()),
             ("retention_every", format!("default {}", c.retention_every)),
             ("mixed_batch", format!("default {}", c.mixed_batch)),
             ("rehearse_below", format!("default {}", g(c.rehearsal.below))),
@@ -250,6 +266,7 @@ mod tests {
                 "--preset" => Some("article"),
                 "--targets" => Some("gate_proj"),
                 "--layers" => Some("1-2"),
+                "--lr-scheduler" => Some("cosine"),
                 _ => Some("1"),
             };
             let mut argv = vec!["x", f.as_str()];
@@ -267,5 +284,20 @@ mod tests {
         let plain = Flags::parse_from(["x"]).train;
         let key = |a: &TrainArgs| a.run_config(Some(Strategy::Mixed), None).unwrap().to_json();
         assert_eq!(key(&args), key(&plain));
+    }
+
+    /// `--lr-scheduler` reaches the config; its default (constant) leaves the key of a run made
+    /// before the flag existed.
+    #[test]
+    fn the_lr_scheduler_flag_sets_the_schedule_and_constant_keeps_the_key() {
+        let config = |argv: &[&str]| {
+            let args = Flags::parse_from(std::iter::once("x").chain(argv.iter().copied())).train;
+            args.run_config(Some(Strategy::Mixed), None).unwrap()
+        };
+        assert_eq!(config(&["--lr-scheduler", "cosine"]).train.lr_scheduler, LrScheduler::Cosine);
+        assert_eq!(config(&["--lr-scheduler", "constant"]).to_json(), config(&[]).to_json());
+        assert!(!config(&[]).to_json().contains("lr_scheduler"));
+        assert!(config(&["--lr-scheduler", "linear"]).to_json().contains("\"lr_scheduler\":\"linear\""));
+        assert!(Flags::try_parse_from(["x", "--lr-scheduler", "step"]).is_err());
     }
 }

@@ -109,6 +109,64 @@ pub struct TrainConfig {
     /// before it existed stay the same.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub null_space: f64,
+    /// How the learning rate falls over a training's `max_steps` optimizer steps (transformers'
+    /// `lr_scheduler_type`, without warm-up). `mixed` at scale counts every mini-batch of every
+    /// epoch. Left out of the serialised config when constant (every run before it existed), so
+    /// their keys stay the same.
+    #[serde(default, skip_serializing_if = "LrScheduler::is_constant")]
+    pub lr_scheduler: LrScheduler,
+    /// Weight of the interference penalty (0 = off): the adapter's summed squared change to the
+    /// activations of every fact injected before, at every adapted site (`inject::preserve::Protected`;
+    /// the soft form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the
+    /// weights after each fact's step; a resumed run records those of its earlier facts at the
+    /// weights it resumes from, so it does not repeat an uninterrupted run bit for bit. Left out of
+    /// the serialised config when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub protect: f64,
+}
+
+/// The learning-rate schedules (names as transformers' `SchedulerType`): the rate at optimizer step
+/// t of T is `lr · factor(t, T)`, with `factor` 1 (constant), 1 − t/T (linear) or (1 + cos πt/T)/2
+/// (cosine; transformers' `get_cosine_schedule_with_warmup` with no warm-up and half a cycle).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduler {
+    #[default]
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl LrScheduler {
+    pub const NAMES: [&'static str; 3] = ["constant", "linear", "cosine"];
+
+    fn is_constant(&self) -> bool {
+        *self == LrScheduler::Constant
+    }
+
+    /// The multiplier of the learning rate at optimizer step `t` (0 for the first) of `total`.
+    pub fn factor(self, t: i64, total: i64) -> f64 {
+        let x = (t as f64 / total.max(1) as f64).clamp(0.0, 1.0);
+        match self {
+            LrScheduler::Constant => 1.0,
+            LrScheduler::Linear => 1.0 - x,
+            LrScheduler::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * x).cos()),
+        }
+    }
+}
+
+impl std::str::FromStr for LrScheduler {
+    type Err = Error;
+
+    /// Errors: bad input naming the schedules known.
+    fn from_str(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+            Error::BadInput(format!(
+                "unknown --lr-scheduler '{s}': expected {}",
+                LrScheduler::NAMES.join(", ")
+            ))
+        })
+    }
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -152,6 +210,8 @@ impl Default for TrainConfig {
             preserve: 4.0,
             preserve_batch: 8,
             null_space: 0.9,
+            lr_scheduler: LrScheduler::Constant,
+            protect: 0.0,
         }
     }
 }
@@ -383,6 +443,7 @@ impl RunConfig {
         c.non_negative(t.preserve, "--preserve", "train.preserve");
         c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
         c.within(t.null_space, false, "--null-space", "train.null_space");
+        c.non_negative(t.protect, "--protect", "train.protect");
         c.within(self.rehearsal.below, true, "--rehearse-below", "rehearsal.below");
         c.at_least_one(self.mixed_batch as u64, "--mixed-batch", "mixed_batch");
         c.non_negative(self.rehearsal.budget, "--rehearse-budget", "rehearsal.budget");
@@ -605,6 +666,24 @@ mod tests {
         let mut c = RunConfig::default();
         c.rehearsal.prompts = 2;
         assert!(c.to_json().contains(r#""prompts":2"#));
+    }
+
+    /// The schedules' factors at the ends and the middle; an unknown name is bad input, in a
+    /// recorded config too.
+    #[test]
+    fn lr_schedules_fall_from_one_as_named() {
+        let f = |s: LrScheduler, t| s.factor(t, 10);
+        assert_eq!([f(LrScheduler::Constant, 0), f(LrScheduler::Constant, 9)], [1.0, 1.0]);
+        assert_eq!([f(LrScheduler::Linear, 0), f(LrScheduler::Linear, 5)], [1.0, 0.5]);
+        assert!((f(LrScheduler::Linear, 9) - 0.1).abs() < 1e-12);
+        assert_eq!(f(LrScheduler::Cosine, 0), 1.0);
+        assert!((f(LrScheduler::Cosine, 5) - 0.5).abs() < 1e-12);
+        assert!((f(LrScheduler::Cosine, 9) - 0.5 * (1.0 + (0.9 * std::f64::consts::PI).cos())).abs() < 1e-12);
+        assert_eq!("cosine".parse::<LrScheduler>().unwrap(), LrScheduler::Cosine);
+        let e = "step".parse::<LrScheduler>().unwrap_err();
+        assert!(e.is_bad_input() && e.to_string().contains("constant, linear, cosine"), "{e}");
+        let json = config().to_json().replace("\"null_space\":0.9", "\"null_space\":0.9,\"lr_scheduler\":\"step\"");
+        assert!(RunConfig::from_json(&json, "x").unwrap_err().is_bad_input());
     }
 
     #[test]

@@ -266,6 +266,15 @@ fn drive_steps(
         for h in committed.iter().flat_map(|s| &s.rehearsed) {
             *turns.entry(h.clone()).or_default() += 1;
         }
+        // With the interference penalty, the facts injected before this invocation are recorded at
+        // the weights it starts from (an uninterrupted run recorded each after its own step).
+        let protected = prepared.preserve.as_ref().and_then(|p| p.protected.as_ref());
+        if let Some(p) = protected {
+            let facts: Vec<&[Example]> = plan.injected.iter().map(|h| prepared.examples[h].recall.as_slice()).collect();
+            for chunk in facts.chunks(64) {
+                p.add(&loaded.model, chunk);
+            }
+        }
         // A step's commit waits for its weights hash and factors file, which are made while the
         // next step trains (bench/NOTES.md items 30-31).
         let mut pending: Option<Uncommitted> = None;
@@ -306,6 +315,11 @@ fn drive_steps(
             clock.lap();
             merge::merge(&loaded.model, &trained.factors, plan.run.merge_on_device)?;
             let saving = merge::save_in_background(&ledger.deltas_dir(), &trained.factors);
+            if let Some(p) = protected {
+                // The step's own facts are protected from the next steps' updates (timed as merge).
+                let facts: Vec<&[Example]> = own.iter().map(|f| prepared.examples[&f.hash].recall.as_slice()).collect();
+                p.add(&loaded.model, &facts);
+            }
             if let tch::Device::Cuda(d) = loaded.model.device() {
                 // The merge's kernels are the merge phase's, not the next one's.
                 tch::Cuda::synchronize(d as i64);

@@ -4,7 +4,7 @@
 //! model, and every fact's examples tokenised once.
 use super::evaluate::{sample_generations, sampled};
 use super::plan::Plan;
-use super::preserve::{null_space_projections, Preserve};
+use super::preserve::{null_space_projections, Preserve, Protected};
 use super::state::replay;
 use super::step::adapter_shapes;
 use super::Clock;
@@ -102,7 +102,7 @@ fn preservation(
     phases: &mut FixedPhases,
 ) -> Result<Option<Preserve>> {
     let t = &config.train;
-    if t.preserve <= 0.0 && t.null_space <= 0.0 {
+    if t.preserve <= 0.0 && t.null_space <= 0.0 && t.protect <= 0.0 {
         return Ok(None);
     }
     let mut clock = Clock::start();
@@ -110,11 +110,14 @@ fn preservation(
     let ex = base_answers_kept(ledger, loaded, &PRESERVE_PROMPTS, config.locality_tokens)?;
     let mut p = Preserve::new(model, &ex, t.preserve_batch);
     phases.preservation = clock.lap();
+    let sites: Vec<(usize, Proj)> = adapter_shapes(model, &t.adalora)
+        .into_iter()
+        .map(|(l, p, _, _)| (l, p))
+        .collect();
+    if t.protect > 0.0 {
+        p.protected = Some(Protected::new(model, &sites));
+    }
     if t.null_space > 0.0 {
-        let sites: Vec<(usize, Proj)> = adapter_shapes(model, &t.adalora)
-            .into_iter()
-            .map(|(l, p, _, _)| (l, p))
-            .collect();
         p.projections = null_space_projections(model, &ex, &sites, t.null_space)?;
         phases.projections = clock.lap();
     }

@@ -18,10 +18,120 @@ pub struct Preserve {
     /// Per adapted (layer, projection): the projection [in, in] onto the null space of the base
     /// model's inputs there (empty when `null_space` is off).
     pub projections: HashMap<(usize, Proj), Tensor>,
+    /// The inputs of the facts injected so far, for the interference penalty (`train.protect`).
+    pub protected: Option<Protected>,
+}
+
+/// The inputs of the facts a run has injected, at every adapted site: K = Σ_f (1/T_f) Σ_t x_t x_tᵀ
+/// over each injected fact f's T_f training tokens (prompt and answer, all positions), at the
+/// weights after its step. An adapter's update ΔW then changes the outputs there by
+/// tr(ΔW K ΔWᵀ) = Σ_f mean_t ‖ΔW x_t‖²: the mean squared change it makes to each earlier fact's
+/// activations, summed over facts — zero at every site means every earlier fact's forward pass is
+/// unchanged. The penalty on it (`train.protect`) is the soft form of AlphaEdit's term for the keys
+/// of earlier edits (Fang et al., arXiv:2410.02355, eq. 9 with K_p), in the spirit of MEMIT's key
+/// second moments (Meng et al., arXiv:2210.07229).
+///
+/// Per adapter group (projection kind, its layers in order) one f32 tensor [L, in, in] on the
+/// model's device, added to in place, so a captured CUDA graph that reads it sees every fact added
+/// since. Sites that share an input (q/k/v; gate/up) are recorded once and added to each.
+pub struct Protected {
+    sums: Vec<(Proj, Vec<usize>, Tensor)>,
+    facts: std::cell::Cell<usize>,
+}
+
+impl Protected {
+    /// Nothing protected yet, for the adapted `sites` of `model`.
+    pub fn new(model: &Llama, sites: &[(usize, Proj)]) -> Self {
+        let mut by_input: Vec<(Proj, Vec<usize>)> = Vec::new();
+        for &(l, p) in sites {
+            match by_input.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, layers)) if !layers.contains(&l) => layers.push(l),
+                Some(_) => {}
+                None => by_input.push((p, vec![l])),
+            }
+        }
+        let c = &model.cfg;
+        let sums = by_input
+            .into_iter()
+            .map(|(p, layers)| {
+                let n = match same_input(p) {
+                    Proj::Down => c.intermediate_size,
+                    Proj::O => c.num_attention_heads * c.head_dim,
+                    _ => c.hidden_size,
+                } as i64;
+                let t = Tensor::zeros([layers.len() as i64, n, n], (Kind::Float, model.device()));
+                (p, layers, t)
+            })
+            .collect();
+        Protected {
+            sums,
+            facts: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Facts added so far.
+    pub fn facts(&self) -> usize {
+        self.facts.get()
+    }
+
+    /// Adds the inputs of `facts` (each fact's training examples) at the model's current weights:
+    /// one forward of all their examples, each position weighted by 1 / its fact's token count.
+    pub fn add(&self, model: &Llama, facts: &[&[Example]]) {
+        let examples: Vec<Example> = facts.iter().flat_map(|f| f.iter().cloned()).collect();
+        if examples.is_empty() {
+            return;
+        }
+        let device = model.device();
+        let (ids, mask) = padded(&examples, device);
+        // √(1 / T_f) on fact f's rows: x·√w squared gives w·xxᵀ.
+        let len = ids.size()[1];
+        let mut weights = Vec::with_capacity(examples.len());
+        for f in facts {
+            let tokens = f.iter().map(Example::len).sum::<usize>().max(1);
+            weights.extend(std::iter::repeat_n((1.0 / tokens as f64).sqrt(), f.len()));
+        }
+        let rows = Tensor::from_slice(&weights).to_device(device).repeat_interleave_self_int(len, 0, None);
+        let mask = (mask.view([-1]) * rows).view([-1, 1]).to_kind(Kind::Float);
+        let rec = InputEnergy {
+            sites: self
+                .sums
+                .iter()
+                .flat_map(|(p, layers, _)| layers.iter().map(move |&l| (l, same_input(*p))))
+                .collect(),
+            mask,
+            sums: RefCell::new(HashMap::new()),
+        };
+        tch::no_grad(|| {
+            let _ = model.hidden(&ids, None, &rec);
+            let sums = rec.sums.into_inner();
+            for (p, layers, t) in &self.sums {
+                for (slot, &l) in layers.iter().enumerate() {
+                    if let Some(k) = sums.get(&(l, same_input(*p))) {
+                        let _ = t.get(slot as i64).g_add_(k);
+                    }
+                }
+            }
+        });
+        self.facts.set(self.facts.get() + facts.len());
+    }
+
+    /// K of each of `groups` (a projection and its layers, as an adapter stacks them), or `None`
+    /// for a group not recorded here.
+    pub fn for_groups<'g>(&self, groups: impl Iterator<Item = (Proj, &'g [usize])>) -> Vec<Option<Tensor>> {
+        groups
+            .map(|(p, layers)| {
+                self.sums
+                    .iter()
+                    .find(|(q, l, _)| *q == p && l.as_slice() == layers)
+                    .map(|(_, _, t)| t.shallow_clone())
+            })
+            .collect()
+    }
 }
 
 /// Records Σ xᵀx of the inputs of chosen projections during forwards of the base model, over the
-/// positions that `mask` ([rows·length, 1], 1 for real tokens) keeps.
+/// positions that `mask` ([rows·length, 1], 1 for real tokens; √w weighs a position by w) keeps, in
+/// `mask`'s kind.
 struct InputEnergy {
     sites: HashSet<(usize, Proj)>,
     mask: Tensor,
@@ -32,7 +142,7 @@ impl crate::model::Adapter for InputEnergy {
     fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
         if self.sites.contains(&(layer, proj)) {
             let n = x.size().last().copied().unwrap_or(1);
-            let x = x.reshape([-1, n]).to_kind(Kind::Double) * &self.mask;
+            let x = x.reshape([-1, n]).to_kind(self.mask.kind()) * &self.mask;
             let xtx = x.transpose(0, 1).matmul(&x);
             let mut sums = self.sums.borrow_mut();
             match sums.get_mut(&(layer, proj)) {
@@ -88,6 +198,28 @@ fn eigh(k: &Tensor) -> Result<(Tensor, Tensor)> {
     }
 }
 
+/// I − U Uᵀ for the fewest principal directions U of the symmetric energy `k` ([n, n], f64) that
+/// carry `share` of its trace: [n, n], f32, on `k`'s device.
+fn null_space_of(k: &Tensor, share: f64) -> Result<Tensor> {
+    let (vals, vecs) = eigh(k)?;
+    // Eigenvalues ascending: walk from the largest until `share` of the energy is covered.
+    let vals = Vec::<f64>::try_from(vals.clamp_min(0.0).to_device(tch::Device::Cpu))?;
+    let total: f64 = vals.iter().sum();
+    let mut acc = 0.0;
+    let mut top = 0;
+    for v in vals.iter().rev() {
+        if total <= 0.0 || acc >= share * total {
+            break;
+        }
+        acc += v;
+        top += 1;
+    }
+    let n = vals.len() as i64;
+    let u = vecs.narrow(1, n - top as i64, top as i64);
+    let p = Tensor::eye(n, (Kind::Double, k.device())) - u.matmul(&u.transpose(0, 1));
+    Ok(p.to_kind(Kind::Float))
+}
+
 /// For each site, I − U Uᵀ where U holds the fewest principal directions of the base model's inputs
 /// there (on `examples`, padding excluded) that carry `share` of their energy. Sites that share an
 /// input (q/k/v; gate/up) share one projection. Shapes: [in, in] per site, f32, on the model's device.
@@ -109,23 +241,7 @@ pub fn null_space_projections(
     });
     let mut by_input = HashMap::new();
     for (site, k) in rec.sums.into_inner() {
-        let (vals, vecs) = eigh(&k)?;
-        // Eigenvalues ascending: walk from the largest until `share` of the energy is covered.
-        let vals = Vec::<f64>::try_from(vals.clamp_min(0.0).to_device(tch::Device::Cpu))?;
-        let total: f64 = vals.iter().sum();
-        let mut acc = 0.0;
-        let mut top = 0;
-        for v in vals.iter().rev() {
-            if total <= 0.0 || acc >= share * total {
-                break;
-            }
-            acc += v;
-            top += 1;
-        }
-        let n = vals.len() as i64;
-        let u = vecs.narrow(1, n - top as i64, top as i64);
-        let p = Tensor::eye(n, (Kind::Double, device)) - u.matmul(&u.transpose(0, 1));
-        by_input.insert(site, p.to_kind(Kind::Float));
+        by_input.insert(site, null_space_of(&k, share)?);
     }
     Ok(sites
         .iter()
@@ -150,6 +266,7 @@ impl Preserve {
             batches,
             base_logp,
             projections: HashMap::new(),
+            protected: None,
         }
     }
 
@@ -228,6 +345,73 @@ mod tests {
             let scale = single.abs().max().double_value(&[]);
             assert!(diff <= 1e-9 * scale.max(1.0), "{site:?}: {diff} vs {scale}");
         }
+    }
+
+    /// The adapter's interference on the recorded inputs is Σ_f mean_t ‖ΔW x_t‖² summed over sites,
+    /// computed here directly from each fact's own forward (no padding, no batching), with a
+    /// projection on one group: the r×r form, the per-fact weights and the batched recording agree.
+    #[test]
+    fn interference_is_the_mean_squared_change_summed_over_facts_and_sites() {
+        use crate::config::AdaLoraConfig;
+        let model = tiny();
+        let cfg = AdaLoraConfig::default();
+        let shapes: Vec<(usize, Proj, i64, i64)> = [(0, Proj::Gate, 32, 16), (1, Proj::Up, 32, 16), (1, Proj::Down, 16, 32), (0, Proj::V, 8, 16)]
+            .into_iter()
+            .collect();
+        let mut ad = AdaLora::new(&cfg, &shapes, tch::Device::Cpu, 7, 10);
+        tch::no_grad(|| {
+            for g in &ad.groups {
+                g.e.shallow_clone().copy_(&(Tensor::randn(g.e.size(), (Kind::Float, tch::Device::Cpu)) * 0.3));
+            }
+        });
+        let mut proj = HashMap::new();
+        let q = Tensor::linalg_qr(&Tensor::randn([32, 3], (Kind::Double, tch::Device::Cpu)), "reduced").0;
+        proj.insert((1, Proj::Down), (Tensor::eye(32, (Kind::Double, tch::Device::Cpu)) - q.matmul(&q.tr())).to_kind(Kind::Float));
+        ad.set_projections(&proj);
+        let fact = |k: i64, n: i64| -> Vec<Example> {
+            (0..n)
+                .map(|i| Example {
+                    prompt: (0..2 + i + k).map(|j| (13 * k + 5 * i + 3 * j) % 61).collect(),
+                    target: (0..1 + (i + k) % 3).map(|j| (7 * k + j) % 61).collect(),
+                })
+                .collect()
+        };
+        let facts = [fact(1, 3), fact(2, 2)];
+        let sites: Vec<(usize, Proj)> = shapes.iter().map(|&(l, p, _, _)| (l, p)).collect();
+        let protected = Protected::new(&model, &sites);
+        protected.add(&model, &[&facts[0], &facts[1]]);
+        assert_eq!(protected.facts(), 2);
+        let k = protected.for_groups(ad.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
+        assert!(k.iter().all(Option::is_some));
+        let got = tch::no_grad(|| ad.interference(&k)).double_value(&[]);
+
+        /// Σ over the chosen sites of ‖ΔW x‖² at every position of one unpadded example.
+        struct Change<'a> {
+            ad: &'a AdaLora,
+            sites: &'a [(usize, Proj)],
+            sum: RefCell<f64>,
+        }
+        impl crate::model::Adapter for Change<'_> {
+            fn delta(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<Tensor> {
+                if self.sites.contains(&(layer, proj)) {
+                    let d = crate::model::Adapter::delta(self.ad, layer, proj, x)?;
+                    *self.sum.borrow_mut() += d.square().sum(Kind::Double).double_value(&[]);
+                }
+                None
+            }
+        }
+        let mut want = 0.0;
+        for f in &facts {
+            let tokens: usize = f.iter().map(Example::len).sum();
+            let rec = Change { ad: &ad, sites: &sites, sum: RefCell::new(0.0) };
+            for e in f {
+                let ids: Vec<i64> = e.prompt.iter().chain(&e.target).copied().collect();
+                let _ = tch::no_grad(|| model.hidden(&Tensor::from_slice(&ids).view([1, -1]), None, &rec));
+            }
+            want += rec.sum.into_inner() / tokens as f64;
+        }
+        assert!(want > 0.0);
+        assert!((got - want).abs() <= 1e-4 * want, "interference {got}, direct {want}");
     }
 
     #[test]

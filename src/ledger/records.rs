@@ -115,7 +115,8 @@ pub struct StepPhases {
     pub warmup: f64,
     /// The other optimizer steps (graph replays on a GPU).
     pub train: f64,
-    /// The factors merged into the weights and stored.
+    /// The factors merged into the weights and stored (with `train.protect`, the step's facts' inputs
+    /// recorded too).
     pub merge: f64,
     /// The step's own facts scored.
     pub own_probes: f64,
