@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         Ok(()) => {
             // Everything is written and closed (the ledger, the reports, the output, flushed here),
             // so the process ends now: the C++ teardown of libtorch's CUDA state at exit (the
-            // caching allocator, the context) only costs time at the end of a GPU run.
+            // caching allocator, the context) only costs time at the end of a GPU run (~0.2–0.5 s,
+            // bench/NOTES.md item 37). The rule this relies on: nothing that must run its Drop (a
+            // BufWriter, a temporary folder, a thread writing files) may outlive `dispatch`.
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let _ = std::io::stderr().flush();

@@ -750,3 +750,34 @@ fn a_bf16_run_on_the_cpu_records_its_type() {
     let expected = if injector::model::cpu_has_bf16() { &run } else { &f32_id };
     assert_eq!((auto["run"].as_str().unwrap(), &auto["new_steps"]), (expected.as_str(), &serde_json::json!(0)));
 }
+
+/// `--protect` and `--lr-scheduler` on a run that goes on with a new fact: both are in the run's
+/// recorded config (and so its key: the same flags find the run again), and the second invocation
+/// (which starts by recording the earlier facts' inputs) trains the new fact in as the first did.
+#[test]
+fn a_protected_scheduled_run_goes_on_with_new_facts() {
+    let d = small_workspace();
+    let p = d.path();
+    let args = run_args(&["--protect", "1", "--lr-scheduler", "linear", "--json"]);
+    let first = injector(p, &args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    assert_eq!(out["new_steps"], 3);
+    let run = out["run"].as_str().unwrap().to_string();
+    std::fs::write(
+        p.join("k/c.yaml"),
+        "id: vex\nsubject: Vex\nanswer: Vex is green.\nprompts: [Vex?, What is Vex?]\nprobes: [Vex is which colour?]\n",
+    )
+    .unwrap();
+    let second = injector(p, &args);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&second)).unwrap();
+    assert_eq!((out["run"].as_str().unwrap(), out["new_steps"].as_i64()), (run.as_str(), Some(1)));
+    for f in out["facts"].as_array().unwrap() {
+        assert!(f["recall_at_step"].as_f64().unwrap() > 0.5, "{f}");
+    }
+    let show = injector(p, &["ledger", "show", &run, "--ledger", "l.db", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let config = shown["run"]["config"].as_str().map(str::to_string).unwrap_or_else(|| shown["run"]["config"].to_string());
+    assert!(config.contains("\"protect\":1") && config.contains("\"lr_scheduler\":\"linear\""), "{config}");
+}

@@ -85,6 +85,15 @@ impl AdamW {
         }
     }
 
+    /// The learning rate the next step takes: the device's scheduled rate (read back), else the
+    /// rate given to `new`.
+    pub fn lr(&self) -> f64 {
+        match &self.scheduled {
+            Some(s) => s.lr.double_value(&[]),
+            None => self.lr,
+        }
+    }
+
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
         tch::no_grad(|| {

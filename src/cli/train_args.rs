@@ -62,8 +62,12 @@ pub struct TrainArgs {
     /// default 0.9).
     #[arg(long)]
     pub null_space: Option<f64>,
-    /// Weight of the interference penalty: the adapter's squared change to the activations of every
-    /// fact injected before, at every adapted site, summed over those facts (0 = off, the default).
+    /// Weight of the interference penalty: the update's squared change to the activations of every
+    /// fact injected before, at every adapted site, summed over those facts, so a fixed weight grows
+    /// stronger with their number (0 = off, the default). Trades tokens for locality (README
+    /// Capacity, session 11); with spaced/replay or repair it also resists the repairs. A run that
+    /// goes on in a later invocation records its earlier facts at the weights it resumes from, so it
+    /// does not end at an uninterrupted run's weights.
     #[arg(long)]
     pub protect: Option<f64>,
     /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1; default 1); always
@@ -82,16 +86,17 @@ pub struct TrainArgs {
     /// last step (0, the default). Each pass costs about one decoding batch on a GPU.
     #[arg(long)]
     pub free_every: Option<usize>,
-    /// mixed only: facts per optimizer step; with more facts, mixed trains in epochs over shuffled
-    /// mini-batches of this many facts, and --max-steps counts epochs (default 16).
+    /// mixed only (ignored by the other strategies): facts per optimizer step; with more facts,
+    /// mixed trains in epochs over shuffled mini-batches of this many facts, and --max-steps counts
+    /// epochs (default 16).
     #[arg(long)]
     pub mixed_batch: Option<usize>,
     /// spaced:K: a fact measured below this recall has fallen and is rehearsed first (default 0.95;
     /// also `repair`'s default threshold for the run).
     #[arg(long)]
     pub rehearse_below: Option<f64>,
-    /// spaced:K only: extra tokens rehearsal may spend, as a multiple of the facts' own tokens
-    /// (default 1).
+    /// spaced:K only (ignored by the others): extra tokens rehearsal may spend, as a multiple of the
+    /// facts' own tokens (default 1).
     #[arg(long)]
     pub rehearse_budget: Option<f64>,
     /// spaced:K and replay:K: rehearse a fact with this many of its training prompts, taken in turn
@@ -180,11 +185,21 @@ impl TrainArgs {
         set(&mut c.mixed_batch, self.mixed_batch);
         set(&mut c.rehearsal.below, self.rehearse_below);
         set(&mut c.rehearsal.budget, self.rehearse_budget);
+        let strategy = c.strategy.parse::<Strategy>();
         // Only strategies that rehearse take it: elsewhere it would change the run's key for nothing.
-        if matches!(c.strategy.parse::<Strategy>(), Ok(Strategy::Spaced(_) | Strategy::Replay(_))) {
+        if matches!(strategy, Ok(Strategy::Spaced(_) | Strategy::Replay(_))) {
             set(&mut c.rehearsal.prompts, self.rehearse_prompts);
         }
         c.validate()?;
+        // The same for the flags of one strategy, once checked: under the others they change nothing
+        // (`--rehearse-below` stays: it is also `repair`'s threshold for any run).
+        let defaults = RunConfig::default();
+        if !matches!(strategy, Ok(Strategy::Mixed)) {
+            c.mixed_batch = defaults.mixed_batch;
+        }
+        if !matches!(strategy, Ok(Strategy::Spaced(_))) {
+            c.rehearsal.budget = defaults.rehearsal.budget;
+        }
         Ok(c)
     }
 }
@@ -284,6 +299,15 @@ mod tests {
         let plain = Flags::parse_from(["x"]).train;
         let key = |a: &TrainArgs| a.run_config(Some(Strategy::Mixed), None).unwrap().to_json();
         assert_eq!(key(&args), key(&plain));
+        // --mixed-batch reaches mixed alone and --rehearse-budget spaced alone (checked either way).
+        let one = Flags::parse_from(["x", "--mixed-batch", "4", "--rehearse-budget", "0.5"]).train;
+        let config = |a: &TrainArgs, s: &str| a.run_config(Some(s.parse().unwrap()), None).unwrap();
+        assert_eq!((config(&one, "mixed").mixed_batch, config(&one, "spaced:8").rehearsal.budget), (4, 0.5));
+        for s in ["sequential", "batch:4", "replay:2"] {
+            assert_eq!(config(&one, s).to_json(), config(&plain, s).to_json(), "{s}");
+        }
+        let bad = Flags::parse_from(["x", "--mixed-batch", "0"]).train;
+        assert!(bad.run_config(Some(Strategy::Batch(1)), None).unwrap_err().is_bad_input());
     }
 
     /// `--lr-scheduler` reaches the config; its default (constant) leaves the key of a run made

@@ -115,12 +115,14 @@ pub struct TrainConfig {
     /// their keys stay the same.
     #[serde(default, skip_serializing_if = "LrScheduler::is_constant")]
     pub lr_scheduler: LrScheduler,
-    /// Weight of the interference penalty (0 = off): the adapter's summed squared change to the
-    /// activations of every fact injected before, at every adapted site (`inject::preserve::Protected`;
-    /// the soft form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the
-    /// weights after each fact's step; a resumed run records those of its earlier facts at the
-    /// weights it resumes from, so it does not repeat an uninterrupted run bit for bit. Left out of
-    /// the serialised config when 0.
+    /// Weight of the interference penalty (0 = off): the merged update's squared change to the
+    /// activations of every fact injected before, at every adapted site, summed over those facts (so
+    /// a fixed weight grows stronger as facts accumulate; `inject::preserve::Protected`, the soft
+    /// form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the weights
+    /// after each fact's step; an invocation that goes on with a recorded run (`--resume`, new facts,
+    /// `repair`) records its earlier facts at the weights it starts from, so it does not repeat an
+    /// uninterrupted run bit for bit. With rehearsal it also resists the repairs. Left out of the
+    /// serialised config when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub protect: f64,
 }
@@ -744,6 +746,8 @@ mod tests {
             (Box::new(|c| c.train.preserve = -1.0), "--preserve"),
             (Box::new(|c| c.train.adalora.orth_reg_weight = -5.0), "--orth-reg"),
             (Box::new(|c| c.train.null_space = 1.0), "--null-space"),
+            (Box::new(|c| c.train.protect = f64::NAN), "--protect"),
+            (Box::new(|c| c.train.protect = -1.0), "--protect"),
             (Box::new(|c| c.train.threshold = 1.5), "--threshold"),
             (Box::new(|c| c.train.max_steps = 0), "--max-steps"),
             (Box::new(|c| c.train.adalora.target_r = 13), "--target-r"),

@@ -269,6 +269,13 @@ fn drive_steps(
         // With the interference penalty, the facts injected before this invocation are recorded at
         // the weights it starts from (an uninterrupted run recorded each after its own step).
         let protected = prepared.preserve.as_ref().and_then(|p| p.protected.as_ref());
+        if protected.is_some() && (repair.is_some() || matches!(plan.strategy, Strategy::Spaced(_) | Strategy::Replay(_))) {
+            tracing::warn!(
+                "--protect with rehearsal ({}): the penalty also resists the rehearsals' repairs of the \
+                 facts it protects (measured worse than either alone; README Capacity, session 11)",
+                if repair.is_some() { "repair" } else { "spaced/replay" }
+            );
+        }
         if let Some(p) = protected {
             let facts: Vec<&[Example]> = plan.injected.iter().map(|h| prepared.examples[h].recall.as_slice()).collect();
             for chunk in facts.chunks(64) {
@@ -315,10 +322,13 @@ fn drive_steps(
             clock.lap();
             merge::merge(&loaded.model, &trained.factors, plan.run.merge_on_device)?;
             let saving = merge::save_in_background(&ledger.deltas_dir(), &trained.factors);
-            if let Some(p) = protected {
-                // The step's own facts are protected from the next steps' updates (timed as merge).
+            if let Some(p) = protected.filter(|_| g + 1 < plan.groups.len()) {
+                // The step's own facts are protected from the next steps' updates (timed as merge; a
+                // later invocation records every earlier fact anew).
                 let facts: Vec<&[Example]> = own.iter().map(|f| prepared.examples[&f.hash].recall.as_slice()).collect();
-                p.add(&loaded.model, &facts);
+                for chunk in facts.chunks(64) {
+                    p.add(&loaded.model, chunk);
+                }
             }
             if let tch::Device::Cuda(d) = loaded.model.device() {
                 // The merge's kernels are the merge phase's, not the next one's.

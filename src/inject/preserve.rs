@@ -33,8 +33,11 @@ pub struct Preserve {
 ///
 /// Per adapter group (projection kind, its layers in order) one f32 tensor [L, in, in] on the
 /// model's device, added to in place, so a captured CUDA graph that reads it sees every fact added
-/// since. Sites that share an input (q/k/v; gate/up) are recorded once and added to each.
+/// since. Sites that share an input (q/k/v; gate/up) are recorded once, and groups of them at the
+/// same layers share one tensor.
 pub struct Protected {
+    /// (projection, its layers in order, [L, in, in]) per adapter group; groups that read the same
+    /// input at the same layers (gate and up; q, k and v) hold one tensor between them.
     sums: Vec<(Proj, Vec<usize>, Tensor)>,
     facts: std::cell::Cell<usize>,
 }
@@ -42,27 +45,31 @@ pub struct Protected {
 impl Protected {
     /// Nothing protected yet, for the adapted `sites` of `model`.
     pub fn new(model: &Llama, sites: &[(usize, Proj)]) -> Self {
-        let mut by_input: Vec<(Proj, Vec<usize>)> = Vec::new();
+        let mut groups: Vec<(Proj, Vec<usize>)> = Vec::new();
         for &(l, p) in sites {
-            match by_input.iter_mut().find(|(q, _)| *q == p) {
+            match groups.iter_mut().find(|(q, _)| *q == p) {
                 Some((_, layers)) if !layers.contains(&l) => layers.push(l),
                 Some(_) => {}
-                None => by_input.push((p, vec![l])),
+                None => groups.push((p, vec![l])),
             }
         }
         let c = &model.cfg;
-        let sums = by_input
-            .into_iter()
-            .map(|(p, layers)| {
+        let mut sums: Vec<(Proj, Vec<usize>, Tensor)> = Vec::new();
+        for (p, layers) in groups {
+            let shared = sums
+                .iter()
+                .find(|(q, l, _)| same_input(*q) == same_input(p) && *l == layers)
+                .map(|(_, _, t)| t.shallow_clone());
+            let t = shared.unwrap_or_else(|| {
                 let n = match same_input(p) {
                     Proj::Down => c.intermediate_size,
                     Proj::O => c.num_attention_heads * c.head_dim,
                     _ => c.hidden_size,
                 } as i64;
-                let t = Tensor::zeros([layers.len() as i64, n, n], (Kind::Float, model.device()));
-                (p, layers, t)
-            })
-            .collect();
+                Tensor::zeros([layers.len() as i64, n, n], (Kind::Float, model.device()))
+            });
+            sums.push((p, layers, t));
+        }
         Protected {
             sums,
             facts: std::cell::Cell::new(0),
@@ -104,7 +111,11 @@ impl Protected {
         tch::no_grad(|| {
             let _ = model.hidden(&ids, None, &rec);
             let sums = rec.sums.into_inner();
-            for (p, layers, t) in &self.sums {
+            for (i, (p, layers, t)) in self.sums.iter().enumerate() {
+                // A tensor shared with an earlier group is that group's, already added to.
+                if self.sums[..i].iter().any(|(_, _, u)| u.data_ptr() == t.data_ptr()) {
+                    continue;
+                }
                 for (slot, &l) in layers.iter().enumerate() {
                     if let Some(k) = sums.get(&(l, same_input(*p))) {
                         let _ = t.get(slot as i64).g_add_(k);
@@ -115,15 +126,17 @@ impl Protected {
         self.facts.set(self.facts.get() + facts.len());
     }
 
-    /// K of each of `groups` (a projection and its layers, as an adapter stacks them), or `None`
-    /// for a group not recorded here.
+    /// K of each of `groups` (a projection and its layers, as an adapter stacks them). Panics for a
+    /// group not recorded here: `Protected::new` takes the adapter's own sites, so that is a bug.
     pub fn for_groups<'g>(&self, groups: impl Iterator<Item = (Proj, &'g [usize])>) -> Vec<Option<Tensor>> {
         groups
             .map(|(p, layers)| {
-                self.sums
+                let k = self
+                    .sums
                     .iter()
                     .find(|(q, l, _)| *q == p && l.as_slice() == layers)
-                    .map(|(_, _, t)| t.shallow_clone())
+                    .map(|(_, _, t)| t.shallow_clone());
+                Some(k.unwrap_or_else(|| panic!("no protected inputs for {p:?} at layers {layers:?}")))
             })
             .collect()
     }
@@ -355,7 +368,7 @@ mod tests {
         use crate::config::AdaLoraConfig;
         let model = tiny();
         let cfg = AdaLoraConfig::default();
-        let shapes: Vec<(usize, Proj, i64, i64)> = [(0, Proj::Gate, 32, 16), (1, Proj::Up, 32, 16), (1, Proj::Down, 16, 32), (0, Proj::V, 8, 16)]
+        let shapes: Vec<(usize, Proj, i64, i64)> = [(0, Proj::Gate, 32, 16), (1, Proj::Gate, 32, 16), (0, Proj::Up, 32, 16), (1, Proj::Up, 32, 16), (1, Proj::Down, 16, 32), (0, Proj::V, 8, 16)]
             .into_iter()
             .collect();
         let mut ad = AdaLora::new(&cfg, &shapes, tch::Device::Cpu, 7, 10);
@@ -383,6 +396,10 @@ mod tests {
         assert_eq!(protected.facts(), 2);
         let k = protected.for_groups(ad.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
         assert!(k.iter().all(Option::is_some));
+        // Gate and up read the same input at the same layers: one tensor between them.
+        let (gate, up) = (k[0].as_ref().unwrap(), k[1].as_ref().unwrap());
+        assert_eq!((ad.groups[0].proj, ad.groups[1].proj), (Proj::Gate, Proj::Up));
+        assert_eq!(gate.data_ptr(), up.data_ptr());
         let got = tch::no_grad(|| ad.interference(&k)).double_value(&[]);
 
         /// Σ over the chosen sites of ‖ΔW x‖² at every position of one unpadded example.

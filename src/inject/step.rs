@@ -354,10 +354,12 @@ impl<'a> Trainer<'a> {
             .filter(|p| self.cfg.preserve > 0.0 && !p.batches.is_empty())
     }
 
-    /// The injected facts' inputs and the penalty's weight, when `protect` is on.
+    /// The injected facts' inputs and the penalty's weight, when `protect` is on: `protect` ×
+    /// merge_scale², the merged update being merge_scale · ΔW.
     fn protecting(&self) -> Option<(&'a Protected, f64)> {
         let p = self.preserve.and_then(|p| p.protected.as_ref())?;
-        (self.cfg.protect > 0.0).then_some((p, self.cfg.protect))
+        let s = self.cfg.merge_scale;
+        (self.cfg.protect > 0.0).then_some((p, self.cfg.protect * s * s))
     }
 
     /// Forward and backward of the step's whole objective: cross-entropy over every micro-batch,
@@ -1007,14 +1009,19 @@ mod tests {
             }
             tr.adapter.training = false;
             let now = tch::no_grad(|| a_batch.logits(&model, &tr.adapter));
-            ((now - &base).square().mean(Kind::Float).double_value(&[]), losses[0], losses[11])
+            // The rate of the last update, as the optimizer read it.
+            let last_lr = tr.opt.lr();
+            ((now - &base).square().mean(Kind::Float).double_value(&[]), losses[0], losses[11], last_lr)
         };
-        let (free, f0, f1) = train_b(0.0, LrScheduler::Constant);
-        let (kept, k0, k1) = train_b(1.0, LrScheduler::Constant);
+        let (free, f0, f1, lr) = train_b(0.0, LrScheduler::Constant);
+        assert_eq!(lr, 0.05);
+        let (kept, k0, k1, _) = train_b(1.0, LrScheduler::Constant);
         assert!(f1 < 0.75 * f0 && k1 < 0.75 * k0, "b did not learn: {f0} -> {f1}, protected {k0} -> {k1}");
         assert!(kept < 0.2 * free, "a's logits moved {kept} with the penalty, {free} without");
-        let (_, c0, c1) = train_b(0.0, LrScheduler::Cosine);
-        assert!(c1 < 0.8 * c0 && c1 != f1, "cosine: {c0} -> {c1} (constant {f1})");
+        let (_, c0, c1, lr) = train_b(0.0, LrScheduler::Cosine);
+        assert!(c1 < 0.8 * c0, "cosine: {c0} -> {c1}");
+        let want = 0.05 * LrScheduler::Cosine.factor(11, 12);
+        assert!((lr - want).abs() < 1e-7, "the last update's rate {lr}, the schedule's {want}");
     }
 
     /// A pooled trainer, reset for one group and then for another, trains each as a fresh trainer

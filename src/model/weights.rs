@@ -345,6 +345,8 @@ pub fn load_as(path: &Path, device: Device, kind: Kind, template: Option<&str>) 
     // another thread while this one reads and dequantises the checkpoint, which needs no GPU.
     let (parsed, source_hash) = std::thread::scope(|s| {
         let context = device.is_cuda().then(|| s.spawn(move || drop(Tensor::f_zeros([1], (Kind::Float, device)))));
+        // The hash runs beside the parse (the file is read twice, the second time from the page
+        // cache); a checkpoint the parse refuses is reported once the hash is done.
         let hash = s.spawn(|| hash_source(path));
         let parsed = if path.is_dir() {
             load_hf_dir(path, template)

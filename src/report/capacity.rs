@@ -93,13 +93,91 @@ pub fn key_collisions(d: &RunData) -> Option<KeyCollisions> {
     })
 }
 
-/// The capacity page of `runs` (any order; grouped by strategy, plotted against their fact counts).
+/// Config fields that only say how a run was measured, not what it trained: left out of
+/// [`variant`].
+const MEASUREMENT_ONLY: [&str; 5] = ["retention_every", "retention_sample", "free_every", "free_decoding", "eval_batch_tokens"];
+
+/// Leaf values of a config's JSON by dotted path (`train.adalora.init_r`; an array is a leaf).
+fn leaves(v: &serde_json::Value, path: &str, out: &mut BTreeMap<String, serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                leaves(x, &p, out);
+            }
+        }
+        other => {
+            out.insert(path.to_string(), other.clone());
+        }
+    }
+}
+
+/// `v` with the leaf at dotted `path` set to `x` (objects made on the way).
+fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serde_json::Value {
+    let mut at = &mut v;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, k) in parts.iter().enumerate() {
+        if !at.is_object() {
+            *at = serde_json::Value::Object(Default::default());
+        }
+        let m = at.as_object_mut().expect("made an object above");
+        if i + 1 == parts.len() {
+            m.insert(k.to_string(), x);
+            break;
+        }
+        at = m.entry(k.to_string()).or_insert(serde_json::Value::Null);
+    }
+    v
+}
+
+/// A run's strategy and the settings it trained with that differ from the defaults (how it was
+/// measured aside), e.g. `spaced:8 rehearsal.prompts=1`, `mixed lr_scheduler="cosine"`: the
+/// capacity page groups runs by it, so runs of one strategy with other settings are other series.
+/// A config that does not parse gives the strategy alone.
+pub fn variant(r: &RunData) -> String {
+    variant_of(&r.run.strategy, r.config.as_ref())
+}
+
+/// [`variant`] of a run of `strategy` recorded with `config`. A setting counts when its value, put
+/// into the default config, makes another config (a field serialised at its default, which the
+/// default config leaves out, does not).
+pub fn variant_of(strategy: &str, config: Option<&crate::config::RunConfig>) -> String {
+    use crate::config::RunConfig;
+    let Some(c) = config else {
+        return strategy.to_string();
+    };
+    let base = RunConfig {
+        strategy: c.strategy.clone(),
+        ..RunConfig::default()
+    };
+    let json = |c: &RunConfig| serde_json::to_value(c).unwrap_or(serde_json::Value::Null);
+    let (mut mine, base_json) = (BTreeMap::new(), json(&base));
+    leaves(&json(c), "", &mut mine);
+    let mut theirs = BTreeMap::new();
+    leaves(&base_json, "", &mut theirs);
+    let mut out = c.strategy.clone();
+    for (k, v) in &mine {
+        if theirs.get(k) == Some(v) || MEASUREMENT_ONLY.contains(&k.as_str()) {
+            continue;
+        }
+        let changed = serde_json::from_value::<RunConfig>(with_leaf(base_json.clone(), k, v.clone()))
+            .map_or(true, |other| other != base);
+        if changed {
+            let short = k.strip_prefix("train.adalora.").or(k.strip_prefix("train.")).unwrap_or(k);
+            let _ = write!(out, " {short}={v}");
+        }
+    }
+    out
+}
+
+/// The capacity page of `runs` (any order; grouped by [`variant`], plotted against their fact counts).
 pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     let sums: Vec<Summary> = runs.iter().map(RunData::summary).collect();
+    let variants: Vec<String> = runs.iter().map(variant).collect();
     let mut strategies: Vec<&str> = Vec::new();
-    for r in runs {
-        if !strategies.contains(&r.run.strategy.as_str()) {
-            strategies.push(&r.run.strategy);
+    for v in &variants {
+        if !strategies.contains(&v.as_str()) {
+            strategies.push(v);
         }
     }
     let mut ns: Vec<usize> = sums.iter().map(|s| s.facts).collect();
@@ -112,10 +190,10 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
             .iter()
             .enumerate()
             .map(|(k, st)| {
-                let mut points: Vec<(f64, f64)> = runs
+                let mut points: Vec<(f64, f64)> = variants
                     .iter()
                     .zip(&sums)
-                    .filter(|(r, _)| r.run.strategy == *st)
+                    .filter(|(v, _)| v.as_str() == *st)
                     .filter_map(|(_, s)| Some(((s.facts.max(1) as f64).log10(), get(s)?)))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -133,7 +211,8 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     let mut b = String::new();
     let _ = write!(b, "<h1>Capacity {}</h1>", esc(id));
     b.push_str(
-        "<p class=meta>Each point is one run: its strategy on N generated facts (<code>injector facts generate \
+        "<p class=meta>Each point is one run: its strategy (and any training setting it changed from the \
+         defaults) on N generated facts (<code>injector facts generate \
          --n N</code>), every score after the run's last step, averaged over its facts. Teacher-forced token \
          accuracy (recall, generalisation) beside free decoding's key-detail recall (the share of an \
          answer's names and numbers that the greedy answer gives). The general check is the perplexity of the \
@@ -155,12 +234,12 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     }));
     b.push_str("</div>");
     b.push_str(
-        "<table><tr><th>N</th><th class=l>strategy</th><th class=l>run</th><th>recall</th><th>free recall</th>\
+        "<table><tr><th>N</th><th class=l>strategy and settings</th><th class=l>run</th><th>recall</th><th>free recall</th>\
          <th>generalisation</th><th>free generalisation</th><th>locality</th><th>perplexity (base)</th><th>first quarter</th>\
          <th>tokens</th><th>wall s</th></tr>",
     );
     let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by_key(|&i| (sums[i].facts, strategies.iter().position(|s| *s == runs[i].run.strategy)));
+    order.sort_by_key(|&i| (sums[i].facts, strategies.iter().position(|s| *s == variants[i])));
     for i in order {
         let (r, s) = (&runs[i], &sums[i]);
         let _ = write!(
@@ -168,7 +247,7 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
             "<tr><td>{}</td><td class=l>{}</td><td class=l><a href=\"{}/index.html\">{}</a></td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td></tr>",
             s.facts,
-            esc(&r.run.strategy),
+            esc(&variants[i]),
             esc(&r.run.id),
             esc(&r.run.id),
             num(Some(s.final_recall)),
@@ -195,11 +274,12 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
          <th>alike templates, colliding pairs</th><th>alike templates, any pair</th></tr>"
     );
     for st in &strategies {
-        let Some((r, _)) = runs
+        let Some(((r, _), _)) = runs
             .iter()
             .zip(&sums)
-            .filter(|(r, _)| r.run.strategy == *st)
-            .max_by_key(|(_, s)| s.facts)
+            .zip(&variants)
+            .filter(|(_, v)| v.as_str() == *st)
+            .max_by_key(|((_, s), _)| s.facts)
         else {
             continue;
         };
@@ -231,6 +311,32 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs of one strategy with other training settings are told apart; how a run was measured
+    /// (the retention cadence) is not a setting.
+    #[test]
+    fn a_variant_names_the_settings_changed_from_the_defaults() {
+        use crate::config::{LrScheduler, RunConfig};
+        let mut c = RunConfig {
+            strategy: "spaced:8".into(),
+            ..RunConfig::default()
+        };
+        assert_eq!(variant_of("spaced:8", Some(&c)), "spaced:8");
+        c.retention_every = 50;
+        c.retention_sample = 50;
+        assert_eq!(variant_of("spaced:8", Some(&c)), "spaced:8");
+        c.rehearsal.prompts = 1;
+        c.rehearsal.below = 1.0;
+        assert_eq!(variant_of("spaced:8", Some(&c)), "spaced:8 rehearsal.below=1.0 rehearsal.prompts=1");
+        let mut m = RunConfig {
+            strategy: "mixed".into(),
+            ..RunConfig::default()
+        };
+        m.train.lr_scheduler = LrScheduler::Cosine;
+        m.train.adalora.init_r = 48;
+        assert_eq!(variant_of("mixed", Some(&m)), "mixed init_r=48 lr_scheduler=\"cosine\"");
+        assert_eq!(variant_of("mixed", None), "mixed");
+    }
 
     fn fact(subject: &str, answer: &str) -> FactInfo {
         FactInfo {
