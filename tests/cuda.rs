@@ -36,6 +36,16 @@ fn tiny_config() -> injector::model::Config {
     }
 }
 
+/// Four examples of one made-up fact `k` (prompts of 3–6 tokens, answers of 4–5).
+fn group(k: i64) -> Vec<injector::eval::batch::Example> {
+    (0..4i64)
+        .map(|i| injector::eval::batch::Example {
+            prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
+            target: (0..4 + k % 2).map(|j| (11 * k + j) % 97).collect(),
+        })
+        .collect()
+}
+
 /// The shim's SwiGLU saves less for backward but computes the same kernels: forward and both
 /// gradients equal libtorch's silu(g)·u exactly.
 #[test]
@@ -63,21 +73,12 @@ fn shim_swiglu_equals_silu_times_u() {
 fn pooled_trainers_replay_like_fresh_ones() {
     use injector::adapter::merge::factors;
     use injector::config::{AdaLoraConfig, TrainConfig};
-    use injector::eval::batch::Example;
     use injector::inject::step::{train, Trainer, Trainers};
     use injector::model::Llama;
     let Some(dev) = gpu() else { return };
     tch::manual_seed(0);
     let cfg = tiny_config();
     let model = Llama::random(&cfg, dev, Kind::Float).unwrap();
-    let group = |k: i64| -> Vec<Example> {
-        (0..4i64)
-            .map(|i| Example {
-                prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
-                target: (0..4 + k % 2).map(|j| (11 * k + j) % 97).collect(),
-            })
-            .collect()
-    };
     // Unreachable threshold: every group trains exactly max_steps optimizer steps.
     let train_cfg = TrainConfig {
         lr: 0.05,
@@ -118,21 +119,12 @@ fn pooled_trainers_replay_like_fresh_ones() {
 fn protected_inputs_and_a_scheduled_rate_replay_like_eager_steps() {
     use injector::adapter::merge::factors;
     use injector::config::{AdaLoraConfig, LrScheduler, Proj, TrainConfig};
-    use injector::eval::batch::Example;
     use injector::inject::preserve::{Preserve, Protected};
     use injector::inject::step::{adapter_shapes, train, Trainer, Trainers};
     use injector::model::Llama;
     let Some(dev) = gpu() else { return };
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
-    let group = |k: i64| -> Vec<Example> {
-        (0..4i64)
-            .map(|i| Example {
-                prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
-                target: (0..4 + k % 2).map(|j| (11 * k + j) % 97).collect(),
-            })
-            .collect()
-    };
     let train_cfg = TrainConfig {
         lr: 0.05,
         max_steps: 8,

@@ -952,6 +952,16 @@ mod tests {
     /// libtorch's random generator is global: tests that seed it and draw run one at a time.
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// Four examples of one made-up fact `k` (prompts of 3–6 tokens, a 4-token answer).
+    fn group(k: i64) -> Vec<Example> {
+        (0..4i64)
+            .map(|i| Example {
+                prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
+                target: (0..4).map(|j| (11 * k + j) % 97).collect(),
+            })
+            .collect()
+    }
+
     /// With the interference penalty on a first group's recorded inputs, training a second group
     /// changes the first group's logits far less than without it, while the second group still
     /// learns; a scheduled learning rate trains too. (The penalty itself is checked against a
@@ -961,14 +971,6 @@ mod tests {
         let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let model = tiny_model();
-        let group = |k: i64| -> Vec<Example> {
-            (0..4i64)
-                .map(|i| Example {
-                    prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
-                    target: (0..4).map(|j| (11 * k + j) % 97).collect(),
-                })
-                .collect()
-        };
         let (a, b) = (group(1), group(2));
         let base_cfg = TrainConfig {
             lr: 0.05,
@@ -1032,14 +1034,6 @@ mod tests {
         let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let model = tiny_model();
-        let group = |k: i64| -> Vec<Example> {
-            (0..4i64)
-                .map(|i| Example {
-                    prompt: (0..3 + i).map(|j| (7 * i + 3 * j + k) % 97).collect(),
-                    target: (0..4).map(|j| (11 * k + j) % 97).collect(),
-                })
-                .collect()
-        };
         let (a, b) = (group(1), group(2));
         let train_cfg = TrainConfig {
             lr: 0.05,
