@@ -351,6 +351,13 @@ fn a_run_records_its_chat_template_and_keeps_it() {
     // So are flags that would change the resumed run's config (they used to be ignored silently).
     let o = with(&["run", "--resume", &plain, "--lr", "0.1", "--strategy", "mixed", "--seed", "3"]);
     assert_refused(&o, &["--strategy, --lr, --seed", &plain, "start a new run without --resume"]);
+    // --config-json (compare's children) carries a whole config: with config flags or --resume it
+    // is refused, where the flags used to be ignored silently.
+    let json = v["config"].to_string();
+    let o = with(&["run", "k", "--config-json", &json, "--protect", "1", "--seed", "3"]);
+    assert_refused(&o, &["--protect, --seed", "--config-json carries the run's whole config"]);
+    let o = with(&["run", "--resume", &plain, "--config-json", &json]);
+    assert_refused(&o, &["--resume", "--config-json carries the run's whole config"]);
 }
 
 /// The tiny Hugging Face folder with room for `positions` tokens.

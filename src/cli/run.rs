@@ -39,15 +39,27 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     let device = injector::device::parse_device(&g.device)?;
     g.check_outputs()?;
     let flag = g.chat_template.as_deref();
+    // The flags that make a config; --resume and --config-json take a whole config instead.
+    let mut given = a.train.given();
+    if a.strategy.is_some() {
+        given.insert(0, "--strategy");
+    }
+    if g.seed.is_some() {
+        given.push("--seed");
+    }
+    if a.config_json.is_some() && (a.resume.is_some() || !given.is_empty()) {
+        let mut also = given.clone();
+        if a.resume.is_some() {
+            also.insert(0, "--resume");
+        }
+        return Err(Error::BadInput(format!(
+            "{}: --config-json carries the run's whole config; give it alone",
+            also.join(", ")
+        ))
+        .into());
+    }
     let (resumed, config, dir, model_path, template) = match &a.resume {
         Some(id) => {
-            let mut given = a.train.given();
-            if a.strategy.is_some() {
-                given.insert(0, "--strategy");
-            }
-            if g.seed.is_some() {
-                given.push("--seed");
-            }
             if !given.is_empty() {
                 return Err(Error::BadInput(format!(
                     "{}: --resume {id} continues the run with the config it recorded (`ledger show {id}`); \
@@ -73,7 +85,8 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
                 .ok_or_else(|| Error::BadInput("give a knowledge directory (or --resume RUN)".into()))?;
             let config = match &a.config_json {
                 Some(j) => {
-                    let c = RunConfig::from_json(j, "--config-json")?;
+                    let mut c = RunConfig::from_json(j, "--config-json")?;
+                    c.drop_unused();
                     c.recorded_chat_template(flag, "--config-json")?;
                     c.recorded_base_dtype(&g.base_dtype, device, "--config-json")?;
                     c

@@ -185,21 +185,10 @@ impl TrainArgs {
         set(&mut c.mixed_batch, self.mixed_batch);
         set(&mut c.rehearsal.below, self.rehearse_below);
         set(&mut c.rehearsal.budget, self.rehearse_budget);
-        let strategy = c.strategy.parse::<Strategy>();
-        // Only strategies that rehearse take it: elsewhere it would change the run's key for nothing.
-        if matches!(strategy, Ok(Strategy::Spaced(_) | Strategy::Replay(_))) {
-            set(&mut c.rehearsal.prompts, self.rehearse_prompts);
-        }
+        set(&mut c.rehearsal.prompts, self.rehearse_prompts);
         c.validate()?;
-        // The same for the flags of one strategy, once checked: under the others they change nothing
-        // (`--rehearse-below` stays: it is also `repair`'s threshold for any run).
-        let defaults = RunConfig::default();
-        if !matches!(strategy, Ok(Strategy::Mixed)) {
-            c.mixed_batch = defaults.mixed_batch;
-        }
-        if !matches!(strategy, Ok(Strategy::Spaced(_))) {
-            c.rehearsal.budget = defaults.rehearsal.budget;
-        }
+        // Once checked, the flags of one strategy change nothing under the others but the key.
+        c.drop_unused();
         Ok(c)
     }
 }

@@ -389,6 +389,24 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
+    /// The settings of one kind of strategy back at their defaults under the others, where they
+    /// change nothing but the run's key: `mixed_batch` (mixed), `rehearsal.budget` (spaced:K),
+    /// `rehearsal.prompts` (spaced:K and replay:K). `rehearsal.below` stays: it is also `repair`'s
+    /// threshold for any run. For a new run's config, after validation.
+    pub fn drop_unused(&mut self) {
+        let strategy = self.strategy.parse::<Strategy>();
+        let defaults = RunConfig::default();
+        if !matches!(strategy, Ok(Strategy::Mixed)) {
+            self.mixed_batch = defaults.mixed_batch;
+        }
+        if !matches!(strategy, Ok(Strategy::Spaced(_))) {
+            self.rehearsal.budget = defaults.rehearsal.budget;
+        }
+        if !matches!(strategy, Ok(Strategy::Spaced(_) | Strategy::Replay(_))) {
+            self.rehearsal.prompts = defaults.rehearsal.prompts;
+        }
+    }
+
     /// `train` under `strategy` and `seed`, with the default evaluation cadence (retention after
     /// every step, of every earlier fact).
     pub fn new(strategy: Strategy, seed: u64, train: TrainConfig) -> Self {
@@ -668,6 +686,26 @@ mod tests {
         let mut c = RunConfig::default();
         c.rehearsal.prompts = 2;
         assert!(c.to_json().contains(r#""prompts":2"#));
+    }
+
+    /// One strategy's settings go back to their defaults under the others; `rehearsal.below`
+    /// (repair's threshold too) stays.
+    #[test]
+    fn settings_of_other_strategies_are_dropped() {
+        let c = RunConfig {
+            mixed_batch: 4,
+            rehearsal: Rehearsal { below: 0.9, budget: 0.5, prompts: 1 },
+            ..RunConfig::default()
+        };
+        let with = |s: &str| {
+            let mut x = RunConfig { strategy: s.into(), ..c.clone() };
+            x.drop_unused();
+            (x.mixed_batch, x.rehearsal.budget, x.rehearsal.prompts, x.rehearsal.below)
+        };
+        assert_eq!(with("mixed"), (4, 1.0, 0, 0.9));
+        assert_eq!(with("spaced:8"), (MIXED_BATCH, 0.5, 1, 0.9));
+        assert_eq!(with("replay:2"), (MIXED_BATCH, 1.0, 1, 0.9));
+        assert_eq!(with("sequential"), (MIXED_BATCH, 1.0, 0, 0.9));
     }
 
     /// The schedules' factors at the ends and the middle; an unknown name is bad input, in a
