@@ -27,6 +27,36 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// Ends the process for arguments clap refuses: help and version as clap prints them; anything
+/// else as the rest of the tool's bad input, one line on stderr and exit 2 — clap's error line, the
+/// possible values where it lists them, how to give a negative number (`--protect=-1`: clap's own
+/// tip, `-- -1`, does not work for an option's value), and where the flags are listed.
+fn parse_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let first = lines.first().map_or("bad arguments", |l| l.trim_start_matches("error: "));
+    let mut line = first.to_string();
+    if let Some(values) = lines.iter().find(|l| l.starts_with("[possible values: ")) {
+        line.push(' ');
+        line.push_str(values);
+    }
+    if let ErrorKind::UnknownArgument = e.kind() {
+        let arg = first.split('\'').nth(1).unwrap_or("");
+        if arg.parse::<f64>().is_ok() {
+            line.push_str(&format!("; a negative value goes with `=`: --flag={arg}"));
+        }
+    }
+    eprintln!("error: {line} (`injector --help`, `injector <command> --help`)");
+    std::process::exit(2);
+}
+
 fn main() -> ExitCode {
     // A closed output pipe (`injector ledger list | head`) ends the process as it ends other Unix
     // tools, by SIGPIPE, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
@@ -34,7 +64,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => parse_error(e),
+    };
     init_tracing(cli.global.verbose, cli.global.quiet);
     tracing::debug!("started");
     match cli::dispatch(cli) {

@@ -509,3 +509,26 @@ fn model_values_that_cannot_work_are_refused_at_load() {
         assert_refused(&query("hf"), &["config.json", needle]);
     }
 }
+
+/// Values clap itself refuses (an unknown choice, a number that does not parse, a negative number
+/// after a space, a repeated flag, an unknown flag) are bad input like any other: one line, exit 2,
+/// naming the flag or value, with the choices where there are some; help still prints in full.
+#[test]
+fn arguments_the_parser_refuses_are_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    for (args, needles) in [
+        (&["run", "k", "--lr-scheduler", "step"][..], &["--lr-scheduler", "possible values: constant, linear, cosine"][..]),
+        (&["run", "k", "--protect", "x"], &["'x'", "--protect"]),
+        (&["run", "k", "--protect", "-1"], &["'-1'", "--flag=-1"]),
+        (&["run", "k", "--lr", "1", "--lr", "2"], &["--lr", "cannot be used multiple times"]),
+        (&["run", "k", "--bogus"], &["'--bogus'"]),
+        (&["--base-dtype", "xx", "run", "k"], &["--base-dtype", "auto, f32, bf16"]),
+    ] {
+        let o = injector(p, args);
+        assert_refused(&o, needles);
+    }
+    let help = injector(p, &["run", "--help"]);
+    assert!(help.status.success() && stdout(&help).lines().count() > 20, "{}", stdout(&help));
+    assert!(std::fs::read_dir(p).unwrap().next().is_none(), "a refused command wrote something");
+}
