@@ -278,9 +278,7 @@ fn drive_steps(
         }
         if let Some(p) = protected {
             let facts: Vec<&[Example]> = plan.injected.iter().map(|h| prepared.examples[h].recall.as_slice()).collect();
-            for chunk in facts.chunks(64) {
-                p.add(&loaded.model, chunk);
-            }
+            p.add(&loaded.model, &facts);
         }
         // A step's commit waits for its weights hash and factors file, which are made while the
         // next step trains (bench/NOTES.md items 30-31).
@@ -326,9 +324,7 @@ fn drive_steps(
                 // The step's own facts are protected from the next steps' updates (timed as merge; a
                 // later invocation records every earlier fact anew).
                 let facts: Vec<&[Example]> = own.iter().map(|f| prepared.examples[&f.hash].recall.as_slice()).collect();
-                for chunk in facts.chunks(64) {
-                    p.add(&loaded.model, chunk);
-                }
+                p.add(&loaded.model, &facts);
             }
             if let tch::Device::Cuda(d) = loaded.model.device() {
                 // The merge's kernels are the merge phase's, not the next one's.

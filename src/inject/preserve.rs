@@ -22,6 +22,9 @@ pub struct Preserve {
     pub protected: Option<Protected>,
 }
 
+/// Facts per forward pass of [`Protected::add`].
+const ADD_FACTS: usize = 64;
+
 /// The inputs of the facts a run has injected, at every adapted site: K = Σ_f (1/T_f) Σ_t x_t x_tᵀ
 /// over each injected fact f's T_f training tokens (prompt and answer, all positions), at the
 /// weights after its step. An adapter's update ΔW then changes the outputs there by
@@ -84,6 +87,13 @@ impl Protected {
     /// Adds the inputs of `facts` (each fact's training examples) at the model's current weights:
     /// one forward of all their examples, each position weighted by 1 / its fact's token count.
     pub fn add(&self, model: &Llama, facts: &[&[Example]]) {
+        // A forward of [`ADD_FACTS`] facts at a time bounds the activations kept for the energies.
+        for chunk in facts.chunks(ADD_FACTS) {
+            self.add_chunk(model, chunk);
+        }
+    }
+
+    fn add_chunk(&self, model: &Llama, facts: &[&[Example]]) {
         let examples: Vec<Example> = facts.iter().flat_map(|f| f.iter().cloned()).collect();
         if examples.is_empty() {
             return;
