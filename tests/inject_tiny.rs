@@ -559,6 +559,49 @@ fn repair_re_injects_the_facts_that_fell() {
     assert_eq!(rep["new_steps"], 0, "{rep}");
 }
 
+/// `repair --consolidate` re-injects every fact below the threshold in one step with no facts of
+/// its own; more of them than `--mixed-batch`, it trains in epochs of shuffled mini-batches (an
+/// optimizer step each) for at most `--epochs`. Bad values exit 2.
+#[test]
+fn repair_consolidates_the_fallen_facts_in_epochs() {
+    use common::knowledge::write_many;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_tiny_gguf(&p.join("tiny.gguf"), 4);
+    write_many(&p.join("k"), 5);
+    let o = injector(
+        p,
+        &run_with(&["--lr", "0.05", "--alpha", "32", "--max-steps", "2", "--json"]),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let run = out["run"].as_str().unwrap();
+    let fallen = out["facts"].as_array().unwrap().iter().filter(|f| f["recall"].as_f64().unwrap() < 1.0).count();
+    assert!(fallen > 2, "only {fallen} facts below 1.0 after 2 optimizer steps: no consolidation to test");
+    let repair = |extra: &[&str]| {
+        let mut args = vec!["repair", run, "--below", "1", "--ledger", "l.db", "--model", "tiny.gguf", "--device", "cpu", "--json"];
+        args.extend_from_slice(extra);
+        injector(p, &args)
+    };
+    for bad in [&["--epochs", "0"][..], &["--consolidate", "--per-step", "2"], &["--lr-scheduler", "step"], &["--mixed-batch", "0"]] {
+        let o = repair(bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "2"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let rep: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!(rep["new_steps"], 1, "{rep}");
+    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let step = &v["steps"].as_array().unwrap()[5];
+    assert!(step["facts"].as_array().unwrap().is_empty(), "{step}");
+    assert_eq!(step["rehearsal"].as_array().unwrap().len(), fallen);
+    // Mini-batches of 2 facts: an epoch is ceil(fallen / 2) optimizer steps, and at most 3 epochs.
+    let per_epoch = fallen.div_ceil(2) as i64;
+    let opt = step["optimizer_steps"].as_i64().unwrap();
+    assert!(opt % per_epoch == 0 && opt <= 3 * per_epoch, "{opt} optimizer steps, {per_epoch} an epoch");
+}
+
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one
 /// optimizer step each, stopping only at an epoch's end) until every fact meets the threshold; with
 /// fewer, one optimizer step covers every fact, as before.

@@ -4,7 +4,7 @@ use super::progress::Bar;
 use super::run::print_summary;
 use super::Global;
 use clap::Args;
-use injector::config::RunConfig;
+use injector::config::{LrScheduler, RunConfig};
 use injector::inject::{self, Repair};
 use injector::ledger::Ledger;
 use injector::Error;
@@ -18,9 +18,26 @@ pub struct RepairArgs {
     /// the run's --rehearse-below, 0.95 unless it was set).
     #[arg(long)]
     pub below: Option<f64>,
-    /// Facts rehearsed per new step, weakest first.
+    /// Facts rehearsed per new step, weakest first. A step of more than --mixed-batch facts is a
+    /// consolidation, trained as mixed at scale: epochs over shuffled
+    /// mini-batches until every fact meets the threshold, at most --epochs.
     #[arg(long, default_value_t = 4)]
     pub per_step: usize,
+    /// One step for every fact below the threshold: a consolidation when they are more than
+    /// --mixed-batch (README, Capacity: after 1,000 facts one at a time, 12 epochs brought
+    /// recall 0.78 → 0.99 and free recall 0.07 → 0.97 for 0.95× sequential's tokens).
+    #[arg(long, conflicts_with = "per_step")]
+    pub consolidate: bool,
+    /// A consolidation's facts per optimizer step (default: the run's --mixed-batch, 16 unless set).
+    #[arg(long)]
+    pub mixed_batch: Option<usize>,
+    /// A consolidation's most epochs; its learning rate falls over them (default 12).
+    #[arg(long, default_value_t = 12)]
+    pub epochs: i64,
+    /// How a consolidation's learning rate falls over its --epochs: constant, linear or cosine
+    /// (default cosine: at a constant rate, mini-batches of many facts undo one another).
+    #[arg(long, default_value = "cosine", value_parser = LrScheduler::NAMES)]
+    pub lr_scheduler: String,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -40,6 +57,13 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     if a.per_step == 0 {
         return Err(Error::BadInput("--per-step 0: expected at least 1".into()).into());
     }
+    if a.epochs < 1 {
+        return Err(Error::BadInput(format!("--epochs {}: expected at least 1", a.epochs)).into());
+    }
+    let lr_scheduler: LrScheduler = a.lr_scheduler.parse()?;
+    if a.mixed_batch == Some(0) {
+        return Err(Error::BadInput("--mixed-batch 0: expected at least 1".into()).into());
+    }
     let model_path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
     let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;
@@ -48,7 +72,10 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     let mut bar = Bar::new(g.quiet || a.json);
     let how = Repair {
         below,
-        per_step: a.per_step,
+        per_step: if a.consolidate { usize::MAX } else { a.per_step },
+        epochs: a.epochs,
+        mixed_batch: a.mixed_batch.unwrap_or(config.mixed_batch),
+        lr_scheduler,
     };
     let out = inject::repair(
         &mut ledger,

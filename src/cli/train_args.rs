@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// Token accuracy on the training prompts at which a step's training stops, in [0, 1] (default 1).
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// Optimizer steps trained on after every fact first meets --threshold, a margin for free
+    /// decoding (for mixed at scale, epochs); less than --max-steps (default 0: stop there).
+    #[arg(long)]
+    pub extra_steps: Option<i64>,
     /// Multiply each merged update by this (default 1).
     #[arg(long)]
     pub merge_scale: Option<f64>,
@@ -127,6 +131,7 @@ impl TrainArgs {
         on(self.orth_reg.is_some(), "--orth-reg");
         on(self.max_steps.is_some(), "--max-steps");
         on(self.threshold.is_some(), "--threshold");
+        on(self.extra_steps.is_some(), "--extra-steps");
         on(self.merge_scale.is_some(), "--merge-scale");
         on(self.preserve.is_some(), "--preserve");
         on(self.preserve_batch.is_some(), "--preserve-batch");
@@ -165,6 +170,7 @@ impl TrainArgs {
         }
         set(&mut t.max_steps, self.max_steps);
         set(&mut t.threshold, self.threshold);
+        set(&mut t.extra_steps, self.extra_steps);
         set(&mut t.merge_scale, self.merge_scale);
         set(&mut t.preserve, self.preserve);
         set(&mut t.preserve_batch, self.preserve_batch);
@@ -236,6 +242,7 @@ mod tests {
             ("orth_reg", format!("default {}", g(a.orth_reg_weight))),
             ("max_steps", format!("default {}", t.max_steps)),
             ("threshold", format!("default {}", g(t.threshold))),
+            ("extra_steps", format!("default {}", t.extra_steps)),
             ("merge_scale", format!("default {}", g(t.merge_scale))),
             ("preserve", format!("default {}", g(t.preserve))),
             ("preserve_batch", format!("default {}", t.preserve_batch)),

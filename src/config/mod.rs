@@ -88,6 +88,13 @@ pub struct TrainConfig {
     /// Training of a step stops once every fact's token accuracy on its training prompts reaches
     /// this (1.0 by default: stopping at 0.9 leaves facts at the edge, where later edits push them out).
     pub threshold: f64,
+    /// Optimizer steps trained on once every fact has first met `threshold` (0, the default: stop
+    /// there): a margin, so that a fact's free greedy answer survives the small changes later steps
+    /// make (at the threshold each answer token is just the argmax; bench/NOTES.md item 40). For
+    /// `mixed` at scale, epochs. Every fact must still meet the threshold when training stops.
+    /// Less than `max_steps`. Left out of the serialised config when 0, so earlier keys stay.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub extra_steps: i64,
     /// Padded tokens per micro-batch; a larger group is split and its gradients accumulated.
     pub max_batch_tokens: usize,
     /// Global gradient-norm clip.
@@ -175,6 +182,10 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
+}
+
 fn adam_beta1() -> f64 {
     0.9
 }
@@ -206,6 +217,7 @@ impl Default for TrainConfig {
             adam_beta2: adam_beta2(),
             max_steps: 60,
             threshold: 1.0,
+            extra_steps: 0,
             max_batch_tokens: 4096,
             clip_grad_norm: 1.0,
             merge_scale: 1.0,
@@ -457,6 +469,13 @@ impl RunConfig {
         c.within(t.adam_beta2, false, "", "train.adam_beta2");
         c.at_least_one(t.max_steps, "--max-steps", "train.max_steps");
         c.within(t.threshold, true, "--threshold", "train.threshold");
+        c.check(
+            (0..t.max_steps).contains(&t.extra_steps),
+            "--extra-steps",
+            "train.extra_steps",
+            "at least 0 and less than --max-steps",
+            t.extra_steps,
+        );
         c.at_least_one(t.max_batch_tokens as u64, "", "train.max_batch_tokens");
         c.positive(t.clip_grad_norm, "", "train.clip_grad_norm");
         c.non_negative(t.merge_scale, "--merge-scale", "train.merge_scale");
@@ -788,6 +807,8 @@ mod tests {
             (Box::new(|c| c.train.protect = -1.0), "--protect"),
             (Box::new(|c| c.train.threshold = 1.5), "--threshold"),
             (Box::new(|c| c.train.max_steps = 0), "--max-steps"),
+            (Box::new(|c| c.train.extra_steps = -1), "--extra-steps"),
+            (Box::new(|c| c.train.extra_steps = c.train.max_steps), "--extra-steps"),
             (Box::new(|c| c.train.adalora.target_r = 13), "--target-r"),
             (Box::new(|c| c.train.adalora.dropout = 1.0), "--dropout"),
             (Box::new(|c| c.train.adalora.targets.clear()), "--targets"),

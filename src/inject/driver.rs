@@ -7,10 +7,10 @@ use super::plan::{check_model, find_or_record, key_of, plan, Plan};
 use super::prepare::{prepare, Prepared};
 use super::schedule::Schedule;
 use super::state::PendingHash;
-use super::step::{train, train_epochs, Trained, Trainers};
+use super::step::{consolidate, train, train_epochs, Trained, Trainers};
 use super::Clock;
 use crate::adapter::merge;
-use crate::config::{Rehearsal, RunConfig, Strategy};
+use crate::config::{LrScheduler, Rehearsal, RunConfig, Strategy, TrainConfig};
 use crate::error::Result;
 use crate::eval::probe::{score, FactExamples};
 use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
@@ -112,10 +112,18 @@ pub fn resume(
 
 /// What `injector repair` re-injects: every fact of the run whose recall (teacher-forced, training
 /// prompts) is below `below` at the run's current weights, `per_step` of them a step, weakest first.
+/// A step of more than `mixed_batch` facts is a consolidation: it trains as `mixed` does at scale
+/// ([`step::train_epochs`]: epochs over shuffled mini-batches of `mixed_batch` facts until every
+/// fact meets the threshold), for at most `epochs` epochs, the rate falling by `lr_scheduler` over
+/// them. At a constant rate, mini-batches of many facts undo one another (mixed at 1,000 stalled
+/// at 0.87; with cosine it reached 1.00: bench/NOTES.md item 38).
 #[derive(Debug, Clone, Copy)]
 pub struct Repair {
     pub below: f64,
     pub per_step: usize,
+    pub epochs: i64,
+    pub lr_scheduler: LrScheduler,
+    pub mixed_batch: usize,
 }
 
 /// Scores every fact of `run` at its current weights and re-injects those below the threshold as
@@ -308,7 +316,16 @@ fn drive_steps(
                 true => Rehearsal { prompts: 0, ..config.rehearsal.clone() },
                 false => config.rehearsal.clone(),
             };
-            let trained = train_stage(&mut trainers, &prepared, config, &plan, idx, &own, &rehearsed, (&rules, &turns), progress);
+            let trained = train_stage(
+                &mut trainers,
+                &prepared,
+                config,
+                &plan,
+                (idx, &own, &rehearsed),
+                (&rules, &turns),
+                repair,
+                progress,
+            );
             for h in &rehearsed {
                 *turns.entry(h.clone()).or_default() += 1;
             }
@@ -495,10 +512,9 @@ fn train_stage(
     prepared: &Prepared,
     config: &RunConfig,
     plan: &Plan,
-    idx: i64,
-    own: &[&Fact],
-    rehearsed: &[String],
+    (idx, own, rehearsed): (i64, &[&Fact], &[String]),
     (rules, turns): (&Rehearsal, &HashMap<String, usize>),
+    repair: Option<Repair>,
     progress: &mut dyn Progress,
 ) -> Result<Trained> {
     let mut facts: Vec<&Fact> = own.to_vec();
@@ -510,12 +526,24 @@ fn train_stage(
     let t = &config.train;
     let seed = config.seed.wrapping_mul(1_000_003).wrapping_add(idx as u64);
     let report = |s, loss, rec| progress.opt_step(s, loss, rec);
-    let trained = if plan.strategy == Strategy::Mixed {
-        let per_fact: Vec<Vec<Example>> = facts
+    let per_fact = || -> Vec<Vec<Example>> {
+        facts
             .iter()
             .map(|f| prepared.examples[&f.hash].recall.clone())
-            .collect();
-        train_epochs(trainers, &per_fact, config.mixed_batch, seed, report)?
+            .collect()
+    };
+    // A repair step of more facts than a mini-batch: a consolidation, in epochs.
+    let consolidation = repair.filter(|how| own.is_empty() && facts.len() > how.mixed_batch);
+    let trained = if let Some(how) = consolidation {
+        let cfg = TrainConfig {
+            max_steps: how.epochs,
+            lr_scheduler: how.lr_scheduler,
+            extra_steps: t.extra_steps.min(how.epochs - 1),
+            ..t.clone()
+        };
+        consolidate(trainers, &cfg, &per_fact(), how.mixed_batch, seed, report)?
+    } else if plan.strategy == Strategy::Mixed {
+        train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?
     } else {
         let mut examples = Vec::new();
         let mut owner = Vec::new();
@@ -535,15 +563,16 @@ fn train_stage(
     let weakest = trained.recall.iter().cloned().fold(f64::INFINITY, f64::min);
     // Training stops at the threshold or at its budget: below the threshold, the budget ran out.
     if weakest < t.threshold {
-        let unit = if plan.strategy == Strategy::Mixed && facts.len() > config.mixed_batch {
-            " epochs"
-        } else {
-            ""
+        let (cap, raise) = match consolidation {
+            Some(how) => (format!("repair's --epochs {}", how.epochs), "--epochs"),
+            None if plan.strategy == Strategy::Mixed && facts.len() > config.mixed_batch => {
+                (format!("--max-steps {} epochs", t.max_steps), "--max-steps")
+            }
+            None => (format!("--max-steps {}", t.max_steps), "--max-steps"),
         };
         tracing::warn!(
-            "step {idx}: training stopped at --max-steps {}{unit} with the weakest of its {} facts at \
-             {weakest:.2} on its training prompts (threshold {}); raise --max-steps (or --lr) to put every fact in",
-            t.max_steps,
+            "step {idx}: training stopped at {cap} with the weakest of its {} facts at {weakest:.2} on \
+             its training prompts (threshold {}); raise {raise} (or --lr) to put every fact in",
             facts.len(),
             t.threshold
         );

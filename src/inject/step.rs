@@ -653,7 +653,7 @@ fn merged_factors(adapter: &AdaLora, merge_scale: f64) -> Result<Vec<Factor>> {
 
 /// Trains one adapter on many facts in epochs over shuffled mini-batches of `batch_facts` facts
 /// (`facts[i]`: fact i's examples), one optimizer step per mini-batch, until every fact reaches the
-/// threshold or `max_steps` epochs have run — `mixed` at scale, where one optimizer step over every
+/// threshold (and `extra_steps` epochs after that) or `max_steps` epochs have run — `mixed` at scale, where one optimizer step over every
 /// fact would take `max_steps` steps in all. With at most `batch_facts` facts it is [`train`] (one
 /// mini-batch, an epoch per optimizer step). The stop is checked at the end of an epoch whose
 /// mini-batches all met the threshold (or, with dropout, every epoch) by measuring every fact
@@ -673,6 +673,24 @@ pub fn train_epochs(
 ) -> Result<Trained> {
     let padded = trainers.stream.is_some();
     train_epochs_with(trainers, facts, batch_facts, seed, padded, on_step)
+}
+
+/// [`train_epochs`] under `cfg` instead of the pool's config (a repair's consolidation: its own
+/// epochs and schedule). More than `batch_facts` facts, so no pooled trainer is made or reused
+/// under `cfg`. Errors: as [`train_epochs`].
+pub fn consolidate(
+    trainers: &mut Trainers,
+    cfg: &TrainConfig,
+    facts: &[Vec<Example>],
+    batch_facts: usize,
+    seed: u64,
+    on_step: impl FnMut(i64, f64, f64),
+) -> Result<Trained> {
+    assert!(facts.len() > batch_facts, "a consolidation trains more facts than a mini-batch");
+    let pool_cfg = std::mem::replace(&mut trainers.cfg, cfg.clone());
+    let out = train_epochs(trainers, facts, batch_facts, seed, on_step);
+    trainers.cfg = pool_cfg;
+    out
 }
 
 /// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits: rows for
@@ -751,7 +769,9 @@ pub fn train_epochs_with(
         );
         per_fact(&acc, &owner, n)
     };
-    for _epoch in 0..epochs {
+    // The epoch at which every fact first met the threshold.
+    let mut met: Option<i64> = None;
+    for epoch in 0..epochs {
         // Fisher–Yates with the run's generator: the same order on every device and resume.
         for i in (1..n).rev() {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
@@ -793,11 +813,21 @@ pub fn train_epochs_with(
             );
         }
         let dropout = cfg.adalora.dropout > 0.0;
-        if dropout || recall.iter().all(|&r| r >= cfg.threshold) {
+        let all_met = |r: &[f64]| r.iter().all(|&r| r >= cfg.threshold);
+        // Measured when the passes say every fact met it (or, with dropout, every epoch); once met,
+        // at the end of the `extra_steps` epochs after.
+        let check = match met {
+            Some(m) => epoch - m >= cfg.extra_steps,
+            None => dropout || all_met(&recall),
+        };
+        if check {
             recall = measure(&mut tr);
-            if recall.iter().all(|&r| r >= cfg.threshold) {
-                stopped = true;
-                break;
+            if all_met(&recall) {
+                let m = *met.get_or_insert(epoch);
+                if epoch - m >= cfg.extra_steps {
+                    stopped = true;
+                    break;
+                }
             }
         }
     }
@@ -822,7 +852,7 @@ pub fn train_epochs_with(
 }
 
 /// Trains one adapter on `examples` (`owner[i]` = which of the `n_facts` facts example i belongs to)
-/// until every fact reaches the threshold or `max_steps`. `on_step(opt_step, loss, min_recall)` reports.
+/// until every fact reaches the threshold, and `extra_steps` optimizer steps after that, or `max_steps`. `on_step(opt_step, loss, min_recall)` reports.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     trainers: &mut Trainers,
@@ -861,6 +891,8 @@ pub fn train(
     let totals = examples.iter().map(|e| e.target.len() as f64).collect::<Vec<_>>();
     let mut losses = Vec::new();
     let mut recall = vec![0.0; n_facts];
+    // The optimizer step at which every fact first met the threshold.
+    let mut met: Option<i64> = None;
     for opt_step in 0..cfg.max_steps {
         if warm_end.is_none() && !tr.warming_up() {
             warm_end = Some(Instant::now());
@@ -892,7 +924,12 @@ pub fn train(
         };
         recall = per_fact(&ex_acc, owner, n_facts);
         let min_recall = recall.iter().cloned().fold(f64::INFINITY, f64::min);
-        if opt_step > 0 && min_recall >= cfg.threshold {
+        let meets = opt_step > 0 && min_recall >= cfg.threshold;
+        if meets && met.is_none() {
+            met = Some(opt_step);
+        }
+        // Past the threshold by `extra_steps` (a margin), every fact still meeting it.
+        if meets && met.is_some_and(|m| opt_step - m >= cfg.extra_steps) {
             on_step(opt_step, loss, min_recall);
             break;
         }
@@ -1074,6 +1111,54 @@ mod tests {
             &run(&mut pooled),
             &run(&mut Trainer::new(&model, &b, &train_cfg, None, 9).unwrap()),
         );
+    }
+
+    /// `extra_steps` trains exactly that many optimizer steps (epochs, for mini-batches) past the
+    /// point where every fact first met the threshold, ends with every fact still meeting it, and
+    /// leaves a lower loss (the margin it is for).
+    #[test]
+    fn extra_steps_train_past_the_threshold() {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let model = tiny_model();
+        let cfg = |extra_steps: i64| TrainConfig {
+            lr: 0.05,
+            max_steps: 40,
+            extra_steps,
+            null_space: 0.0,
+            adalora: AdaLoraConfig {
+                tinit: 1,
+                tfinal: 1,
+                ..AdaLoraConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let examples = group(3);
+        let owner = vec![0; examples.len()];
+        let one = |extra: i64| {
+            let mut pool = Trainers::new(&model, &cfg(extra), None).unwrap();
+            train(&mut pool, &examples, &owner, 1, 5, |_, _, _| {}).unwrap()
+        };
+        let (at, past) = (one(0), one(4));
+        assert!(at.optimizer_steps < 30, "the fact was not learnt: {} steps", at.optimizer_steps);
+        assert_eq!(past.optimizer_steps, at.optimizer_steps + 4);
+        assert_eq!((at.recall[0], past.recall[0]), (1.0, 1.0));
+        assert!(past.losses.last() < at.losses.last(), "{:?} vs {:?}", past.losses, at.losses);
+        // Mini-batches: epochs more, of three optimizer steps each.
+        let facts = uneven_facts(7);
+        let epochs = |extra: i64| {
+            let c = TrainConfig { threshold: 0.6, ..cfg(extra) };
+            let mut pool = Trainers::new(&model, &c, None).unwrap();
+            train_epochs_with(&mut pool, &facts, 3, 11, false, |_, _, _| {}).unwrap()
+        };
+        let at = epochs(0);
+        assert!(at.recall.iter().all(|&r| r >= 0.6), "not learnt in 40 epochs: {:?}", at.recall);
+        assert!(at.optimizer_steps < 40 * 3);
+        assert_eq!(epochs(1).optimizer_steps, at.optimizer_steps + 3);
+        // Two epochs on, a fact had dipped below the threshold: training goes on until all meet it.
+        let past = epochs(2);
+        assert!(past.optimizer_steps >= at.optimizer_steps + 6 && past.optimizer_steps % 3 == 0);
+        assert!(past.recall.iter().all(|&r| r >= 0.6), "{:?}", past.recall);
     }
 
     /// Facts of 2–4 examples of different lengths, for the mini-batch tests.
