@@ -559,9 +559,11 @@ fn repair_re_injects_the_facts_that_fell() {
     assert_eq!(rep["new_steps"], 0, "{rep}");
 }
 
-/// `repair --consolidate` re-injects every fact below the threshold in one step with no facts of
-/// its own; more of them than `--mixed-batch`, it trains in epochs of shuffled mini-batches (an
-/// optimizer step each) for at most `--epochs`. Bad values exit 2.
+/// A repair step of more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (an
+/// optimizer step each, so more optimizer steps than the run's `--max-steps` allows one step) for at
+/// most `--epochs`, and the repair's next, smaller step trains under the run's config again;
+/// `--consolidate` puts every fact of the run in one step, the ones that held recorded as such.
+/// Bad values exit 2.
 #[test]
 fn repair_consolidates_the_fallen_facts_in_epochs() {
     use common::knowledge::write_many;
@@ -577,29 +579,50 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let run = out["run"].as_str().unwrap();
     let fallen = out["facts"].as_array().unwrap().iter().filter(|f| f["recall"].as_f64().unwrap() < 1.0).count();
-    assert!(fallen > 2, "only {fallen} facts below 1.0 after 2 optimizer steps: no consolidation to test");
+    assert_eq!(fallen, 5, "after 2 optimizer steps a fact is at 1.0: the test needs all five below");
     let repair = |extra: &[&str]| {
         let mut args = vec!["repair", run, "--below", "1", "--ledger", "l.db", "--model", "tiny.gguf", "--device", "cpu", "--json"];
         args.extend_from_slice(extra);
         injector(p, &args)
     };
-    for bad in [&["--epochs", "0"][..], &["--consolidate", "--per-step", "2"], &["--lr-scheduler", "step"], &["--mixed-batch", "0"]] {
+    for bad in [
+        &["--epochs", "0"][..],
+        &["--epochs", "10001"],
+        &["--consolidate", "--per-step", "2"],
+        &["--lr-scheduler", "step"],
+        &["--mixed-batch", "0"],
+    ] {
         let o = repair(bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
     }
-    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "2"]);
+    let steps = || -> Vec<serde_json::Value> {
+        let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        v["steps"].as_array().unwrap().clone()
+    };
+    let opt = |s: &serde_json::Value| s["optimizer_steps"].as_i64().unwrap();
+    // Steps of 3 and 2 facts, mini-batches of 2: the first a consolidation (2 optimizer steps an
+    // epoch, at most 3 epochs), the second one step over both, capped by the run's --max-steps 2.
+    let r = repair(&["--per-step", "3", "--mixed-batch", "2", "--epochs", "3"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let s = steps();
+    assert_eq!(s.len(), 7);
+    assert_eq!(s[5]["rehearsal"].as_array().unwrap().len(), 3);
+    assert!(opt(&s[5]) % 2 == 0 && opt(&s[5]) > 2 && opt(&s[5]) <= 6, "{} optimizer steps", opt(&s[5]));
+    assert!(opt(&s[6]) <= 2, "the step after a consolidation trained {} optimizer steps", opt(&s[6]));
+    // --consolidate: one step of all five facts, those at 1.0 now recorded as held.
+    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "1"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let rep: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
-    assert_eq!(rep["new_steps"], 1, "{rep}");
-    let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
-    let step = &v["steps"].as_array().unwrap()[5];
-    assert!(step["facts"].as_array().unwrap().is_empty(), "{step}");
-    assert_eq!(step["rehearsal"].as_array().unwrap().len(), fallen);
-    // Mini-batches of 2 facts: an epoch is ceil(fallen / 2) optimizer steps, and at most 3 epochs.
-    let per_epoch = fallen.div_ceil(2) as i64;
-    let opt = step["optimizer_steps"].as_i64().unwrap();
-    assert!(opt % per_epoch == 0 && opt <= 3 * per_epoch, "{opt} optimizer steps, {per_epoch} an epoch");
+    let s = steps();
+    assert_eq!((rep["new_steps"].as_u64(), s.len()), (Some(1), 8), "{rep}");
+    let why = s[7]["rehearsal"].as_array().unwrap();
+    assert_eq!(why.len(), 5);
+    for w in why {
+        let fell = w["recall"].as_f64().unwrap() < 1.0;
+        assert_eq!(w["reason"], if fell { "fell" } else { "held" }, "{w}");
+    }
+    assert!(opt(&s[7]) % 5 == 0 && opt(&s[7]) >= 5 && opt(&s[7]) <= 15, "{} optimizer steps", opt(&s[7]));
 }
 
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one

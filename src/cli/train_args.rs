@@ -47,7 +47,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Optimizer steps trained on after every fact first meets --threshold, a margin for free
-    /// decoding (for mixed at scale, epochs); less than --max-steps (default 0: stop there).
+    /// decoding (for mixed at scale, epochs); less than --max-steps minus 1 (default 0: stop there).
     #[arg(long)]
     pub extra_steps: Option<i64>,
     /// Multiply each merged update by this (default 1).

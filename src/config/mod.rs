@@ -92,7 +92,7 @@ pub struct TrainConfig {
     /// there): a margin, so that a fact's free greedy answer survives the small changes later steps
     /// make (at the threshold each answer token is just the argmax; bench/NOTES.md item 40). For
     /// `mixed` at scale, epochs. Every fact must still meet the threshold when training stops.
-    /// Less than `max_steps`. Left out of the serialised config when 0, so earlier keys stay.
+    /// Less than `max_steps - 1`. Left out of the serialised config when 0, so earlier keys stay.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub extra_steps: i64,
     /// Padded tokens per micro-batch; a larger group is split and its gradients accumulated.
@@ -469,11 +469,13 @@ impl RunConfig {
         c.within(t.adam_beta2, false, "", "train.adam_beta2");
         c.at_least_one(t.max_steps, "--max-steps", "train.max_steps");
         c.within(t.threshold, true, "--threshold", "train.threshold");
+        // The threshold is met at the second optimizer step at the earliest, so a margin of
+        // max_steps - 1 could never end.
         c.check(
-            (0..t.max_steps).contains(&t.extra_steps),
+            (0..t.max_steps - 1).contains(&t.extra_steps) || t.extra_steps == 0,
             "--extra-steps",
             "train.extra_steps",
-            "at least 0 and less than --max-steps",
+            "at least 0 and less than --max-steps minus 1",
             t.extra_steps,
         );
         c.at_least_one(t.max_batch_tokens as u64, "", "train.max_batch_tokens");
@@ -808,7 +810,7 @@ mod tests {
             (Box::new(|c| c.train.threshold = 1.5), "--threshold"),
             (Box::new(|c| c.train.max_steps = 0), "--max-steps"),
             (Box::new(|c| c.train.extra_steps = -1), "--extra-steps"),
-            (Box::new(|c| c.train.extra_steps = c.train.max_steps), "--extra-steps"),
+            (Box::new(|c| c.train.extra_steps = c.train.max_steps - 1), "--extra-steps"),
             (Box::new(|c| c.train.adalora.target_r = 13), "--target-r"),
             (Box::new(|c| c.train.adalora.dropout = 1.0), "--dropout"),
             (Box::new(|c| c.train.adalora.targets.clear()), "--targets"),

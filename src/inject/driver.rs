@@ -111,16 +111,20 @@ pub fn resume(
 }
 
 /// What `injector repair` re-injects: every fact of the run whose recall (teacher-forced, training
-/// prompts) is below `below` at the run's current weights, `per_step` of them a step, weakest first.
+/// prompts) is below `below` at the run's current weights, `per_step` of them a step, weakest first;
+/// with `consolidate`, when any fact is below it, one step of every fact of the run (those that did
+/// not fall too: left out, they were measured falling to 0.74–0.92 while the others trained).
 /// A step of more than `mixed_batch` facts is a consolidation: it trains as `mixed` does at scale
-/// ([`step::train_epochs`]: epochs over shuffled mini-batches of `mixed_batch` facts until every
-/// fact meets the threshold), for at most `epochs` epochs, the rate falling by `lr_scheduler` over
-/// them. At a constant rate, mini-batches of many facts undo one another (mixed at 1,000 stalled
-/// at 0.87; with cosine it reached 1.00: bench/NOTES.md item 38).
+/// (`step::train_epochs`: epochs over shuffled mini-batches of `mixed_batch` facts until every
+/// fact meets the threshold), for at most `epochs` epochs, with the learning rate scheduled by
+/// `lr_scheduler` over them and no `extra_steps`. At a constant rate, mini-batches of many facts
+/// undo one another (mixed at 1,000 stalled at 0.80; with cosine it reached 1.00: bench/NOTES.md
+/// item 38).
 #[derive(Debug, Clone, Copy)]
 pub struct Repair {
     pub below: f64,
     pub per_step: usize,
+    pub consolidate: bool,
     pub epochs: i64,
     pub lr_scheduler: LrScheduler,
     pub mixed_batch: usize,
@@ -155,21 +159,22 @@ pub fn repair(
 fn plan_repair(plan: &mut Plan, prepared: &Prepared, loaded: &Loaded, config: &RunConfig, how: Repair) {
     let ex: Vec<&FactExamples> = plan.injected.iter().map(|h| &prepared.examples[h]).collect();
     let scores = score(&loaded.model, &ex, config.eval_batch_tokens);
-    let mut fallen: Vec<(&String, f64)> = plan
-        .injected
-        .iter()
-        .zip(&scores)
-        .map(|(h, s)| (h, s.recall))
-        .filter(|&(_, r)| r < how.below)
-        .collect();
-    fallen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
-    plan.preset = fallen
-        .chunks(how.per_step.max(1))
+    let mut facts: Vec<(&String, f64)> = plan.injected.iter().zip(&scores).map(|(h, s)| (h, s.recall)).collect();
+    facts.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+    let fallen = facts.iter().take_while(|&&(_, r)| r < how.below).count();
+    if !how.consolidate {
+        facts.truncate(fallen);
+    } else if fallen == 0 {
+        facts.clear();
+    }
+    let per_step = if how.consolidate { facts.len() } else { how.per_step };
+    plan.preset = facts
+        .chunks(per_step.max(1))
         .map(|c| {
             c.iter()
                 .map(|&(h, r)| Rehearsed {
                     fact: h.clone(),
-                    reason: Reason::Fell,
+                    reason: if r < how.below { Reason::Fell } else { Reason::Held },
                     recall: Some(r),
                     interval: 0,
                 })
@@ -538,11 +543,11 @@ fn train_stage(
         let cfg = TrainConfig {
             max_steps: how.epochs,
             lr_scheduler: how.lr_scheduler,
-            extra_steps: t.extra_steps.min(how.epochs - 1),
+            extra_steps: 0,
             ..t.clone()
         };
         consolidate(trainers, &cfg, &per_fact(), how.mixed_batch, seed, report)?
-    } else if plan.strategy == Strategy::Mixed {
+    } else if plan.strategy == Strategy::Mixed && repair.is_none() {
         train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?
     } else {
         let mut examples = Vec::new();

@@ -656,8 +656,9 @@ fn merged_factors(adapter: &AdaLora, merge_scale: f64) -> Result<Vec<Factor>> {
 /// threshold (and `extra_steps` epochs after that) or `max_steps` epochs have run — `mixed` at scale, where one optimizer step over every
 /// fact would take `max_steps` steps in all. With at most `batch_facts` facts it is [`train`] (one
 /// mini-batch, an epoch per optimizer step). The stop is checked at the end of an epoch whose
-/// mini-batches all met the threshold (or, with dropout, every epoch) by measuring every fact
-/// again, without dropout, at the current weights. The order is drawn from `seed`.
+/// mini-batches all met the threshold (or, with dropout, every epoch; once met, at the end of the
+/// `extra_steps` epochs after, and every epoch after those) by measuring every fact again, without
+/// dropout, at the current weights. The order is drawn from `seed`.
 ///
 /// On a GPU of a CUDA build (a pool with graphs), every mini-batch is written into the same padded
 /// micro-batches ([`epoch_shapes`]), so the optimizer step is captured once and replayed for every
@@ -672,12 +673,14 @@ pub fn train_epochs(
     on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let padded = trainers.stream.is_some();
-    train_epochs_with(trainers, facts, batch_facts, seed, padded, on_step)
+    let cfg = trainers.cfg.clone();
+    train_epochs_with(trainers, &cfg, facts, batch_facts, seed, padded, on_step)
 }
 
 /// [`train_epochs`] under `cfg` instead of the pool's config (a repair's consolidation: its own
-/// epochs and schedule). More than `batch_facts` facts, so no pooled trainer is made or reused
-/// under `cfg`. Errors: as [`train_epochs`].
+/// epochs and schedule). `facts` must be more than `batch_facts`, so that no trainer of the pool is
+/// used (they keep the pool's config). Errors: as [`train_epochs`]; bad input when AdaLoRA's
+/// `tinit + tfinal` leaves no optimizer step of the consolidation's for the budget to fall in.
 pub fn consolidate(
     trainers: &mut Trainers,
     cfg: &TrainConfig,
@@ -686,11 +689,18 @@ pub fn consolidate(
     seed: u64,
     on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
-    assert!(facts.len() > batch_facts, "a consolidation trains more facts than a mini-batch");
-    let pool_cfg = std::mem::replace(&mut trainers.cfg, cfg.clone());
-    let out = train_epochs(trainers, facts, batch_facts, seed, on_step);
-    trainers.cfg = pool_cfg;
-    out
+    assert!(facts.len() > batch_facts.max(1), "a consolidation trains more facts than a mini-batch");
+    let total = cfg.max_steps * facts.len().div_ceil(batch_facts) as i64;
+    let a = &cfg.adalora;
+    if a.tinit + a.tfinal >= total {
+        return Err(Error::BadInput(format!(
+            "a consolidation of {total} optimizer steps leaves none between train.adalora.tinit ({}) and \
+             tfinal ({}); raise --epochs",
+            a.tinit, a.tfinal
+        )));
+    }
+    let padded = trainers.stream.is_some();
+    train_epochs_with(trainers, cfg, facts, batch_facts, seed, padded, on_step)
 }
 
 /// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits: rows for
@@ -717,11 +727,13 @@ pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usiz
         .collect()
 }
 
-/// [`train_epochs`] with the caller's choice of how mini-batches are laid out: written into padded
-/// micro-batches (`padded`; replayed from captured graphs where the pool has a GPU stream), or
-/// packed afresh and run eagerly. For the tests that hold the two to the same training.
+/// [`train_epochs`] under `cfg` (the pool's, but for a consolidation) with the caller's choice of how
+/// mini-batches are laid out: written into padded micro-batches (`padded`; replayed from captured
+/// graphs where the pool has a GPU stream), or packed afresh and run eagerly. For the tests that hold
+/// the two to the same training. At most `batch_facts` facts go to [`train`], under the pool's config.
 pub fn train_epochs_with(
     trainers: &mut Trainers,
+    cfg: &TrainConfig,
     facts: &[Vec<Example>],
     batch_facts: usize,
     seed: u64,
@@ -736,11 +748,11 @@ pub fn train_epochs_with(
     }
     let t0 = Instant::now();
     let batches_per_epoch = n.div_ceil(batch_facts);
-    let epochs = trainers.cfg.max_steps;
+    let epochs = cfg.max_steps;
     // The AdaLoRA budget schedule spans every optimizer step of every epoch.
     let cfg = TrainConfig {
         max_steps: epochs * batches_per_epoch as i64,
-        ..trainers.cfg.clone()
+        ..cfg.clone()
     };
     let (model, preserve) = (trainers.model, trainers.preserve);
     let all: Vec<Example> = facts.iter().flatten().cloned().collect();
@@ -908,8 +920,9 @@ pub fn train(
         }
         // With dropout off, this pass's argmax is exactly the current weights' recall: stopping
         // here costs no extra forward. With dropout on, measure without it every 5 steps.
+        let margin_done = met.is_some_and(|m| opt_step - m >= cfg.extra_steps);
         let ex_acc: Vec<f64> = if check_separately {
-            if opt_step % 5 == 0 {
+            if opt_step % 5 == 0 || margin_done {
                 tr.adapter.training = false;
                 token_accuracy(model, &tr.adapter, &tr.batches, examples.len())
             } else {
@@ -938,6 +951,14 @@ pub fn train(
         on_step(opt_step, loss, min_recall);
     }
     let steps = tr.steps();
+    if let Some(m) = met.filter(|_| steps == cfg.max_steps && cfg.extra_steps > 0) {
+        tracing::warn!(
+            "training reached --max-steps {} before the --extra-steps {} margin past the threshold (met at \
+             optimizer step {m})",
+            cfg.max_steps,
+            cfg.extra_steps
+        );
+    }
     if steps == cfg.max_steps {
         // Stopped by max_steps: measure where the last update left the facts.
         tr.adapter.training = false;
@@ -1149,13 +1170,14 @@ mod tests {
         let epochs = |extra: i64| {
             let c = TrainConfig { threshold: 0.6, ..cfg(extra) };
             let mut pool = Trainers::new(&model, &c, None).unwrap();
-            train_epochs_with(&mut pool, &facts, 3, 11, false, |_, _, _| {}).unwrap()
+            train_epochs_with(&mut pool, &c, &facts, 3, 11, false, |_, _, _| {}).unwrap()
         };
         let at = epochs(0);
         assert!(at.recall.iter().all(|&r| r >= 0.6), "not learnt in 40 epochs: {:?}", at.recall);
         assert!(at.optimizer_steps < 40 * 3);
         assert_eq!(epochs(1).optimizer_steps, at.optimizer_steps + 3);
-        // Two epochs on, a fact had dipped below the threshold: training goes on until all meet it.
+        // Two epochs on (more if a fact dipped below the threshold meanwhile: training goes on until
+        // all meet it again).
         let past = epochs(2);
         assert!(past.optimizer_steps >= at.optimizer_steps + 6 && past.optimizer_steps % 3 == 0);
         assert!(past.recall.iter().all(|&r| r >= 0.6), "{:?}", past.recall);
@@ -1236,7 +1258,7 @@ mod tests {
         let run = |padded: bool| {
             let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
             let mut weakest = Vec::new();
-            let t = train_epochs_with(&mut pool, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
+            let t = train_epochs_with(&mut pool, &train_cfg, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
             (t, weakest)
         };
         let ((p, pw), (e, ew)) = (run(true), run(false));

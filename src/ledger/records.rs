@@ -65,6 +65,9 @@ pub enum Reason {
     Fell,
     /// Its review interval had passed.
     Due,
+    /// At or above the threshold at its latest check, and trained in a consolidation with the facts
+    /// that fell (`repair --consolidate`), so that training them does not disturb it.
+    Held,
 }
 
 /// One rehearsal of one fact at one step, as the ledger records it.

@@ -238,6 +238,7 @@ fn rehearsal_table(d: &RunData) -> String {
         .flat_map(|s| s.rehearsal.iter().map(|r| r.reason))
         .collect();
     let fell = reasons.iter().filter(|&&r| r == Reason::Fell).count();
+    let held = reasons.iter().filter(|&&r| r == Reason::Held).count();
     let mut count: std::collections::HashMap<&str, usize> = Default::default();
     for h in d.steps.iter().flat_map(|s| &s.rehearsed) {
         *count.entry(h.as_str()).or_default() += 1;
@@ -252,9 +253,13 @@ fn rehearsal_table(d: &RunData) -> String {
         if reasons.is_empty() {
             String::new()
         } else {
+            let held_note = match held {
+                0 => String::new(),
+                n => format!(", {n} held but trained in a consolidation with the others"),
+            };
             format!(
-                ": {fell} because the fact fell below the threshold, {} because its review was due",
-                reasons.len() - fell
+                ": {fell} because the fact fell below the threshold, {} because its review was due{held_note}",
+                reasons.len() - fell - held
             )
         }
     );
