@@ -1010,6 +1010,20 @@ mod tests {
     /// libtorch's random generator is global: tests that seed it and draw run one at a time.
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// A short training for the tiny model: rate 0.05, AdaLoRA's budget between its first and last
+    /// optimizer steps (each test sets `max_steps` and what else it needs).
+    fn quick_cfg() -> TrainConfig {
+        TrainConfig {
+            lr: 0.05,
+            adalora: AdaLoraConfig {
+                tinit: 1,
+                tfinal: 1,
+                ..AdaLoraConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
     /// Four examples of one made-up fact `k` (prompts of 3–6 tokens, a 4-token answer).
     fn group(k: i64) -> Vec<Example> {
         (0..4i64)
@@ -1031,15 +1045,9 @@ mod tests {
         let model = tiny_model();
         let (a, b) = (group(1), group(2));
         let base_cfg = TrainConfig {
-            lr: 0.05,
             max_steps: 12,
             null_space: 0.0,
-            adalora: AdaLoraConfig {
-                tinit: 1,
-                tfinal: 1,
-                ..AdaLoraConfig::default()
-            },
-            ..TrainConfig::default()
+            ..quick_cfg()
         };
         let sites: Vec<(usize, Proj)> = adapter_shapes(&model, &base_cfg.adalora)
             .into_iter()
@@ -1094,14 +1102,8 @@ mod tests {
         let model = tiny_model();
         let (a, b) = (group(1), group(2));
         let train_cfg = TrainConfig {
-            lr: 0.05,
             max_steps: 6,
-            adalora: AdaLoraConfig {
-                tinit: 1,
-                tfinal: 1,
-                ..AdaLoraConfig::default()
-            },
-            ..TrainConfig::default()
+            ..quick_cfg()
         };
         let run = |tr: &mut Trainer| -> Vec<Factor> {
             for _ in 0..6 {
@@ -1143,16 +1145,10 @@ mod tests {
         tch::manual_seed(0);
         let model = tiny_model();
         let cfg = |extra_steps: i64| TrainConfig {
-            lr: 0.05,
             max_steps: 40,
             extra_steps,
             null_space: 0.0,
-            adalora: AdaLoraConfig {
-                tinit: 1,
-                tfinal: 1,
-                ..AdaLoraConfig::default()
-            },
-            ..TrainConfig::default()
+            ..quick_cfg()
         };
         let examples = group(3);
         let owner = vec![0; examples.len()];
@@ -1241,16 +1237,10 @@ mod tests {
         let model = tiny_model();
         let facts = uneven_facts(7);
         let train_cfg = TrainConfig {
-            lr: 0.05,
             max_steps: 3,
             threshold: 1.0 + 1e-9,
             max_batch_tokens: 40,
-            adalora: AdaLoraConfig {
-                tinit: 1,
-                tfinal: 1,
-                ..AdaLoraConfig::default()
-            },
-            ..TrainConfig::default()
+            ..quick_cfg()
         };
         assert!(epoch_shapes(&facts, 3, 40).len() > 1, "the test needs several micro-batches");
         // The weakest fact's recall reported after each optimizer step comes from that step's
