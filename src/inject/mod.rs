@@ -9,6 +9,7 @@ pub mod preserve;
 pub mod schedule;
 pub mod state;
 pub mod step;
+mod trainer;
 
 pub use driver::{repair, resume, run, Progress, Repair, RunOutcome, Silent};
 
