@@ -108,7 +108,8 @@ pub enum Command {
     Probe(probe::ProbeArgs),
     /// What the ledger holds.
     Ledger(ledger::LedgerArgs),
-    /// Re-inject a run's facts that fell below the threshold, as new steps that rehearse them.
+    /// Re-inject a run's facts that fell below the threshold, as new steps that rehearse them (with
+    /// --consolidate, all its facts in one step of epochs).
     Repair(repair::RepairArgs),
     /// Take a run back to its exact weights after a step; the later steps are kept in the ledger.
     Revert(revert::RevertArgs),

@@ -46,8 +46,9 @@ pub struct TrainArgs {
     /// Token accuracy on the training prompts at which a step's training stops, in [0, 1] (default 1).
     #[arg(long)]
     pub threshold: Option<f64>,
-    /// Optimizer steps trained on after every fact first meets --threshold, a margin for free
-    /// decoding (for mixed at scale, epochs); less than --max-steps minus 1 (default 0: stop there).
+    /// Optimizer steps trained on after every fact first meets --threshold, a margin (for mixed at
+    /// scale, epochs; not in repair's consolidations); less than --max-steps minus 1 (default 0: stop
+    /// there). Measured: free recall no better (README, Capacity, session 12).
     #[arg(long)]
     pub extra_steps: Option<i64>,
     /// Multiply each merged update by this (default 1).
