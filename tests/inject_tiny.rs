@@ -610,6 +610,9 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     assert_eq!(s[5]["rehearsal"].as_array().unwrap().len(), 3);
     assert!(opt(&s[5]) % 2 == 0 && opt(&s[5]) > 2 && opt(&s[5]) <= 6, "{} optimizer steps", opt(&s[5]));
     assert!(opt(&s[6]) <= 2, "the step after a consolidation trained {} optimizer steps", opt(&s[6]));
+    // The ledger says how the consolidation trained (its flags are not the run's config).
+    assert_eq!(s[5]["consolidation"], serde_json::json!({"epochs": 3, "lr_scheduler": "cosine", "mixed_batch": 2}));
+    assert!(s[6].get("consolidation").is_none(), "{}", s[6]);
     // --consolidate: one step of all five facts, those at 1.0 now recorded as held.
     let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "1"]);
     assert!(r.status.success(), "{}", stderr(&r));

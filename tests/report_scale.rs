@@ -123,6 +123,7 @@ fn synthetic_run(l: &mut Ledger, k: &injector::knowledge::Knowledge, strategy: &
                     ..Default::default()
                 },
                 rehearsal: vec![],
+                consolidation: None,
             },
             probes,
             generations: vec![],

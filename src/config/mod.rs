@@ -153,6 +153,15 @@ impl LrScheduler {
         *self == LrScheduler::Constant
     }
 
+    /// Its name, as the flag and the serialised config spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LrScheduler::Constant => "constant",
+            LrScheduler::Linear => "linear",
+            LrScheduler::Cosine => "cosine",
+        }
+    }
+
     /// The multiplier of the learning rate at optimizer step `t` (0 for the first) of `total`.
     pub fn factor(self, t: i64, total: i64) -> f64 {
         let x = (t as f64 / total.max(1) as f64).clamp(0.0, 1.0);
@@ -787,6 +796,16 @@ mod tests {
             (c.train.preserve, c.train.preserve_batch, c.train.null_space),
             (0.0, 8, 0.0)
         );
+    }
+
+    /// Each schedule's name is the one the flag parses and the config serialises.
+    #[test]
+    fn lr_scheduler_names_round_trip() {
+        for name in LrScheduler::NAMES {
+            let s: LrScheduler = name.parse().unwrap();
+            assert_eq!(s.name(), name);
+            assert_eq!(serde_json::to_value(s).unwrap(), name);
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::eval::probe::{score, FactExamples};
 use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
 use crate::eval::Example;
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{last_locality, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
+use crate::ledger::{last_locality, Consolidation, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
 use crate::model::Loaded;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -321,6 +321,8 @@ fn drive_steps(
                 true => Rehearsal { prompts: 0, ..config.rehearsal.clone() },
                 false => config.rehearsal.clone(),
             };
+            // A repair step of more facts than a mini-batch is a consolidation (see [`Repair`]).
+            let consolidation = repair.filter(|how| own.is_empty() && rehearsed.len() > how.mixed_batch);
             let trained = train_stage(
                 &mut trainers,
                 &prepared,
@@ -328,7 +330,7 @@ fn drive_steps(
                 &plan,
                 (idx, &own, &rehearsed),
                 (&rules, &turns),
-                repair,
+                (repair.is_some(), consolidation),
                 progress,
             );
             for h in &rehearsed {
@@ -415,6 +417,11 @@ fn drive_steps(
                 created: String::new(),
                 phases,
                 rehearsal,
+                consolidation: consolidation.map(|how| Consolidation {
+                    epochs: how.epochs,
+                    lr_scheduler: how.lr_scheduler,
+                    mixed_batch: how.mixed_batch,
+                }),
             };
             if let Some(s) = schedule.as_mut() {
                 let rows = probes.iter().map(|p| (p.fact.as_str(), p.recall));
@@ -519,7 +526,7 @@ fn train_stage(
     plan: &Plan,
     (idx, own, rehearsed): (i64, &[&Fact], &[String]),
     (rules, turns): (&Rehearsal, &HashMap<String, usize>),
-    repair: Option<Repair>,
+    (repairing, consolidation): (bool, Option<Repair>),
     progress: &mut dyn Progress,
 ) -> Result<Trained> {
     let mut facts: Vec<&Fact> = own.to_vec();
@@ -537,8 +544,6 @@ fn train_stage(
             .map(|f| prepared.examples[&f.hash].recall.clone())
             .collect()
     };
-    // A repair step of more facts than a mini-batch: a consolidation, in epochs.
-    let consolidation = repair.filter(|how| own.is_empty() && facts.len() > how.mixed_batch);
     let trained = if let Some(how) = consolidation {
         let cfg = TrainConfig {
             max_steps: how.epochs,
@@ -547,7 +552,7 @@ fn train_stage(
             ..t.clone()
         };
         consolidate(trainers, &cfg, &per_fact(), how.mixed_batch, seed, report)?
-    } else if plan.strategy == Strategy::Mixed && repair.is_none() {
+    } else if plan.strategy == Strategy::Mixed && !repairing {
         train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?
     } else {
         let mut examples = Vec::new();

@@ -75,6 +75,7 @@ fn step_row(r: &Row) -> rusqlite::Result<StepRow> {
         phases: parse(r.get(14)?)?,
         rehearsal: parse(r.get(15)?)?,
         peak_gpu_bytes: r.get(16)?,
+        consolidation: r.get::<_, Option<String>>(17)?.map(parse).transpose()?,
     })
 }
 
@@ -414,7 +415,8 @@ impl Ledger {
     pub fn steps(&self, run: &str) -> Result<Vec<StepRow>> {
         let mut st = self.conn.prepare(
             "SELECT run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
-             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created, phases, rehearsal, peak_gpu_bytes FROM steps WHERE run = ?1 \
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, created, phases, rehearsal, peak_gpu_bytes, \
+             consolidation FROM steps WHERE run = ?1 \
              ORDER BY idx",
         )?;
         let rows = st.query_map([run], step_row)?.collect::<rusqlite::Result<_>>()?;
@@ -439,8 +441,9 @@ impl Ledger {
         }
         tx.execute(
             "INSERT INTO steps (run, idx, facts, rehearsed, optimizer_steps, losses, seconds, eval_seconds, tokens, \
-             peak_rss_bytes, delta_file, rank_pattern, weights_hash, phases, rehearsal, peak_gpu_bytes, created) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16, strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
+             peak_rss_bytes, delta_file, rank_pattern, weights_hash, phases, rehearsal, peak_gpu_bytes, consolidation, \
+             created) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17, \
+             strftime('%Y-%m-%dT%H:%M:%SZ','now'))",
             params![
                 s.run,
                 s.idx,
@@ -457,7 +460,8 @@ impl Ledger {
                 s.weights_hash,
                 json(&s.phases),
                 json(&s.rehearsal),
-                s.peak_gpu_bytes
+                s.peak_gpu_bytes,
+                s.consolidation.as_ref().map(json)
             ],
         )?;
         for (module, rank) in &s.rank_pattern {

@@ -1,4 +1,5 @@
 //! Rows of the ledger as Rust types.
+use crate::config::LrScheduler;
 use serde::{Deserialize, Serialize};
 
 /// One run: a strategy applied to a knowledge directory on a model, with a config and seed.
@@ -55,6 +56,21 @@ pub struct StepRow {
     /// For `spaced:K`, each rehearsed fact with why it was picked (empty for other strategies).
     #[serde(default)]
     pub rehearsal: Vec<Rehearsed>,
+    /// How a repair's consolidation trained (`None` for every other step, and for steps recorded
+    /// before it was): its flags are not in the run's config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consolidation: Option<Consolidation>,
+}
+
+/// The settings of a consolidation step (`injector repair`, a step of more facts than a mini-batch:
+/// epochs over shuffled mini-batches; `inject::Repair`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Consolidation {
+    /// The most epochs it could train.
+    pub epochs: i64,
+    pub lr_scheduler: LrScheduler,
+    /// Facts per optimizer step.
+    pub mixed_batch: usize,
 }
 
 /// Why a fact was rehearsed.
@@ -103,6 +119,7 @@ impl StepRow {
             created: String::new(),
             phases: Default::default(),
             rehearsal: vec![],
+            consolidation: None,
         }
     }
 }

@@ -159,4 +159,9 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE locality ADD COLUMN perplexity REAL;
     "#,
+    // 8: how a repair's consolidation step trained (its epochs, schedule and mini-batch), which the
+    // run's config does not say; NULL for every other step.
+    r#"
+    ALTER TABLE steps ADD COLUMN consolidation TEXT;
+    "#,
 ];

@@ -246,8 +246,21 @@ fn rehearsal_table(d: &RunData) -> String {
     let summaries = d.fact_summaries();
     let mut most: Vec<(&str, usize)> = count.into_iter().collect();
     most.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let consolidations: String = d
+        .steps
+        .iter()
+        .filter_map(|s| s.consolidation.as_ref().map(|c| (s.idx, c)))
+        .map(|(idx, c)| {
+            format!(
+                " Step {idx} was a consolidation: at most {} epochs of {}-fact mini-batches, learning rate {}.",
+                c.epochs,
+                c.mixed_batch,
+                c.lr_scheduler.name()
+            )
+        })
+        .collect();
     let mut t = format!(
-        "<h2>Rehearsal</h2><p class=meta>{total} rehearsals in {} steps{}.</p>\
+        "<h2>Rehearsal</h2><p class=meta>{total} rehearsals in {} steps{}.{consolidations}</p>\
          <table id=rehearsal><tr><th class=l>fact</th><th>step</th><th>rehearsed</th><th>final recall</th></tr>",
         d.steps.len(),
         if reasons.is_empty() {
