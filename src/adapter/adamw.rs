@@ -131,15 +131,15 @@ impl AdamW {
 mod tests {
     use super::*;
 
-    /// Same trajectory as tch's (torch's C++) AdamW on a small quadratic.
+    /// Same trajectory as tch's (torch's C++) AdamW on a small quadratic. The values are fixed, not
+    /// drawn: libtorch's generator is global, and tests running beside this one reseed it (the draw
+    /// once came out far enough from the target that 40 steps did not halve the distance).
     #[test]
     fn matches_torch_adamw() {
-        tch::manual_seed(3);
-        let target = Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu));
+        let k = Tensor::arange(20, (Kind::Float, tch::Device::Cpu)).view([5, 4]);
+        let target = k.sin() * 0.8;
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let w_ref = vs
-            .root()
-            .var_copy("w", &Tensor::randn([5, 4], (Kind::Float, tch::Device::Cpu)));
+        let w_ref = vs.root().var_copy("w", &(k.cos() * 0.8));
         let w_ours = w_ref.detach().copy().set_requires_grad(true);
         let mut reference = tch::nn::OptimizerConfig::build(tch::nn::adamw(0.85, 0.95, 0.01), &vs, 0.05).unwrap();
         let mut ours = AdamW::new(vec![w_ours.shallow_clone()], 0.05, 0.85, 0.95, 0.01);
