@@ -133,9 +133,22 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// A run's strategy and the settings it trained with that differ from the defaults (how it was
 /// measured aside), e.g. `spaced:8 rehearsal.prompts=1`, `mixed lr_scheduler="cosine"`: the
 /// capacity page groups runs by it, so runs of one strategy with other settings are other series.
-/// A config that does not parse gives the strategy alone.
+/// A config that does not parse gives the strategy alone. Steps a repair added (no facts of their
+/// own) are not in the config, so they are named after it: ` + consolidation` when one of them was,
+/// else ` + repair`.
 pub fn variant(r: &RunData) -> String {
-    variant_of(&r.run.strategy, r.config.as_ref())
+    variant_of(&r.run.strategy, r.config.as_ref()) + repaired(&r.steps)
+}
+
+/// What [`variant`] adds for a run's repair steps ("" when it has none).
+fn repaired(steps: &[crate::ledger::StepRow]) -> &'static str {
+    if steps.iter().any(|s| s.consolidation.is_some()) {
+        " + consolidation"
+    } else if steps.iter().any(|s| s.facts.is_empty()) {
+        " + repair"
+    } else {
+        ""
+    }
 }
 
 /// [`variant`] of a run of `strategy` recorded with `config`. A setting counts when its value, put
@@ -336,6 +349,23 @@ mod tests {
         m.train.adalora.init_r = 48;
         assert_eq!(variant_of("mixed", Some(&m)), "mixed init_r=48 lr_scheduler=\"cosine\"");
         assert_eq!(variant_of("mixed", None), "mixed");
+    }
+
+    /// A run that a repair went on with is another series than the run alone.
+    #[test]
+    fn repair_steps_name_their_own_series() {
+        use crate::config::LrScheduler;
+        use crate::ledger::{Consolidation, StepRow};
+        let mut steps = vec![StepRow::for_tests(0, vec!["f0".into()], vec![])];
+        assert_eq!(repaired(&steps), "");
+        steps.push(StepRow::for_tests(1, vec![], vec!["f0".into()]));
+        assert_eq!(repaired(&steps), " + repair");
+        steps[1].consolidation = Some(Consolidation {
+            epochs: 12,
+            lr_scheduler: LrScheduler::Cosine,
+            mixed_batch: 16,
+        });
+        assert_eq!(repaired(&steps), " + consolidation");
     }
 
     fn fact(subject: &str, answer: &str) -> FactInfo {
