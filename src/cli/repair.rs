@@ -62,6 +62,19 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         return Err(Error::BadInput(format!("--epochs {}: expected 1 to 10000", a.epochs)).into());
     }
     let lr_scheduler: LrScheduler = a.lr_scheduler.parse()?;
+    // A consolidation has at least two mini-batches an epoch: refused here, before anything is
+    // loaded or the run is marked running, when AdaLoRA's budget could have no step to fall in.
+    let ada = &config.train.adalora;
+    if ada.tinit + ada.tfinal >= 2 * a.epochs {
+        return Err(Error::BadInput(format!(
+            "--epochs {}: the run's train.adalora.tinit + tfinal ({}) needs more than {} optimizer steps \
+             (a consolidation's two mini-batches an epoch)",
+            a.epochs,
+            ada.tinit + ada.tfinal,
+            2 * a.epochs
+        ))
+        .into());
+    }
     if a.mixed_batch == Some(0) {
         return Err(Error::BadInput("--mixed-batch 0: expected at least 1".into()).into());
     }

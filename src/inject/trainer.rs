@@ -205,7 +205,7 @@ pub(super) struct Graphs {
     pub(super) _stream: Option<SideStream>,
 }
 
-/// One adapter being trained on pre-built batches: the loop body of [`train`], also timed by
+/// One adapter being trained on pre-built batches: the loop body of [`train`](super::step::train), also timed by
 /// `bench/train_step.rs`. On a GPU of a CUDA build, after [`eager_steps`] eager steps each
 /// forward+backward and each update before the allocator's final step is a replayed CUDA graph.
 pub struct Trainer<'a> {

@@ -137,12 +137,16 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// own) are not in the config, so they are named after it: ` + consolidation` when one of them was,
 /// else ` + repair`.
 pub fn variant(r: &RunData) -> String {
-    variant_of(&r.run.strategy, r.config.as_ref()) + repaired(&r.steps)
+    let mixed_batch = r.config.as_ref().map_or(crate::config::RunConfig::default().mixed_batch, |c| c.mixed_batch);
+    variant_of(&r.run.strategy, r.config.as_ref()) + repaired(&r.steps, mixed_batch)
 }
 
-/// What [`variant`] adds for a run's repair steps ("" when it has none).
-fn repaired(steps: &[crate::ledger::StepRow]) -> &'static str {
-    if steps.iter().any(|s| s.consolidation.is_some()) {
+/// What [`variant`] adds for a run's repair steps ("" when it has none). A consolidation is recorded
+/// as one since schema 8; before, a repair step of more facts than the run's `mixed_batch` was one.
+fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize) -> &'static str {
+    let consolidation =
+        |s: &crate::ledger::StepRow| s.consolidation.is_some() || (s.facts.is_empty() && s.rehearsed.len() > mixed_batch);
+    if steps.iter().any(consolidation) {
         " + consolidation"
     } else if steps.iter().any(|s| s.facts.is_empty()) {
         " + repair"
@@ -357,15 +361,19 @@ mod tests {
         use crate::config::LrScheduler;
         use crate::ledger::{Consolidation, StepRow};
         let mut steps = vec![StepRow::for_tests(0, vec!["f0".into()], vec![])];
-        assert_eq!(repaired(&steps), "");
+        assert_eq!(repaired(&steps, 16), "");
         steps.push(StepRow::for_tests(1, vec![], vec!["f0".into()]));
-        assert_eq!(repaired(&steps), " + repair");
+        assert_eq!(repaired(&steps, 16), " + repair");
         steps[1].consolidation = Some(Consolidation {
             epochs: 12,
             lr_scheduler: LrScheduler::Cosine,
             mixed_batch: 16,
         });
-        assert_eq!(repaired(&steps), " + consolidation");
+        assert_eq!(repaired(&steps, 16), " + consolidation");
+        // Recorded before schema 8: more facts than a mini-batch.
+        steps[1].consolidation = None;
+        steps[1].rehearsed = (0..17).map(|i| format!("f{i}")).collect();
+        assert_eq!(repaired(&steps, 16), " + consolidation");
     }
 
     fn fact(subject: &str, answer: &str) -> FactInfo {

@@ -268,7 +268,7 @@ fn rehearsal_table(d: &RunData) -> String {
         } else {
             let held_note = match held {
                 0 => String::new(),
-                n => format!(", {n} held but trained in a consolidation with the others"),
+                n => format!(", {n} held but were trained with the facts that fell"),
             };
             format!(
                 ": {fell} because the fact fell below the threshold, {} because its review was due{held_note}",
