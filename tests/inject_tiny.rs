@@ -36,6 +36,14 @@ fn small_workspace() -> tempfile::TempDir {
     d
 }
 
+/// [`small_workspace`] with `n` generated facts in `k/` instead.
+fn many_workspace(n: usize) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_tiny_gguf(&d.path().join("tiny.gguf"), 4);
+    common::knowledge::write_many(&d.path().join("k"), n);
+    d
+}
+
 #[test]
 fn run_records_every_step_and_a_second_run_is_a_no_op() {
     let d = small_workspace();
@@ -566,11 +574,8 @@ fn repair_re_injects_the_facts_that_fell() {
 /// Bad values exit 2.
 #[test]
 fn repair_consolidates_the_fallen_facts_in_epochs() {
-    use common::knowledge::write_many;
-    let d = tempfile::tempdir().unwrap();
+    let d = many_workspace(5);
     let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_many(&p.join("k"), 5);
     let o = injector(
         p,
         &run_with(&["--lr", "0.05", "--alpha", "32", "--max-steps", "2", "--json"]),
@@ -633,11 +638,8 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
 /// fewer, one optimizer step covers every fact, as before.
 #[test]
 fn mixed_trains_in_epochs_of_mini_batches_at_scale() {
-    use common::knowledge::write_many;
-    let d = tempfile::tempdir().unwrap();
+    let d = many_workspace(5);
     let p = d.path();
-    write_tiny_gguf(&p.join("tiny.gguf"), 4);
-    write_many(&p.join("k"), 5);
     let run = |extra: &[&str]| -> serde_json::Value {
         let mut args = run_with(&[
             "--lr",

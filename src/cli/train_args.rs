@@ -47,8 +47,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Optimizer steps trained on after every fact first meets --threshold, a margin (for mixed at
-    /// scale, epochs; not in repair's consolidations); less than --max-steps minus 1 (default 0: stop
-    /// there). Measured: free recall no better (README, Capacity, session 12).
+    /// scale, epochs; not in repair's consolidations); 0 to --max-steps − 2 (default 0: stop there).
+    /// Measured: free recall no better (README, Capacity, session 12).
     #[arg(long)]
     pub extra_steps: Option<i64>,
     /// Multiply each merged update by this (default 1).

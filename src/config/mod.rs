@@ -484,7 +484,7 @@ impl RunConfig {
             (0..t.max_steps - 1).contains(&t.extra_steps) || t.extra_steps == 0,
             "--extra-steps",
             "train.extra_steps",
-            "at least 0 and less than --max-steps minus 1",
+            "0 to --max-steps − 2",
             t.extra_steps,
         );
         c.at_least_one(t.max_batch_tokens as u64, "", "train.max_batch_tokens");
