@@ -596,6 +596,14 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         &["--consolidate", "--per-step", "2"],
         &["--lr-scheduler", "step"],
         &["--mixed-batch", "0"],
+        &["--consolidate", "--preserve", "-1"],
+        &["--consolidate", "--preserve", "NaN"],
+        // No step of one fact a step is a consolidation, so its settings would do nothing.
+        &["--per-step", "1", "--no-null-space"],
+        &["--per-step", "1", "--preserve", "8"],
+        &["--consolidate", "--protect", "-0.5"],
+        // The run has no interference penalty, so nothing recorded to protect.
+        &["--consolidate", "--protect", "0.1"],
     ] {
         let o = repair(bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
@@ -616,13 +624,20 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     assert!(opt(&s[5]) % 2 == 0 && opt(&s[5]) > 2 && opt(&s[5]) <= 6, "{} optimizer steps", opt(&s[5]));
     assert!(opt(&s[6]) <= 2, "the step after a consolidation trained {} optimizer steps", opt(&s[6]));
     // The ledger says how the consolidation trained (its flags are not the run's config).
-    assert_eq!(s[5]["consolidation"], serde_json::json!({"epochs": 3, "lr_scheduler": "cosine", "mixed_batch": 2}));
+    assert_eq!(
+        s[5]["consolidation"],
+        serde_json::json!({"epochs": 3, "lr_scheduler": "cosine", "mixed_batch": 2, "preserve": 4.0, "null_space": 0.9, "protect": 0.0})
+    );
     assert!(s[6].get("consolidation").is_none(), "{}", s[6]);
     // --consolidate: one step of all five facts, those at 1.0 now recorded as held.
-    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "1"]);
+    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "1", "--preserve", "16", "--no-null-space"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let rep: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
     let s = steps();
+    assert_eq!(
+        s[7]["consolidation"],
+        serde_json::json!({"epochs": 3, "lr_scheduler": "cosine", "mixed_batch": 1, "preserve": 16.0, "null_space": 0.0, "protect": 0.0})
+    );
     assert_eq!((rep["new_steps"].as_u64(), s.len()), (Some(1), 8), "{rep}");
     let why = s[7]["rehearsal"].as_array().unwrap();
     assert_eq!(why.len(), 5);

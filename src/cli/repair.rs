@@ -39,6 +39,18 @@ pub struct RepairArgs {
     /// (default cosine: at a constant rate, mini-batches of many facts undo one another).
     #[arg(long, default_value = "cosine", value_parser = LrScheduler::NAMES)]
     pub lr_scheduler: String,
+    /// A consolidation's preservation weight (default: the run's --preserve; not for a run made
+    /// without preservation).
+    #[arg(long)]
+    pub preserve: Option<f64>,
+    /// Train a consolidation without the run's null-space projection, so that its update can move
+    /// what the preservation prompts produce and pull them back toward the base model's answers.
+    #[arg(long)]
+    pub no_null_space: bool,
+    /// A consolidation's interference penalty weight (--protect; default 0: the penalty resists the
+    /// repairs a consolidation makes; not above 0 for a run made without it).
+    #[arg(long, default_value_t = 0.0)]
+    pub protect: f64,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +75,12 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     if a.mixed_batch == Some(0) {
         return Err(Error::BadInput("--mixed-batch 0: expected at least 1".into()).into());
     }
+    if let Some(p) = a.preserve.filter(|p| !(p.is_finite() && *p >= 0.0)) {
+        return Err(Error::BadInput(format!("--preserve {p}: expected a number of at least 0")).into());
+    }
+    if !(a.protect.is_finite() && a.protect >= 0.0) {
+        return Err(Error::BadInput(format!("--protect {}: expected a number of at least 0", a.protect)).into());
+    }
     let r = Ledger::open_read_only(&g.ledger)?.run(&a.run)?;
     let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
     let below = a.below.unwrap_or(config.rehearsal.below);
@@ -79,6 +97,31 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let mixed_batch = a.mixed_batch.unwrap_or(config.mixed_batch);
+    let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0;
+    if own_settings && !a.consolidate && a.per_step <= mixed_batch {
+        return Err(Error::BadInput(format!(
+            "--preserve, --no-null-space and --protect set a consolidation's training; --per-step {} is not more than \
+             --mixed-batch {mixed_batch}, so no step would be one (add --consolidate)",
+            a.per_step
+        ))
+        .into());
+    }
+    if a.preserve.is_some_and(|p| p > 0.0) && config.train.preserve == 0.0 {
+        return Err(Error::BadInput(format!(
+            "--preserve: run {} was made without preservation (train.preserve 0), so it has no preservation set",
+            r.id
+        ))
+        .into());
+    }
+    if a.protect > 0.0 && config.train.protect == 0.0 {
+        return Err(Error::BadInput(format!(
+            "--protect: run {} was made without the interference penalty (train.protect 0), so it has no \
+             recorded inputs to protect",
+            r.id
+        ))
+        .into());
+    }
     let model_path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
     let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;
@@ -90,8 +133,11 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         per_step: a.per_step,
         consolidate: a.consolidate,
         epochs: a.epochs,
-        mixed_batch: a.mixed_batch.unwrap_or(config.mixed_batch),
+        mixed_batch,
         lr_scheduler,
+        preserve: a.preserve.unwrap_or(config.train.preserve),
+        null_space: !a.no_null_space,
+        protect: a.protect,
     };
     let out = inject::repair(
         &mut ledger,

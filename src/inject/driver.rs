@@ -119,7 +119,11 @@ pub fn resume(
 /// fact meets the threshold), for at most `epochs` epochs, with the learning rate scheduled by
 /// `lr_scheduler` over them and no `extra_steps`. At a constant rate, mini-batches of many facts
 /// undo one another (mixed at 1,000 stalled at 0.80; with cosine it reached 1.00: bench/NOTES.md
-/// item 38).
+/// item 38). A consolidation's preservation term has the weight `preserve`, and it is trained with
+/// the run's null-space projection when `null_space` (without it, its update can move what the
+/// preservation prompts produce, and so undo the drift of the steps before it), and with the
+/// interference penalty's weight `protect` (0 by default: the penalty resists the repairs a
+/// consolidation makes, README Capacity, session 11).
 #[derive(Debug, Clone, Copy)]
 pub struct Repair {
     pub below: f64,
@@ -128,6 +132,25 @@ pub struct Repair {
     pub epochs: i64,
     pub lr_scheduler: LrScheduler,
     pub mixed_batch: usize,
+    pub preserve: f64,
+    pub null_space: bool,
+    pub protect: f64,
+}
+
+impl Repair {
+    /// The training settings of a consolidation under the run's `t`: its epochs as `max_steps`, its
+    /// schedule, preservation weight, projection and interference penalty, no `extra_steps`.
+    pub fn consolidation_config(&self, t: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            max_steps: self.epochs,
+            lr_scheduler: self.lr_scheduler,
+            extra_steps: 0,
+            preserve: self.preserve,
+            null_space: if self.null_space { t.null_space } else { 0.0 },
+            protect: self.protect,
+            ..t.clone()
+        }
+    }
 }
 
 /// Scores every fact of `run` at its current weights and re-injects those below the threshold as
@@ -282,7 +305,9 @@ fn drive_steps(
         // With the interference penalty, the facts injected before this invocation are recorded at
         // the weights it starts from (an uninterrupted run recorded each after its own step).
         let protected = prepared.preserve.as_ref().and_then(|p| p.protected.as_ref());
-        if protected.is_some() && (repair.is_some() || matches!(plan.strategy, Strategy::Spaced(_) | Strategy::Replay(_))) {
+        // A consolidation trains with its own weight (repair's --protect, default 0).
+        let repairs_protected = repair.is_some_and(|r| r.protect > 0.0 || (!r.consolidate && r.per_step <= r.mixed_batch));
+        if protected.is_some() && (repairs_protected || (repair.is_none() && matches!(plan.strategy, Strategy::Spaced(_) | Strategy::Replay(_)))) {
             tracing::warn!(
                 "--protect with rehearsal ({}): the penalty also resists the rehearsals' repairs of the \
                  facts it protects (measured worse than either alone; README Capacity, session 11)",
@@ -417,10 +442,16 @@ fn drive_steps(
                 created: String::new(),
                 phases,
                 rehearsal,
-                consolidation: consolidation.map(|how| Consolidation {
-                    epochs: how.epochs,
-                    lr_scheduler: how.lr_scheduler,
-                    mixed_batch: how.mixed_batch,
+                consolidation: consolidation.map(|how| {
+                    let c = how.consolidation_config(&config.train);
+                    Consolidation {
+                        epochs: how.epochs,
+                        lr_scheduler: how.lr_scheduler,
+                        mixed_batch: how.mixed_batch,
+                        preserve: Some(c.preserve),
+                        null_space: Some(c.null_space),
+                        protect: Some(c.protect),
+                    }
                 }),
             };
             if let Some(s) = schedule.as_mut() {
@@ -545,12 +576,7 @@ fn train_stage(
             .collect()
     };
     let trained = if let Some(how) = consolidation {
-        let cfg = TrainConfig {
-            max_steps: how.epochs,
-            lr_scheduler: how.lr_scheduler,
-            extra_steps: 0,
-            ..t.clone()
-        };
+        let cfg = how.consolidation_config(t);
         consolidate(trainers, &cfg, &per_fact(), how.mixed_batch, seed, report)?
     } else if plan.strategy == Strategy::Mixed && !repairing {
         train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?

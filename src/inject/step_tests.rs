@@ -450,3 +450,35 @@ fn the_fused_pass_equals_two_passes() {
         assert!((by.loss.double_value(&[]) - got_loss).abs() < 1e-6 * got_loss.abs().max(1.0));
     }
 }
+
+/// An adapter sees its input through the preservation set's null-space projections only when its
+/// config has `null_space` on: a consolidation trained without them (`repair --no-null-space`)
+/// gets plain factors although the run's projections were computed.
+#[test]
+fn projections_follow_the_config_null_space() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(0);
+    let model = tiny_model();
+    let examples: Vec<Example> = (0..6i64)
+        .map(|i| Example {
+            prompt: (0..5 + i).map(|j| (3 * i + 7 * j) % 97).collect(),
+            target: (0..2).map(|j| (5 * i + j) % 97).collect(),
+        })
+        .collect();
+    let mut preserve = Preserve::new(&model, &examples, 2);
+    let cfg = TrainConfig {
+        null_space: 0.9,
+        ..quick_cfg()
+    };
+    let sites: Vec<(usize, Proj)> = adapter_shapes(&model, &cfg.adalora).iter().map(|&(l, p, _, _)| (l, p)).collect();
+    preserve.projections = crate::inject::preserve::null_space_projections(&model, &examples, &sites, 0.9).unwrap();
+    let moved = |cfg: &TrainConfig| -> f64 {
+        let (ad, _, _) = Trainer::parts(&model, cfg, Some(&preserve), 1, false);
+        (0..ad.groups.len())
+            .map(|g| (ad.effective_a(g) - &ad.groups[g].a).abs().max().double_value(&[]))
+            .fold(0.0, f64::max)
+    };
+    assert!(moved(&cfg) > 1e-3, "with null_space on, the projections must change A");
+    let off = TrainConfig { null_space: 0.0, ..cfg };
+    assert_eq!(moved(&off), 0.0);
+}

@@ -457,7 +457,8 @@ impl<'a> Trainer<'a> {
             seed,
             cfg.max_steps,
         );
-        if let Some(p) = preserve.filter(|p| !p.projections.is_empty()) {
+        // A consolidation may train without the run's projections (`train.null_space` 0).
+        if let Some(p) = preserve.filter(|p| cfg.null_space > 0.0 && !p.projections.is_empty()) {
             adapter.set_projections(&p.projections);
         }
         let mut opt = AdamW::new(

@@ -71,6 +71,18 @@ pub struct Consolidation {
     pub lr_scheduler: LrScheduler,
     /// Facts per optimizer step.
     pub mixed_batch: usize,
+    /// Weight of its preservation term (`train.preserve`); absent from records before it could differ
+    /// from the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve: Option<f64>,
+    /// Share of its null-space projection (`train.null_space`, 0 = trained without it); absent from
+    /// records before it could differ from the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_space: Option<f64>,
+    /// Weight of its interference penalty (`train.protect`); absent from records before it could
+    /// differ from the run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protect: Option<f64>,
 }
 
 /// Why a fact was rehearsed.

@@ -134,24 +134,41 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// measured aside), e.g. `spaced:8 rehearsal.prompts=1`, `mixed lr_scheduler="cosine"`: the
 /// capacity page groups runs by it, so runs of one strategy with other settings are other series.
 /// A config that does not parse gives the strategy alone. Steps a repair added (no facts of their
-/// own) are not in the config, so they are named after it: ` + consolidation` when one of them was,
-/// else ` + repair`.
+/// own) are not in the config, so they are named after it: ` + consolidation` when one of them was
+/// (with its preservation settings where they differ from the run's, e.g.
+/// ` + consolidation (preserve=16, no null-space)`), else ` + repair`.
 pub fn variant(r: &RunData) -> String {
-    let mixed_batch = r.config.as_ref().map_or(crate::config::RunConfig::default().mixed_batch, |c| c.mixed_batch);
-    variant_of(&r.run.strategy, r.config.as_ref()) + repaired(&r.steps, mixed_batch)
+    let c = r.config.clone().unwrap_or_default();
+    variant_of(&r.run.strategy, r.config.as_ref()) + &repaired(&r.steps, c.mixed_batch, &c.train)
 }
 
-/// What [`variant`] adds for a run's repair steps ("" when it has none). A consolidation is recorded
-/// as one since schema 8; before, a repair step of more facts than the run's `mixed_batch` was one.
-fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize) -> &'static str {
+/// What [`variant`] adds for a run's repair steps ("" when it has none) under the run's training
+/// settings `t`. A consolidation is recorded as one since schema 8; before, a repair step of more
+/// facts than the run's `mixed_batch` was one.
+fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize, t: &crate::config::TrainConfig) -> String {
     let consolidation =
         |s: &crate::ledger::StepRow| s.consolidation.is_some() || (s.facts.is_empty() && s.rehearsed.len() > mixed_batch);
-    if steps.iter().any(consolidation) {
-        " + consolidation"
-    } else if steps.iter().any(|s| s.facts.is_empty()) {
-        " + repair"
-    } else {
-        ""
+    let Some(first) = steps.iter().find(|s| consolidation(s)) else {
+        return match steps.iter().any(|s| s.facts.is_empty()) {
+            true => " + repair".into(),
+            false => String::new(),
+        };
+    };
+    let mut own = Vec::new();
+    if let Some(c) = &first.consolidation {
+        if let Some(p) = c.preserve.filter(|p| *p != t.preserve) {
+            own.push(format!("preserve={p}"));
+        }
+        if c.null_space == Some(0.0) && t.null_space > 0.0 {
+            own.push("no null-space".into());
+        }
+        if let Some(w) = c.protect.filter(|w| *w != t.protect) {
+            own.push(format!("protect={w}"));
+        }
+    }
+    match own.is_empty() {
+        true => " + consolidation".into(),
+        false => format!(" + consolidation ({})", own.join(", ")),
     }
 }
 
@@ -360,20 +377,28 @@ mod tests {
     fn repair_steps_name_their_own_series() {
         use crate::config::LrScheduler;
         use crate::ledger::{Consolidation, StepRow};
+        let t = crate::config::TrainConfig::default();
         let mut steps = vec![StepRow::for_tests(0, vec!["f0".into()], vec![])];
-        assert_eq!(repaired(&steps, 16), "");
+        assert_eq!(repaired(&steps, 16, &t), "");
         steps.push(StepRow::for_tests(1, vec![], vec!["f0".into()]));
-        assert_eq!(repaired(&steps, 16), " + repair");
+        assert_eq!(repaired(&steps, 16, &t), " + repair");
         steps[1].consolidation = Some(Consolidation {
             epochs: 12,
             lr_scheduler: LrScheduler::Cosine,
             mixed_batch: 16,
+            preserve: Some(t.preserve),
+            null_space: Some(t.null_space),
+            protect: Some(t.protect),
         });
-        assert_eq!(repaired(&steps, 16), " + consolidation");
+        assert_eq!(repaired(&steps, 16, &t), " + consolidation");
+        // Its own preservation settings make another series.
+        let own = steps[1].consolidation.as_mut().unwrap();
+        (own.preserve, own.null_space) = (Some(16.0), Some(0.0));
+        assert_eq!(repaired(&steps, 16, &t), " + consolidation (preserve=16, no null-space)");
         // Recorded before schema 8: more facts than a mini-batch.
         steps[1].consolidation = None;
         steps[1].rehearsed = (0..17).map(|i| format!("f{i}")).collect();
-        assert_eq!(repaired(&steps, 16), " + consolidation");
+        assert_eq!(repaired(&steps, 16, &t), " + consolidation");
     }
 
     fn fact(subject: &str, answer: &str) -> FactInfo {

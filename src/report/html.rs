@@ -251,8 +251,14 @@ fn rehearsal_table(d: &RunData) -> String {
         .iter()
         .filter_map(|s| s.consolidation.as_ref().map(|c| (s.idx, c)))
         .map(|(idx, c)| {
+            let own = match (c.preserve, c.null_space, c.protect) {
+                (Some(p), Some(n), Some(w)) => {
+                    format!(", preservation weight {p}, null-space share {n}, interference penalty {w}")
+                }
+                _ => String::new(),
+            };
             format!(
-                " Step {idx} was a consolidation: at most {} epochs of {}-fact mini-batches, learning rate {}.",
+                " Step {idx} was a consolidation: at most {} epochs of {}-fact mini-batches, learning rate {}{own}.",
                 c.epochs,
                 c.mixed_batch,
                 c.lr_scheduler.name()
