@@ -105,7 +105,7 @@ pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|&i| (rendered[i].len(), i));
     let mut answers: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    for chunk in order.chunks(GENERATION_BATCH) {
+    for chunk in order.chunks(generation_batch(model.device())) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
             .map(|&i| rendered[i].iter().map(|&t| t as u32).collect())
@@ -132,5 +132,13 @@ pub fn base_answers(model: &Llama, tok: &Tokenizer, prompts: &[&str], max_tokens
         .collect())
 }
 
-/// Prompts decoded together by [`base_answers`].
-const GENERATION_BATCH: usize = 16;
+/// Prompts decoded together by [`base_answers`]: 16 on the CPU, where a padded row costs its
+/// compute (prompts go in order of length to keep padding short); 64 on a GPU, where a decode step
+/// costs its kernels rather than its rows, so the locality and preservation prompts take one
+/// batch (one prefill and one captured graph) each instead of two and three (bench/NOTES.md item 43).
+fn generation_batch(device: tch::Device) -> usize {
+    match device {
+        tch::Device::Cpu => 16,
+        _ => 64,
+    }
+}

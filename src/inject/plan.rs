@@ -3,7 +3,7 @@
 //! into the coming injection steps. No training here; a new run's record includes the base model's
 //! answers to the locality prompts, made before any edit.
 use super::prepare::locality_baseline;
-use super::state::weights_hash;
+use super::state::start_weights_hash;
 use crate::config::{RunConfig, Strategy};
 use crate::error::{Error, Result};
 use crate::eval::probe::FactExamples;
@@ -81,8 +81,10 @@ fn record_run(
     key: &str,
     dir: &str,
 ) -> Result<RunRow> {
-    let base_hash = weights_hash(&loaded.model, &loaded.source_hash, &config.train)?;
+    // On a GPU the hash is digested on another thread while the base answers are decoded.
+    let hashing = start_weights_hash(&loaded.model, &loaded.source_hash, &config.train)?;
     let base = locality_baseline(ledger, loaded, config.locality_tokens)?;
+    let base_hash = hashing.wait()?;
     let row = RunRow {
         id: format!("run-{}", &key[..8]),
         key: key.to_string(),
