@@ -648,6 +648,62 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     assert!(opt(&s[7]) % 5 == 0 && opt(&s[7]) >= 5 && opt(&s[7]) <= 15, "{} optimizer steps", opt(&s[7]));
 }
 
+/// `run --consolidate` ends a run with the consolidation `repair RUN --below 1 --consolidate`
+/// makes after it, in the same process: the same steps, settings and weights.
+#[test]
+fn run_consolidate_ends_where_run_then_repair_ends() {
+    let d = many_workspace(5);
+    let p = d.path();
+    let base = ["run", "k", "--model", "tiny.gguf", "--device", "cpu", "--lr", "0.05", "--alpha", "32", "--max-steps", "2", "--json"];
+    let with = |ledger: &str, extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&["--ledger", ledger]);
+        args.extend_from_slice(extra);
+        injector(p, &args)
+    };
+    for bad in [
+        &["--consolidate", "--strategy", "mixed"][..],
+        &["--consolidate-epochs", "3"],
+        &["--consolidate", "--consolidate-epochs", "0"],
+        &["--consolidate", "--consolidate-epochs", "10001"],
+    ] {
+        let o = with("bad.db", bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(!p.join("bad.db").exists(), "{bad:?} wrote a ledger");
+    }
+    let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let one: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let o = with("two.db", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let fallen = run["facts"].as_array().unwrap().iter().filter(|f| f["recall"].as_f64().unwrap() < 1.0).count();
+    assert!(fallen > 0, "after 2 optimizer steps a fact is below 1.0: the test needs one");
+    let args = ["repair", run["run"].as_str().unwrap(), "--below", "1", "--consolidate", "--epochs", "3", "--mixed-batch", "2"];
+    let mut args = args.to_vec();
+    args.extend_from_slice(&["--ledger", "two.db", "--model", "tiny.gguf", "--device", "cpu", "--json"]);
+    let o = injector(p, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let two: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(one["weights_hash"], two["weights_hash"], "one process and run + repair end at the same weights");
+    let steps = |ledger: &str, run: &str| -> Vec<serde_json::Value> {
+        let show = injector(p, &["ledger", "show", run, "--ledger", ledger, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        v["steps"].as_array().unwrap().clone()
+    };
+    let (a, b) = (steps("one.db", one["run"].as_str().unwrap()), steps("two.db", run["run"].as_str().unwrap()));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.len(), b.len());
+    for k in ["facts", "rehearsal", "consolidation", "optimizer_steps", "tokens", "weights_hash"] {
+        assert_eq!(a[5][k], b[5][k], "{k}");
+    }
+    assert_eq!(a[5]["consolidation"]["epochs"], 3);
+    // The run is finished: the same command again adds nothing.
+    let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(steps("one.db", one["run"].as_str().unwrap()).len(), 6);
+}
+
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one
 /// optimizer step each, stopping only at an epoch's end) until every fact meets the threshold; with
 /// fewer, one optimizer step covers every fact, as before.

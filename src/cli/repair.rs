@@ -33,7 +33,7 @@ pub struct RepairArgs {
     #[arg(long)]
     pub mixed_batch: Option<usize>,
     /// A consolidation's most epochs (1 to 10000).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = super::train_args::CONSOLIDATE_EPOCHS)]
     pub epochs: i64,
     /// A consolidation's learning-rate schedule over its --epochs: constant, linear or cosine
     /// (default cosine: at a constant rate, mini-batches of many facts undo one another).

@@ -316,6 +316,14 @@ pub struct RunConfig {
     /// `revert` and `--run` use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_dtype: Option<String>,
+    /// After the run's last fact (0 = never, the default): when any fact is not word-perfect on a
+    /// training prompt, one more step of every fact of the run, a consolidation of at most this
+    /// many epochs over shuffled `mixed_batch`-fact mini-batches with a cosine learning rate — what
+    /// `injector repair RUN --below 1 --consolidate --epochs N` does after the run, in the same
+    /// process (`inject::Repair`). Not for `mixed`, which trains every fact at once. Left out of the
+    /// serialised config when 0, so earlier runs keep their keys.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub consolidate_epochs: i64,
 }
 
 /// How `spaced:K` picks the facts it rehearses (see `inject::schedule`).
@@ -405,6 +413,7 @@ impl Default for RunConfig {
             rehearsal: Rehearsal::default(),
             chat_template: None,
             base_dtype: None,
+            consolidate_epochs: 0,
         }
     }
 }
@@ -417,7 +426,8 @@ impl RunConfig {
     pub fn drop_unused(&mut self) {
         let strategy = self.strategy.parse::<Strategy>();
         let defaults = RunConfig::default();
-        if !matches!(strategy, Ok(Strategy::Mixed)) {
+        // A consolidation trains in mini-batches of `mixed_batch` facts too.
+        if !matches!(strategy, Ok(Strategy::Mixed)) && self.consolidate_epochs == 0 {
             self.mixed_batch = defaults.mixed_batch;
         }
         if !matches!(strategy, Ok(Strategy::Spaced(_))) {
@@ -536,6 +546,30 @@ impl RunConfig {
             "a list without repeats",
             format!("{:?}", a.layers),
         );
+        c.check(
+            (0..=10_000).contains(&self.consolidate_epochs),
+            "--consolidate-epochs",
+            "consolidate_epochs",
+            "0 to 10000",
+            self.consolidate_epochs,
+        );
+        if self.consolidate_epochs > 0 {
+            c.check(
+                !matches!(self.strategy(), Ok(Strategy::Mixed)),
+                "--consolidate",
+                "consolidate_epochs",
+                "0 for mixed, which trains every fact at once",
+                self.consolidate_epochs,
+            );
+            // At least two mini-batches an epoch: AdaLoRA's budget needs an optimizer step between.
+            c.check(
+                a.tinit + a.tfinal < 2 * self.consolidate_epochs,
+                "--consolidate-epochs",
+                "consolidate_epochs",
+                "more than (train.adalora.tinit + tfinal) / 2",
+                self.consolidate_epochs,
+            );
+        }
         c.at_least_one(self.retention_every as u64, "--retention-every", "retention_every");
         c.at_least_one(self.locality_tokens as u64, "", "locality_tokens");
         c.at_least_one(self.eval_batch_tokens as u64, "", "eval_batch_tokens");
@@ -837,6 +871,22 @@ mod tests {
             (Box::new(|c| c.retention_every = 0), "--retention-every"),
             (Box::new(|c| c.train.preserve_batch = 0), "--preserve-batch"),
             (Box::new(|c| c.strategy = "random".into()), "unknown strategy"),
+            (Box::new(|c| c.consolidate_epochs = -1), "--consolidate-epochs"),
+            (Box::new(|c| c.consolidate_epochs = 10_001), "--consolidate-epochs"),
+            (
+                Box::new(|c| {
+                    c.consolidate_epochs = 12;
+                    c.strategy = "mixed".into();
+                }),
+                "--consolidate",
+            ),
+            (
+                Box::new(|c| {
+                    c.consolidate_epochs = 1;
+                    c.train.adalora.tinit = 2;
+                }),
+                "--consolidate-epochs",
+            ),
         ];
         for (edit, name) in cases {
             let mut c = config();
@@ -850,6 +900,13 @@ mod tests {
         assert!(RunConfig::from_json(&c.to_json(), "--config-json")
             .unwrap_err()
             .is_bad_input());
+        // A run without a closing consolidation keeps the key it had before the field existed; one
+        // with it keeps its mini-batch whatever the strategy.
+        assert!(!config().to_json().contains("consolidate"));
+        let mut c = config();
+        (c.consolidate_epochs, c.mixed_batch) = (12, 4);
+        c.drop_unused();
+        assert_eq!(RunConfig::from_json(&c.to_json(), "x").unwrap().mixed_batch, 4);
         let unknown = config().to_json().replace("\"seed\"", "\"sead\"");
         let e = RunConfig::from_json(&unknown, "--config-json").unwrap_err();
         assert!(e.to_string().contains("sead"), "{e}");

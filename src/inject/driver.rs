@@ -180,9 +180,22 @@ pub fn repair(
 /// The repair steps of `plan` (see [`repair`]): groups with no facts of their own, each rehearsing
 /// up to `per_step` of the injected facts scored below `below`, weakest first.
 fn plan_repair(plan: &mut Plan, prepared: &Prepared, loaded: &Loaded, config: &RunConfig, how: Repair) {
-    let ex: Vec<&FactExamples> = plan.injected.iter().map(|h| &prepared.examples[h]).collect();
+    plan.preset = repair_preset(&plan.injected, prepared, loaded, config, how);
+    plan.groups = vec![Vec::new(); plan.preset.len()];
+}
+
+/// The facts each repair step rehearses (see [`plan_repair`]), of the `injected` facts scored at
+/// the model's current weights.
+fn repair_preset(
+    injected: &[String],
+    prepared: &Prepared,
+    loaded: &Loaded,
+    config: &RunConfig,
+    how: Repair,
+) -> Vec<Vec<Rehearsed>> {
+    let ex: Vec<&FactExamples> = injected.iter().map(|h| &prepared.examples[h]).collect();
     let scores = score(&loaded.model, &ex, config.eval_batch_tokens);
-    let mut facts: Vec<(&String, f64)> = plan.injected.iter().zip(&scores).map(|(h, s)| (h, s.recall)).collect();
+    let mut facts: Vec<(&String, f64)> = injected.iter().zip(&scores).map(|(h, s)| (h, s.recall)).collect();
     facts.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
     let fallen = facts.iter().take_while(|&&(_, r)| r < how.below).count();
     if !how.consolidate {
@@ -191,7 +204,7 @@ fn plan_repair(plan: &mut Plan, prepared: &Prepared, loaded: &Loaded, config: &R
         facts.clear();
     }
     let per_step = if how.consolidate { facts.len() } else { how.per_step };
-    plan.preset = facts
+    facts
         .chunks(per_step.max(1))
         .map(|c| {
             c.iter()
@@ -203,8 +216,23 @@ fn plan_repair(plan: &mut Plan, prepared: &Prepared, loaded: &Loaded, config: &R
                 })
                 .collect()
         })
-        .collect();
-    plan.groups = vec![Vec::new(); plan.preset.len()];
+        .collect()
+}
+
+/// The consolidation a run with `consolidate_epochs` ends with (see [`RunConfig`]): what `repair
+/// RUN --below 1 --consolidate --epochs N` does, with the run's mini-batch and preservation.
+fn closing_consolidation(config: &RunConfig) -> Repair {
+    Repair {
+        below: 1.0,
+        per_step: usize::MAX,
+        consolidate: true,
+        epochs: config.consolidate_epochs,
+        lr_scheduler: LrScheduler::Cosine,
+        mixed_batch: config.mixed_batch,
+        preserve: config.train.preserve,
+        null_space: true,
+        protect: 0.0,
+    }
 }
 
 /// [`drive_steps`], and a run that fails while training marked `failed` (what was committed stays;
@@ -240,12 +268,21 @@ fn drive_steps(
     run: RunRow,
     knowledge: &Knowledge,
     config: &RunConfig,
-    repair: Option<Repair>,
+    mut repair: Option<Repair>,
     progress: &mut dyn Progress,
     t0: Instant,
 ) -> Result<RunOutcome> {
     let started = ledger.now()?;
     let mut plan = plan(ledger, run, knowledge, config)?;
+    // A run with `consolidate_epochs` ends with a consolidation after its new facts, or after its
+    // last committed step when that was a fact's (its consolidation failed or was cut short).
+    let mut closing = match repair {
+        None if config.consolidate_epochs > 0 => {
+            let after_facts = ledger.steps(&plan.run.id)?.last().is_some_and(|s| !s.facts.is_empty());
+            (!plan.groups.is_empty() || after_facts).then(|| closing_consolidation(config))
+        }
+        _ => None,
+    };
     let mut fixed = FixedPhases {
         model_load: loaded.load_seconds,
         plan: t0.elapsed().as_secs_f64(),
@@ -253,16 +290,23 @@ fn drive_steps(
     };
     let mut step_phases = StepPhases::default();
     // A run with nothing new does no model work at all; a repair scores the run's facts first.
-    let prepared = if !plan.groups.is_empty() || repair.is_some() {
+    let prepared = if !plan.groups.is_empty() || repair.is_some() || closing.is_some() {
         let prepared = prepare(ledger, loaded, config, &plan)?;
         if let Some(how) = repair {
             plan_repair(&mut plan, &prepared, loaded, config, how);
+        } else if plan.groups.is_empty() {
+            // Only the closing consolidation is left: it is planned now, as a repair's.
+            if let Some(how) = closing.take() {
+                plan_repair(&mut plan, &prepared, loaded, config, how);
+                repair = Some(how);
+            }
         }
         Some(prepared)
     } else {
         None
     };
-    progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps);
+    let total = plan.done_steps + plan.groups.len() + usize::from(closing.is_some());
+    progress.start(&plan.run.id, total, plan.done_steps);
     if let Some(prepared) = prepared.filter(|_| !plan.groups.is_empty()) {
         fixed = FixedPhases {
             model_load: fixed.model_load,
@@ -321,7 +365,9 @@ fn drive_steps(
         // A step's commit waits for its weights hash and factors file, which are made while the
         // next step trains (bench/NOTES.md items 30-31).
         let mut pending: Option<Uncommitted> = None;
-        for (g, group) in plan.groups.iter().enumerate() {
+        let mut g = 0;
+        while g < plan.groups.len() {
+            let group = plan.groups[g].clone();
             let idx = plan.step_index(g);
             let own: Vec<&Fact> = group.iter().map(|&i| &plan.facts[i]).collect();
             progress.step_start(idx as usize, &own);
@@ -478,6 +524,18 @@ fn drive_steps(
             });
             // The step is done; its commit follows the next step's training.
             progress.step_end(idx as usize, own_recall);
+            g += 1;
+            // After the last new fact, the closing consolidation: planned from the facts' scores
+            // at the weights now, as `repair` plans its steps.
+            if g == plan.groups.len() {
+                if let Some(how) = closing.take() {
+                    let preset = repair_preset(&injected, &prepared, loaded, config, how);
+                    plan.preset.resize(plan.groups.len(), Vec::new());
+                    plan.groups.extend(vec![Vec::new(); preset.len()]);
+                    plan.preset.extend(preset);
+                    repair = Some(how);
+                }
+            }
         }
         if let Some(u) = pending.take() {
             u.commit(ledger, &mut fixed, &mut step_phases)?;
