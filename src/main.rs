@@ -47,6 +47,11 @@ fn parse_error(e: clap::Error) -> ! {
         line.push(' ');
         line.push_str(values);
     }
+    if let ErrorKind::MissingRequiredArgument = e.kind() {
+        // clap lists what is missing on the lines after its first: `--consolidate`, `<RUN>`.
+        let missing: Vec<&str> = lines[1..].iter().copied().take_while(|l| !l.starts_with("Usage:")).collect();
+        line = format!("{}: {}", line.trim_end_matches(':'), missing.join(", "));
+    }
     if let ErrorKind::UnknownArgument = e.kind() {
         let arg = first.split('\'').nth(1).unwrap_or("");
         if arg.parse::<f64>().is_ok() {

@@ -604,6 +604,9 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         &["--consolidate", "--protect", "-0.5"],
         // The run has no interference penalty, so nothing recorded to protect.
         &["--consolidate", "--protect", "0.1"],
+        // Five facts, mini-batches of 16 (and 8): no step of this repair can be a consolidation.
+        &["--consolidate", "--no-null-space"],
+        &["--per-step", "17", "--no-null-space", "--mixed-batch", "8"],
     ] {
         let o = repair(bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
@@ -669,6 +672,7 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     ] {
         let o = with("bad.db", bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--consolidate"), "{bad:?}: the error names the flag: {}", stderr(&o));
         assert!(!p.join("bad.db").exists(), "{bad:?} wrote a ledger");
     }
     let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
@@ -702,6 +706,34 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(steps("one.db", one["run"].as_str().unwrap()).len(), 6);
+    // A run whose facts are all word-perfect at its end has no consolidation, and once finished it
+    // is not scored again: the same command does no model work.
+    // (One fact: its own step ends with it word-perfect.)
+    let d1 = many_workspace(1);
+    let p = d1.path();
+    let again = || {
+        let args = ["run", "k", "--model", "tiny.gguf", "--device", "cpu", "--lr", "0.05", "--alpha", "32"];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--ledger", "held.db", "--json", "--consolidate"]);
+        injector(p, &args)
+    };
+    let steps = |ledger: &str, run: &str| -> Vec<serde_json::Value> {
+        let show = injector(p, &["ledger", "show", run, "--ledger", ledger, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        v["steps"].as_array().unwrap().clone()
+    };
+    let o = again();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let held: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let n = steps("held.db", held["run"].as_str().unwrap()).len();
+    let word_perfect = held["facts"].as_array().unwrap().iter().all(|f| f["recall"].as_f64().unwrap() == 1.0);
+    assert!(word_perfect && n == 1, "the test needs a run that ends with every fact at 1.0 ({n} steps): {held}");
+    let o = again();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(second["new_steps"], 0);
+    assert_eq!(second["fixed"]["tokenize"], 0.0, "a finished run was prepared again: {}", second["fixed"]);
+    assert_eq!(steps("held.db", held["run"].as_str().unwrap()).len(), n);
 }
 
 /// `mixed` over more facts than `--mixed-batch` trains in epochs of shuffled mini-batches (one

@@ -29,7 +29,8 @@ pub struct RepairArgs {
     /// tokens in all; locality 0.85 → 0.86.
     #[arg(long, conflicts_with = "per_step")]
     pub consolidate: bool,
-    /// A consolidation's facts per optimizer step (default: a mixed run's --mixed-batch, else 16).
+    /// A consolidation's facts per optimizer step (default: the run's recorded --mixed-batch: a
+    /// mixed or --consolidate run's, else 16).
     #[arg(long)]
     pub mixed_batch: Option<usize>,
     /// A consolidation's most epochs (1 to 10000).
@@ -99,17 +100,24 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     }
     let mixed_batch = a.mixed_batch.unwrap_or(config.mixed_batch);
     let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0;
-    if own_settings && !a.consolidate && a.per_step <= mixed_batch {
-        return Err(Error::BadInput(format!(
-            "--preserve, --no-null-space and --protect set a consolidation's training; --per-step {} is not more than \
-             --mixed-batch {mixed_batch}, so no step would be one (add --consolidate)",
-            a.per_step
-        ))
-        .into());
+    if own_settings {
+        // The most facts one repair step can hold; a consolidation needs more than a mini-batch.
+        let n_facts = Ledger::open_read_only(&g.ledger)?.run_facts(&r.id)?.len();
+        let largest = if a.consolidate { n_facts } else { a.per_step.min(n_facts) };
+        if largest <= mixed_batch {
+            return Err(Error::BadInput(format!(
+                "--preserve, --no-null-space and --protect set a consolidation's training, and no step \
+                 would be one: a step of this repair holds at most {largest} facts (run {} has {n_facts}; \
+                 --per-step {}), not more than --mixed-batch {mixed_batch}",
+                r.id, a.per_step
+            ))
+            .into());
+        }
     }
-    if a.preserve.is_some_and(|p| p > 0.0) && config.train.preserve == 0.0 {
+    let t = &config.train;
+    if a.preserve.is_some_and(|p| p > 0.0) && t.preserve <= 0.0 && t.null_space <= 0.0 && t.protect <= 0.0 {
         return Err(Error::BadInput(format!(
-            "--preserve: run {} was made without preservation (train.preserve 0), so it has no preservation set",
+            "--preserve: run {} was made without preservation, projection or penalty, so it has no preservation set",
             r.id
         ))
         .into());
@@ -138,6 +146,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         preserve: a.preserve.unwrap_or(config.train.preserve),
         null_space: !a.no_null_space,
         protect: a.protect,
+        in_run: false,
     };
     let out = inject::repair(
         &mut ledger,

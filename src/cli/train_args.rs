@@ -97,13 +97,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub mixed_batch: Option<usize>,
     /// After the last fact, when any fact is not word-perfect on a training prompt: one more step of
-    /// every fact of the run, a consolidation (epochs over shuffled --mixed-batch-fact mini-batches
-    /// with a cosine learning rate), as `repair RUN --below 1 --consolidate` does after a run, in the
-    /// same process. Not with mixed. Measured at 1,000 facts (README, Capacity, session 13): recall
-    /// 0.77 → 0.995, free recall 0.05 → 0.98, 1.93× sequential's tokens; locality stays ~0.80.
+    /// every fact of the run, as `repair RUN --below 1 --consolidate` does after a run, in the same
+    /// process (the same weights). Past --mixed-batch facts it is a consolidation (epochs over
+    /// shuffled --mixed-batch-fact mini-batches with a cosine learning rate); with fewer, one step
+    /// under the run's training flags. Not with mixed (in compare, leave mixed out). Measured as run then repair at 1,000 facts
+    /// (README, Capacity, session 13): recall 0.77 → 0.995, free recall 0.05 → 0.98, 1.93×
+    /// sequential's tokens; locality stays ~0.80.
     #[arg(long)]
     pub consolidate: bool,
-    /// --consolidate's most epochs, 1 to 10000 (default 12).
+    /// --consolidate's most epochs when it is a consolidation, 1 to 10000 (default 12).
     #[arg(long, requires = "consolidate")]
     pub consolidate_epochs: Option<i64>,
     /// spaced:K: a fact measured below this recall has fallen and is rehearsed first (default 0.95;

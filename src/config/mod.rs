@@ -550,17 +550,14 @@ impl RunConfig {
             (0..=10_000).contains(&self.consolidate_epochs),
             "--consolidate-epochs",
             "consolidate_epochs",
-            "0 to 10000",
+            "1 to 10000 (0 in a config: no consolidation)",
             self.consolidate_epochs,
         );
         if self.consolidate_epochs > 0 {
-            c.check(
-                !matches!(self.strategy(), Ok(Strategy::Mixed)),
-                "--consolidate",
-                "consolidate_epochs",
-                "0 for mixed, which trains every fact at once",
-                self.consolidate_epochs,
-            );
+            if matches!(self.strategy(), Ok(Strategy::Mixed)) {
+                c.problems
+                    .push("--consolidate: not with mixed, which trains every fact at once (compare: leave mixed out)".into());
+            }
             // At least two mini-batches an epoch: AdaLoRA's budget needs an optimizer step between.
             c.check(
                 a.tinit + a.tfinal < 2 * self.consolidate_epochs,

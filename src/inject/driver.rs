@@ -135,6 +135,8 @@ pub struct Repair {
     pub preserve: f64,
     pub null_space: bool,
     pub protect: f64,
+    /// The closing consolidation of a `run --consolidate` (its flags are the run's), not `repair`'s.
+    pub in_run: bool,
 }
 
 impl Repair {
@@ -232,6 +234,7 @@ fn closing_consolidation(config: &RunConfig) -> Repair {
         preserve: config.train.preserve,
         null_space: true,
         protect: 0.0,
+        in_run: true,
     }
 }
 
@@ -274,12 +277,14 @@ fn drive_steps(
 ) -> Result<RunOutcome> {
     let started = ledger.now()?;
     let mut plan = plan(ledger, run, knowledge, config)?;
-    // A run with `consolidate_epochs` ends with a consolidation after its new facts, or after its
-    // last committed step when that was a fact's (its consolidation failed or was cut short).
+    // A run with `consolidate_epochs` ends with a consolidation after its new facts, or, when it
+    // did not finish, after its last committed step if that was a fact's (its consolidation failed
+    // or was cut short). A finished run whose facts were all word-perfect at its end has none.
     let mut closing = match repair {
         None if config.consolidate_epochs > 0 => {
-            let after_facts = ledger.steps(&plan.run.id)?.last().is_some_and(|s| !s.facts.is_empty());
-            (!plan.groups.is_empty() || after_facts).then(|| closing_consolidation(config))
+            let unfinished = plan.run.status != "finished"
+                && ledger.steps(&plan.run.id)?.last().is_some_and(|s| !s.facts.is_empty());
+            (!plan.groups.is_empty() || unfinished).then(|| closing_consolidation(config))
         }
         _ => None,
     };
@@ -305,14 +310,17 @@ fn drive_steps(
     } else {
         None
     };
-    let total = plan.done_steps + plan.groups.len() + usize::from(closing.is_some());
-    progress.start(&plan.run.id, total, plan.done_steps);
-    if let Some(prepared) = prepared.filter(|_| !plan.groups.is_empty()) {
+    progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps);
+    // What preparing cost, also when it found nothing to train (a repair or closing consolidation
+    // with every fact word-perfect).
+    if let Some(prepared) = &prepared {
         fixed = FixedPhases {
             model_load: fixed.model_load,
             plan: fixed.plan,
             ..prepared.phases.clone()
         };
+    }
+    if let Some(prepared) = prepared.filter(|_| !plan.groups.is_empty()) {
         ledger.set_status(&plan.run.id, "running")?;
         let mut trainers = Trainers::new(&loaded.model, &config.train, prepared.preserve.as_ref())?;
         // Each step's GPU peak is its own: reset what the preparation left.
@@ -534,6 +542,7 @@ fn drive_steps(
                     plan.groups.extend(vec![Vec::new(); preset.len()]);
                     plan.preset.extend(preset);
                     repair = Some(how);
+                    progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps + g);
                 }
             }
         }
@@ -658,6 +667,7 @@ fn train_stage(
     // Training stops at the threshold or at its budget: below the threshold, the budget ran out.
     if weakest < t.threshold {
         let (cap, raise) = match consolidation {
+            Some(how) if how.in_run => (format!("--consolidate-epochs {}", how.epochs), "--consolidate-epochs"),
             Some(how) => (format!("repair's --epochs {}", how.epochs), "--epochs"),
             None if plan.strategy == Strategy::Mixed && facts.len() > config.mixed_batch => {
                 (format!("--max-steps {} epochs", t.max_steps), "--max-steps")

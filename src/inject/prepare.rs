@@ -33,8 +33,11 @@ pub struct Prepared {
 }
 
 /// Raised whenever what [`base_answers`] decodes for the same prompts changes, so that answers kept by
-/// an earlier version are not read back.
-const BASE_ANSWERS_VERSION: u32 = 1;
+/// an earlier version are not read back. 2: on a GPU the prompts are decoded 64 a batch (16
+/// before), which changes a few answers' tokens there (bench/NOTES.md item 44); the CPU's are the
+/// same. A GPU run kept from before decodes them anew when it goes on (`--resume`, `repair`), so its
+/// later steps train against the new answers.
+const BASE_ANSWERS_VERSION: u32 = 2;
 
 /// The base model's greedy answers (`tokens` at most) to `prompts`, as examples: from the ledger when
 /// a run of this model (same weights, same weight type) has kept them, else decoded now and kept.
