@@ -24,9 +24,9 @@ pub struct RepairArgs {
     #[arg(long, default_value_t = 4)]
     pub per_step: usize,
     /// When any fact is below the threshold, one step of every fact of the run (a consolidation when
-    /// they are more than --mixed-batch); not with --per-step. README, Capacity, session 12: after
-    /// 300 facts one at a time, recall 0.80 → 0.996, free recall 0.09 → 0.996, 1.89× sequential's
-    /// tokens in all; locality 0.85 → 0.86.
+    /// they are more than --mixed-batch); not with --per-step. README, Capacity, session 13: after
+    /// 1,000 facts one at a time, recall 0.77 → 0.995, free recall 0.05 → 0.98, 1.93× sequential's
+    /// tokens in all; locality 0.80 → 0.80.
     #[arg(long, conflicts_with = "per_step")]
     pub consolidate: bool,
     /// A consolidation's facts per optimizer step (default: the run's recorded --mixed-batch: a
@@ -40,8 +40,8 @@ pub struct RepairArgs {
     /// (default cosine: at a constant rate, mini-batches of many facts undo one another).
     #[arg(long, default_value = "cosine", value_parser = LrScheduler::NAMES)]
     pub lr_scheduler: String,
-    /// A consolidation's preservation weight (default: the run's --preserve; not for a run made
-    /// without preservation).
+    /// A consolidation's preservation weight (default: the run's --preserve; refused above 0 for a
+    /// run made with none of --preserve, --null-space and --protect).
     #[arg(long)]
     pub preserve: Option<f64>,
     /// Train a consolidation without the run's null-space projection, so that its update can move
@@ -105,11 +105,13 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         let n_facts = Ledger::open_read_only(&g.ledger)?.run_facts(&r.id)?.len();
         let largest = if a.consolidate { n_facts } else { a.per_step.min(n_facts) };
         if largest <= mixed_batch {
+            let holds = match a.consolidate {
+                true => format!("run {} has {n_facts} fact(s)", r.id),
+                false => format!("a step holds at most {largest} fact(s) (--per-step {}, run {} has {n_facts})", a.per_step, r.id),
+            };
             return Err(Error::BadInput(format!(
                 "--preserve, --no-null-space and --protect set a consolidation's training, and no step \
-                 would be one: a step of this repair holds at most {largest} facts (run {} has {n_facts}; \
-                 --per-step {}), not more than --mixed-batch {mixed_batch}",
-                r.id, a.per_step
+                 would be one: {holds}, not more than --mixed-batch {mixed_batch}"
             ))
             .into());
         }
@@ -161,7 +163,8 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if !g.quiet {
-        println!("{}: {} repair steps", out.run, out.new_steps);
+        let s = if out.new_steps == 1 { "" } else { "s" };
+        println!("{}: {} repair step{s}", out.run, out.new_steps);
         print_summary(&out);
         println!("report: {}", page.display());
     }

@@ -92,8 +92,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub free_every: Option<usize>,
     /// mixed, and --consolidate (ignored otherwise): facts per optimizer step; with more facts,
-    /// mixed trains in epochs over shuffled mini-batches of this many facts, and --max-steps counts
-    /// epochs (default 16).
+    /// mixed (and the closing consolidation) trains in epochs over shuffled mini-batches of this
+    /// many facts, and --max-steps (--consolidate-epochs) counts epochs (default 16).
     #[arg(long)]
     pub mixed_batch: Option<usize>,
     /// After the last fact, when any fact is not word-perfect on a training prompt: one more step of
