@@ -82,7 +82,8 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     if !(a.protect.is_finite() && a.protect >= 0.0) {
         return Err(Error::BadInput(format!("--protect {}: expected a number of at least 0", a.protect)).into());
     }
-    let r = Ledger::open_read_only(&g.ledger)?.run(&a.run)?;
+    let recorded = Ledger::open_read_only(&g.ledger)?;
+    let r = recorded.run(&a.run)?;
     let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id))?;
     let below = a.below.unwrap_or(config.rehearsal.below);
     // A consolidation has at least two mini-batches an epoch: refused here, before anything is
@@ -102,7 +103,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0;
     if own_settings {
         // The most facts one repair step can hold; a consolidation needs more than a mini-batch.
-        let n_facts = Ledger::open_read_only(&g.ledger)?.run_facts(&r.id)?.len();
+        let n_facts = recorded.run_facts(&r.id)?.len();
         let largest = if a.consolidate { n_facts } else { a.per_step.min(n_facts) };
         if largest <= mixed_batch {
             let holds = match a.consolidate {
@@ -124,7 +125,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if a.protect > 0.0 && config.train.protect == 0.0 {
+    if a.protect > 0.0 && t.protect == 0.0 {
         return Err(Error::BadInput(format!(
             "--protect: run {} was made without the interference penalty (train.protect 0), so it has no \
              recorded inputs to protect",
@@ -132,6 +133,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         ))
         .into());
     }
+    drop(recorded);
     let model_path = g.model.clone().unwrap_or_else(|| PathBuf::from(&r.model_path));
     let template = config.recorded_chat_template(g.chat_template.as_deref(), &format!("run {}", r.id))?;
     let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;

@@ -221,6 +221,15 @@ fn repair_preset(
         .collect()
 }
 
+/// Appends the closing consolidation's step to `plan` (none when every fact is word-perfect),
+/// planned from the `injected` facts' scores at the weights now, as `repair` plans its steps.
+fn plan_closing(plan: &mut Plan, injected: &[String], prepared: &Prepared, loaded: &Loaded, config: &RunConfig, how: Repair) {
+    let preset = repair_preset(injected, prepared, loaded, config, how);
+    plan.preset.resize(plan.groups.len(), Vec::new());
+    plan.groups.extend(vec![Vec::new(); preset.len()]);
+    plan.preset.extend(preset);
+}
+
 /// The consolidation a run with `consolidate_epochs` ends with (see [`RunConfig`]): what `repair
 /// RUN --below 1 --consolidate --epochs N` does, with the run's mini-batch and preservation.
 fn closing_consolidation(config: &RunConfig) -> Repair {
@@ -300,9 +309,10 @@ fn drive_steps(
         if let Some(how) = repair {
             plan_repair(&mut plan, &prepared, loaded, config, how);
         } else if plan.groups.is_empty() {
-            // Only the closing consolidation is left: it is planned now, as a repair's.
+            // Only the closing consolidation is left: it is planned now.
             if let Some(how) = closing.take() {
-                plan_repair(&mut plan, &prepared, loaded, config, how);
+                let injected = plan.injected.clone();
+                plan_closing(&mut plan, &injected, &prepared, loaded, config, how);
                 repair = Some(how);
             }
         }
@@ -533,14 +543,10 @@ fn drive_steps(
             // The step is done; its commit follows the next step's training.
             progress.step_end(idx as usize, own_recall);
             g += 1;
-            // After the last new fact, the closing consolidation: planned from the facts' scores
-            // at the weights now, as `repair` plans its steps.
+            // After the last new fact, the closing consolidation.
             if g == plan.groups.len() {
                 if let Some(how) = closing.take() {
-                    let preset = repair_preset(&injected, &prepared, loaded, config, how);
-                    plan.preset.resize(plan.groups.len(), Vec::new());
-                    plan.groups.extend(vec![Vec::new(); preset.len()]);
-                    plan.preset.extend(preset);
+                    plan_closing(&mut plan, &injected, &prepared, loaded, config, how);
                     repair = Some(how);
                     progress.start(&plan.run.id, plan.done_steps + plan.groups.len(), plan.done_steps + g);
                 }
