@@ -113,7 +113,8 @@ fn pooled_trainers_replay_like_fresh_ones() {
 }
 
 /// The interference penalty (`--protect`) and a scheduled learning rate under graphs captured once
-/// per run: the protected inputs grow in place between groups (`Protected::add`) and the rate is
+/// per run: the protected inputs grow (or, as a mean, are rescaled) in place between groups
+/// (`Protected::add`) and the rate is
 /// written before each replayed update, so each group's update still equals an eager trainer's.
 #[test]
 fn protected_inputs_and_a_scheduled_rate_replay_like_eager_steps() {
@@ -143,40 +144,43 @@ fn protected_inputs_and_a_scheduled_rate_replay_like_eager_steps() {
         .into_iter()
         .map(|(l, p, _, _)| (l, p))
         .collect();
-    let preserve = Preserve {
-        batches: Vec::new(),
-        base_logp: Vec::new(),
-        projections: Default::default(),
-        protected: Some(Protected::new(&model, &sites)),
-    };
-    let protected = preserve.protected.as_ref().unwrap();
-    protected.add(&model, &[&group(9)]);
-    let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
-    for (k, seed) in [(1, 5), (3, 6), (1, 7)] {
-        let ex = group(k);
-        let pooled = train(&mut pool, &ex, &vec![0; ex.len()], 1, seed, |_, _, _| {}).unwrap();
-        let mut eager = Trainer::eager(&model, &ex, &train_cfg, Some(&preserve), seed);
-        for _ in 0..8 {
-            eager.forward_backward().unwrap();
-            eager.update().unwrap();
+    // The inputs as a sum and as a mean (`--protect-mean`, rescaled in place as facts come).
+    for mean in [false, true] {
+        let preserve = Preserve {
+            batches: Vec::new(),
+            base_logp: Vec::new(),
+            projections: Default::default(),
+            protected: Some(Protected::new(&model, &sites, mean)),
+        };
+        let protected = preserve.protected.as_ref().unwrap();
+        protected.add(&model, &[&group(9)]);
+        let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
+        for (k, seed) in [(1, 5), (3, 6), (1, 7)] {
+            let ex = group(k);
+            let pooled = train(&mut pool, &ex, &vec![0; ex.len()], 1, seed, |_, _, _| {}).unwrap();
+            let mut eager = Trainer::eager(&model, &ex, &train_cfg, Some(&preserve), seed);
+            for _ in 0..8 {
+                eager.forward_backward().unwrap();
+                eager.update().unwrap();
+            }
+            // The allocator may prune a site whole (zero in both); some site trains.
+            let mut trained = 0.0f64;
+            for (p, f) in pooled.factors.iter().zip(factors(&eager.adapter)) {
+                let (dp, df) = (p.delta_weight(), f.delta_weight());
+                let d = (&dp - &df).abs().max().double_value(&[]);
+                let scale = df.abs().max().double_value(&[]);
+                trained = trained.max(scale);
+                assert!(d <= 1e-3 * scale, "group {k}, {}: {d} vs {scale}", p.key);
+            }
+            assert!(trained > 0.0, "group {k}: nothing trained");
+            // The penalty was in play: the trained update moves the protected inputs' activations.
+            let k = protected.for_groups(eager.adapter.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
+            assert!(eager.adapter.interference(&k).double_value(&[]) > 0.0);
+            // The next group is protected from what this one's examples feed the sites.
+            protected.add(&model, &[&ex]);
         }
-        // The allocator may prune a site whole (zero in both); some site trains.
-        let mut trained = 0.0f64;
-        for (p, f) in pooled.factors.iter().zip(factors(&eager.adapter)) {
-            let (dp, df) = (p.delta_weight(), f.delta_weight());
-            let d = (&dp - &df).abs().max().double_value(&[]);
-            let scale = df.abs().max().double_value(&[]);
-            trained = trained.max(scale);
-            assert!(d <= 1e-3 * scale, "group {k}, {}: {d} vs {scale}", p.key);
-        }
-        assert!(trained > 0.0, "group {k}: nothing trained");
-        // The penalty was in play: the trained update moves the protected inputs' activations.
-        let k = protected.for_groups(eager.adapter.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
-        assert!(eager.adapter.interference(&k).double_value(&[]) > 0.0);
-        // The next group is protected from what this one's examples feed the sites.
-        protected.add(&model, &[&ex]);
+        assert_eq!(protected.facts(), 4);
     }
-    assert_eq!(protected.facts(), 4);
 }
 
 /// A and B drawn ahead on another thread (`AdaLora::reset` on a GPU, from a private generator) are

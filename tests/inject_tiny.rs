@@ -954,4 +954,15 @@ fn a_protected_scheduled_run_goes_on_with_new_facts() {
     let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
     let config = shown["run"]["config"].as_str().map(str::to_string).unwrap_or_else(|| shown["run"]["config"].to_string());
     assert!(config.contains("\"protect\":1") && config.contains("\"lr_scheduler\":\"linear\""), "{config}");
+    assert!(!config.contains("protect_mean"), "{config}");
+
+    // --protect-mean is another run (its key holds it) and trains; alone it is refused.
+    let mean = injector(p, &run_args(&["--protect", "1", "--protect-mean", "--lr-scheduler", "linear", "--json"]));
+    assert!(mean.status.success(), "{}", stderr(&mean));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&mean)).unwrap();
+    assert_ne!(out["run"].as_str().unwrap(), run);
+    assert_eq!(out["new_steps"], 4);
+    let alone = injector(p, &run_args(&["--protect-mean"]));
+    assert_eq!(alone.status.code(), Some(2), "{}", stderr(&alone));
+    assert!(stderr(&alone).contains("--protect-mean (train.protect_mean) must be set only with --protect above 0"), "{}", stderr(&alone));
 }

@@ -75,6 +75,11 @@ pub struct TrainArgs {
     /// does not end at an uninterrupted run's weights.
     #[arg(long)]
     pub protect: Option<f64>,
+    /// The interference penalty over the mean of the earlier facts' activations, not their sum: a
+    /// fixed strength as facts accumulate (`--protect` is then one average earlier fact's weight).
+    /// Needs --protect.
+    #[arg(long)]
+    pub protect_mean: bool,
     /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1; default 1); always
     /// after the last.
     #[arg(long)]
@@ -150,6 +155,7 @@ impl TrainArgs {
         on(self.preserve_batch.is_some(), "--preserve-batch");
         on(self.null_space.is_some(), "--null-space");
         on(self.protect.is_some(), "--protect");
+        on(self.protect_mean, "--protect-mean");
         on(self.retention_every.is_some(), "--retention-every");
         on(self.retention_sample.is_some(), "--retention-sample");
         on(self.no_free_decoding, "--no-free-decoding");
@@ -191,6 +197,7 @@ impl TrainArgs {
         set(&mut t.preserve_batch, self.preserve_batch);
         set(&mut t.null_space, self.null_space);
         set(&mut t.protect, self.protect);
+        t.protect_mean |= self.protect_mean;
         let mut c = RunConfig {
             train: t,
             ..RunConfig::default()
@@ -308,7 +315,7 @@ mod tests {
                 continue;
             }
             let value = match f.as_str() {
-                "--no-free-decoding" | "--consolidate" => None,
+                "--no-free-decoding" | "--consolidate" | "--protect-mean" => None,
                 "--preset" => Some("article"),
                 "--targets" => Some("gate_proj"),
                 "--layers" => Some("1-2"),

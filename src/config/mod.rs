@@ -132,6 +132,12 @@ pub struct TrainConfig {
     /// serialised config when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub protect: f64,
+    /// The interference penalty over the mean of the earlier facts' activations instead of their
+    /// sum, so its strength stays the same as facts accumulate (`protect` is then the weight of one
+    /// average earlier fact, as MEMIT's key second moment is a mean: Meng et al., arXiv:2210.07229).
+    /// Only with `protect` > 0. Left out of the serialised config when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub protect_mean: bool,
 }
 
 /// The learning-rate schedules (names as transformers' `SchedulerType`): the rate at optimizer step
@@ -191,6 +197,10 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
@@ -235,6 +245,7 @@ impl Default for TrainConfig {
             null_space: 0.9,
             lr_scheduler: LrScheduler::Constant,
             protect: 0.0,
+            protect_mean: false,
         }
     }
 }
@@ -504,6 +515,13 @@ impl RunConfig {
         c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
         c.within(t.null_space, false, "--null-space", "train.null_space");
         c.non_negative(t.protect, "--protect", "train.protect");
+        c.check(
+            !t.protect_mean || t.protect > 0.0,
+            "--protect-mean",
+            "train.protect_mean",
+            "set only with --protect above 0",
+            "true",
+        );
         c.within(self.rehearsal.below, true, "--rehearse-below", "rehearsal.below");
         c.at_least_one(self.mixed_batch as u64, "--mixed-batch", "mixed_batch");
         c.non_negative(self.rehearsal.budget, "--rehearse-budget", "rehearsal.budget");
@@ -809,6 +827,9 @@ mod tests {
         let mut off = config();
         off.train.null_space = 0.0;
         assert!(!off.to_json().contains("null_space"));
+        (off.train.protect, off.train.protect_mean) = (0.03, true);
+        assert!(off.to_json().contains(r#""protect":0.03,"protect_mean":true"#));
+        assert!(RunConfig::from_json(&off.to_json(), "x").unwrap().train.protect_mean);
         off.train.adam_beta1 = 0.8;
         assert!(off.to_json().contains(r#""adam_beta1":0.8"#));
     }
@@ -857,6 +878,7 @@ mod tests {
             (Box::new(|c| c.train.null_space = 1.0), "--null-space"),
             (Box::new(|c| c.train.protect = f64::NAN), "--protect"),
             (Box::new(|c| c.train.protect = -1.0), "--protect"),
+            (Box::new(|c| c.train.protect_mean = true), "--protect-mean"),
             (Box::new(|c| c.train.threshold = 1.5), "--threshold"),
             (Box::new(|c| c.train.max_steps = 0), "--max-steps"),
             (Box::new(|c| c.train.extra_steps = -1), "--extra-steps"),

@@ -150,6 +150,7 @@ impl Repair {
             preserve: self.preserve,
             null_space: if self.null_space { t.null_space } else { 0.0 },
             protect: self.protect,
+            protect_mean: t.protect_mean && self.protect > 0.0,
             ..t.clone()
         }
     }

@@ -118,7 +118,7 @@ fn preservation(
         .map(|(l, p, _, _)| (l, p))
         .collect();
     if t.protect > 0.0 {
-        p.protected = Some(Protected::new(model, &sites));
+        p.protected = Some(Protected::new(model, &sites, t.protect_mean));
     }
     if t.null_space > 0.0 {
         p.projections = null_space_projections(model, &ex, &sites, t.null_space)?;

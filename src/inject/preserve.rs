@@ -34,8 +34,11 @@ const ADD_FACTS: usize = 64;
 /// of earlier edits (Fang et al., arXiv:2410.02355, eq. 9 with K_p), in the spirit of MEMIT's key
 /// second moments (Meng et al., arXiv:2210.07229).
 ///
+/// With `mean` (`train.protect_mean`) K is instead the mean over the facts, (1/F) Σ_f …, so the
+/// penalty keeps one strength as facts accumulate.
+///
 /// Per adapter group (projection kind, its layers in order) one f32 tensor [L, in, in] on the
-/// model's device, added to in place, so a captured CUDA graph that reads it sees every fact added
+/// model's device, updated in place, so a captured CUDA graph that reads it sees every fact added
 /// since. Sites that share an input (q/k/v; gate/up) are recorded once, and groups of them at the
 /// same layers share one tensor.
 pub struct Protected {
@@ -43,11 +46,14 @@ pub struct Protected {
     /// input at the same layers (gate and up; q, k and v) hold one tensor between them.
     sums: Vec<(Proj, Vec<usize>, Tensor)>,
     facts: std::cell::Cell<usize>,
+    /// K is the mean over the facts, not their sum.
+    mean: bool,
 }
 
 impl Protected {
-    /// Nothing protected yet, for the adapted `sites` of `model`.
-    pub fn new(model: &Llama, sites: &[(usize, Proj)]) -> Self {
+    /// Nothing protected yet, for the adapted `sites` of `model`; K a mean over the facts when
+    /// `mean`, else their sum.
+    pub fn new(model: &Llama, sites: &[(usize, Proj)], mean: bool) -> Self {
         let mut groups: Vec<(Proj, Vec<usize>)> = Vec::new();
         for &(l, p) in sites {
             match groups.iter_mut().find(|(q, _)| *q == p) {
@@ -76,6 +82,7 @@ impl Protected {
         Protected {
             sums,
             facts: std::cell::Cell::new(0),
+            mean,
         }
     }
 
@@ -118,17 +125,23 @@ impl Protected {
             mask,
             sums: RefCell::new(HashMap::new()),
         };
+        // As a mean: K ← (n·K + Σ_new) / (n + m) for n facts so far and m new ones.
+        let (n, m) = (self.facts.get() as f64, facts.len() as f64);
+        let (keep, add) = if self.mean { (n / (n + m), 1.0 / (n + m)) } else { (1.0, 1.0) };
         tch::no_grad(|| {
             let _ = model.hidden(&ids, None, &rec);
             let sums = rec.sums.into_inner();
             for (i, (p, layers, t)) in self.sums.iter().enumerate() {
-                // A tensor shared with an earlier group is that group's, already added to.
+                // A tensor shared with an earlier group is that group's, already updated.
                 if self.sums[..i].iter().any(|(_, _, u)| u.data_ptr() == t.data_ptr()) {
                     continue;
                 }
+                if keep != 1.0 {
+                    let _ = t.shallow_clone().g_mul_scalar_(keep);
+                }
                 for (slot, &l) in layers.iter().enumerate() {
                     if let Some(k) = sums.get(&(l, same_input(*p))) {
-                        let _ = t.get(slot as i64).g_add_(k);
+                        let _ = t.get(slot as i64).g_add_(&(k * add));
                     }
                 }
             }
@@ -401,7 +414,7 @@ mod tests {
         };
         let facts = [fact(1, 3), fact(2, 2)];
         let sites: Vec<(usize, Proj)> = shapes.iter().map(|&(l, p, _, _)| (l, p)).collect();
-        let protected = Protected::new(&model, &sites);
+        let protected = Protected::new(&model, &sites, false);
         protected.add(&model, &[&facts[0], &facts[1]]);
         assert_eq!(protected.facts(), 2);
         let k = protected.for_groups(ad.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
@@ -439,6 +452,22 @@ mod tests {
         }
         assert!(want > 0.0);
         assert!((got - want).abs() <= 1e-4 * want, "interference {got}, direct {want}");
+        // As a mean (`protect_mean`), added one fact at a time: half the sum of the two facts, and
+        // the same after a single fact as its own term.
+        let mean = Protected::new(&model, &sites, true);
+        let interference = |p: &Protected| {
+            let k = p.for_groups(ad.groups.iter().map(|g| (g.proj, g.layers.as_slice())));
+            tch::no_grad(|| ad.interference(&k)).double_value(&[])
+        };
+        mean.add(&model, &[&facts[0]]);
+        let first = interference(&mean);
+        mean.add(&model, &[&facts[1]]);
+        assert_eq!(mean.facts(), 2);
+        let both = interference(&mean);
+        assert!((both - want / 2.0).abs() <= 1e-4 * want, "mean {both}, want {}", want / 2.0);
+        let sum_first = Protected::new(&model, &sites, false);
+        sum_first.add(&model, &[&facts[0]]);
+        assert!((first - interference(&sum_first)).abs() <= 1e-4 * want, "one fact: mean {first}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ fn the_interference_penalty_keeps_protected_facts_outputs() {
         batches: Vec::new(),
         base_logp: Vec::new(),
         projections: HashMap::new(),
-        protected: Some(Protected::new(&model, &sites)),
+        protected: Some(Protected::new(&model, &sites, false)),
     };
     preserve.protected.as_ref().unwrap().add(&model, &[&a]);
     let a_batch = build(&a, usize::MAX, Device::Cpu).remove(0);
@@ -380,7 +380,7 @@ fn the_fused_pass_equals_two_passes() {
     let mut ad = adapter_that_moves(&model, 3.0);
     // The interference penalty goes into the fused pass's objective too.
     let sites: Vec<(usize, Proj)> = ad.groups.iter().flat_map(|g| g.layers.iter().map(|&l| (l, g.proj))).collect();
-    let protected = Protected::new(&model, &sites);
+    let protected = Protected::new(&model, &sites, false);
     protected.add(&model, &[&kept[..2], &kept[2..]]);
     ad.training = true;
     let mut sp = StaticPreserve::new(&preserve);
