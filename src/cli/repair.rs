@@ -49,7 +49,8 @@ pub struct RepairArgs {
     #[arg(long)]
     pub no_null_space: bool,
     /// A consolidation's interference penalty weight (--protect; default 0: the penalty resists the
-    /// repairs a consolidation makes; not above 0 for a run made without it).
+    /// repairs a consolidation makes; not above 0 for a run made without it). Over the earlier
+    /// facts' sum or mean, as the run's --protect-mean says.
     #[arg(long, default_value_t = 0.0)]
     pub protect: f64,
     /// Print the outcome as JSON on stdout.

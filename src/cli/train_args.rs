@@ -69,7 +69,7 @@ pub struct TrainArgs {
     pub null_space: Option<f64>,
     /// Weight of the interference penalty: the update's squared change to the activations of every
     /// fact injected before, at every adapted site, summed over those facts, so a fixed weight grows
-    /// stronger with their number (0 = off, the default). Trades tokens for locality (README
+    /// stronger with their number (with --protect-mean: their mean) (0 = off, the default). Trades tokens for locality (README
     /// Capacity, session 11); with spaced/replay or repair it also resists the repairs. A run that
     /// goes on in a later invocation records its earlier facts at the weights it resumes from, so it
     /// does not end at an uninterrupted run's weights.
@@ -77,7 +77,7 @@ pub struct TrainArgs {
     pub protect: Option<f64>,
     /// The interference penalty over the mean of the earlier facts' activations, not their sum: a
     /// fixed strength as facts accumulate (`--protect` is then one average earlier fact's weight).
-    /// Needs --protect.
+    /// Needs --protect above 0. Experimental (README Capacity, session 14).
     #[arg(long)]
     pub protect_mean: bool,
     /// Evaluate every injected fact (retention) after every k-th step (k ≥ 1; default 1); always

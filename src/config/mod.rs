@@ -124,7 +124,7 @@ pub struct TrainConfig {
     pub lr_scheduler: LrScheduler,
     /// Weight of the interference penalty (0 = off): the merged update's squared change to the
     /// activations of every fact injected before, at every adapted site, summed over those facts (so
-    /// a fixed weight grows stronger as facts accumulate; `inject::preserve::Protected`, the soft
+    /// a fixed weight grows stronger as facts accumulate; over their mean with `protect_mean`; `inject::preserve::Protected`, the soft
     /// form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the weights
     /// after each fact's step; an invocation that goes on with a recorded run (`--resume`, new facts,
     /// `repair`) records its earlier facts at the weights it starts from, so it does not repeat an

@@ -140,8 +140,14 @@ impl Protected {
                     let _ = t.shallow_clone().g_mul_scalar_(keep);
                 }
                 for (slot, &l) in layers.iter().enumerate() {
-                    if let Some(k) = sums.get(&(l, same_input(*p))) {
-                        let _ = t.get(slot as i64).g_add_(&(k * add));
+                    match sums.get(&(l, same_input(*p))) {
+                        Some(k) if self.mean => {
+                            let _ = t.get(slot as i64).g_add_(&(k * add));
+                        }
+                        Some(k) => {
+                            let _ = t.get(slot as i64).g_add_(k);
+                        }
+                        None => {}
                     }
                 }
             }
