@@ -520,7 +520,7 @@ impl RunConfig {
             "--protect-mean",
             "train.protect_mean",
             "set only with --protect above 0",
-            "true",
+            format!("with --protect {}", t.protect),
         );
         c.within(self.rehearsal.below, true, "--rehearse-below", "rehearsal.below");
         c.at_least_one(self.mixed_batch as u64, "--mixed-batch", "mixed_batch");
