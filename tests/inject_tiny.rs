@@ -706,6 +706,11 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(steps("one.db", one["run"].as_str().unwrap()).len(), 6);
+    // The capacity page names the closing consolidation as a repair's is, not as a setting.
+    let c = injector(p, &["--ledger", "one.db", "--reports", "reports", "report", "--capacity", one["run"].as_str().unwrap()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
+    assert!(page.contains(" + consolidation (3 epochs)") && !page.contains("consolidate_epochs"), "{page}");
     // A run whose facts are all word-perfect at its end has no consolidation, and once finished it
     // is not scored again: the same command does no model work.
     // (One fact: its own step ends with it word-perfect.)

@@ -229,9 +229,7 @@ impl TrainArgs {
     }
 }
 
-/// `--consolidate`'s epochs unless `--consolidate-epochs` is given: `repair --epochs`'s default,
-/// the setting measured at 1,000 facts.
-pub const CONSOLIDATE_EPOCHS: i64 = 12;
+pub use injector::config::CONSOLIDATE_EPOCHS;
 
 fn set<T>(field: &mut T, flag: Option<T>) {
     if let Some(v) = flag {

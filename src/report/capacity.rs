@@ -135,11 +135,19 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// capacity page groups runs by it, so runs of one strategy with other settings are other series.
 /// A config that does not parse gives the strategy alone. Steps a repair added (no facts of their
 /// own) are not in the config, so they are named after it: ` + consolidation` when one of them was
-/// (with its preservation settings where they differ from the run's, e.g.
-/// ` + consolidation (preserve=16, no null-space)`), else ` + repair`.
+/// (with its epochs when not the default 12 and its preservation settings where they differ from
+/// the run's, e.g. ` + consolidation (preserve=16, no null-space)`), else ` + repair`; a run's own
+/// closing consolidation (`consolidate_epochs`) is named the same way, not as a setting.
 pub fn variant(r: &RunData) -> String {
     let c = r.config.clone().unwrap_or_default();
-    variant_of(&r.run.strategy, r.config.as_ref()) + &repaired(&r.steps, c.mixed_batch, &c.train)
+    let tail = repaired(&r.steps, c.mixed_batch, &c.train);
+    // A run's own closing consolidation (`run --consolidate`) is named by the tail, as a repair's
+    // is, not as a setting of the run.
+    let mut own = r.config.clone();
+    if let Some(o) = own.as_mut().filter(|_| tail.starts_with(" + consolidation")) {
+        o.consolidate_epochs = 0;
+    }
+    variant_of(&r.run.strategy, own.as_ref()) + &tail
 }
 
 /// What [`variant`] adds for a run's repair steps ("" when it has none) under the run's training
@@ -156,6 +164,9 @@ fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize, t: &crate::con
     };
     let mut own = Vec::new();
     if let Some(c) = &first.consolidation {
+        if c.epochs != crate::config::CONSOLIDATE_EPOCHS {
+            own.push(format!("{} epochs", c.epochs));
+        }
         if let Some(p) = c.preserve.filter(|p| *p != t.preserve) {
             own.push(format!("preserve={p}"));
         }
@@ -395,6 +406,9 @@ mod tests {
         let own = steps[1].consolidation.as_mut().unwrap();
         (own.preserve, own.null_space) = (Some(16.0), Some(0.0));
         assert_eq!(repaired(&steps, 16, &t), " + consolidation (preserve=16, no null-space)");
+        steps[1].consolidation.as_mut().unwrap().epochs = 20;
+        assert_eq!(repaired(&steps, 16, &t), " + consolidation (20 epochs, preserve=16, no null-space)");
+        steps[1].consolidation.as_mut().unwrap().epochs = 12;
         // Recorded before schema 8: more facts than a mini-batch.
         steps[1].consolidation = None;
         steps[1].rehearsed = (0..17).map(|i| format!("f{i}")).collect();
