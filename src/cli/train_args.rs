@@ -69,8 +69,8 @@ pub struct TrainArgs {
     pub null_space: Option<f64>,
     /// Weight of the interference penalty: the update's squared change to the activations of every
     /// fact injected before, at every adapted site, summed over those facts, so a fixed weight grows
-    /// stronger with their number (with --protect-mean: their mean) (0 = off, the default). Trades tokens for locality (README
-    /// Capacity, session 11); with spaced/replay or repair it also resists the repairs. A run that
+    /// stronger with their number (with --protect-mean: their mean) (0 = off, the default). Trades
+    /// tokens for locality (README Capacity, session 11); with spaced/replay or repair it also resists the repairs. A run that
     /// goes on in a later invocation records its earlier facts at the weights it resumes from, so it
     /// does not end at an uninterrupted run's weights.
     #[arg(long)]

@@ -124,8 +124,8 @@ pub struct TrainConfig {
     pub lr_scheduler: LrScheduler,
     /// Weight of the interference penalty (0 = off): the merged update's squared change to the
     /// activations of every fact injected before, at every adapted site, summed over those facts (so
-    /// a fixed weight grows stronger as facts accumulate; over their mean with `protect_mean`; `inject::preserve::Protected`, the soft
-    /// form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the weights
+    /// a fixed weight grows stronger as facts accumulate; over their mean with `protect_mean`;
+    /// `inject::preserve::Protected`, the soft form of AlphaEdit's term for earlier edits' keys). The inputs are recorded at the weights
     /// after each fact's step; an invocation that goes on with a recorded run (`--resume`, new facts,
     /// `repair`) records its earlier facts at the weights it starts from, so it does not repeat an
     /// uninterrupted run bit for bit. With rehearsal it also resists the repairs. Left out of the
@@ -136,7 +136,7 @@ pub struct TrainConfig {
     /// sum, so its strength stays the same as facts accumulate (`protect` is then the weight of one
     /// average earlier fact, as MEMIT's key second moment is a mean: Meng et al., arXiv:2210.07229).
     /// Only with `protect` > 0. Left out of the serialised config when false.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protect_mean: bool,
 }
 
@@ -195,10 +195,6 @@ impl std::str::FromStr for LrScheduler {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
-}
-
-fn is_false(v: &bool) -> bool {
-    !*v
 }
 
 fn is_zero_i64(v: &i64) -> bool {

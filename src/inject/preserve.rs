@@ -127,7 +127,7 @@ impl Protected {
         };
         // As a mean: K ← (n·K + Σ_new) / (n + m) for n facts so far and m new ones.
         let (n, m) = (self.facts.get() as f64, facts.len() as f64);
-        let (keep, add) = if self.mean { (n / (n + m), 1.0 / (n + m)) } else { (1.0, 1.0) };
+        let (keep, add) = (n / (n + m), 1.0 / (n + m));
         tch::no_grad(|| {
             let _ = model.hidden(&ids, None, &rec);
             let sums = rec.sums.into_inner();
@@ -136,18 +136,14 @@ impl Protected {
                 if self.sums[..i].iter().any(|(_, _, u)| u.data_ptr() == t.data_ptr()) {
                     continue;
                 }
-                if keep != 1.0 {
+                if self.mean {
                     let _ = t.shallow_clone().g_mul_scalar_(keep);
                 }
                 for (slot, &l) in layers.iter().enumerate() {
-                    match sums.get(&(l, same_input(*p))) {
-                        Some(k) if self.mean => {
-                            let _ = t.get(slot as i64).g_add_(&(k * add));
-                        }
-                        Some(k) => {
-                            let _ = t.get(slot as i64).g_add_(k);
-                        }
-                        None => {}
+                    if let Some(k) = sums.get(&(l, same_input(*p))) {
+                        // A sum adds K itself (no scaled copy); `sums` is read by every group.
+                        let k = if self.mean { k * add } else { k.shallow_clone() };
+                        let _ = t.get(slot as i64).g_add_(&k);
                     }
                 }
             }
