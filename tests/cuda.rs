@@ -331,7 +331,7 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
         let mut run = |padded: bool| {
             let mut weakest = Vec::new();
-            let t = train_epochs_with(&mut pool, &train_cfg, &facts, 3, 9, padded, |_, _, r| weakest.push(r)).unwrap();
+            let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, 0), 9, padded, |_, _, r| weakest.push(r)).unwrap();
             (t, weakest)
         };
         let ((g, gw), (e, ew)) = (run(true), run(false));

@@ -601,6 +601,7 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         // No step of one fact a step is a consolidation, so its settings would do nothing.
         &["--per-step", "1", "--no-null-space"],
         &["--per-step", "1", "--preserve", "8"],
+        &["--per-step", "1", "--prompts", "2"],
         &["--consolidate", "--protect", "-0.5"],
         // The run has no interference penalty, so nothing recorded to protect.
         &["--consolidate", "--protect", "0.1"],
@@ -649,6 +650,11 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         assert_eq!(w["reason"], if fell { "fell" } else { "held" }, "{w}");
     }
     assert!(opt(&s[7]) % 5 == 0 && opt(&s[7]) >= 5 && opt(&s[7]) <= 15, "{} optimizer steps", opt(&s[7]));
+    // The plain listing says which steps were a consolidation and which a repair of a few facts.
+    let show = stdout(&injector(p, &["ledger", "show", run, "--ledger", "l.db"]));
+    let row = |i: usize| show.lines().find(|l| l.trim_start().starts_with(&format!("{i}  "))).unwrap_or_default().to_string();
+    assert!(row(5).contains("consolidation of 3 facts") && row(7).contains("consolidation of 5 facts"), "{show}");
+    assert!(row(6).contains("repair: "), "{show}");
 }
 
 /// `run --consolidate` ends a run with the consolidation `repair RUN --below 1 --consolidate`
@@ -669,6 +675,7 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
         &["--consolidate-epochs", "3"],
         &["--consolidate", "--consolidate-epochs", "0"],
         &["--consolidate", "--consolidate-epochs", "10001"],
+        &["--consolidate-prompts", "2"],
     ] {
         let o = with("bad.db", bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
@@ -711,6 +718,37 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     assert!(c.status.success(), "{}", stderr(&c));
     let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
     assert!(page.contains(" + consolidation (3 epochs)") && !page.contains("consolidate_epochs"), "{page}");
+    // One prompt of each fact an epoch, in turn: in the run and in a repair after it alike, for
+    // fewer tokens than every prompt, recorded in the step and named on the capacity page.
+    let o = with("three.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2", "--consolidate-prompts", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let three: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_ne!(three["run"], one["run"], "the prompts are part of the run's key");
+    let o = with("four.db", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut args = args.clone();
+    let at = args.iter().position(|a| *a == "two.db").unwrap();
+    args[at] = "four.db";
+    args.extend_from_slice(&["--prompts", "1"]);
+    let o = injector(p, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let four: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(three["weights_hash"], four["weights_hash"]);
+    let (c, d) = (steps("three.db", three["run"].as_str().unwrap()), steps("four.db", run["run"].as_str().unwrap()));
+    for k in ["rehearsal", "consolidation", "optimizer_steps", "tokens", "weights_hash"] {
+        assert_eq!(c[5][k], d[5][k], "{k}");
+    }
+    assert_eq!(c[5]["consolidation"]["prompts"], 1);
+    assert!(a[5]["consolidation"].get("prompts").is_none());
+    let tokens = |s: &serde_json::Value| s["tokens"].as_i64().unwrap();
+    assert!(tokens(&c[5]) < tokens(&a[5]), "{} vs {}", c[5], a[5]);
+    let c = injector(p, &["--ledger", "three.db", "--reports", "reports", "report", "--capacity", three["run"].as_str().unwrap()]);
+    assert!(c.status.success(), "{}", stderr(&c));
+    let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
+    assert!(page.contains(" + consolidation (3 epochs, 1 prompt an epoch)") && !page.contains("consolidate_prompts"), "{page}");
+    // The run page says how the consolidation step trained, its prompts an epoch included.
+    let page = std::fs::read_to_string(p.join("reports").join(three["run"].as_str().unwrap()).join("index.html")).unwrap();
+    assert!(page.contains("Step 5 was a consolidation: at most 3 epochs of 2-fact mini-batches, 1 training prompt of each fact an epoch,"), "{page}");
     // A run whose facts are all word-perfect at its end has no consolidation, and once finished it
     // is not scored again: the same command does no model work.
     // (One fact: its own step ends with it word-perfect.)

@@ -1,6 +1,7 @@
 //! `injector ledger list | show RUN`: what the ledger holds.
 use super::Global;
 use clap::{Args, Subcommand};
+use injector::config::RunConfig;
 use injector::eval::retention::Matrix;
 use injector::ledger::Ledger;
 use injector::report::num;
@@ -93,13 +94,23 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 "step", "facts", "opt", "loss", "train s", "eval s", "locality"
             );
             let loc: HashMap<i64, f64> = locality.into_iter().collect();
+            // A step's own facts, then what it rehearsed: a repair's steps have no facts of their
+            // own, and a consolidation rehearses every fact of the run.
+            let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id)).ok();
+            let mixed_batch = config.map_or(16, |c| c.mixed_batch);
             for s in &steps {
-                let names: Vec<&str> = s
-                    .facts
-                    .iter()
-                    .map(|h| ids.get(h.as_str()).copied().unwrap_or("?"))
-                    .collect();
-                let mut label = names.join(",");
+                let names = |hashes: &[String]| -> String {
+                    let v: Vec<&str> = hashes.iter().map(|h| ids.get(h.as_str()).copied().unwrap_or("?")).collect();
+                    v.join(",")
+                };
+                let n = s.rehearsed.len();
+                let consolidation = s.consolidation.is_some() || (s.facts.is_empty() && n > mixed_batch);
+                let mut label = match (s.facts.is_empty(), n) {
+                    (true, _) if consolidation => format!("consolidation of {n} facts"),
+                    (true, _) => format!("repair: {}", names(&s.rehearsed)),
+                    (false, 0) => names(&s.facts),
+                    (false, _) => format!("{} +{n} rehearsed", names(&s.facts)),
+                };
                 if label.chars().count() > 30 {
                     label = label.chars().take(29).collect::<String>() + "…";
                 }

@@ -53,6 +53,11 @@ pub struct RepairArgs {
     /// facts' sum or mean, as the run's --protect-mean says.
     #[arg(long, default_value_t = 0.0)]
     pub protect: f64,
+    /// A consolidation's training prompts per fact an epoch, taken in turn from one epoch to the
+    /// next so that successive epochs cover them all (default 0: all of them); fewer make an epoch
+    /// cheaper. Experimental: README, Capacity, sessions 15–16.
+    #[arg(long, default_value_t = 0)]
+    pub prompts: usize,
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -101,7 +106,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         .into());
     }
     let mixed_batch = a.mixed_batch.unwrap_or(config.mixed_batch);
-    let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0;
+    let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0 || a.prompts > 0;
     if own_settings {
         // The most facts one repair step can hold; a consolidation needs more than a mini-batch.
         let n_facts = recorded.run_facts(&r.id)?.len();
@@ -112,7 +117,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
                 false => format!("a step holds at most {largest} fact(s) (--per-step {}, run {} has {n_facts})", a.per_step, r.id),
             };
             return Err(Error::BadInput(format!(
-                "--preserve, --no-null-space and --protect set a consolidation's training, and no step \
+                "--preserve, --no-null-space, --protect and --prompts set a consolidation's training, and no step \
                  would be one: {holds}, not more than --mixed-batch {mixed_batch}"
             ))
             .into());
@@ -151,6 +156,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         preserve: a.preserve.unwrap_or(config.train.preserve),
         null_space: !a.no_null_space,
         protect: a.protect,
+        prompts: a.prompts,
         in_run: false,
     };
     let out = inject::repair(

@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// --consolidate's most epochs when it is a consolidation, 1 to 10000 (default 12).
     #[arg(long, requires = "consolidate")]
     pub consolidate_epochs: Option<i64>,
+    /// --consolidate's training prompts per fact an epoch, taken in turn from one epoch to the next
+    /// so that successive epochs cover them all (default 0: all of them); fewer make an epoch
+    /// cheaper. Experimental: README, Capacity, sessions 15–16.
+    #[arg(long, requires = "consolidate")]
+    pub consolidate_prompts: Option<usize>,
     /// spaced:K: a fact measured below this recall has fallen and is rehearsed first (default 0.95;
     /// also `repair`'s default threshold for the run).
     #[arg(long)]
@@ -163,6 +168,7 @@ impl TrainArgs {
         on(self.mixed_batch.is_some(), "--mixed-batch");
         on(self.consolidate, "--consolidate");
         on(self.consolidate_epochs.is_some(), "--consolidate-epochs");
+        on(self.consolidate_prompts.is_some(), "--consolidate-prompts");
         on(self.rehearse_below.is_some(), "--rehearse-below");
         on(self.rehearse_budget.is_some(), "--rehearse-budget");
         on(self.rehearse_prompts.is_some(), "--rehearse-prompts");
@@ -221,6 +227,7 @@ impl TrainArgs {
                 }
                 n => n,
             };
+            set(&mut c.consolidate_prompts, self.consolidate_prompts);
         }
         c.validate()?;
         // Once checked, the flags of one strategy change nothing under the others but the key.
@@ -286,6 +293,7 @@ mod tests {
             ("rehearse_budget", format!("default {}", g(c.rehearsal.budget))),
             ("rehearse_prompts", format!("default {}", c.rehearsal.prompts)),
             ("consolidate_epochs", format!("default {CONSOLIDATE_EPOCHS}")),
+            ("consolidate_prompts", "default 0".to_string()),
         ] {
             assert!(help(id).contains(&want), "--{id}: {:?} lacks {want:?}", help(id));
         }
@@ -305,10 +313,10 @@ mod tests {
         assert!(flags.len() >= 23, "{flags:?}");
         assert!(Flags::parse_from(["x"]).train.given().is_empty());
         for f in &flags {
-            if f == "--consolidate-epochs" {
+            if f == "--consolidate-epochs" || f == "--consolidate-prompts" {
                 // Only beside --consolidate.
                 let given = Flags::parse_from(["x", "--consolidate", f, "3"]).train.given();
-                assert_eq!(given, ["--consolidate", "--consolidate-epochs"]);
+                assert_eq!(given, ["--consolidate", f.as_str()]);
                 assert!(Flags::try_parse_from(["x", f, "3"]).is_err());
                 continue;
             }

@@ -335,6 +335,12 @@ pub struct RunConfig {
     /// serialised config when 0, so earlier runs keep their keys.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub consolidate_epochs: i64,
+    /// How many of each fact's training prompts the closing consolidation trains on an epoch, taken
+    /// in turn from one epoch to the next so that successive epochs cover them all (0 = all, the
+    /// default). Fewer make an epoch cheaper. Only with `consolidate_epochs`; left out of the
+    /// serialised config when 0.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub consolidate_prompts: usize,
 }
 
 /// How `spaced:K` picks the facts it rehearses (see `inject::schedule`).
@@ -425,6 +431,7 @@ impl Default for RunConfig {
             chat_template: None,
             base_dtype: None,
             consolidate_epochs: 0,
+            consolidate_prompts: 0,
         }
     }
 }
@@ -570,6 +577,13 @@ impl RunConfig {
             "consolidate_epochs",
             "1 to 10000 (0 in a config: no consolidation)",
             self.consolidate_epochs,
+        );
+        c.check(
+            self.consolidate_prompts == 0 || self.consolidate_epochs > 0,
+            "--consolidate-prompts",
+            "consolidate_prompts",
+            "set only with --consolidate",
+            format!("{} without it", self.consolidate_prompts),
         );
         if self.consolidate_epochs > 0 {
             if matches!(self.strategy(), Ok(Strategy::Mixed)) {
@@ -892,6 +906,7 @@ mod tests {
             (Box::new(|c| c.strategy = "random".into()), "unknown strategy"),
             (Box::new(|c| c.consolidate_epochs = -1), "--consolidate-epochs"),
             (Box::new(|c| c.consolidate_epochs = 10_001), "--consolidate-epochs"),
+            (Box::new(|c| c.consolidate_prompts = 4), "--consolidate-prompts"),
             (
                 Box::new(|c| {
                     c.consolidate_epochs = 12;
@@ -926,6 +941,9 @@ mod tests {
         (c.consolidate_epochs, c.mixed_batch) = (12, 4);
         c.drop_unused();
         assert_eq!(RunConfig::from_json(&c.to_json(), "x").unwrap().mixed_batch, 4);
+        assert!(!c.to_json().contains("consolidate_prompts"));
+        c.consolidate_prompts = 4;
+        assert_eq!(RunConfig::from_json(&c.to_json(), "x").unwrap().consolidate_prompts, 4);
         let unknown = config().to_json().replace("\"seed\"", "\"sead\"");
         let e = RunConfig::from_json(&unknown, "--config-json").unwrap_err();
         assert!(e.to_string().contains("sead"), "{e}");

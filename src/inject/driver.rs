@@ -123,7 +123,8 @@ pub fn resume(
 /// the run's null-space projection when `null_space` (without it, its update can move what the
 /// preservation prompts produce, and so undo the drift of the steps before it), and with the
 /// interference penalty's weight `protect` (0 by default: the penalty resists the repairs a
-/// consolidation makes, README Capacity, session 11).
+/// consolidation makes, README Capacity, session 11). Each epoch trains a fact on `prompts` of its
+/// training prompts, taken in turn from one epoch to the next (0: all; `step::epoch_examples`).
 #[derive(Debug, Clone, Copy)]
 pub struct Repair {
     pub below: f64,
@@ -135,6 +136,7 @@ pub struct Repair {
     pub preserve: f64,
     pub null_space: bool,
     pub protect: f64,
+    pub prompts: usize,
     /// The closing consolidation of a `run --consolidate` (its flags are the run's), not `repair`'s.
     pub in_run: bool,
 }
@@ -244,6 +246,7 @@ fn closing_consolidation(config: &RunConfig) -> Repair {
         preserve: config.train.preserve,
         null_space: true,
         protect: 0.0,
+        prompts: config.consolidate_prompts,
         in_run: true,
     }
 }
@@ -516,6 +519,7 @@ fn drive_steps(
                         preserve: Some(c.preserve),
                         null_space: Some(c.null_space),
                         protect: Some(c.protect),
+                        prompts: (how.prompts > 0).then_some(how.prompts),
                     }
                 }),
             };
@@ -651,7 +655,7 @@ fn train_stage(
     };
     let trained = if let Some(how) = consolidation {
         let cfg = how.consolidation_config(t);
-        consolidate(trainers, &cfg, &per_fact(), how.mixed_batch, seed, report)?
+        consolidate(trainers, &cfg, &per_fact(), (how.mixed_batch, how.prompts), seed, report)?
     } else if plan.strategy == Strategy::Mixed && !repairing {
         train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?
     } else {

@@ -98,18 +98,20 @@ pub fn train_epochs(
 ) -> Result<Trained> {
     let padded = trainers.stream.is_some();
     let cfg = trainers.cfg.clone();
-    train_epochs_with(trainers, &cfg, facts, batch_facts, seed, padded, on_step)
+    train_epochs_with(trainers, &cfg, facts, (batch_facts, 0), seed, padded, on_step)
 }
 
 /// [`train_epochs`] under `cfg` instead of the pool's config (a repair's consolidation: its own
-/// epochs and schedule). `facts` must be more than `batch_facts`, so that no trainer of the pool is
-/// used (they keep the pool's config). Errors: as [`train_epochs`]; bad input when AdaLoRA's
-/// `tinit + tfinal` leaves no optimizer step of the consolidation's for the budget to fall in.
+/// epochs and schedule), each fact trained in an epoch on `prompts` of its examples, taken in turn
+/// from one epoch to the next (0: all of them; see [`epoch_examples`]). `facts` must be more than
+/// `batch_facts`, so that no trainer of the pool is used (they keep the pool's config).
+/// Errors: as [`train_epochs`]; bad input when AdaLoRA's `tinit + tfinal` leaves no optimizer step
+/// of the consolidation's for the budget to fall in.
 pub fn consolidate(
     trainers: &mut Trainers,
     cfg: &TrainConfig,
     facts: &[Vec<Example>],
-    batch_facts: usize,
+    (batch_facts, prompts): (usize, usize),
     seed: u64,
     on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
@@ -124,16 +126,26 @@ pub fn consolidate(
         )));
     }
     let padded = trainers.stream.is_some();
-    train_epochs_with(trainers, cfg, facts, batch_facts, seed, padded, on_step)
+    train_epochs_with(trainers, cfg, facts, (batch_facts, prompts), seed, padded, on_step)
 }
 
-/// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits: rows for
-/// the `batch_facts` facts with the most examples, at the longest example's length rounded up to 16,
+/// The examples of a fact that trains on `prompts` of its examples `all` an epoch (0 or at least
+/// `all.len()`: all of them), at its epoch `epoch`: from position `epoch · prompts` on, wrapping, so
+/// any ⌈n / prompts⌉ successive epochs cover all n (as `spaced`'s rehearsals take them,
+/// [`Rehearsal::examples`](crate::config::Rehearsal::examples)).
+pub fn epoch_examples<T>(all: &[T], prompts: usize, epoch: usize) -> Vec<&T> {
+    crate::config::Rehearsal { prompts, ..Default::default() }.examples(all, epoch)
+}
+
+/// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits, each fact
+/// with at most `prompts` of its examples (0: all): rows for the `batch_facts` facts with the most
+/// examples, at the longest example's length rounded up to 16,
 /// split into micro-batches of at most `max_tokens` padded tokens (at least a row each) of as even a
 /// row count as may be, each with target slots for its row count's longest targets (rounded up to 64).
-pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usize) -> Vec<Shape> {
+pub fn epoch_shapes(facts: &[Vec<Example>], (batch_facts, prompts): (usize, usize), max_tokens: usize) -> Vec<Shape> {
     let up = Shape::round_up;
-    let mut counts: Vec<usize> = facts.iter().map(Vec::len).collect();
+    let rows_of = |n: usize| if prompts == 0 { n } else { n.min(prompts) };
+    let mut counts: Vec<usize> = facts.iter().map(|f| rows_of(f.len())).collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let rows = counts.iter().take(batch_facts.max(1)).sum::<usize>().max(1);
     let len = up(facts.iter().flatten().map(Example::len).max().unwrap_or(1), 16);
@@ -151,7 +163,8 @@ pub fn epoch_shapes(facts: &[Vec<Example>], batch_facts: usize, max_tokens: usiz
         .collect()
 }
 
-/// [`train_epochs`] under `cfg` (the pool's, but for a consolidation) with the caller's choice of how
+/// [`train_epochs`] under `cfg` (the pool's, but for a consolidation), each fact trained on
+/// `prompts` of its examples an epoch (0: all; [`epoch_examples`]), with the caller's choice of how
 /// mini-batches are laid out: written into padded micro-batches (`padded`; replayed from captured
 /// graphs where the pool has a GPU stream), or packed afresh and run eagerly. For the tests that hold
 /// the two to the same training. At most `batch_facts` facts go to [`train`], under the pool's config.
@@ -159,13 +172,14 @@ pub fn train_epochs_with(
     trainers: &mut Trainers,
     cfg: &TrainConfig,
     facts: &[Vec<Example>],
-    batch_facts: usize,
+    (batch_facts, prompts): (usize, usize),
     seed: u64,
     padded: bool,
     mut on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
     let n = facts.len();
     if n <= batch_facts.max(1) {
+        assert_eq!(prompts, 0, "a mini-batch of every fact trains on all their examples");
         let examples: Vec<Example> = facts.iter().flatten().cloned().collect();
         let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
         return train(trainers, &examples, &owner, n, seed, on_step);
@@ -182,7 +196,7 @@ pub fn train_epochs_with(
     let all: Vec<Example> = facts.iter().flatten().cloned().collect();
     let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
     let mut tr = if padded {
-        let mut tr = Trainer::on_padded(model, &epoch_shapes(facts, batch_facts, cfg.max_batch_tokens), &cfg, preserve);
+        let mut tr = Trainer::on_padded(model, &epoch_shapes(facts, (batch_facts, prompts), cfg.max_batch_tokens), &cfg, preserve);
         tr.reset(&facts[0], seed);
         tr
     } else {
@@ -213,7 +227,8 @@ pub fn train_epochs_with(
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for chunk in order.chunks(batch_facts) {
-            let examples: Vec<Example> = chunk.iter().flat_map(|&f| facts[f].iter().cloned()).collect();
+            let chosen: Vec<Vec<&Example>> = chunk.iter().map(|&f| epoch_examples(&facts[f], prompts, epoch as usize)).collect();
+            let examples: Vec<Example> = chosen.iter().flatten().map(|&e| e.clone()).collect();
             let totals: Vec<f64> = examples.iter().map(|e| e.target.len() as f64).collect();
             if padded {
                 tr.load(&examples);
@@ -233,8 +248,8 @@ pub fn train_epochs_with(
                 )));
             }
             let mut at = 0;
-            for &f in chunk {
-                let k = facts[f].len();
+            for (&f, own) in chunk.iter().zip(&chosen) {
+                let k = own.len();
                 let (c, t): (f64, f64) =
                     (at..at + k).fold((0.0, 0.0), |(c, t), i| (c + read[1 + i] as f64, t + totals[i]));
                 recall[f] = if t == 0.0 { 0.0 } else { c / t };

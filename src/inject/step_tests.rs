@@ -189,7 +189,7 @@ fn extra_steps_train_past_the_threshold() {
     let epochs = |extra: i64| {
         let c = TrainConfig { threshold: 0.6, ..cfg(extra) };
         let mut pool = Trainers::new(&model, &c, None).unwrap();
-        train_epochs_with(&mut pool, &c, &facts, 3, 11, false, |_, _, _| {}).unwrap()
+        train_epochs_with(&mut pool, &c, &facts, (3, 0), 11, false, |_, _, _| {}).unwrap()
     };
     let at = epochs(0);
     assert!(at.recall.iter().all(|&r| r >= 0.6), "not learnt in 40 epochs: {:?}", at.recall);
@@ -216,13 +216,17 @@ fn uneven_facts(n: i64) -> Vec<Vec<Example>> {
         .collect()
 }
 
-/// Any mini-batch of at most `batch_facts` facts, in any order, fits the padded micro-batches:
-/// rows, length and target slots, each micro-batch within `max_tokens` padded tokens.
+/// Any mini-batch of at most `batch_facts` facts, in any order, each fact with the examples of any
+/// epoch of `prompts` a fact, fits the padded micro-batches: rows, length and target slots, each
+/// micro-batch within `max_tokens` padded tokens; fewer prompts need no more rows.
 #[test]
 fn every_mini_batch_fits_the_epoch_shapes() {
     let facts = uneven_facts(9);
-    for (batch_facts, max_tokens) in [(2, 4096), (4, 40), (3, 16), (9, 1)] {
-        let shapes = epoch_shapes(&facts, batch_facts, max_tokens);
+    let cases = [(2, 4096, 0), (4, 40, 0), (3, 16, 0), (9, 1, 0), (4, 40, 1), (3, 4096, 2), (9, 1, 3)];
+    for (batch_facts, max_tokens, prompts) in cases {
+        let shapes = epoch_shapes(&facts, (batch_facts, prompts), max_tokens);
+        let all_rows: usize = epoch_shapes(&facts, (batch_facts, 0), max_tokens).iter().map(|s| s.rows).sum();
+        assert!(shapes.iter().map(|s| s.rows).sum::<usize>() <= all_rows);
         let len = shapes[0].len;
         assert!(shapes.iter().all(|s| s.len == len && s.rows > 0));
         if len <= max_tokens {
@@ -230,13 +234,13 @@ fn every_mini_batch_fits_the_epoch_shapes() {
         }
         let rows: usize = shapes.iter().map(|s| s.rows).sum();
         let mut rng = crate::rng::SplitMix64(batch_facts as u64);
-        for _ in 0..50 {
+        for epoch in 0..50 {
             let mut order: Vec<usize> = (0..facts.len()).collect();
             for i in (1..order.len()).rev() {
                 order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             for chunk in order.chunks(batch_facts) {
-                let ex: Vec<&Example> = chunk.iter().flat_map(|&f| &facts[f]).collect();
+                let ex: Vec<&Example> = chunk.iter().flat_map(|&f| epoch_examples(&facts[f], prompts, epoch)).collect();
                 assert!(ex.len() <= rows && ex.iter().all(|e| e.len() <= len));
                 let mut at = 0;
                 for s in &shapes {
@@ -265,16 +269,27 @@ fn padded_mini_batches_train_like_packed_ones() {
         max_batch_tokens: 40,
         ..quick_cfg()
     };
-    assert!(epoch_shapes(&facts, 3, 40).len() > 1, "the test needs several micro-batches");
+    assert!(epoch_shapes(&facts, (3, 0), 40).len() > 1, "the test needs several micro-batches");
     // The weakest fact's recall reported after each optimizer step comes from that step's
     // argmax counts, read from the micro-batches.
-    let run = |padded: bool| {
+    let run = |padded: bool, prompts: usize| {
         let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
         let mut weakest = Vec::new();
-        let t = train_epochs_with(&mut pool, &train_cfg, &facts, 3, 11, padded, |_, _, r| weakest.push(r)).unwrap();
+        let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, prompts), 11, padded, |_, _, r| weakest.push(r)).unwrap();
         (t, weakest)
     };
-    let ((p, pw), (e, ew)) = (run(true), run(false));
+    // A fact's prompts taken in turn, one an epoch: the same in both layouts, for fewer tokens
+    // (each fact has 2–4 examples, so three epochs of one leave some out).
+    let ((p1, pw1), (e1, ew1)) = (run(true, 1), run(false, 1));
+    assert_eq!(pw1, ew1);
+    assert_eq!((p1.optimizer_steps, p1.tokens), (e1.optimizer_steps, e1.tokens));
+    let chosen: usize = (0..3).flat_map(|ep| facts.iter().flat_map(move |f| epoch_examples(f, 1, ep))).map(Example::len).sum();
+    assert_eq!(p1.tokens, chosen);
+    for (a, b) in p1.losses.iter().zip(&e1.losses) {
+        assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "loss {a} vs {b}");
+    }
+    let ((p, pw), (e, ew)) = (run(true, 0), run(false, 0));
+    assert!(p1.tokens < p.tokens, "{} vs {}", p1.tokens, p.tokens);
     assert_eq!(pw, ew);
     assert_eq!(p.optimizer_steps, 9);
     assert_eq!((p.optimizer_steps, p.tokens), (e.optimizer_steps, e.tokens));
@@ -311,7 +326,7 @@ fn padded_mini_batches_train_like_packed_ones() {
         })
         .collect();
     let batch: Vec<Example> = mixed[..3].iter().flatten().cloned().collect();
-    let shapes = epoch_shapes(&mixed, 3, 40);
+    let shapes = epoch_shapes(&mixed, (3, 0), 40);
     assert!(shapes.len() > 1);
     let mut padded = Trainer::on_padded(&model, &shapes, &train_cfg, None);
     padded.reset(&batch, 3);

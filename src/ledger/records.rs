@@ -83,6 +83,9 @@ pub struct Consolidation {
     /// differ from the run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protect: Option<f64>,
+    /// How many of each fact's training prompts an epoch trained on, in turn (absent: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<usize>,
 }
 
 /// Why a fact was rehearsed.

@@ -135,7 +135,7 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// capacity page groups runs by it, so runs of one strategy with other settings are other series.
 /// A config that does not parse gives the strategy alone. Steps a repair added (no facts of their
 /// own) are not in the config, so they are named after it: ` + consolidation` when one of them was
-/// (with its epochs when not the default 12 and its preservation settings where they differ from
+/// (with its epochs when not the default 12, its prompts an epoch when not all, and its preservation settings where they differ from
 /// the run's, e.g. ` + consolidation (preserve=16, no null-space)`), else ` + repair`; a run's own
 /// closing consolidation (`consolidate_epochs`) is named the same way, not as a setting.
 pub fn variant(r: &RunData) -> String {
@@ -145,7 +145,7 @@ pub fn variant(r: &RunData) -> String {
     // is, not as a setting of the run.
     let mut own = r.config.clone();
     if let Some(o) = own.as_mut().filter(|_| tail.starts_with(" + consolidation")) {
-        o.consolidate_epochs = 0;
+        (o.consolidate_epochs, o.consolidate_prompts) = (0, 0);
     }
     variant_of(&r.run.strategy, own.as_ref()) + &tail
 }
@@ -166,6 +166,9 @@ fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize, t: &crate::con
     if let Some(c) = &first.consolidation {
         if c.epochs != crate::config::CONSOLIDATE_EPOCHS {
             own.push(format!("{} epochs", c.epochs));
+        }
+        if let Some(k) = c.prompts {
+            own.push(format!("{k} prompt{} an epoch", if k == 1 { "" } else { "s" }));
         }
         if let Some(p) = c.preserve.filter(|p| *p != t.preserve) {
             own.push(format!("preserve={p}"));
@@ -400,6 +403,7 @@ mod tests {
             preserve: Some(t.preserve),
             null_space: Some(t.null_space),
             protect: Some(t.protect),
+            prompts: None,
         });
         assert_eq!(repaired(&steps, 16, &t), " + consolidation");
         // Its own preservation settings make another series.
@@ -408,6 +412,11 @@ mod tests {
         assert_eq!(repaired(&steps, 16, &t), " + consolidation (preserve=16, no null-space)");
         steps[1].consolidation.as_mut().unwrap().epochs = 20;
         assert_eq!(repaired(&steps, 16, &t), " + consolidation (20 epochs, preserve=16, no null-space)");
+        steps[1].consolidation.as_mut().unwrap().prompts = Some(4);
+        assert_eq!(
+            repaired(&steps, 16, &t),
+            " + consolidation (20 epochs, 4 prompts an epoch, preserve=16, no null-space)"
+        );
         steps[1].consolidation.as_mut().unwrap().epochs = 12;
         // Recorded before schema 8: more facts than a mini-batch.
         steps[1].consolidation = None;

@@ -257,8 +257,13 @@ fn rehearsal_table(d: &RunData) -> String {
                 }
                 _ => String::new(),
             };
+            let prompts = match c.prompts {
+                Some(1) => ", 1 training prompt of each fact an epoch".to_string(),
+                Some(k) => format!(", {k} training prompts of each fact an epoch"),
+                None => String::new(),
+            };
             format!(
-                " Step {idx} was a consolidation: at most {} epochs of {}-fact mini-batches, learning rate {}{own}.",
+                " Step {idx} was a consolidation: at most {} epochs of {}-fact mini-batches{prompts}, learning rate {}{own}.",
                 c.epochs,
                 c.mixed_batch,
                 c.lr_scheduler.name()
