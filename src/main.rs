@@ -41,7 +41,9 @@ fn parse_error(e: clap::Error) -> ! {
     }
     let text = e.render().to_string();
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let first = lines.first().map_or("bad arguments", |l| l.trim_start_matches("error: "));
+    let first = lines
+        .first()
+        .map_or("bad arguments", |l| l.trim_start_matches("error: "));
     let mut line = first.to_string();
     if let Some(values) = lines.iter().find(|l| l.starts_with("[possible values: ")) {
         line.push(' ');
@@ -49,7 +51,11 @@ fn parse_error(e: clap::Error) -> ! {
     }
     if let ErrorKind::MissingRequiredArgument = e.kind() {
         // clap lists what is missing on the lines after its first: `--consolidate`, `<RUN>`.
-        let missing: Vec<&str> = lines[1..].iter().copied().take_while(|l| !l.starts_with("Usage:")).collect();
+        let missing: Vec<&str> = lines[1..]
+            .iter()
+            .copied()
+            .take_while(|l| !l.starts_with("Usage:"))
+            .collect();
         line = format!("{}: {}", line.trim_end_matches(':'), missing.join(", "));
     }
     if let ErrorKind::UnknownArgument = e.kind() {

@@ -301,14 +301,26 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         for _ in 0..n {
             let ids = Tensor::from_slice(&seq).view([1, -1]).to_device(dev);
             let at = Tensor::from_slice(&[seq.len() as i64 - 1]).to_device(dev);
-            seq.push(gathered_logits(&model, &NoAdapter, &ids, &at).argmax(-1, false).int64_value(&[0]));
+            seq.push(
+                gathered_logits(&model, &NoAdapter, &ids, &at)
+                    .argmax(-1, false)
+                    .int64_value(&[0]),
+            );
         }
-        Example { target: seq[prompt.len()..].to_vec(), prompt }
+        Example {
+            target: seq[prompt.len()..].to_vec(),
+            prompt,
+        }
     };
     let facts: Vec<Vec<Example>> = (0..7i64)
         .map(|f| {
             (0..2 + f % 3)
-                .map(|i| greedy((0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(), 2 + (f * i) % 4))
+                .map(|i| {
+                    greedy(
+                        (0..3 + (f + i) % 5).map(|j| (7 * f + 3 * j + i) % 97).collect(),
+                        2 + (f * i) % 4,
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -331,7 +343,10 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
         let mut run = |padded: bool| {
             let mut weakest = Vec::new();
-            let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, 0), 9, padded, |_, _, r| weakest.push(r)).unwrap();
+            let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, 0), 9, padded, |_, _, r| {
+                weakest.push(r)
+            })
+            .unwrap();
             (t, weakest)
         };
         let ((g, gw), (e, ew)) = (run(true), run(false));
@@ -346,13 +361,20 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
             "{max_batch_tokens}: the weakest recall after each optimizer step: {gw:?} vs {ew:?}"
         );
         for (a, b) in g.losses.iter().zip(&e.losses) {
-            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{max_batch_tokens}: loss {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                "{max_batch_tokens}: loss {a} vs {b}"
+            );
         }
         for (p, f) in g.factors.iter().zip(&e.factors) {
             let (dp, df) = (p.delta_weight(), f.delta_weight());
             let diff = (&dp - &df).abs().max().double_value(&[]);
             let scale = df.abs().max().double_value(&[]);
-            assert!(scale > 0.0 && diff <= 1e-3 * scale, "{max_batch_tokens}, {}: {diff} vs {scale}", p.key);
+            assert!(
+                scale > 0.0 && diff <= 1e-3 * scale,
+                "{max_batch_tokens}, {}: {diff} vs {scale}",
+                p.key
+            );
         }
     }
 }
@@ -462,5 +484,8 @@ fn the_base_forward_replayed_from_a_graph_is_the_eager_ones() {
     let w = model.weight(&key).unwrap();
     model.add_to_weight(&key, &w.ones_like().to_kind(Kind::Float)).unwrap();
     let after = close(&a);
-    assert!((&before - &after).abs().max().double_value(&[]) > 0.0, "the merge did not reach the graph");
+    assert!(
+        (&before - &after).abs().max().double_value(&[]) > 0.0,
+        "the merge did not reach the graph"
+    );
 }

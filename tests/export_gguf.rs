@@ -419,7 +419,16 @@ fn llama_cpp_gives_the_runs_logits_on_the_tiny_export() {
         ("logits.json", runs),
         ("logits-q8.json", ["--model", "q8_0/model.gguf"]),
     ] {
-        let mut args = vec!["logits", "Tell me Zorb.", "--ledger", "l.db", "--device", "cpu", "--base-dtype", "f32"];
+        let mut args = vec![
+            "logits",
+            "Tell me Zorb.",
+            "--ledger",
+            "l.db",
+            "--device",
+            "cpu",
+            "--base-dtype",
+            "f32",
+        ];
         args.extend(weights);
         let o = injector(p, &args);
         assert!(o.status.success(), "{}", stderr(&o));

@@ -29,7 +29,9 @@ fn an_export_is_scored_as_the_run_was() {
         .unwrap();
     assert_eq!(scored["locality"].as_f64().unwrap(), recorded);
     // And the general check's perplexity, the same way.
-    let ppl = show["perplexity"].as_array().unwrap().last().unwrap()[1].as_f64().unwrap();
+    let ppl = show["perplexity"].as_array().unwrap().last().unwrap()[1]
+        .as_f64()
+        .unwrap();
     assert_eq!(scored["perplexity"].as_f64().unwrap(), ppl);
 
     // The greedy answers probe decoded, scored again by score-answers: the same free scores.

@@ -185,7 +185,10 @@ fn update_measures_the_previous_answer_and_delete_trains_a_decline() {
         .iter()
         .map(|f| f["answer"].as_str().unwrap())
         .collect();
-    assert_eq!(answers, vec!["Zorb is blue.", "Zorb is red.", "I don't know anything about Quax."]);
+    assert_eq!(
+        answers,
+        vec!["Zorb is blue.", "Zorb is red.", "I don't know anything about Quax."]
+    );
 }
 
 /// A step that runs out of optimizer steps before every fact reaches the threshold says so.
@@ -481,7 +484,17 @@ fn a_fact_rehearsed_with_one_prompt_costs_fewer_tokens() {
         let o = injector(d.path(), &run_args(&flags));
         assert!(o.status.success(), "{}", stderr(&o));
         let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        let show = injector(d.path(), &["ledger", "show", out["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+        let show = injector(
+            d.path(),
+            &[
+                "ledger",
+                "show",
+                out["run"].as_str().unwrap(),
+                "--ledger",
+                "l.db",
+                "--json",
+            ],
+        );
         let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
         (v["steps"].as_array().unwrap().clone(), v.to_string())
     };
@@ -491,7 +504,10 @@ fn a_fact_rehearsed_with_one_prompt_costs_fewer_tokens() {
     assert_eq!(one[1]["rehearsed"].as_array().unwrap().len(), 1);
     assert_eq!(rate(&all[0]), rate(&one[0]));
     assert!(rate(&one[1]) < rate(&all[1]), "{} vs {}", rate(&one[1]), rate(&all[1]));
-    assert!(shown.contains(r#"\"prompts\":1"#) || shown.contains(r#""prompts":1"#), "{shown}");
+    assert!(
+        shown.contains(r#"\"prompts\":1"#) || shown.contains(r#""prompts":1"#),
+        "{shown}"
+    );
 }
 
 /// `repair RUN` scores every fact at the run's weights and re-injects those below the threshold as
@@ -557,11 +573,24 @@ fn repair_re_injects_the_facts_that_fell() {
     // A run made with `--rehearse-below 0` (no fact counts as fallen) repairs nothing by default.
     let zero = injector(
         p,
-        &run_with(&["--lr", "0.05", "--alpha", "32", "--max-steps", "3", "--rehearse-below", "0", "--json"]),
+        &run_with(&[
+            "--lr",
+            "0.05",
+            "--alpha",
+            "32",
+            "--max-steps",
+            "3",
+            "--rehearse-below",
+            "0",
+            "--json",
+        ]),
     );
     assert!(zero.status.success(), "{}", stderr(&zero));
     let zero: serde_json::Value = serde_json::from_str(&stdout(&zero)).unwrap();
-    let o = injector(p, &["repair", zero["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+    let o = injector(
+        p,
+        &["repair", zero["run"].as_str().unwrap(), "--ledger", "l.db", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let rep: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rep["new_steps"], 0, "{rep}");
@@ -583,10 +612,30 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let run = out["run"].as_str().unwrap();
-    let fallen = out["facts"].as_array().unwrap().iter().filter(|f| f["recall"].as_f64().unwrap() < 1.0).count();
-    assert_eq!(fallen, 5, "after 2 optimizer steps a fact is at 1.0: the test needs all five below");
+    let fallen = out["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["recall"].as_f64().unwrap() < 1.0)
+        .count();
+    assert_eq!(
+        fallen, 5,
+        "after 2 optimizer steps a fact is at 1.0: the test needs all five below"
+    );
     let repair = |extra: &[&str]| {
-        let mut args = vec!["repair", run, "--below", "1", "--ledger", "l.db", "--model", "tiny.gguf", "--device", "cpu", "--json"];
+        let mut args = vec![
+            "repair",
+            run,
+            "--below",
+            "1",
+            "--ledger",
+            "l.db",
+            "--model",
+            "tiny.gguf",
+            "--device",
+            "cpu",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         injector(p, &args)
     };
@@ -625,8 +674,16 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     let s = steps();
     assert_eq!(s.len(), 7);
     assert_eq!(s[5]["rehearsal"].as_array().unwrap().len(), 3);
-    assert!(opt(&s[5]) % 2 == 0 && opt(&s[5]) > 2 && opt(&s[5]) <= 6, "{} optimizer steps", opt(&s[5]));
-    assert!(opt(&s[6]) <= 2, "the step after a consolidation trained {} optimizer steps", opt(&s[6]));
+    assert!(
+        opt(&s[5]) % 2 == 0 && opt(&s[5]) > 2 && opt(&s[5]) <= 6,
+        "{} optimizer steps",
+        opt(&s[5])
+    );
+    assert!(
+        opt(&s[6]) <= 2,
+        "the step after a consolidation trained {} optimizer steps",
+        opt(&s[6])
+    );
     // The ledger says how the consolidation trained (its flags are not the run's config).
     assert_eq!(
         s[5]["consolidation"],
@@ -634,7 +691,16 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     );
     assert!(s[6].get("consolidation").is_none(), "{}", s[6]);
     // --consolidate: one step of all five facts, those at 1.0 now recorded as held.
-    let r = repair(&["--consolidate", "--epochs", "3", "--mixed-batch", "1", "--preserve", "16", "--no-null-space"]);
+    let r = repair(&[
+        "--consolidate",
+        "--epochs",
+        "3",
+        "--mixed-batch",
+        "1",
+        "--preserve",
+        "16",
+        "--no-null-space",
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     let rep: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
     let s = steps();
@@ -649,11 +715,23 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         let fell = w["recall"].as_f64().unwrap() < 1.0;
         assert_eq!(w["reason"], if fell { "fell" } else { "held" }, "{w}");
     }
-    assert!(opt(&s[7]) % 5 == 0 && opt(&s[7]) >= 5 && opt(&s[7]) <= 15, "{} optimizer steps", opt(&s[7]));
+    assert!(
+        opt(&s[7]) % 5 == 0 && opt(&s[7]) >= 5 && opt(&s[7]) <= 15,
+        "{} optimizer steps",
+        opt(&s[7])
+    );
     // The plain listing says which steps were a consolidation and which a repair of a few facts.
     let show = stdout(&injector(p, &["ledger", "show", run, "--ledger", "l.db"]));
-    let row = |i: usize| show.lines().find(|l| l.trim_start().starts_with(&format!("{i}  "))).unwrap_or_default().to_string();
-    assert!(row(5).contains("consolidation of 3 facts") && row(7).contains("consolidation of 5 facts"), "{show}");
+    let row = |i: usize| {
+        show.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{i}  ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row(5).contains("consolidation of 3 facts") && row(7).contains("consolidation of 5 facts"),
+        "{show}"
+    );
     assert!(row(6).contains("repair: "), "{show}");
 }
 
@@ -663,7 +741,21 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
 fn run_consolidate_ends_where_run_then_repair_ends() {
     let d = many_workspace(5);
     let p = d.path();
-    let base = ["run", "k", "--model", "tiny.gguf", "--device", "cpu", "--lr", "0.05", "--alpha", "32", "--max-steps", "2", "--json"];
+    let base = [
+        "run",
+        "k",
+        "--model",
+        "tiny.gguf",
+        "--device",
+        "cpu",
+        "--lr",
+        "0.05",
+        "--alpha",
+        "32",
+        "--max-steps",
+        "2",
+        "--json",
+    ];
     let with = |ledger: &str, extra: &[&str]| {
         let mut args = base.to_vec();
         args.extend_from_slice(&["--ledger", ledger]);
@@ -679,48 +771,122 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     ] {
         let o = with("bad.db", bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--consolidate"), "{bad:?}: the error names the flag: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--consolidate"),
+            "{bad:?}: the error names the flag: {}",
+            stderr(&o)
+        );
         assert!(!p.join("bad.db").exists(), "{bad:?} wrote a ledger");
     }
-    let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
+    let o = with(
+        "one.db",
+        &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let one: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let o = with("two.db", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let run: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let fallen = run["facts"].as_array().unwrap().iter().filter(|f| f["recall"].as_f64().unwrap() < 1.0).count();
-    assert!(fallen > 0, "after 2 optimizer steps a fact is below 1.0: the test needs one");
-    let args = ["repair", run["run"].as_str().unwrap(), "--below", "1", "--consolidate", "--epochs", "3", "--mixed-batch", "2"];
+    let fallen = run["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["recall"].as_f64().unwrap() < 1.0)
+        .count();
+    assert!(
+        fallen > 0,
+        "after 2 optimizer steps a fact is below 1.0: the test needs one"
+    );
+    let args = [
+        "repair",
+        run["run"].as_str().unwrap(),
+        "--below",
+        "1",
+        "--consolidate",
+        "--epochs",
+        "3",
+        "--mixed-batch",
+        "2",
+    ];
     let mut args = args.to_vec();
-    args.extend_from_slice(&["--ledger", "two.db", "--model", "tiny.gguf", "--device", "cpu", "--json"]);
+    args.extend_from_slice(&[
+        "--ledger",
+        "two.db",
+        "--model",
+        "tiny.gguf",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
     let o = injector(p, &args);
     assert!(o.status.success(), "{}", stderr(&o));
     let two: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(one["weights_hash"], two["weights_hash"], "one process and run + repair end at the same weights");
+    assert_eq!(
+        one["weights_hash"], two["weights_hash"],
+        "one process and run + repair end at the same weights"
+    );
     let steps = |ledger: &str, run: &str| -> Vec<serde_json::Value> {
         let show = injector(p, &["ledger", "show", run, "--ledger", ledger, "--json"]);
         let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
         v["steps"].as_array().unwrap().clone()
     };
-    let (a, b) = (steps("one.db", one["run"].as_str().unwrap()), steps("two.db", run["run"].as_str().unwrap()));
+    let (a, b) = (
+        steps("one.db", one["run"].as_str().unwrap()),
+        steps("two.db", run["run"].as_str().unwrap()),
+    );
     assert_eq!(a.len(), 6);
     assert_eq!(a.len(), b.len());
-    for k in ["facts", "rehearsal", "consolidation", "optimizer_steps", "tokens", "weights_hash"] {
+    for k in [
+        "facts",
+        "rehearsal",
+        "consolidation",
+        "optimizer_steps",
+        "tokens",
+        "weights_hash",
+    ] {
         assert_eq!(a[5][k], b[5][k], "{k}");
     }
     assert_eq!(a[5]["consolidation"]["epochs"], 3);
     // The run is finished: the same command again adds nothing.
-    let o = with("one.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"]);
+    let o = with(
+        "one.db",
+        &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(steps("one.db", one["run"].as_str().unwrap()).len(), 6);
     // The capacity page names the closing consolidation as a repair's is, not as a setting.
-    let c = injector(p, &["--ledger", "one.db", "--reports", "reports", "report", "--capacity", one["run"].as_str().unwrap()]);
+    let c = injector(
+        p,
+        &[
+            "--ledger",
+            "one.db",
+            "--reports",
+            "reports",
+            "report",
+            "--capacity",
+            one["run"].as_str().unwrap(),
+        ],
+    );
     assert!(c.status.success(), "{}", stderr(&c));
     let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
-    assert!(page.contains(" + consolidation (3 epochs)") && !page.contains("consolidate_epochs"), "{page}");
+    assert!(
+        page.contains(" + consolidation (3 epochs)") && !page.contains("consolidate_epochs"),
+        "{page}"
+    );
     // One prompt of each fact an epoch, in turn: in the run and in a repair after it alike, for
     // fewer tokens than every prompt, recorded in the step and named on the capacity page.
-    let o = with("three.db", &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2", "--consolidate-prompts", "1"]);
+    let o = with(
+        "three.db",
+        &[
+            "--consolidate",
+            "--consolidate-epochs",
+            "3",
+            "--mixed-batch",
+            "2",
+            "--consolidate-prompts",
+            "1",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let three: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_ne!(three["run"], one["run"], "the prompts are part of the run's key");
@@ -734,20 +900,48 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     assert!(o.status.success(), "{}", stderr(&o));
     let four: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(three["weights_hash"], four["weights_hash"]);
-    let (c, d) = (steps("three.db", three["run"].as_str().unwrap()), steps("four.db", run["run"].as_str().unwrap()));
-    for k in ["rehearsal", "consolidation", "optimizer_steps", "tokens", "weights_hash"] {
+    let (c, d) = (
+        steps("three.db", three["run"].as_str().unwrap()),
+        steps("four.db", run["run"].as_str().unwrap()),
+    );
+    for k in [
+        "rehearsal",
+        "consolidation",
+        "optimizer_steps",
+        "tokens",
+        "weights_hash",
+    ] {
         assert_eq!(c[5][k], d[5][k], "{k}");
     }
     assert_eq!(c[5]["consolidation"]["prompts"], 1);
     assert!(a[5]["consolidation"].get("prompts").is_none());
     let tokens = |s: &serde_json::Value| s["tokens"].as_i64().unwrap();
     assert!(tokens(&c[5]) < tokens(&a[5]), "{} vs {}", c[5], a[5]);
-    let c = injector(p, &["--ledger", "three.db", "--reports", "reports", "report", "--capacity", three["run"].as_str().unwrap()]);
+    let c = injector(
+        p,
+        &[
+            "--ledger",
+            "three.db",
+            "--reports",
+            "reports",
+            "report",
+            "--capacity",
+            three["run"].as_str().unwrap(),
+        ],
+    );
     assert!(c.status.success(), "{}", stderr(&c));
     let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
-    assert!(page.contains(" + consolidation (3 epochs, 1 prompt an epoch)") && !page.contains("consolidate_prompts"), "{page}");
+    assert!(
+        page.contains(" + consolidation (3 epochs, 1 prompt an epoch)") && !page.contains("consolidate_prompts"),
+        "{page}"
+    );
     // The run page says how the consolidation step trained, its prompts an epoch included.
-    let page = std::fs::read_to_string(p.join("reports").join(three["run"].as_str().unwrap()).join("index.html")).unwrap();
+    let page = std::fs::read_to_string(
+        p.join("reports")
+            .join(three["run"].as_str().unwrap())
+            .join("index.html"),
+    )
+    .unwrap();
     assert!(page.contains("Step 5 was a consolidation: at most 3 epochs of 2-fact mini-batches, 1 training prompt of each fact an epoch,"), "{page}");
     // A run whose facts are all word-perfect at its end has no consolidation, and once finished it
     // is not scored again: the same command does no model work.
@@ -755,7 +949,18 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     let d1 = many_workspace(1);
     let p = d1.path();
     let again = || {
-        let args = ["run", "k", "--model", "tiny.gguf", "--device", "cpu", "--lr", "0.05", "--alpha", "32"];
+        let args = [
+            "run",
+            "k",
+            "--model",
+            "tiny.gguf",
+            "--device",
+            "cpu",
+            "--lr",
+            "0.05",
+            "--alpha",
+            "32",
+        ];
         let mut args = args.to_vec();
         args.extend_from_slice(&["--ledger", "held.db", "--json", "--consolidate"]);
         injector(p, &args)
@@ -769,13 +974,24 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     assert!(o.status.success(), "{}", stderr(&o));
     let held: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let n = steps("held.db", held["run"].as_str().unwrap()).len();
-    let word_perfect = held["facts"].as_array().unwrap().iter().all(|f| f["recall"].as_f64().unwrap() == 1.0);
-    assert!(word_perfect && n == 1, "the test needs a run that ends with every fact at 1.0 ({n} steps): {held}");
+    let word_perfect = held["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["recall"].as_f64().unwrap() == 1.0);
+    assert!(
+        word_perfect && n == 1,
+        "the test needs a run that ends with every fact at 1.0 ({n} steps): {held}"
+    );
     let o = again();
     assert!(o.status.success(), "{}", stderr(&o));
     let second: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(second["new_steps"], 0);
-    assert_eq!(second["fixed"]["tokenize"], 0.0, "a finished run was prepared again: {}", second["fixed"]);
+    assert_eq!(
+        second["fixed"]["tokenize"], 0.0,
+        "a finished run was prepared again: {}",
+        second["fixed"]
+    );
     assert_eq!(steps("held.db", held["run"].as_str().unwrap()).len(), n);
 }
 
@@ -938,7 +1154,18 @@ fn a_bf16_run_on_the_cpu_records_its_type() {
     }
     let run = out["run"].as_str().unwrap().to_string();
     let probe = |run: &str, extra: &[&str]| {
-        let mut args = vec!["probe", "k", "--run", run, "--model", "tiny.gguf", "--ledger", "l.db", "--device", "cpu"];
+        let mut args = vec![
+            "probe",
+            "k",
+            "--run",
+            run,
+            "--model",
+            "tiny.gguf",
+            "--ledger",
+            "l.db",
+            "--device",
+            "cpu",
+        ];
         args.extend_from_slice(extra);
         injector(p, &args)
     };
@@ -965,7 +1192,10 @@ fn a_bf16_run_on_the_cpu_records_its_type() {
     assert!(auto.status.success(), "{}", stderr(&auto));
     let auto: serde_json::Value = serde_json::from_str(&stdout(&auto)).unwrap();
     let expected = if injector::model::cpu_has_bf16() { &run } else { &f32_id };
-    assert_eq!((auto["run"].as_str().unwrap(), &auto["new_steps"]), (expected.as_str(), &serde_json::json!(0)));
+    assert_eq!(
+        (auto["run"].as_str().unwrap(), &auto["new_steps"]),
+        (expected.as_str(), &serde_json::json!(0))
+    );
 }
 
 /// `--protect` and `--lr-scheduler` on a run that goes on with a new fact: both are in the run's
@@ -989,23 +1219,39 @@ fn a_protected_scheduled_run_goes_on_with_new_facts() {
     let second = injector(p, &args);
     assert!(second.status.success(), "{}", stderr(&second));
     let out: serde_json::Value = serde_json::from_str(&stdout(&second)).unwrap();
-    assert_eq!((out["run"].as_str().unwrap(), out["new_steps"].as_i64()), (run.as_str(), Some(1)));
+    assert_eq!(
+        (out["run"].as_str().unwrap(), out["new_steps"].as_i64()),
+        (run.as_str(), Some(1))
+    );
     for f in out["facts"].as_array().unwrap() {
         assert!(f["recall_at_step"].as_f64().unwrap() > 0.5, "{f}");
     }
     let show = injector(p, &["ledger", "show", &run, "--ledger", "l.db", "--json"]);
     let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
-    let config = shown["run"]["config"].as_str().map(str::to_string).unwrap_or_else(|| shown["run"]["config"].to_string());
-    assert!(config.contains("\"protect\":1") && config.contains("\"lr_scheduler\":\"linear\""), "{config}");
+    let config = shown["run"]["config"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| shown["run"]["config"].to_string());
+    assert!(
+        config.contains("\"protect\":1") && config.contains("\"lr_scheduler\":\"linear\""),
+        "{config}"
+    );
     assert!(!config.contains("protect_mean"), "{config}");
 
     // --protect-mean is another run (its key holds it) and trains; alone it is refused.
-    let mean = injector(p, &run_args(&["--protect", "1", "--protect-mean", "--lr-scheduler", "linear", "--json"]));
+    let mean = injector(
+        p,
+        &run_args(&["--protect", "1", "--protect-mean", "--lr-scheduler", "linear", "--json"]),
+    );
     assert!(mean.status.success(), "{}", stderr(&mean));
     let out: serde_json::Value = serde_json::from_str(&stdout(&mean)).unwrap();
     assert_ne!(out["run"].as_str().unwrap(), run);
     assert_eq!(out["new_steps"], 4);
     let alone = injector(p, &run_args(&["--protect-mean"]));
     assert_eq!(alone.status.code(), Some(2), "{}", stderr(&alone));
-    assert!(stderr(&alone).contains("--protect-mean (train.protect_mean) must be set only with --protect above 0"), "{}", stderr(&alone));
+    assert!(
+        stderr(&alone).contains("--protect-mean (train.protect_mean) must be set only with --protect above 0"),
+        "{}",
+        stderr(&alone)
+    );
 }

@@ -89,7 +89,12 @@ fn a_ledger_of_the_previous_release_opens_and_resumes() {
     assert_eq!(show["run"]["status"], "finished");
     // The general check: a run recorded before it gets its base figure when resumed (step -1, from
     // the base weights before the replay) and one for the new step; the recorded steps have none.
-    let ppl: Vec<i64> = show["perplexity"].as_array().unwrap().iter().map(|r| r[0].as_i64().unwrap()).collect();
+    let ppl: Vec<i64> = show["perplexity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
     assert_eq!(ppl, [-1, 2]);
     assert_eq!(out["base_perplexity"], show["perplexity"][0][1]);
     assert!(out["base_perplexity"].as_f64().unwrap() >= 1.0);

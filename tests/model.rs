@@ -125,7 +125,9 @@ fn fixed_cache_decoding_matches_the_growing_cache() {
         let fixed = FixedCache::from_prefill(&cache, &pad, len + 6).unwrap();
         for (s, next) in [[17i64, 99, 200], [5, 6, 7], [250, 3, 41]].iter().enumerate() {
             let next = Tensor::from_slice(next).view([b, 1]);
-            let grow = m.model.logits(&m.model.hidden_padded(&next, Some(&mut cache), Some(&pad), &NoAdapter));
+            let grow = m
+                .model
+                .logits(&m.model.hidden_padded(&next, Some(&mut cache), Some(&pad), &NoAdapter));
             let got = m.model.logits(&m.model.decode_fixed(&next, &fixed, &NoAdapter));
             let _ = fixed.pos.shallow_clone().g_add_scalar_(1);
             let diff = (grow - got).abs().max().double_value(&[]);

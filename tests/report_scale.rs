@@ -183,7 +183,15 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     drop(l);
     let c = injector(
         p,
-        &["--ledger", "l.db", "--reports", "reports", "report", "--capacity", &ids.join(",")],
+        &[
+            "--ledger",
+            "l.db",
+            "--reports",
+            "reports",
+            "report",
+            "--capacity",
+            &ids.join(","),
+        ],
     );
     assert!(c.status.success(), "{}", stderr(&c));
     let cap_path = String::from_utf8_lossy(&c.stdout).lines().next().unwrap().to_string();
@@ -193,10 +201,16 @@ fn a_1000_fact_comparison_page_reads_at_a_glance() {
     assert!(cap.contains("general check: perplexity"));
     for (id, mean) in &runs {
         let row = &cap[cap.find(&format!(">{id}</a>")).unwrap()..];
-        assert!(row.split("<td").nth(1).unwrap().contains(&format!(">{mean:.2}<")), "{id}");
+        assert!(
+            row.split("<td").nth(1).unwrap().contains(&format!(">{mean:.2}<")),
+            "{id}"
+        );
     }
     assert!(cap.contains("alike templates, colliding pairs"));
-    let empty = injector(p, &["--ledger", "l.db", "--reports", "reports", "report", "--capacity", ","]);
+    let empty = injector(
+        p,
+        &["--ledger", "l.db", "--reports", "reports", "report", "--capacity", ","],
+    );
     assert_eq!(empty.status.code(), Some(2), "{}", stderr(&empty));
     assert!(stderr(&empty).contains("--capacity: an empty run id"));
 

@@ -349,13 +349,29 @@ fn a_run_records_its_chat_template_and_keeps_it() {
     assert_refused(&o, &["--chat-template plain", "the model's default chat template"]);
     assert!(with(&["run", "--resume", &plain, "-q"]).status.success());
     // So are flags that would change the resumed run's config (they used to be ignored silently).
-    let o = with(&["run", "--resume", &plain, "--lr", "0.1", "--strategy", "mixed", "--seed", "3"]);
-    assert_refused(&o, &["--strategy, --lr, --seed", &plain, "start a new run without --resume"]);
+    let o = with(&[
+        "run",
+        "--resume",
+        &plain,
+        "--lr",
+        "0.1",
+        "--strategy",
+        "mixed",
+        "--seed",
+        "3",
+    ]);
+    assert_refused(
+        &o,
+        &["--strategy, --lr, --seed", &plain, "start a new run without --resume"],
+    );
     // --config-json (compare's children) carries a whole config: with config flags or --resume it
     // is refused, where the flags used to be ignored silently.
     let json = v["config"].to_string();
     let o = with(&["run", "k", "--config-json", &json, "--protect", "1", "--seed", "3"]);
-    assert_refused(&o, &["--protect, --seed", "--config-json carries the run's whole config"]);
+    assert_refused(
+        &o,
+        &["--protect, --seed", "--config-json carries the run's whole config"],
+    );
     let o = with(&["run", "--resume", &plain, "--config-json", &json]);
     assert_refused(&o, &["--resume", "--config-json carries the run's whole config"]);
 }
@@ -518,17 +534,33 @@ fn arguments_the_parser_refuses_are_one_line() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     for (args, needles) in [
-        (&["run", "k", "--lr-scheduler", "step"][..], &["--lr-scheduler", "possible values: constant, linear, cosine"][..]),
+        (
+            &["run", "k", "--lr-scheduler", "step"][..],
+            &["--lr-scheduler", "possible values: constant, linear, cosine"][..],
+        ),
         (&["run", "k", "--protect", "x"], &["'x'", "--protect"]),
         (&["run", "k", "--protect", "-1"], &["'-1'", "--flag=-1"]),
-        (&["run", "k", "--lr", "1", "--lr", "2"], &["--lr", "cannot be used multiple times"]),
+        (
+            &["run", "k", "--lr", "1", "--lr", "2"],
+            &["--lr", "cannot be used multiple times"],
+        ),
         (&["run", "k", "--bogus"], &["'--bogus'"]),
-        (&["--base-dtype", "xx", "run", "k"], &["--base-dtype", "auto, f32, bf16"]),
+        (
+            &["--base-dtype", "xx", "run", "k"],
+            &["--base-dtype", "auto, f32, bf16"],
+        ),
     ] {
         let o = injector(p, args);
         assert_refused(&o, needles);
     }
     let help = injector(p, &["run", "--help"]);
-    assert!(help.status.success() && stdout(&help).lines().count() > 20, "{}", stdout(&help));
-    assert!(std::fs::read_dir(p).unwrap().next().is_none(), "a refused command wrote something");
+    assert!(
+        help.status.success() && stdout(&help).lines().count() > 20,
+        "{}",
+        stdout(&help)
+    );
+    assert!(
+        std::fs::read_dir(p).unwrap().next().is_none(),
+        "a refused command wrote something"
+    );
 }

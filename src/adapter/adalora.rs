@@ -162,15 +162,17 @@ impl AdaLora {
         let init_r = cfg.init_r;
         let (cfg, sites) = (cfg.clone(), shapes.to_vec());
         // No thread to be had (the OS refused one): the next reset draws on its own thread.
-        let handle = std::thread::Builder::new().spawn(move || -> crate::error::Result<Stacked> {
-            let normals = crate::cuda::randn_private(seed, &Self::draw_shapes(&cfg, &sites)).expect("a CUDA build")?;
-            let (_, drawn) = Self::draw(&cfg, &sites, seed, Some(normals));
-            Ok(drawn
-                .into_iter()
-                .map(|(p, (_, a, b))| (p, (Tensor::stack(&a, 0), Tensor::stack(&b, 0))))
-                .collect())
-        })
-        .ok()?;
+        let handle = std::thread::Builder::new()
+            .spawn(move || -> crate::error::Result<Stacked> {
+                let normals =
+                    crate::cuda::randn_private(seed, &Self::draw_shapes(&cfg, &sites)).expect("a CUDA build")?;
+                let (_, drawn) = Self::draw(&cfg, &sites, seed, Some(normals));
+                Ok(drawn
+                    .into_iter()
+                    .map(|(p, (_, a, b))| (p, (Tensor::stack(&a, 0), Tensor::stack(&b, 0))))
+                    .collect())
+            })
+            .ok()?;
         Some(Ahead {
             seed,
             init_r,

@@ -60,7 +60,10 @@ impl AdamW {
     /// The learning rate of the next steps (`lr` = the base rate × the schedule's factor), written in
     /// place on the device. Panics unless [`schedule`](Self::schedule)d.
     pub fn set_lr(&mut self, lr: f64) {
-        let s = self.scheduled.as_mut().expect("set_lr on an optimizer without a schedule");
+        let s = self
+            .scheduled
+            .as_mut()
+            .expect("set_lr on an optimizer without a schedule");
         let _ = s.lr.fill_(lr);
         let _ = s.decay.fill_(1.0 - lr * self.weight_decay);
     }
@@ -184,7 +187,10 @@ mod tests {
         };
         let fixed = [0.05; 30];
         let diff = (run(false, &fixed) - run(true, &fixed)).abs().max().double_value(&[]);
-        assert_eq!(diff, 0.0, "a scheduled optimizer at the base rate is not the host-rate one");
+        assert_eq!(
+            diff, 0.0,
+            "a scheduled optimizer at the base rate is not the host-rate one"
+        );
         let falling: Vec<f64> = (0..30).map(|t| 0.05 * (1.0 - t as f64 / 30.0)).collect();
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let w_ref = vs.root().var_copy("w", &init);

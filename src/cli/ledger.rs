@@ -100,7 +100,10 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
             let mixed_batch = config.map_or(16, |c| c.mixed_batch);
             for s in &steps {
                 let names = |hashes: &[String]| -> String {
-                    let v: Vec<&str> = hashes.iter().map(|h| ids.get(h.as_str()).copied().unwrap_or("?")).collect();
+                    let v: Vec<&str> = hashes
+                        .iter()
+                        .map(|h| ids.get(h.as_str()).copied().unwrap_or("?"))
+                        .collect();
                     v.join(",")
                 };
                 let n = s.rehearsed.len();

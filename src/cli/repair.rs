@@ -110,11 +110,18 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     if own_settings {
         // The most facts one repair step can hold; a consolidation needs more than a mini-batch.
         let n_facts = recorded.run_facts(&r.id)?.len();
-        let largest = if a.consolidate { n_facts } else { a.per_step.min(n_facts) };
+        let largest = if a.consolidate {
+            n_facts
+        } else {
+            a.per_step.min(n_facts)
+        };
         if largest <= mixed_batch {
             let holds = match a.consolidate {
                 true => format!("run {} has {n_facts} fact(s)", r.id),
-                false => format!("a step holds at most {largest} fact(s) (--per-step {}, run {} has {n_facts})", a.per_step, r.id),
+                false => format!(
+                    "a step holds at most {largest} fact(s) (--per-step {}, run {} has {n_facts})",
+                    a.per_step, r.id
+                ),
             };
             return Err(Error::BadInput(format!(
                 "--preserve, --no-null-space, --protect and --prompts set a consolidation's training, and no step \

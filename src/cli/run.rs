@@ -105,7 +105,9 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
             (None, config, dir, g.model_path(), template)
         }
     };
-    let what = resumed.as_ref().map_or("--config-json".to_string(), |r| format!("run {}", r.id));
+    let what = resumed
+        .as_ref()
+        .map_or("--config-json".to_string(), |r| format!("run {}", r.id));
     let dtype = config.recorded_base_dtype(&g.base_dtype, device, &what)?;
     let knowledge = load_dir(&dir)?;
     tracing::debug!("loading {} onto {device:?} ({dtype})", model_path.display());

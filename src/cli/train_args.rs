@@ -223,7 +223,9 @@ impl TrainArgs {
         if self.consolidate {
             c.consolidate_epochs = match self.consolidate_epochs.unwrap_or(CONSOLIDATE_EPOCHS) {
                 n if n < 1 => {
-                    return Err(Error::BadInput(format!("--consolidate-epochs {n}: expected 1 to 10000")));
+                    return Err(Error::BadInput(format!(
+                        "--consolidate-epochs {n}: expected 1 to 10000"
+                    )));
                 }
                 n => n,
             };
@@ -267,13 +269,26 @@ mod tests {
         assert_eq!(TrainConfig::preset("default").unwrap(), *t);
         let cmd = Flags::command();
         let help = |id: &str| -> String {
-            let arg = cmd.get_arguments().find(|x| x.get_id() == id).unwrap_or_else(|| panic!("{id}"));
-            arg.get_long_help().or(arg.get_help()).unwrap().to_string().replace('\n', " ")
+            let arg = cmd
+                .get_arguments()
+                .find(|x| x.get_id() == id)
+                .unwrap_or_else(|| panic!("{id}"));
+            arg.get_long_help()
+                .or(arg.get_help())
+                .unwrap()
+                .to_string()
+                .replace('\n', " ")
         };
         let g = |v: f64| format!("{v}");
         for (id, want) in [
             ("lr", format!("default {}", g(t.lr))),
-            ("lr_scheduler", format!("default {}", serde_json::to_value(t.lr_scheduler).unwrap().as_str().unwrap())),
+            (
+                "lr_scheduler",
+                format!(
+                    "default {}",
+                    serde_json::to_value(t.lr_scheduler).unwrap().as_str().unwrap()
+                ),
+            ),
             ("alpha", format!("default {}", g(a.lora_alpha))),
             ("init_r", format!("default {}", a.init_r)),
             ("target_r", format!("default {}", a.target_r)),
@@ -298,9 +313,15 @@ mod tests {
             assert!(help(id).contains(&want), "--{id}: {:?} lacks {want:?}", help(id));
         }
         assert_eq!((c.retention_sample, c.free_every), (0, 0));
-        assert!(help("retention_sample").contains("0 = all, the default") && help("free_every").contains("(0, the default)"));
+        assert!(
+            help("retention_sample").contains("0 = all, the default")
+                && help("free_every").contains("(0, the default)")
+        );
         let names: Vec<&str> = a.targets.iter().map(|p| p.name()).collect();
-        assert!(help("targets").contains(&format!("default {}", names.join(","))), "{names:?}");
+        assert!(
+            help("targets").contains(&format!("default {}", names.join(","))),
+            "{names:?}"
+        );
         assert!(a.layers.is_empty() && help("layers").contains("all (the default)"));
     }
 
@@ -309,7 +330,11 @@ mod tests {
     fn every_training_flag_given_is_named() {
         use clap::CommandFactory;
         let cmd = Flags::command();
-        let flags: Vec<String> = cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect();
+        let flags: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .collect();
         assert!(flags.len() >= 23, "{flags:?}");
         assert!(Flags::parse_from(["x"]).train.given().is_empty());
         for f in &flags {
@@ -337,7 +362,12 @@ mod tests {
     #[test]
     fn rehearse_prompts_applies_only_where_facts_are_rehearsed() {
         let args = Flags::parse_from(["x", "--rehearse-prompts", "1"]).train;
-        let prompts = |s: &str| args.run_config(Some(s.parse().unwrap()), None).unwrap().rehearsal.prompts;
+        let prompts = |s: &str| {
+            args.run_config(Some(s.parse().unwrap()), None)
+                .unwrap()
+                .rehearsal
+                .prompts
+        };
         assert_eq!((prompts("spaced:8"), prompts("replay:2")), (1, 1));
         assert_eq!((prompts("sequential"), prompts("mixed"), prompts("batch:4")), (0, 0, 0));
         let plain = Flags::parse_from(["x"]).train;
@@ -346,12 +376,21 @@ mod tests {
         // --mixed-batch reaches mixed alone and --rehearse-budget spaced alone (checked either way).
         let one = Flags::parse_from(["x", "--mixed-batch", "4", "--rehearse-budget", "0.5"]).train;
         let config = |a: &TrainArgs, s: &str| a.run_config(Some(s.parse().unwrap()), None).unwrap();
-        assert_eq!((config(&one, "mixed").mixed_batch, config(&one, "spaced:8").rehearsal.budget), (4, 0.5));
+        assert_eq!(
+            (
+                config(&one, "mixed").mixed_batch,
+                config(&one, "spaced:8").rehearsal.budget
+            ),
+            (4, 0.5)
+        );
         for s in ["sequential", "batch:4", "replay:2"] {
             assert_eq!(config(&one, s).to_json(), config(&plain, s).to_json(), "{s}");
         }
         let bad = Flags::parse_from(["x", "--mixed-batch", "0"]).train;
-        assert!(bad.run_config(Some(Strategy::Batch(1)), None).unwrap_err().is_bad_input());
+        assert!(bad
+            .run_config(Some(Strategy::Batch(1)), None)
+            .unwrap_err()
+            .is_bad_input());
     }
 
     /// `--lr-scheduler` reaches the config; its default (constant) leaves the key of a run made
@@ -362,10 +401,15 @@ mod tests {
             let args = Flags::parse_from(std::iter::once("x").chain(argv.iter().copied())).train;
             args.run_config(Some(Strategy::Mixed), None).unwrap()
         };
-        assert_eq!(config(&["--lr-scheduler", "cosine"]).train.lr_scheduler, LrScheduler::Cosine);
+        assert_eq!(
+            config(&["--lr-scheduler", "cosine"]).train.lr_scheduler,
+            LrScheduler::Cosine
+        );
         assert_eq!(config(&["--lr-scheduler", "constant"]).to_json(), config(&[]).to_json());
         assert!(!config(&[]).to_json().contains("lr_scheduler"));
-        assert!(config(&["--lr-scheduler", "linear"]).to_json().contains("\"lr_scheduler\":\"linear\""));
+        assert!(config(&["--lr-scheduler", "linear"])
+            .to_json()
+            .contains("\"lr_scheduler\":\"linear\""));
         assert!(Flags::try_parse_from(["x", "--lr-scheduler", "step"]).is_err());
     }
 }

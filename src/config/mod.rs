@@ -587,8 +587,9 @@ impl RunConfig {
         );
         if self.consolidate_epochs > 0 {
             if matches!(self.strategy(), Ok(Strategy::Mixed)) {
-                c.problems
-                    .push("--consolidate: not with mixed, which trains every fact at once (compare: leave mixed out)".into());
+                c.problems.push(
+                    "--consolidate: not with mixed, which trains every fact at once (compare: leave mixed out)".into(),
+                );
             }
             // At least two mini-batches an epoch: AdaLoRA's budget needs an optimizer step between.
             c.check(
@@ -612,7 +613,13 @@ impl RunConfig {
             );
         }
         if let Some(t) = &self.base_dtype {
-            c.check(t == "bf16", "--base-dtype", "base_dtype", "bf16 (f32 on the CPU is recorded as none)", format!("{t:?}"));
+            c.check(
+                t == "bf16",
+                "--base-dtype",
+                "base_dtype",
+                "bf16 (f32 on the CPU is recorded as none)",
+                format!("{t:?}"),
+            );
         }
         match c.problems.is_empty() {
             true => Ok(()),
@@ -631,7 +638,9 @@ impl RunConfig {
         use crate::model::{base_kind, dtype_name};
         match self.base_dtype.as_deref() {
             Some(r) if flag == "auto" || flag == r => Ok(r.to_string()),
-            Some(r) => Err(Error::BadInput(format!("--base-dtype {flag}: {what} was made with {r}"))),
+            Some(r) => Err(Error::BadInput(format!(
+                "--base-dtype {flag}: {what} was made with {r}"
+            ))),
             None if flag == "auto" => Ok(dtype_name(base_kind(device))),
             None => Ok(flag.to_string()),
         }
@@ -763,7 +772,10 @@ mod tests {
     #[test]
     fn rehearsal_prompts_are_taken_in_turn() {
         let all: Vec<usize> = (0..8).collect();
-        let rules = |prompts| Rehearsal { prompts, ..Rehearsal::default() };
+        let rules = |prompts| Rehearsal {
+            prompts,
+            ..Rehearsal::default()
+        };
         let at = |p, idx| rules(p).examples(&all, idx).into_iter().copied().collect::<Vec<_>>();
         assert_eq!(at(3, 0), [0, 1, 2]);
         assert_eq!(at(3, 1), [3, 4, 5]);
@@ -787,13 +799,25 @@ mod tests {
     fn settings_of_other_strategies_are_dropped() {
         let c = RunConfig {
             mixed_batch: 4,
-            rehearsal: Rehearsal { below: 0.9, budget: 0.5, prompts: 1 },
+            rehearsal: Rehearsal {
+                below: 0.9,
+                budget: 0.5,
+                prompts: 1,
+            },
             ..RunConfig::default()
         };
         let with = |s: &str| {
-            let mut x = RunConfig { strategy: s.into(), ..c.clone() };
+            let mut x = RunConfig {
+                strategy: s.into(),
+                ..c.clone()
+            };
             x.drop_unused();
-            (x.mixed_batch, x.rehearsal.budget, x.rehearsal.prompts, x.rehearsal.below)
+            (
+                x.mixed_batch,
+                x.rehearsal.budget,
+                x.rehearsal.prompts,
+                x.rehearsal.below,
+            )
         };
         assert_eq!(with("mixed"), (4, 1.0, 0, 0.9));
         assert_eq!(with("spaced:8"), (MIXED_BATCH, 0.5, 1, 0.9));
@@ -814,8 +838,13 @@ mod tests {
         assert!((f(LrScheduler::Cosine, 9) - 0.5 * (1.0 + (0.9 * std::f64::consts::PI).cos())).abs() < 1e-12);
         assert_eq!("cosine".parse::<LrScheduler>().unwrap(), LrScheduler::Cosine);
         let e = "step".parse::<LrScheduler>().unwrap_err();
-        assert!(e.is_bad_input() && e.to_string().contains("constant, linear, cosine"), "{e}");
-        let json = config().to_json().replace("\"null_space\":0.9", "\"null_space\":0.9,\"lr_scheduler\":\"step\"");
+        assert!(
+            e.is_bad_input() && e.to_string().contains("constant, linear, cosine"),
+            "{e}"
+        );
+        let json = config()
+            .to_json()
+            .replace("\"null_space\":0.9", "\"null_space\":0.9,\"lr_scheduler\":\"step\"");
         assert!(RunConfig::from_json(&json, "x").unwrap_err().is_bad_input());
     }
 
@@ -896,7 +925,10 @@ mod tests {
             (Box::new(|c| c.train.threshold = 1.5), "--threshold"),
             (Box::new(|c| c.train.max_steps = 0), "--max-steps"),
             (Box::new(|c| c.train.extra_steps = -1), "--extra-steps"),
-            (Box::new(|c| c.train.extra_steps = c.train.max_steps - 1), "--extra-steps"),
+            (
+                Box::new(|c| c.train.extra_steps = c.train.max_steps - 1),
+                "--extra-steps",
+            ),
             (Box::new(|c| c.train.adalora.target_r = 13), "--target-r"),
             (Box::new(|c| c.train.adalora.dropout = 1.0), "--dropout"),
             (Box::new(|c| c.train.adalora.targets.clear()), "--targets"),
@@ -960,14 +992,23 @@ mod tests {
         assert_eq!(c.recorded_base_dtype("f32", cpu, "run r").unwrap(), "f32");
         // Session 9's bf16 CPU runs recorded no type: an explicit flag replays them.
         assert_eq!(c.recorded_base_dtype("bf16", cpu, "run r").unwrap(), "bf16");
-        assert_eq!(c.recorded_base_dtype("auto", tch::Device::Cuda(0), "run r").unwrap(), "bf16");
-        assert_eq!(c.recorded_base_dtype("bf16", tch::Device::Cuda(0), "run r").unwrap(), "bf16");
+        assert_eq!(
+            c.recorded_base_dtype("auto", tch::Device::Cuda(0), "run r").unwrap(),
+            "bf16"
+        );
+        assert_eq!(
+            c.recorded_base_dtype("bf16", tch::Device::Cuda(0), "run r").unwrap(),
+            "bf16"
+        );
         c.base_dtype = Some("bf16".into());
         assert!(c.to_json().ends_with(r#","base_dtype":"bf16"}"#));
         assert_eq!(c.recorded_base_dtype("auto", cpu, "run r").unwrap(), "bf16");
         assert_eq!(c.recorded_base_dtype("bf16", cpu, "run r").unwrap(), "bf16");
         let e = c.recorded_base_dtype("f32", cpu, "run r").unwrap_err();
-        assert!(e.is_bad_input() && e.to_string().contains("run r was made with bf16"), "{e}");
+        assert!(
+            e.is_bad_input() && e.to_string().contains("run r was made with bf16"),
+            "{e}"
+        );
         c.base_dtype = Some("f32".into());
         assert!(c.validate().unwrap_err().is_bad_input());
     }

@@ -106,7 +106,12 @@ fn prefers_new(model: &Llama, facts: &[&FactExamples], max_batch_tokens: usize) 
     if pairs.is_empty() {
         return vec![None; facts.len()];
     }
-    let logp = sequence_logprob(model, &NoAdapter, &build_for_base(&pairs, max_batch_tokens, model.device()), pairs.len());
+    let logp = sequence_logprob(
+        model,
+        &NoAdapter,
+        &build_for_base(&pairs, max_batch_tokens, model.device()),
+        pairs.len(),
+    );
     let mut at = 0;
     facts
         .iter()

@@ -16,7 +16,10 @@ use crate::eval::probe::{score, FactExamples};
 use crate::eval::retention::{Cadence, FactSummary, Matrix, Means};
 use crate::eval::Example;
 use crate::knowledge::{Fact, Knowledge};
-use crate::ledger::{last_locality, Consolidation, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases, StepRecord, StepRow};
+use crate::ledger::{
+    last_locality, Consolidation, FixedPhases, InvocationRow, Ledger, Reason, Rehearsed, RunRow, StepPhases,
+    StepRecord, StepRow,
+};
 use crate::model::Loaded;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -226,7 +229,14 @@ fn repair_preset(
 
 /// Appends the closing consolidation's step to `plan` (none when every fact is word-perfect),
 /// planned from the `injected` facts' scores at the weights now, as `repair` plans its steps.
-fn plan_closing(plan: &mut Plan, injected: &[String], prepared: &Prepared, loaded: &Loaded, config: &RunConfig, how: Repair) {
+fn plan_closing(
+    plan: &mut Plan,
+    injected: &[String],
+    prepared: &Prepared,
+    loaded: &Loaded,
+    config: &RunConfig,
+    how: Repair,
+) {
     let preset = repair_preset(injected, prepared, loaded, config, how);
     plan.preset.resize(plan.groups.len(), Vec::new());
     plan.groups.extend(vec![Vec::new(); preset.len()]);
@@ -372,8 +382,12 @@ fn drive_steps(
         // the weights it starts from (an uninterrupted run recorded each after its own step).
         let protected = prepared.preserve.as_ref().and_then(|p| p.protected.as_ref());
         // A consolidation trains with its own weight (repair's --protect, default 0).
-        let repairs_protected = repair.is_some_and(|r| r.protect > 0.0 || (!r.consolidate && r.per_step <= r.mixed_batch));
-        if protected.is_some() && (repairs_protected || (repair.is_none() && matches!(plan.strategy, Strategy::Spaced(_) | Strategy::Replay(_)))) {
+        let repairs_protected =
+            repair.is_some_and(|r| r.protect > 0.0 || (!r.consolidate && r.per_step <= r.mixed_batch));
+        if protected.is_some()
+            && (repairs_protected
+                || (repair.is_none() && matches!(plan.strategy, Strategy::Spaced(_) | Strategy::Replay(_))))
+        {
             tracing::warn!(
                 "--protect with rehearsal ({}): the penalty also resists the rehearsals' repairs of the \
                  facts it protects (measured worse than either alone; README Capacity, session 11)",
@@ -381,7 +395,11 @@ fn drive_steps(
             );
         }
         if let Some(p) = protected {
-            let facts: Vec<&[Example]> = plan.injected.iter().map(|h| prepared.examples[h].recall.as_slice()).collect();
+            let facts: Vec<&[Example]> = plan
+                .injected
+                .iter()
+                .map(|h| prepared.examples[h].recall.as_slice())
+                .collect();
             p.add(&loaded.model, &facts);
         }
         // A step's commit waits for its weights hash and factors file, which are made while the
@@ -411,7 +429,10 @@ fn drive_steps(
                 None => plan.strategy.rehearse(&injected, config.seed, idx),
             };
             let rules = match rehearse_all {
-                true => Rehearsal { prompts: 0, ..config.rehearsal.clone() },
+                true => Rehearsal {
+                    prompts: 0,
+                    ..config.rehearsal.clone()
+                },
                 false => config.rehearsal.clone(),
             };
             // A repair step of more facts than a mini-batch is a consolidation (see [`Repair`]).
@@ -440,7 +461,10 @@ fn drive_steps(
             if let Some(p) = protected.filter(|_| g + 1 < plan.groups.len()) {
                 // The step's own facts are protected from the next steps' updates (timed as merge; a
                 // later invocation records every earlier fact anew).
-                let facts: Vec<&[Example]> = own.iter().map(|f| prepared.examples[&f.hash].recall.as_slice()).collect();
+                let facts: Vec<&[Example]> = own
+                    .iter()
+                    .map(|f| prepared.examples[&f.hash].recall.as_slice())
+                    .collect();
                 p.add(&loaded.model, &facts);
             }
             if let tch::Device::Cuda(d) = loaded.model.device() {
@@ -592,12 +616,7 @@ impl Uncommitted {
     /// Waits for the factors file and the hash (the waits are the step's merge and hash phases,
     /// added to `step_phases`) and commits the step (its seconds added to `fixed`). Errors: the
     /// write or the digest failed; the ledger's.
-    fn commit(
-        self,
-        ledger: &mut Ledger,
-        fixed: &mut FixedPhases,
-        step_phases: &mut StepPhases,
-    ) -> Result<()> {
+    fn commit(self, ledger: &mut Ledger, fixed: &mut FixedPhases, step_phases: &mut StepPhases) -> Result<()> {
         let Uncommitted {
             mut record,
             hash,
@@ -655,7 +674,14 @@ fn train_stage(
     };
     let trained = if let Some(how) = consolidation {
         let cfg = how.consolidation_config(t);
-        consolidate(trainers, &cfg, &per_fact(), (how.mixed_batch, how.prompts), seed, report)?
+        consolidate(
+            trainers,
+            &cfg,
+            &per_fact(),
+            (how.mixed_batch, how.prompts),
+            seed,
+            report,
+        )?
     } else if plan.strategy == Strategy::Mixed && !repairing {
         train_epochs(trainers, &per_fact(), config.mixed_batch, seed, report)?
     } else {

@@ -114,7 +114,9 @@ impl Protected {
             let tokens = f.iter().map(Example::len).sum::<usize>().max(1);
             weights.extend(std::iter::repeat_n((1.0 / tokens as f64).sqrt(), f.len()));
         }
-        let rows = Tensor::from_slice(&weights).to_device(device).repeat_interleave_self_int(len, 0, None);
+        let rows = Tensor::from_slice(&weights)
+            .to_device(device)
+            .repeat_interleave_self_int(len, 0, None);
         let mask = (mask.view([-1]) * rows).view([-1, 1]).to_kind(Kind::Float);
         let rec = InputEnergy {
             sites: self
@@ -393,18 +395,29 @@ mod tests {
         use crate::config::AdaLoraConfig;
         let model = tiny();
         let cfg = AdaLoraConfig::default();
-        let shapes: Vec<(usize, Proj, i64, i64)> = [(0, Proj::Gate, 32, 16), (1, Proj::Gate, 32, 16), (0, Proj::Up, 32, 16), (1, Proj::Up, 32, 16), (1, Proj::Down, 16, 32), (0, Proj::V, 8, 16)]
-            .into_iter()
-            .collect();
+        let shapes: Vec<(usize, Proj, i64, i64)> = [
+            (0, Proj::Gate, 32, 16),
+            (1, Proj::Gate, 32, 16),
+            (0, Proj::Up, 32, 16),
+            (1, Proj::Up, 32, 16),
+            (1, Proj::Down, 16, 32),
+            (0, Proj::V, 8, 16),
+        ]
+        .into_iter()
+        .collect();
         let mut ad = AdaLora::new(&cfg, &shapes, tch::Device::Cpu, 7, 10);
         tch::no_grad(|| {
             for g in &ad.groups {
-                g.e.shallow_clone().copy_(&(Tensor::randn(g.e.size(), (Kind::Float, tch::Device::Cpu)) * 0.3));
+                g.e.shallow_clone()
+                    .copy_(&(Tensor::randn(g.e.size(), (Kind::Float, tch::Device::Cpu)) * 0.3));
             }
         });
         let mut proj = HashMap::new();
         let q = Tensor::linalg_qr(&Tensor::randn([32, 3], (Kind::Double, tch::Device::Cpu)), "reduced").0;
-        proj.insert((1, Proj::Down), (Tensor::eye(32, (Kind::Double, tch::Device::Cpu)) - q.matmul(&q.tr())).to_kind(Kind::Float));
+        proj.insert(
+            (1, Proj::Down),
+            (Tensor::eye(32, (Kind::Double, tch::Device::Cpu)) - q.matmul(&q.tr())).to_kind(Kind::Float),
+        );
         ad.set_projections(&proj);
         let fact = |k: i64, n: i64| -> Vec<Example> {
             (0..n)
@@ -445,7 +458,11 @@ mod tests {
         let mut want = 0.0;
         for f in &facts {
             let tokens: usize = f.iter().map(Example::len).sum();
-            let rec = Change { ad: &ad, sites: &sites, sum: RefCell::new(0.0) };
+            let rec = Change {
+                ad: &ad,
+                sites: &sites,
+                sum: RefCell::new(0.0),
+            };
             for e in f {
                 let ids: Vec<i64> = e.prompt.iter().chain(&e.target).copied().collect();
                 let _ = tch::no_grad(|| model.hidden(&Tensor::from_slice(&ids).view([1, -1]), None, &rec));
@@ -466,10 +483,17 @@ mod tests {
         mean.add(&model, &[&facts[1]]);
         assert_eq!(mean.facts(), 2);
         let both = interference(&mean);
-        assert!((both - want / 2.0).abs() <= 1e-4 * want, "mean {both}, want {}", want / 2.0);
+        assert!(
+            (both - want / 2.0).abs() <= 1e-4 * want,
+            "mean {both}, want {}",
+            want / 2.0
+        );
         let sum_first = Protected::new(&model, &sites, false);
         sum_first.add(&model, &[&facts[0]]);
-        assert!((first - interference(&sum_first)).abs() <= 1e-4 * want, "one fact: mean {first}");
+        assert!(
+            (first - interference(&sum_first)).abs() <= 1e-4 * want,
+            "one fact: mean {first}"
+        );
     }
 
     #[test]

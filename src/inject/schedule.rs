@@ -105,7 +105,13 @@ impl Schedule {
     /// `rehearsed` (their intervals double: they are expected to hold, until a check says not).
     /// `tokens(fact)`: the tokens of its own step's examples and of the examples it is rehearsed with
     /// (a repair step, with no facts of its own, rehearses with all of them and is charged so).
-    pub fn on_step(&mut self, step: i64, own: &[String], rehearsed: &[String], tokens: impl Fn(&str) -> (usize, usize)) {
+    pub fn on_step(
+        &mut self,
+        step: i64,
+        own: &[String],
+        rehearsed: &[String],
+        tokens: impl Fn(&str) -> (usize, usize),
+    ) {
         for h in own {
             let (t, cost) = tokens(h);
             self.own_tokens += t;
@@ -192,7 +198,11 @@ mod tests {
     use super::*;
 
     fn rules(budget: f64) -> Rules {
-        Rules { below: 0.9, budget, prompts: 0 }
+        Rules {
+            below: 0.9,
+            budget,
+            prompts: 0,
+        }
     }
 
     fn h(i: usize) -> String {
@@ -252,7 +262,10 @@ mod tests {
         s.on_scores(0, [("f0", 0.1), ("f1", 0.2), ("f2", 0.3), ("f3", 0.4)]);
         // Own 40 + 10 = 50: 25 extra allowed, four facts at 3 each.
         let p = s.pick(1, 8, 10);
-        assert_eq!(p.iter().map(|r| r.fact.as_str()).collect::<Vec<_>>(), ["f0", "f1", "f2", "f3"]);
+        assert_eq!(
+            p.iter().map(|r| r.fact.as_str()).collect::<Vec<_>>(),
+            ["f0", "f1", "f2", "f3"]
+        );
         s.on_step(1, &[h(4)], &[h(0), h(1), h(2), h(3)], |_| (10, 3));
         assert_eq!(s.extra_tokens, 12);
         // A repair step (no facts of its own) rehearses with every prompt: charged in full.
@@ -308,6 +321,9 @@ mod tests {
         let p = online.pick(3, 5, 7);
         assert_eq!((p[0].fact.as_str(), p[0].reason), ("f0", Reason::Fell));
         assert!(p[1..].iter().all(|r| r.reason == Reason::Due));
-        assert_eq!(Schedule::rebuild(&rules(1.0), &cadence, &steps, &probes, |_| (7, 7)), online);
+        assert_eq!(
+            Schedule::rebuild(&rules(1.0), &cadence, &steps, &probes, |_| (7, 7)),
+            online
+        );
     }
 }

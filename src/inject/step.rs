@@ -1,5 +1,7 @@
 //! One injection step: a fresh AdaLoRA adapter trained on every prompt of the group's facts until
 //! each fact reaches the recall threshold on its training prompts (or max_steps), then its factors.
+use super::trainer::MAX_POOLED;
+pub use super::trainer::{Pass, Trainer, Trainers};
 use crate::adapter::merge::{factors, Factor};
 use crate::adapter::AdaLora;
 use crate::config::{AdaLoraConfig, Proj, TrainConfig};
@@ -8,8 +10,6 @@ use crate::eval::batch::{build, token_accuracy, Example, Shape};
 use crate::model::Llama;
 use std::time::Instant;
 use tch::Tensor;
-pub use super::trainer::{Pass, Trainer, Trainers};
-use super::trainer::MAX_POOLED;
 
 /// What a step produced.
 pub struct Trained {
@@ -115,7 +115,10 @@ pub fn consolidate(
     seed: u64,
     on_step: impl FnMut(i64, f64, f64),
 ) -> Result<Trained> {
-    assert!(facts.len() > batch_facts.max(1), "a consolidation trains more facts than a mini-batch");
+    assert!(
+        facts.len() > batch_facts.max(1),
+        "a consolidation trains more facts than a mini-batch"
+    );
     let total = cfg.max_steps * facts.len().div_ceil(batch_facts) as i64;
     let a = &cfg.adalora;
     if a.tinit + a.tfinal >= total {
@@ -134,7 +137,11 @@ pub fn consolidate(
 /// any ⌈n / prompts⌉ successive epochs cover all n (as `spaced`'s rehearsals take them,
 /// [`Rehearsal::examples`](crate::config::Rehearsal::examples)).
 pub fn epoch_examples<T>(all: &[T], prompts: usize, epoch: usize) -> Vec<&T> {
-    crate::config::Rehearsal { prompts, ..Default::default() }.examples(all, epoch)
+    crate::config::Rehearsal {
+        prompts,
+        ..Default::default()
+    }
+    .examples(all, epoch)
 }
 
 /// The padded micro-batches that any mini-batch of at most `batch_facts` of `facts` fits, each fact
@@ -196,7 +203,12 @@ pub fn train_epochs_with(
     let all: Vec<Example> = facts.iter().flatten().cloned().collect();
     let owner: Vec<usize> = facts.iter().enumerate().flat_map(|(i, f)| vec![i; f.len()]).collect();
     let mut tr = if padded {
-        let mut tr = Trainer::on_padded(model, &epoch_shapes(facts, (batch_facts, prompts), cfg.max_batch_tokens), &cfg, preserve);
+        let mut tr = Trainer::on_padded(
+            model,
+            &epoch_shapes(facts, (batch_facts, prompts), cfg.max_batch_tokens),
+            &cfg,
+            preserve,
+        );
         tr.reset(&facts[0], seed);
         tr
     } else {
@@ -227,7 +239,10 @@ pub fn train_epochs_with(
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
         for chunk in order.chunks(batch_facts) {
-            let chosen: Vec<Vec<&Example>> = chunk.iter().map(|&f| epoch_examples(&facts[f], prompts, epoch as usize)).collect();
+            let chosen: Vec<Vec<&Example>> = chunk
+                .iter()
+                .map(|&f| epoch_examples(&facts[f], prompts, epoch as usize))
+                .collect();
             let examples: Vec<Example> = chosen.iter().flatten().map(|&e| e.clone()).collect();
             let totals: Vec<f64> = examples.iter().map(|e| e.target.len() as f64).collect();
             if padded {

@@ -4,10 +4,10 @@ use crate::config::LrScheduler;
 use crate::eval::batch::{gathered_logits, loss_sum};
 use crate::inject::preserve::{Preserve, Protected};
 use crate::inject::trainer::{fused_pass, Scale, StaticPreserve};
-use tch::Kind;
 use crate::model::Config;
 use std::collections::HashMap;
 use tch::Device;
+use tch::Kind;
 
 /// A random 2-layer model (vocabulary 97) on the CPU, drawn from the global generator.
 fn tiny_model() -> Llama {
@@ -102,17 +102,31 @@ fn the_interference_penalty_keeps_protected_facts_outputs() {
         let now = tch::no_grad(|| a_batch.logits(&model, &tr.adapter));
         // The rate of the last update, as the optimizer read it.
         let last_lr = tr.opt.lr();
-        ((now - &base).square().mean(Kind::Float).double_value(&[]), losses[0], losses[11], last_lr)
+        (
+            (now - &base).square().mean(Kind::Float).double_value(&[]),
+            losses[0],
+            losses[11],
+            last_lr,
+        )
     };
     let (free, f0, f1, lr) = train_b(0.0, LrScheduler::Constant);
     assert_eq!(lr, 0.05);
     let (kept, k0, k1, _) = train_b(1.0, LrScheduler::Constant);
-    assert!(f1 < 0.75 * f0 && k1 < 0.75 * k0, "b did not learn: {f0} -> {f1}, protected {k0} -> {k1}");
-    assert!(kept < 0.2 * free, "a's logits moved {kept} with the penalty, {free} without");
+    assert!(
+        f1 < 0.75 * f0 && k1 < 0.75 * k0,
+        "b did not learn: {f0} -> {f1}, protected {k0} -> {k1}"
+    );
+    assert!(
+        kept < 0.2 * free,
+        "a's logits moved {kept} with the penalty, {free} without"
+    );
     let (_, c0, c1, lr) = train_b(0.0, LrScheduler::Cosine);
     assert!(c1 < 0.8 * c0, "cosine: {c0} -> {c1}");
     let want = 0.05 * LrScheduler::Cosine.factor(11, 12);
-    assert!((lr - want).abs() < 1e-7, "the last update's rate {lr}, the schedule's {want}");
+    assert!(
+        (lr - want).abs() < 1e-7,
+        "the last update's rate {lr}, the schedule's {want}"
+    );
 }
 
 /// A pooled trainer, reset for one group and then for another, trains each as a fresh trainer
@@ -180,19 +194,35 @@ fn extra_steps_train_past_the_threshold() {
         train(&mut pool, &examples, &owner, 1, 5, |_, _, _| {}).unwrap()
     };
     let (at, past) = (one(0), one(4));
-    assert!(at.optimizer_steps < 30, "the fact was not learnt: {} steps", at.optimizer_steps);
+    assert!(
+        at.optimizer_steps < 30,
+        "the fact was not learnt: {} steps",
+        at.optimizer_steps
+    );
     assert_eq!(past.optimizer_steps, at.optimizer_steps + 4);
     assert_eq!((at.recall[0], past.recall[0]), (1.0, 1.0));
-    assert!(past.losses.last() < at.losses.last(), "{:?} vs {:?}", past.losses, at.losses);
+    assert!(
+        past.losses.last() < at.losses.last(),
+        "{:?} vs {:?}",
+        past.losses,
+        at.losses
+    );
     // Mini-batches: epochs more, of three optimizer steps each.
     let facts = uneven_facts(7);
     let epochs = |extra: i64| {
-        let c = TrainConfig { threshold: 0.6, ..cfg(extra) };
+        let c = TrainConfig {
+            threshold: 0.6,
+            ..cfg(extra)
+        };
         let mut pool = Trainers::new(&model, &c, None).unwrap();
         train_epochs_with(&mut pool, &c, &facts, (3, 0), 11, false, |_, _, _| {}).unwrap()
     };
     let at = epochs(0);
-    assert!(at.recall.iter().all(|&r| r >= 0.6), "not learnt in 40 epochs: {:?}", at.recall);
+    assert!(
+        at.recall.iter().all(|&r| r >= 0.6),
+        "not learnt in 40 epochs: {:?}",
+        at.recall
+    );
     assert!(at.optimizer_steps < 40 * 3);
     assert_eq!(epochs(1).optimizer_steps, at.optimizer_steps + 3);
     // Two epochs on (more if a fact dipped below the threshold meanwhile: training goes on until
@@ -222,10 +252,21 @@ fn uneven_facts(n: i64) -> Vec<Vec<Example>> {
 #[test]
 fn every_mini_batch_fits_the_epoch_shapes() {
     let facts = uneven_facts(9);
-    let cases = [(2, 4096, 0), (4, 40, 0), (3, 16, 0), (9, 1, 0), (4, 40, 1), (3, 4096, 2), (9, 1, 3)];
+    let cases = [
+        (2, 4096, 0),
+        (4, 40, 0),
+        (3, 16, 0),
+        (9, 1, 0),
+        (4, 40, 1),
+        (3, 4096, 2),
+        (9, 1, 3),
+    ];
     for (batch_facts, max_tokens, prompts) in cases {
         let shapes = epoch_shapes(&facts, (batch_facts, prompts), max_tokens);
-        let all_rows: usize = epoch_shapes(&facts, (batch_facts, 0), max_tokens).iter().map(|s| s.rows).sum();
+        let all_rows: usize = epoch_shapes(&facts, (batch_facts, 0), max_tokens)
+            .iter()
+            .map(|s| s.rows)
+            .sum();
         assert!(shapes.iter().map(|s| s.rows).sum::<usize>() <= all_rows);
         let len = shapes[0].len;
         assert!(shapes.iter().all(|s| s.len == len && s.rows > 0));
@@ -240,7 +281,10 @@ fn every_mini_batch_fits_the_epoch_shapes() {
                 order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
             }
             for chunk in order.chunks(batch_facts) {
-                let ex: Vec<&Example> = chunk.iter().flat_map(|&f| epoch_examples(&facts[f], prompts, epoch)).collect();
+                let ex: Vec<&Example> = chunk
+                    .iter()
+                    .flat_map(|&f| epoch_examples(&facts[f], prompts, epoch))
+                    .collect();
                 assert!(ex.len() <= rows && ex.iter().all(|e| e.len() <= len));
                 let mut at = 0;
                 for s in &shapes {
@@ -269,13 +313,19 @@ fn padded_mini_batches_train_like_packed_ones() {
         max_batch_tokens: 40,
         ..quick_cfg()
     };
-    assert!(epoch_shapes(&facts, (3, 0), 40).len() > 1, "the test needs several micro-batches");
+    assert!(
+        epoch_shapes(&facts, (3, 0), 40).len() > 1,
+        "the test needs several micro-batches"
+    );
     // The weakest fact's recall reported after each optimizer step comes from that step's
     // argmax counts, read from the micro-batches.
     let run = |padded: bool, prompts: usize| {
         let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
         let mut weakest = Vec::new();
-        let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, prompts), 11, padded, |_, _, r| weakest.push(r)).unwrap();
+        let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, prompts), 11, padded, |_, _, r| {
+            weakest.push(r)
+        })
+        .unwrap();
         (t, weakest)
     };
     // A fact's prompts taken in turn, one an epoch: the same in both layouts, for fewer tokens
@@ -283,7 +333,10 @@ fn padded_mini_batches_train_like_packed_ones() {
     let ((p1, pw1), (e1, ew1)) = (run(true, 1), run(false, 1));
     assert_eq!(pw1, ew1);
     assert_eq!((p1.optimizer_steps, p1.tokens), (e1.optimizer_steps, e1.tokens));
-    let chosen: usize = (0..3).flat_map(|ep| facts.iter().flat_map(move |f| epoch_examples(f, 1, ep))).map(Example::len).sum();
+    let chosen: usize = (0..3)
+        .flat_map(|ep| facts.iter().flat_map(move |f| epoch_examples(f, 1, ep)))
+        .map(Example::len)
+        .sum();
     assert_eq!(p1.tokens, chosen);
     for (a, b) in p1.losses.iter().zip(&e1.losses) {
         assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "loss {a} vs {b}");
@@ -314,14 +367,23 @@ fn padded_mini_batches_train_like_packed_ones() {
             let next = gathered_logits(&model, &crate::model::NoAdapter, &ids, &at).argmax(-1, false);
             seq.push(next.int64_value(&[0]));
         }
-        Example { target: seq[prompt.len()..].to_vec(), prompt }
+        Example {
+            target: seq[prompt.len()..].to_vec(),
+            prompt,
+        }
     };
     let mixed: Vec<Vec<Example>> = facts
         .iter()
         .map(|f| {
             f.iter()
                 .enumerate()
-                .map(|(i, e)| if i % 2 == 0 { greedy(e.prompt.clone(), e.target.len()) } else { e.clone() })
+                .map(|(i, e)| {
+                    if i % 2 == 0 {
+                        greedy(e.prompt.clone(), e.target.len())
+                    } else {
+                        e.clone()
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -394,7 +456,11 @@ fn the_fused_pass_equals_two_passes() {
     let preserve = Preserve::new(&model, &kept, 2);
     let mut ad = adapter_that_moves(&model, 3.0);
     // The interference penalty goes into the fused pass's objective too.
-    let sites: Vec<(usize, Proj)> = ad.groups.iter().flat_map(|g| g.layers.iter().map(|&l| (l, g.proj))).collect();
+    let sites: Vec<(usize, Proj)> = ad
+        .groups
+        .iter()
+        .flat_map(|g| g.layers.iter().map(|&l| (l, g.proj)))
+        .collect();
     let protected = Protected::new(&model, &sites, false);
     protected.add(&model, &[&kept[..2], &kept[2..]]);
     ad.training = true;
@@ -451,17 +517,32 @@ fn the_fused_pass_equals_two_passes() {
         let protect = Some((&protected, 0.3));
         let pass = fused_pass(&model, &ad, b, &sp, Scale::Tensor(&inv), preserve_weight, protect, 3);
         let got_loss = pass.loss.double_value(&[]);
-        assert!((got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0), "{got_loss} vs {want_loss}");
+        assert!(
+            (got_loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+            "{got_loss} vs {want_loss}"
+        );
         assert_eq!(Vec::<f32>::try_from(&pass.correct).unwrap(), want_correct);
         for (g, w) in grads(&ad).iter().zip(&want_grads) {
             let d = (g - w).abs().max().double_value(&[]);
             let scale = w.abs().max().double_value(&[]).max(1e-6);
-            assert!(d <= 1e-4 * scale, "prompt length {prompt_len}: gradient differs by {d} (scale {scale})");
+            assert!(
+                d <= 1e-4 * scale,
+                "prompt length {prompt_len}: gradient differs by {d} (scale {scale})"
+            );
         }
         assert!(want_grads.iter().any(|w| w.abs().max().double_value(&[]) > 0.0));
         // A fresh trainer's constant factor gives the same loss as a pooled one's scalar.
         zero(&ad);
-        let by = fused_pass(&model, &ad, b, &sp, Scale::By(1.0 / n_targets as f64), preserve_weight, protect, 3);
+        let by = fused_pass(
+            &model,
+            &ad,
+            b,
+            &sp,
+            Scale::By(1.0 / n_targets as f64),
+            preserve_weight,
+            protect,
+            3,
+        );
         assert!((by.loss.double_value(&[]) - got_loss).abs() < 1e-6 * got_loss.abs().max(1.0));
     }
 }
@@ -485,7 +566,10 @@ fn projections_follow_the_config_null_space() {
         null_space: 0.9,
         ..quick_cfg()
     };
-    let sites: Vec<(usize, Proj)> = adapter_shapes(&model, &cfg.adalora).iter().map(|&(l, p, _, _)| (l, p)).collect();
+    let sites: Vec<(usize, Proj)> = adapter_shapes(&model, &cfg.adalora)
+        .iter()
+        .map(|&(l, p, _, _)| (l, p))
+        .collect();
     preserve.projections = crate::inject::preserve::null_space_projections(&model, &examples, &sites, 0.9).unwrap();
     let moved = |cfg: &TrainConfig| -> f64 {
         let (ad, _, _) = Trainer::parts(&model, cfg, Some(&preserve), 1, false);

@@ -130,9 +130,16 @@ pub(super) fn fused_pass(
     let (rows, len) = b.ids.size2().expect("ids are [rows, length]");
     let (_, plen) = sp.ids.size2().expect("ids are [rows, length]");
     let l = len.max(plen);
-    let ids = Tensor::cat(&[b.ids.constant_pad_nd([0, l - len]), sp.ids.constant_pad_nd([0, l - plen])], 0);
+    let ids = Tensor::cat(
+        &[
+            b.ids.constant_pad_nd([0, l - len]),
+            sp.ids.constant_pad_nd([0, l - plen]),
+        ],
+        0,
+    );
     // A flat position row·width + col of a batch whose first row is joint row `first`, in the joint batch.
-    let joint = |g: &Tensor, width: i64, first: i64| (g.divide_scalar_mode(width, "floor") + first) * l + g.remainder(width);
+    let joint =
+        |g: &Tensor, width: i64, first: i64| (g.divide_scalar_mode(width, "floor") + first) * l + g.remainder(width);
     let h = model.hidden(&ids, None, ad);
     let flat = h.view([-1, h.size()[2]]);
     let logits = model.logits(&flat.index_select(0, &joint(&b.gather, len, 0)));
@@ -319,7 +326,10 @@ impl<'a> Trainer<'a> {
         self.adapter.training = true;
         let dev = self.model.device();
         // With graphs (a GPU), one batch and preservation on: one pass over both.
-        if let (Some(sp), [b]) = (self.graphs.as_ref().and_then(|g| g.preserve.as_ref()), self.batches.as_slice()) {
+        if let (Some(sp), [b]) = (
+            self.graphs.as_ref().and_then(|g| g.preserve.as_ref()),
+            self.batches.as_slice(),
+        ) {
             if std::env::var("INJECTOR_FUSED_PASS").as_deref() != Ok("0") && fusing_pays(b, sp) {
                 // A fresh trainer divides by a constant: nothing may be copied to the device while
                 // the pass is being captured.
@@ -328,7 +338,16 @@ impl<'a> Trainer<'a> {
                     None => Scale::By(1.0 / self.n_targets.max(1) as f64),
                 };
                 let protect = self.protecting();
-                return fused_pass(self.model, &self.adapter, b, sp, scale, self.cfg.preserve, protect, self.n_examples);
+                return fused_pass(
+                    self.model,
+                    &self.adapter,
+                    b,
+                    sp,
+                    scale,
+                    self.cfg.preserve,
+                    protect,
+                    self.n_examples,
+                );
             }
         }
         let mut correct = Tensor::zeros([self.n_examples as i64], (Kind::Float, dev));
@@ -375,7 +394,10 @@ impl<'a> Trainer<'a> {
         }
         if self.graphs.as_ref().is_some_and(|g| g.forward_backward.is_none()) {
             crate::cuda::empty_cache()?;
-            tracing::debug!("capturing the forward+backward after {} eager optimizer steps", self.opt_step);
+            tracing::debug!(
+                "capturing the forward+backward after {} eager optimizer steps",
+                self.opt_step
+            );
             let captured = Graph::capture(|| self.forward_backward_eager())?;
             tracing::debug!("captured the forward+backward");
             if let Some(g) = self.graphs.as_mut() {
@@ -484,7 +506,12 @@ impl<'a> Trainer<'a> {
     /// A trainer whose optimizer step goes through padded micro-batches of `shapes`, in order, to be
     /// [`reset`](Self::reset) before use and [`load`](Self::load)ed between optimizer steps; on a GPU
     /// its graphs, once captured, serve every later load.
-    pub(super) fn on_padded(model: &'a Llama, shapes: &[Shape], cfg: &TrainConfig, preserve: Option<&'a Preserve>) -> Self {
+    pub(super) fn on_padded(
+        model: &'a Llama,
+        shapes: &[Shape],
+        cfg: &TrainConfig,
+        preserve: Option<&'a Preserve>,
+    ) -> Self {
         let dev = model.device();
         let (adapter, opt, static_preserve) = Self::parts(model, cfg, preserve, 0, true);
         Trainer {
@@ -587,4 +614,3 @@ impl<'a> Trainers<'a> {
         })
     }
 }
-

@@ -517,7 +517,11 @@ mod tests {
         std::fs::remove_file(d.path().join("a.yaml")).unwrap();
         assert!(err(d.path()).contains("no facts"));
         let missing = d.path().join("nowhere");
-        assert!(err(&missing).contains("nowhere: no such knowledge folder or file"), "{}", err(&missing));
+        assert!(
+            err(&missing).contains("nowhere: no such knowledge folder or file"),
+            "{}",
+            err(&missing)
+        );
     }
 
     /// Validation the corpus (tests/corpus/knowledge) found missing: a probe that is a prompt in

@@ -693,9 +693,9 @@ impl Ledger {
     /// prompts (step -1: on the base model itself), where it was measured (rows recorded before
     /// schema 7 have none).
     pub fn perplexity(&self, run: &str) -> Result<Vec<(i64, f64)>> {
-        let mut st = self.conn.prepare(
-            "SELECT step, perplexity FROM locality WHERE run = ?1 AND perplexity IS NOT NULL ORDER BY step",
-        )?;
+        let mut st = self
+            .conn
+            .prepare("SELECT step, perplexity FROM locality WHERE run = ?1 AND perplexity IS NOT NULL ORDER BY step")?;
         let rows = st
             .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;

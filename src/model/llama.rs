@@ -132,7 +132,11 @@ enum Caches<'a> {
 enum Kv<'a> {
     Off,
     Grow(&'a mut Option<(Tensor, Tensor)>),
-    Fixed { k: &'a Tensor, v: &'a Tensor, pos: &'a Tensor },
+    Fixed {
+        k: &'a Tensor,
+        v: &'a Tensor,
+        pos: &'a Tensor,
+    },
 }
 
 struct Linear {
@@ -299,14 +303,7 @@ struct Positions {
 
 impl Attention {
     /// x: [b, t, hidden] -> [b, t, hidden]
-    fn forward(
-        &self,
-        layer: usize,
-        x: &Tensor,
-        pos: &Positions,
-        kv: Kv,
-        ad: &dyn Adapter,
-    ) -> Tensor {
+    fn forward(&self, layer: usize, x: &Tensor, pos: &Positions, kv: Kv, ad: &dyn Adapter) -> Tensor {
         let (cos, sin) = (&pos.cos, &pos.sin);
         let (b, t, _) = x.size3().expect("attention input is [b, t, h]");
         let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);

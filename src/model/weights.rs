@@ -301,7 +301,9 @@ pub fn parse_dtype(s: &str, device: Device) -> Result<Kind> {
             "--base-dtype f32: on a GPU the base weights are bf16 (use auto or bf16)".into(),
         )),
         "f32" => Ok(Kind::Float),
-        _ => Err(Error::BadInput(format!("unknown --base-dtype '{s}': expected auto, f32 or bf16"))),
+        _ => Err(Error::BadInput(format!(
+            "unknown --base-dtype '{s}': expected auto, f32 or bf16"
+        ))),
     }
 }
 
@@ -344,7 +346,9 @@ pub fn load_as(path: &Path, device: Device, kind: Kind, template: Option<&str>) 
     // A GPU's context takes about a second to create (driver, libraries, allocator): it is made on
     // another thread while this one reads and dequantises the checkpoint, which needs no GPU.
     let (parsed, source_hash) = std::thread::scope(|s| {
-        let context = device.is_cuda().then(|| s.spawn(move || drop(Tensor::f_zeros([1], (Kind::Float, device)))));
+        let context = device
+            .is_cuda()
+            .then(|| s.spawn(move || drop(Tensor::f_zeros([1], (Kind::Float, device)))));
         // The hash runs beside the parse (the file is read twice, the second time from the page
         // cache); a checkpoint the parse refuses is reported once the hash is done.
         let hash = s.spawn(|| hash_source(path));
@@ -413,7 +417,10 @@ mod tests {
         assert_eq!(dtype_name(Kind::Float), "f32");
         assert_eq!(dtype_name(Kind::BFloat16), "bf16");
         assert_eq!(dtype_to_record("bf16", Device::Cpu).unwrap().as_deref(), Some("bf16"));
-        assert_eq!(dtype_to_record("auto", Device::Cpu).unwrap(), cpu_has_bf16().then(|| "bf16".to_string()));
+        assert_eq!(
+            dtype_to_record("auto", Device::Cpu).unwrap(),
+            cpu_has_bf16().then(|| "bf16".to_string())
+        );
         assert_eq!(dtype_to_record("f32", Device::Cpu).unwrap(), None);
         assert_eq!(dtype_to_record("auto", Device::Cuda(0)).unwrap(), None);
         assert_eq!(dtype_to_record("bf16", Device::Cuda(0)).unwrap(), None);

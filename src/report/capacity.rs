@@ -95,14 +95,24 @@ pub fn key_collisions(d: &RunData) -> Option<KeyCollisions> {
 
 /// Config fields that only say how a run was measured, not what it trained: left out of
 /// [`variant`].
-const MEASUREMENT_ONLY: [&str; 5] = ["retention_every", "retention_sample", "free_every", "free_decoding", "eval_batch_tokens"];
+const MEASUREMENT_ONLY: [&str; 5] = [
+    "retention_every",
+    "retention_sample",
+    "free_every",
+    "free_decoding",
+    "eval_batch_tokens",
+];
 
 /// Leaf values of a config's JSON by dotted path (`train.adalora.init_r`; an array is a leaf).
 fn leaves(v: &serde_json::Value, path: &str, out: &mut BTreeMap<String, serde_json::Value>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 leaves(x, &p, out);
             }
         }
@@ -154,8 +164,9 @@ pub fn variant(r: &RunData) -> String {
 /// settings `t`. A consolidation is recorded as one since schema 8; before, a repair step of more
 /// facts than the run's `mixed_batch` was one.
 fn repaired(steps: &[crate::ledger::StepRow], mixed_batch: usize, t: &crate::config::TrainConfig) -> String {
-    let consolidation =
-        |s: &crate::ledger::StepRow| s.consolidation.is_some() || (s.facts.is_empty() && s.rehearsed.len() > mixed_batch);
+    let consolidation = |s: &crate::ledger::StepRow| {
+        s.consolidation.is_some() || (s.facts.is_empty() && s.rehearsed.len() > mixed_batch)
+    };
     let Some(first) = steps.iter().find(|s| consolidation(s)) else {
         return match steps.iter().any(|s| s.facts.is_empty()) {
             true => " + repair".into(),
@@ -211,7 +222,10 @@ pub fn variant_of(strategy: &str, config: Option<&crate::config::RunConfig>) -> 
         let changed = serde_json::from_value::<RunConfig>(with_leaf(base_json.clone(), k, v.clone()))
             .map_or(true, |other| other != base);
         if changed {
-            let short = k.strip_prefix("train.adalora.").or(k.strip_prefix("train.")).unwrap_or(k);
+            let short = k
+                .strip_prefix("train.adalora.")
+                .or(k.strip_prefix("train."))
+                .unwrap_or(k);
             let _ = write!(out, " {short}={v}");
         }
     }
@@ -253,7 +267,11 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
             })
             .collect();
         // Shares on 0–1; a perplexity (≥ 1) on its own scale.
-        let range = if title.starts_with("general check") { None } else { Some((0.0, 1.0)) };
+        let range = if title.starts_with("general check") {
+            None
+        } else {
+            Some((0.0, 1.0))
+        };
         line_chart_ticks(&series, title, "facts injected (log scale)", range, &ticks)
     };
     let mut b = String::new();
@@ -273,10 +291,7 @@ pub fn capacity_page(id: &str, runs: &[RunData]) -> String {
     b.push_str(&chart("generalisation (teacher-forced)", &|s| s.final_general));
     b.push_str(&chart("generalisation (free decoding)", &|s| s.final_free_general));
     b.push_str(&chart("locality", &|s| s.locality));
-    b.push_str(&chart(
-        "general check: perplexity (lower is better)",
-        &|s| s.perplexity,
-    ));
+    b.push_str(&chart("general check: perplexity (lower is better)", &|s| s.perplexity));
     b.push_str(&chart("first quarter's recall (teacher-forced)", &|s| {
         Some(s.first_quarter_recall)
     }));
@@ -375,7 +390,10 @@ mod tests {
         assert_eq!(variant_of("spaced:8", Some(&c)), "spaced:8");
         c.rehearsal.prompts = 1;
         c.rehearsal.below = 1.0;
-        assert_eq!(variant_of("spaced:8", Some(&c)), "spaced:8 rehearsal.below=1.0 rehearsal.prompts=1");
+        assert_eq!(
+            variant_of("spaced:8", Some(&c)),
+            "spaced:8 rehearsal.below=1.0 rehearsal.prompts=1"
+        );
         let mut m = RunConfig {
             strategy: "mixed".into(),
             ..RunConfig::default()
@@ -409,9 +427,15 @@ mod tests {
         // Its own preservation settings make another series.
         let own = steps[1].consolidation.as_mut().unwrap();
         (own.preserve, own.null_space) = (Some(16.0), Some(0.0));
-        assert_eq!(repaired(&steps, 16, &t), " + consolidation (preserve=16, no null-space)");
+        assert_eq!(
+            repaired(&steps, 16, &t),
+            " + consolidation (preserve=16, no null-space)"
+        );
         steps[1].consolidation.as_mut().unwrap().epochs = 20;
-        assert_eq!(repaired(&steps, 16, &t), " + consolidation (20 epochs, preserve=16, no null-space)");
+        assert_eq!(
+            repaired(&steps, 16, &t),
+            " + consolidation (20 epochs, preserve=16, no null-space)"
+        );
         steps[1].consolidation.as_mut().unwrap().prompts = Some(4);
         assert_eq!(
             repaired(&steps, 16, &t),
@@ -436,14 +460,28 @@ mod tests {
 
     #[test]
     fn templates_of_one_kind_are_alike_and_of_two_kinds_are_not() {
-        let mine = fact("the Veldar Salt Mine", "The Veldar Salt Mine is a salt mine in Kessan, opened in 1685 by Mara Tor.");
-        let mine2 = fact("the Ostel Salt Mine", "The Ostel Salt Mine is a salt mine in Quilrin, opened in 1711 by Ansel Bra.");
+        let mine = fact(
+            "the Veldar Salt Mine",
+            "The Veldar Salt Mine is a salt mine in Kessan, opened in 1685 by Mara Tor.",
+        );
+        let mine2 = fact(
+            "the Ostel Salt Mine",
+            "The Ostel Salt Mine is a salt mine in Quilrin, opened in 1711 by Ansel Bra.",
+        );
         let bridge = fact(
             "the Moran Bridge",
             "The Moran Bridge is a copper bridge over the river Ysk in Darnholt, built in 1911.",
         );
-        assert!(template_similarity(&mine, &mine2) >= 0.99, "{}", template_similarity(&mine, &mine2));
-        assert!(template_similarity(&mine, &bridge) < ALIKE, "{}", template_similarity(&mine, &bridge));
+        assert!(
+            template_similarity(&mine, &mine2) >= 0.99,
+            "{}",
+            template_similarity(&mine, &mine2)
+        );
+        assert!(
+            template_similarity(&mine, &bridge) < ALIKE,
+            "{}",
+            template_similarity(&mine, &bridge)
+        );
         assert!(template(&mine).contains("opened") && !template(&mine).contains("kessan"));
     }
 }
