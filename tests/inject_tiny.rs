@@ -661,6 +661,13 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         let o = repair(bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
     }
+    // The refusal is the repair's own (clap's would exit 2 too): it says why.
+    let o = repair(&["--per-step", "1", "--prompts", "2"]);
+    assert!(
+        stderr(&o).contains("--prompts set a consolidation's training") && stderr(&o).contains("--per-step 1"),
+        "{}",
+        stderr(&o)
+    );
     let steps = || -> Vec<serde_json::Value> {
         let show = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
@@ -720,7 +727,7 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         "{} optimizer steps",
         opt(&s[7])
     );
-    // The plain listing says which steps were a consolidation and which a repair of a few facts.
+    // The plain listing says which steps were a consolidation and which rehearsed a few facts.
     let show = stdout(&injector(p, &["ledger", "show", run, "--ledger", "l.db"]));
     let row = |i: usize| {
         show.lines()
@@ -732,7 +739,7 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
         row(5).contains("consolidation of 3 facts") && row(7).contains("consolidation of 5 facts"),
         "{show}"
     );
-    assert!(row(6).contains("repair: "), "{show}");
+    assert!(row(6).contains("rehearsal of "), "{show}");
 }
 
 /// `run --consolidate` ends a run with the consolidation `repair RUN --below 1 --consolidate`
@@ -778,6 +785,13 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
         );
         assert!(!p.join("bad.db").exists(), "{bad:?} wrote a ledger");
     }
+    // clap's refusal names the flag the prompts need.
+    let o = with("bad.db", &["--consolidate-prompts", "2"]);
+    assert!(
+        stderr(&o).contains("required arguments were not provided: --consolidate "),
+        "{}",
+        stderr(&o)
+    );
     let o = with(
         "one.db",
         &["--consolidate", "--consolidate-epochs", "3", "--mixed-batch", "2"],
@@ -855,20 +869,21 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(steps("one.db", one["run"].as_str().unwrap()).len(), 6);
     // The capacity page names the closing consolidation as a repair's is, not as a setting.
-    let c = injector(
-        p,
-        &[
+    let capacity_page = |ledger: &str, run: &serde_json::Value| -> String {
+        let args = [
             "--ledger",
-            "one.db",
+            ledger,
             "--reports",
             "reports",
             "report",
             "--capacity",
-            one["run"].as_str().unwrap(),
-        ],
-    );
-    assert!(c.status.success(), "{}", stderr(&c));
-    let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
+            run.as_str().unwrap(),
+        ];
+        let c = injector(p, &args);
+        assert!(c.status.success(), "{}", stderr(&c));
+        std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap()
+    };
+    let page = capacity_page("one.db", &one["run"]);
     assert!(
         page.contains(" + consolidation (3 epochs)") && !page.contains("consolidate_epochs"),
         "{page}"
@@ -917,20 +932,7 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     assert!(a[5]["consolidation"].get("prompts").is_none());
     let tokens = |s: &serde_json::Value| s["tokens"].as_i64().unwrap();
     assert!(tokens(&c[5]) < tokens(&a[5]), "{} vs {}", c[5], a[5]);
-    let c = injector(
-        p,
-        &[
-            "--ledger",
-            "three.db",
-            "--reports",
-            "reports",
-            "report",
-            "--capacity",
-            three["run"].as_str().unwrap(),
-        ],
-    );
-    assert!(c.status.success(), "{}", stderr(&c));
-    let page = std::fs::read_to_string(p.join(String::from_utf8_lossy(&c.stdout).lines().next().unwrap())).unwrap();
+    let page = capacity_page("three.db", &three["run"]);
     assert!(
         page.contains(" + consolidation (3 epochs, 1 prompt an epoch)") && !page.contains("consolidate_prompts"),
         "{page}"

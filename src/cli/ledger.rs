@@ -95,8 +95,8 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
             );
             let loc: HashMap<i64, f64> = locality.into_iter().collect();
             // A step's own facts, then what it rehearsed: a repair's steps have no facts of their
-            // own, and a consolidation rehearses every fact of the run.
-            let config = RunConfig::from_json(&r.config, &format!("run {}'s config in the ledger", r.id)).ok();
+            // own (a repair's, a run's closing one), and a consolidation rehearses every fact of the run.
+            let config = RunConfig::from_ledger(&r.config, &r.id).ok();
             let mixed_batch = config.map_or(16, |c| c.mixed_batch);
             for s in &steps {
                 let names = |hashes: &[String]| -> String {
@@ -110,7 +110,7 @@ pub fn run(a: LedgerArgs, g: &Global) -> anyhow::Result<()> {
                 let consolidation = s.consolidation.is_some() || (s.facts.is_empty() && n > mixed_batch);
                 let mut label = match (s.facts.is_empty(), n) {
                     (true, _) if consolidation => format!("consolidation of {n} facts"),
-                    (true, _) => format!("repair: {}", names(&s.rehearsed)),
+                    (true, _) => format!("rehearsal of {}", names(&s.rehearsed)),
                     (false, 0) => names(&s.facts),
                     (false, _) => format!("{} +{n} rehearsed", names(&s.facts)),
                 };

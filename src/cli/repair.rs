@@ -54,8 +54,9 @@ pub struct RepairArgs {
     #[arg(long, default_value_t = 0.0)]
     pub protect: f64,
     /// A consolidation's training prompts per fact an epoch, taken in turn from one epoch to the
-    /// next so that successive epochs cover them all (default 0: all of them); fewer make an epoch
-    /// cheaper. Experimental: README, Capacity, sessions 15–16.
+    /// next so that successive epochs cover them all (default 0: all of them, whatever the run's
+    /// --consolidate-prompts); fewer make an epoch cheaper. Experimental: README, Capacity,
+    /// sessions 15–16.
     #[arg(long, default_value_t = 0)]
     pub prompts: usize,
     /// Print the outcome as JSON on stdout.

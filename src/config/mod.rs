@@ -356,7 +356,8 @@ pub struct Rehearsal {
     /// How many of a rehearsed fact's training prompts it is rehearsed with, taken in turn from one
     /// rehearsal of the fact to its next, so that successive rehearsals cover them all; 0 (the
     /// default) for all of them. Fewer prompts make a rehearsal cheaper, so the budget covers more
-    /// facts. For `replay:K` too; repair's steps take every prompt.
+    /// facts. For `replay:K` too; repair's steps take every prompt but a consolidation's, which
+    /// takes `repair --prompts` or the run's `consolidate_prompts`.
     #[serde(skip_serializing_if = "is_zero_usize")]
     pub prompts: usize,
 }

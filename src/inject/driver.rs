@@ -244,7 +244,8 @@ fn plan_closing(
 }
 
 /// The consolidation a run with `consolidate_epochs` ends with (see [`RunConfig`]): what `repair
-/// RUN --below 1 --consolidate --epochs N` does, with the run's mini-batch and preservation.
+/// RUN --below 1 --consolidate --epochs N --prompts K` does (K the run's `consolidate_prompts`),
+/// with the run's mini-batch and preservation.
 fn closing_consolidation(config: &RunConfig) -> Repair {
     Repair {
         below: 1.0,

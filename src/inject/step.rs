@@ -174,7 +174,8 @@ pub fn epoch_shapes(facts: &[Vec<Example>], (batch_facts, prompts): (usize, usiz
 /// `prompts` of its examples an epoch (0: all; [`epoch_examples`]), with the caller's choice of how
 /// mini-batches are laid out: written into padded micro-batches (`padded`; replayed from captured
 /// graphs where the pool has a GPU stream), or packed afresh and run eagerly. For the tests that hold
-/// the two to the same training. At most `batch_facts` facts go to [`train`], under the pool's config.
+/// the two to the same training. At most `batch_facts` facts go to [`train`], under the pool's config;
+/// they train on all their examples, so `prompts` must then be 0 (panics otherwise: a caller's bug).
 pub fn train_epochs_with(
     trainers: &mut Trainers,
     cfg: &TrainConfig,
@@ -209,7 +210,9 @@ pub fn train_epochs_with(
             &cfg,
             preserve,
         );
-        tr.reset(&facts[0], seed);
+        // Fact 0 as the first epoch takes it: the rows are sized for `prompts` examples a fact.
+        let first: Vec<Example> = epoch_examples(&facts[0], prompts, 0).into_iter().cloned().collect();
+        tr.reset(&first, seed);
         tr
     } else {
         Trainer::eager(model, &facts[0], &cfg, preserve, seed)

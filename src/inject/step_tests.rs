@@ -319,15 +319,28 @@ fn padded_mini_batches_train_like_packed_ones() {
     );
     // The weakest fact's recall reported after each optimizer step comes from that step's
     // argmax counts, read from the micro-batches.
-    let run = |padded: bool, prompts: usize| {
+    let run_in = |padded: bool, batch: usize, prompts: usize| {
         let mut pool = Trainers::new(&model, &train_cfg, None).unwrap();
         let mut weakest = Vec::new();
-        let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, prompts), 11, padded, |_, _, r| {
-            weakest.push(r)
-        })
+        let t = train_epochs_with(
+            &mut pool,
+            &train_cfg,
+            &facts,
+            (batch, prompts),
+            11,
+            padded,
+            |_, _, r| weakest.push(r),
+        )
         .unwrap();
         (t, weakest)
     };
+    let run = |padded: bool, prompts: usize| run_in(padded, 3, prompts);
+    // One fact a mini-batch, one prompt each: the padded rows (one) are fewer than the first
+    // fact's examples, which set the trainer up (a panic on the GPU path, review of session 16).
+    assert!(facts[0].len() > 1 && epoch_shapes(&facts, (1, 1), 40).iter().map(|s| s.rows).sum::<usize>() == 1);
+    let ((p11, pw11), (e11, ew11)) = (run_in(true, 1, 1), run_in(false, 1, 1));
+    assert_eq!(pw11, ew11);
+    assert_eq!((p11.optimizer_steps, p11.tokens), (e11.optimizer_steps, e11.tokens));
     // A fact's prompts taken in turn, one an epoch: the same in both layouts, for fewer tokens
     // (each fact has 2–4 examples, so three epochs of one leave some out).
     let ((p1, pw1), (e1, ew1)) = (run(true, 1), run(false, 1));
