@@ -331,7 +331,9 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         })
         .collect();
     let preserve = Preserve::new(&model, &kept, 3);
-    for max_batch_tokens in [4096, 40] {
+    // All prompts of three facts a mini-batch; and one fact of one prompt a mini-batch, whose padded
+    // rows (one) are fewer than a fact's prompts (not yet run on a GPU: added in session 16).
+    for ((batch, prompts), max_batch_tokens) in [((3, 0), 4096), ((3, 0), 40), ((1, 1), 4096)] {
         let train_cfg = TrainConfig {
             lr: 0.05,
             max_steps: 4,
@@ -343,7 +345,7 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         let mut pool = Trainers::new(&model, &train_cfg, Some(&preserve)).unwrap();
         let mut run = |padded: bool| {
             let mut weakest = Vec::new();
-            let t = train_epochs_with(&mut pool, &train_cfg, &facts, (3, 0), 9, padded, |_, _, r| {
+            let t = train_epochs_with(&mut pool, &train_cfg, &facts, (batch, prompts), 9, padded, |_, _, r| {
                 weakest.push(r)
             })
             .unwrap();
@@ -352,7 +354,7 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
         let ((g, gw), (e, ew)) = (run(true), run(false));
         assert_eq!((g.optimizer_steps, g.tokens), (e.optimizer_steps, e.tokens));
         // Facts not yet met in the first epoch count 0; after it, every fact's own greedy tokens.
-        let first_epoch = facts.len().div_ceil(3);
+        let first_epoch = facts.len().div_ceil(batch);
         assert!(gw[first_epoch..].iter().all(|&r| r > 0.0), "{gw:?}");
         // An argmax may flip where two logits tie within rounding; a misplaced count moves whole facts.
         let same = gw.iter().zip(&ew).filter(|(a, b)| a == b).count();
