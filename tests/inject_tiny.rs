@@ -930,6 +930,48 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     }
     assert_eq!(c[5]["consolidation"]["prompts"], 1);
     assert!(a[5]["consolidation"].get("prompts").is_none());
+    // More prompts an epoch than any fact has trains as all of them, and is recorded so (with a
+    // warning); the run's key keeps what was asked.
+    let o = with(
+        "five.db",
+        &[
+            "--consolidate",
+            "--consolidate-epochs",
+            "3",
+            "--mixed-batch",
+            "2",
+            "--consolidate-prompts",
+            "1000",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is every prompt of its facts"), "{}", stderr(&o));
+    let five: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_ne!(five["run"], one["run"]);
+    assert_eq!(five["weights_hash"], one["weights_hash"]);
+    let e = steps("five.db", five["run"].as_str().unwrap());
+    assert_eq!(
+        (&e[5]["tokens"], &e[5]["consolidation"]),
+        (&a[5]["tokens"], &a[5]["consolidation"])
+    );
+    // Five facts in mini-batches of 16: the closing step is not a consolidation, and says the
+    // prompts did nothing.
+    let o = with(
+        "six.db",
+        &[
+            "--consolidate",
+            "--consolidate-epochs",
+            "3",
+            "--consolidate-prompts",
+            "1",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a consolidation: --consolidate-prompts 1 does nothing"),
+        "{}",
+        stderr(&o)
+    );
     let tokens = |s: &serde_json::Value| s["tokens"].as_i64().unwrap();
     assert!(tokens(&c[5]) < tokens(&a[5]), "{} vs {}", c[5], a[5]);
     let page = capacity_page("three.db", &three["run"]);

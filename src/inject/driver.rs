@@ -438,6 +438,15 @@ fn drive_steps(
             };
             // A repair step of more facts than a mini-batch is a consolidation (see [`Repair`]).
             let consolidation = repair.filter(|how| own.is_empty() && rehearsed.len() > how.mixed_batch);
+            if let Some(how) = repair.filter(|how| how.in_run && how.prompts > 0 && consolidation.is_none()) {
+                tracing::warn!(
+                    "step {idx}: the run's closing step of {} facts (at most --mixed-batch {}) is not a \
+                     consolidation: --consolidate-prompts {} does nothing, every prompt is trained",
+                    rehearsed.len(),
+                    how.mixed_batch,
+                    how.prompts
+                );
+            }
             let trained = train_stage(
                 &mut trainers,
                 &prepared,
@@ -515,6 +524,23 @@ fn drive_steps(
                     .join(", ")
             );
             step_phases.add(&phases);
+            // A consolidation's prompts an epoch as trained: none recorded where K left out no
+            // prompt of any of its facts (it trained as K = 0 does).
+            let prompts = consolidation.filter(|how| how.prompts > 0).and_then(|how| {
+                let most = rehearsed
+                    .iter()
+                    .map(|h| prepared.examples[h].recall.len())
+                    .max()
+                    .unwrap_or(0);
+                if how.prompts >= most {
+                    tracing::warn!(
+                        "step {idx}: {} training prompts a fact an epoch is every prompt of its facts (at most \
+                         {most}): it trained on all of them",
+                        how.prompts
+                    );
+                }
+                (how.prompts < most).then_some(how.prompts)
+            });
             let step = StepRow {
                 run: plan.run.id.clone(),
                 idx,
@@ -544,7 +570,7 @@ fn drive_steps(
                         preserve: Some(c.preserve),
                         null_space: Some(c.null_space),
                         protect: Some(c.protect),
-                        prompts: (how.prompts > 0).then_some(how.prompts),
+                        prompts,
                     }
                 }),
             };

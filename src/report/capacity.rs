@@ -145,7 +145,7 @@ fn with_leaf(mut v: serde_json::Value, path: &str, x: serde_json::Value) -> serd
 /// capacity page groups runs by it, so runs of one strategy with other settings are other series.
 /// A config that does not parse gives the strategy alone. Steps a repair added (no facts of their
 /// own) are not in the config, so they are named after it: ` + consolidation` when one of them was
-/// (with its epochs when not the default 12, its prompts an epoch when given, and its preservation
+/// (with its epochs when not the default 12, its prompts an epoch when it left some out, and its preservation
 /// settings where they differ from the run's, e.g. ` + consolidation (preserve=16, no null-space)`),
 /// else ` + repair`; a run's own
 /// closing consolidation (`consolidate_epochs`) is named the same way, not as a setting.
