@@ -664,7 +664,8 @@ fn repair_consolidates_the_fallen_facts_in_epochs() {
     // The refusal is the repair's own (clap's would exit 2 too): it says why.
     let o = repair(&["--per-step", "1", "--prompts", "2"]);
     assert!(
-        stderr(&o).contains("--prompts set a consolidation's training") && stderr(&o).contains("--per-step 1"),
+        stderr(&o).starts_with("error: --prompts sets a consolidation's training")
+            && stderr(&o).contains("--per-step 1"),
         "{}",
         stderr(&o)
     );

@@ -107,8 +107,16 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
         .into());
     }
     let mixed_batch = a.mixed_batch.unwrap_or(config.mixed_batch);
-    let own_settings = a.preserve.is_some() || a.no_null_space || a.protect > 0.0 || a.prompts > 0;
-    if own_settings {
+    let given: Vec<&str> = [
+        (a.preserve.is_some(), "--preserve"),
+        (a.no_null_space, "--no-null-space"),
+        (a.protect > 0.0, "--protect"),
+        (a.prompts > 0, "--prompts"),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect();
+    if let Some((last, rest)) = given.split_last() {
         // The most facts one repair step can hold; a consolidation needs more than a mini-batch.
         let n_facts = recorded.run_facts(&r.id)?.len();
         let largest = if a.consolidate {
@@ -124,9 +132,13 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
                     a.per_step, r.id
                 ),
             };
+            let flags = match rest {
+                [] => format!("{last} sets"),
+                _ => format!("{} and {last} set", rest.join(", ")),
+            };
             return Err(Error::BadInput(format!(
-                "--preserve, --no-null-space, --protect and --prompts set a consolidation's training, and no step \
-                 would be one: {holds}, not more than --mixed-batch {mixed_batch}"
+                "{flags} a consolidation's training, and no step would be one: {holds}, not more than \
+                 --mixed-batch {mixed_batch}"
             ))
             .into());
         }
