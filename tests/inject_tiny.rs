@@ -994,19 +994,8 @@ fn run_consolidate_ends_where_run_then_repair_ends() {
     let d1 = many_workspace(1);
     let p = d1.path();
     let again = || {
-        let args = [
-            "run",
-            "k",
-            "--model",
-            "tiny.gguf",
-            "--device",
-            "cpu",
-            "--lr",
-            "0.05",
-            "--alpha",
-            "32",
-        ];
-        let mut args = args.to_vec();
+        // The run above's flags but its step limit.
+        let mut args = base[..10].to_vec();
         args.extend_from_slice(&["--ledger", "held.db", "--json", "--consolidate"]);
         injector(p, &args)
     };
