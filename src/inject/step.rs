@@ -151,8 +151,8 @@ pub fn epoch_examples<T>(all: &[T], prompts: usize, epoch: usize) -> Vec<&T> {
 /// row count as may be, each with target slots for its row count's longest targets (rounded up to 64).
 pub fn epoch_shapes(facts: &[Vec<Example>], (batch_facts, prompts): (usize, usize), max_tokens: usize) -> Vec<Shape> {
     let up = Shape::round_up;
-    let rows_of = |n: usize| if prompts == 0 { n } else { n.min(prompts) };
-    let mut counts: Vec<usize> = facts.iter().map(|f| rows_of(f.len())).collect();
+    // Every epoch takes as many of a fact's examples as its first does.
+    let mut counts: Vec<usize> = facts.iter().map(|f| epoch_examples(f, prompts, 0).len()).collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let rows = counts.iter().take(batch_facts.max(1)).sum::<usize>().max(1);
     let len = up(facts.iter().flatten().map(Example::len).max().unwrap_or(1), 16);
