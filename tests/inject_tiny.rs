@@ -291,6 +291,34 @@ fn base_answers_are_kept_per_model_and_change_nothing() {
     assert_eq!(second, hash("fresh.db", "1"));
 }
 
+/// `--preserve-prompts`: 48 is the default run (same key: nothing to do), a wider set is a run of
+/// its own with its own kept base answers, and it trains to other weights (the preservation term
+/// and the projection see other prompts).
+#[test]
+fn a_wider_preservation_set_is_a_run_of_its_own() {
+    let d = small_workspace();
+    let p = d.path();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let o = injector(p, &run_args(&[&["--json", "-q"], extra].concat()));
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap_or(serde_json::Value::Null)
+    };
+    let default = run(&[]);
+    let same = injector(p, &run_args(&["--preserve-prompts", "48"]));
+    assert!(stdout(&same).contains("nothing to do"), "{}", stdout(&same));
+    let wide = run(&["--preserve-prompts", "256"]);
+    assert_ne!(wide["run"], default["run"]);
+    assert_ne!(wide["weights_hash"], default["weights_hash"]);
+    let db = p.join("l.db");
+    assert_eq!(rusqlite_rows(&db, "SELECT COUNT(*) FROM base_answers"), 3);
+    let show = injector(p, &["ledger", "show", wide["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(shown["config"]["train"]["preserve_prompts"], 256, "{shown}");
+    let bad = injector(p, &run_args(&["--preserve-prompts", "257"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--preserve-prompts"), "{}", stderr(&bad));
+}
+
 fn rusqlite_rows(db: &std::path::Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(db).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()

@@ -58,10 +58,15 @@ pub struct TrainArgs {
     /// (default 4).
     #[arg(long)]
     pub preserve: Option<f64>,
-    /// Preservation prompts per optimizer step (taken in turn from the set of 48), at least 1
+    /// Preservation prompts per optimizer step (taken in turn from the set), at least 1
     /// (default 8).
     #[arg(long)]
     pub preserve_batch: Option<usize>,
+    /// How many built-in unrelated prompts make the preservation set, for the preservation term and
+    /// the null-space projection: 1 to 256 (default 48, the set of every earlier run). The extra
+    /// prompts keep off the locality prompts' topics. Experimental (README Capacity, session 17).
+    #[arg(long)]
+    pub preserve_prompts: Option<usize>,
     /// Null-space projection: each adapter's input loses the principal directions carrying this
     /// share, in [0, 1), of the base model's input energy on the preservation prompts (0 = off;
     /// default 0.9).
@@ -158,6 +163,7 @@ impl TrainArgs {
         on(self.merge_scale.is_some(), "--merge-scale");
         on(self.preserve.is_some(), "--preserve");
         on(self.preserve_batch.is_some(), "--preserve-batch");
+        on(self.preserve_prompts.is_some(), "--preserve-prompts");
         on(self.null_space.is_some(), "--null-space");
         on(self.protect.is_some(), "--protect");
         on(self.protect_mean, "--protect-mean");
@@ -201,6 +207,7 @@ impl TrainArgs {
         set(&mut t.merge_scale, self.merge_scale);
         set(&mut t.preserve, self.preserve);
         set(&mut t.preserve_batch, self.preserve_batch);
+        set(&mut t.preserve_prompts, self.preserve_prompts);
         set(&mut t.null_space, self.null_space);
         set(&mut t.protect, self.protect);
         t.protect_mean |= self.protect_mean;
@@ -300,6 +307,7 @@ mod tests {
             ("merge_scale", format!("default {}", g(t.merge_scale))),
             ("preserve", format!("default {}", g(t.preserve))),
             ("preserve_batch", format!("default {}", t.preserve_batch)),
+            ("preserve_prompts", format!("default {}", t.preserve_prompts)),
             ("null_space", format!("default {}", g(t.null_space))),
             ("protect", "(0 = off, the default)".to_string()),
             ("retention_every", format!("default {}", c.retention_every)),

@@ -108,6 +108,12 @@ pub struct TrainConfig {
     /// Preservation prompts per optimizer step (taken in turn from the whole set).
     #[serde(default = "legacy_preserve_batch")]
     pub preserve_batch: usize,
+    /// How many of the built-in preservation prompts the preservation term and the null-space
+    /// projection draw on: the first `preserve_prompts` of
+    /// `eval::locality::preserve_prompts` (48 by default, the set of every run before the field
+    /// existed; at most 256). Left out of the serialised config at 48, so earlier keys stay.
+    #[serde(default = "default_preserve_prompts", skip_serializing_if = "is_default_preserve_prompts")]
+    pub preserve_prompts: usize,
     /// Null-space projection (0 = off): each adapter sees its input with the principal directions
     /// that carry this share of the base model's input energy on the preservation prompts removed, so
     /// its update barely moves what those prompts produce (after AlphaEdit, arXiv:2410.02355).
@@ -217,6 +223,15 @@ fn is_adam_beta2(v: &f64) -> bool {
     *v == adam_beta2()
 }
 
+/// The preservation prompts of every run before `preserve_prompts` existed.
+fn default_preserve_prompts() -> usize {
+    crate::eval::locality::PRESERVE_PROMPTS.len()
+}
+
+fn is_default_preserve_prompts(n: &usize) -> bool {
+    *n == default_preserve_prompts()
+}
+
 /// `preserve_batch` of configs written before the field existed.
 fn legacy_preserve_batch() -> usize {
     8
@@ -238,6 +253,7 @@ impl Default for TrainConfig {
             merge_scale: 1.0,
             preserve: 4.0,
             preserve_batch: 8,
+            preserve_prompts: default_preserve_prompts(),
             null_space: 0.9,
             lr_scheduler: LrScheduler::Constant,
             protect: 0.0,
@@ -521,6 +537,14 @@ impl RunConfig {
         c.non_negative(t.merge_scale, "--merge-scale", "train.merge_scale");
         c.non_negative(t.preserve, "--preserve", "train.preserve");
         c.at_least_one(t.preserve_batch as u64, "--preserve-batch", "train.preserve_batch");
+        let most = crate::eval::locality::MAX_PRESERVE_PROMPTS;
+        c.check(
+            (1..=most).contains(&t.preserve_prompts),
+            "--preserve-prompts",
+            "train.preserve_prompts",
+            &format!("between 1 and {most}"),
+            t.preserve_prompts,
+        );
         c.within(t.null_space, false, "--null-space", "train.null_space");
         c.non_negative(t.protect, "--protect", "train.protect");
         c.check(
@@ -876,6 +900,12 @@ mod tests {
         assert!(RunConfig::from_json(&off.to_json(), "x").unwrap().train.protect_mean);
         off.train.adam_beta1 = 0.8;
         assert!(off.to_json().contains(r#""adam_beta1":0.8"#));
+        // The preservation set's size is written only when it is not the first release's 48.
+        assert!(!json.contains("preserve_prompts"));
+        off.train.preserve_prompts = 256;
+        assert!(off.to_json().contains(r#""preserve_prompts":256"#));
+        assert_eq!(RunConfig::from_json(&off.to_json(), "x").unwrap().train.preserve_prompts, 256);
+        assert_eq!(RunConfig::from_json(&json, "x").unwrap().train.preserve_prompts, 48);
     }
 
     /// A config of the first release (no preserve, preserve_batch or null_space) reads with the
@@ -936,6 +966,8 @@ mod tests {
             (Box::new(|c| c.train.adalora.layers = vec![2, 2]), "--layers"),
             (Box::new(|c| c.retention_every = 0), "--retention-every"),
             (Box::new(|c| c.train.preserve_batch = 0), "--preserve-batch"),
+            (Box::new(|c| c.train.preserve_prompts = 0), "--preserve-prompts"),
+            (Box::new(|c| c.train.preserve_prompts = 257), "--preserve-prompts"),
             (Box::new(|c| c.strategy = "random".into()), "unknown strategy"),
             (Box::new(|c| c.consolidate_epochs = -1), "--consolidate-epochs"),
             (Box::new(|c| c.consolidate_epochs = 10_001), "--consolidate-epochs"),

@@ -11,7 +11,7 @@ use super::Clock;
 use crate::config::{Proj, RunConfig};
 use crate::error::Result;
 use crate::eval::batch::Example;
-use crate::eval::locality::{base_answers, LOCALITY_PROMPTS, PRESERVE_PROMPTS};
+use crate::eval::locality::{base_answers, preserve_prompts, LOCALITY_PROMPTS};
 use crate::eval::probe::{locality_scores, FactExamples};
 use crate::ledger::{FixedPhases, GenerationRow, Ledger, LocalityBase};
 use crate::model::Loaded;
@@ -110,7 +110,8 @@ fn preservation(
     }
     let mut clock = Clock::start();
     let model = &loaded.model;
-    let ex = base_answers_kept(ledger, loaded, &PRESERVE_PROMPTS, config.locality_tokens)?;
+    let prompts = preserve_prompts(t.preserve_prompts);
+    let ex = base_answers_kept(ledger, loaded, &prompts, config.locality_tokens)?;
     let mut p = Preserve::new(model, &ex, t.preserve_batch);
     phases.preservation = clock.lap();
     let sites: Vec<(usize, Proj)> = adapter_shapes(model, &t.adalora)
