@@ -3,12 +3,17 @@
 //! carry this binary there.
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
-fn gpu() -> Option<Device> {
+/// The GPU, held by one test at a time: a CUDA graph capture is global to the process (a capture
+/// beside another test's kernels fails, and a parallel `cargo test` aborted on the H200), so the
+/// tests take turns; a test that panicked leaves the lock usable for the next.
+fn gpu() -> Option<(Device, MutexGuard<'static, ()>)> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let dev = Device::Cuda(0);
     if tch::Cuda::is_available() && injector::cuda::available(dev) {
-        Some(dev)
+        Some((dev, ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())))
     } else {
         eprintln!("skipped: not a CUDA build on a GPU");
         None
@@ -50,7 +55,7 @@ fn group(k: i64) -> Vec<injector::eval::batch::Example> {
 /// gradients equal libtorch's silu(g)·u exactly.
 #[test]
 fn shim_swiglu_equals_silu_times_u() {
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     for kind in [Kind::BFloat16, Kind::Float] {
         let leaf = || Tensor::randn([96, 300], (kind, dev)).set_requires_grad(true);
         let (g, u) = (leaf(), leaf());
@@ -75,7 +80,7 @@ fn pooled_trainers_replay_like_fresh_ones() {
     use injector::config::{AdaLoraConfig, TrainConfig};
     use injector::inject::step::{train, Trainer, Trainers};
     use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     tch::manual_seed(0);
     let cfg = tiny_config();
     let model = Llama::random(&cfg, dev, Kind::Float).unwrap();
@@ -123,7 +128,7 @@ fn protected_inputs_and_a_scheduled_rate_replay_like_eager_steps() {
     use injector::inject::preserve::{Preserve, Protected};
     use injector::inject::step::{adapter_shapes, train, Trainer, Trainers};
     use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
     let train_cfg = TrainConfig {
@@ -192,7 +197,7 @@ fn draws_made_ahead_are_the_global_generators() {
     use injector::config::AdaLoraConfig;
     use injector::inject::step::adapter_shapes;
     use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     let shapes = vec![vec![12i64, 576], vec![1536, 12], vec![3, 5], vec![7], vec![16]];
     for seed in [0u64, 42, 7_000_024] {
         let private = injector::cuda::randn_private(seed, &shapes).unwrap().unwrap();
@@ -226,7 +231,7 @@ fn the_fused_pass_trains_like_two_passes() {
     use injector::inject::preserve::Preserve;
     use injector::inject::step::{train, Trainer, Trainers};
     use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
     let rows = |k: i64, n: i64, long: i64| -> Vec<Example> {
@@ -293,7 +298,7 @@ fn mixed_mini_batches_replayed_from_a_graph_train_like_eager_ones() {
     use injector::inject::preserve::Preserve;
     use injector::inject::step::{train_epochs_with, Trainers};
     use injector::model::{Llama, NoAdapter};
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::Float).unwrap();
     let greedy = |prompt: Vec<i64>, n: i64| {
@@ -389,7 +394,7 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
     use injector::inject::state::weights_hash;
     use injector::inject::step::adapter_shapes;
     use injector::model::Llama;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     tch::manual_seed(0);
     let model = Llama::random(&tiny_config(), dev, Kind::BFloat16).unwrap();
     let cfg = TrainConfig::default();
@@ -428,7 +433,7 @@ fn the_weights_hash_through_pinned_memory_is_the_plain_copys() {
 fn graph_decoding_answers_like_eager_decoding() {
     use injector::model::generate::{greedy_batch, greedy_batch_fixed};
     use injector::model::NoAdapter;
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("tiny.gguf");
     common::write_tiny_gguf(&g, 5);
@@ -458,7 +463,7 @@ fn graph_decoding_answers_like_eager_decoding() {
 #[test]
 fn the_base_forward_replayed_from_a_graph_is_the_eager_ones() {
     use injector::model::{base_graph_shape, base_graphs_on, Llama, NoAdapter};
-    let Some(dev) = gpu() else { return };
+    let Some((dev, _turn)) = gpu() else { return };
     if !base_graphs_on(dev) {
         eprintln!("skipped: INJECTOR_GRAPH_EVAL=0 turns the graphs off");
         return;
