@@ -311,7 +311,17 @@ fn a_wider_preservation_set_is_a_run_of_its_own() {
     assert_ne!(wide["weights_hash"], default["weights_hash"]);
     let db = p.join("l.db");
     assert_eq!(rusqlite_rows(&db, "SELECT COUNT(*) FROM base_answers"), 3);
-    let show = injector(p, &["ledger", "show", wide["run"].as_str().unwrap(), "--ledger", "l.db", "--json"]);
+    let show = injector(
+        p,
+        &[
+            "ledger",
+            "show",
+            wide["run"].as_str().unwrap(),
+            "--ledger",
+            "l.db",
+            "--json",
+        ],
+    );
     let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
     assert_eq!(shown["config"]["train"]["preserve_prompts"], 256, "{shown}");
     let bad = injector(p, &run_args(&["--preserve-prompts", "257"]));

@@ -112,7 +112,10 @@ pub struct TrainConfig {
     /// projection draw on: the first `preserve_prompts` of
     /// `eval::locality::preserve_prompts` (48 by default, the set of every run before the field
     /// existed; at most 256). Left out of the serialised config at 48, so earlier keys stay.
-    #[serde(default = "default_preserve_prompts", skip_serializing_if = "is_default_preserve_prompts")]
+    #[serde(
+        default = "default_preserve_prompts",
+        skip_serializing_if = "is_default_preserve_prompts"
+    )]
     pub preserve_prompts: usize,
     /// Null-space projection (0 = off): each adapter sees its input with the principal directions
     /// that carry this share of the base model's input energy on the preservation prompts removed, so
@@ -904,7 +907,13 @@ mod tests {
         assert!(!json.contains("preserve_prompts"));
         off.train.preserve_prompts = 256;
         assert!(off.to_json().contains(r#""preserve_prompts":256"#));
-        assert_eq!(RunConfig::from_json(&off.to_json(), "x").unwrap().train.preserve_prompts, 256);
+        assert_eq!(
+            RunConfig::from_json(&off.to_json(), "x")
+                .unwrap()
+                .train
+                .preserve_prompts,
+            256
+        );
         assert_eq!(RunConfig::from_json(&json, "x").unwrap().train.preserve_prompts, 48);
     }
 

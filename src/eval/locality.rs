@@ -315,7 +315,12 @@ pub const MAX_PRESERVE_PROMPTS: usize = PRESERVE_PROMPTS.len() + MORE_PRESERVE_P
 /// The first `n` preservation prompts (`n` at most [`MAX_PRESERVE_PROMPTS`]): the 48 of every run
 /// before `--preserve-prompts` existed come first, so `n` = 48 is the default set.
 pub fn preserve_prompts(n: usize) -> Vec<&'static str> {
-    PRESERVE_PROMPTS.iter().chain(MORE_PRESERVE_PROMPTS.iter()).take(n).copied().collect()
+    PRESERVE_PROMPTS
+        .iter()
+        .chain(MORE_PRESERVE_PROMPTS.iter())
+        .take(n)
+        .copied()
+        .collect()
 }
 
 /// Greedy answers of the model as it is now (call before any edit), as token ids including the
