@@ -305,6 +305,7 @@ fn a_wider_preservation_set_is_a_run_of_its_own() {
     };
     let default = run(&[]);
     let same = injector(p, &run_args(&["--preserve-prompts", "48"]));
+    assert!(same.status.success(), "{}", stderr(&same));
     assert!(stdout(&same).contains("nothing to do"), "{}", stdout(&same));
     let wide = run(&["--preserve-prompts", "256"]);
     assert_ne!(wide["run"], default["run"]);

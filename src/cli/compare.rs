@@ -137,7 +137,7 @@ pub fn run(a: CompareArgs, g: &Global) -> anyhow::Result<()> {
                 ledger = Some(Ledger::open(&g.ledger)?);
             }
             let ledger = ledger.as_mut().expect("opened above");
-            let mut bar = Bar::new(g.quiet || a.json);
+            let mut bar = Bar::new(g.quiet, a.json);
             let out = inject::run(
                 ledger,
                 &loaded,

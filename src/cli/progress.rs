@@ -1,19 +1,27 @@
-//! The progress bar of long runs: steps, fact, loss and recall, hidden when stdout is not a terminal
-//! or with `-q`.
+//! Progress of long runs: a bar (steps, fact, loss and recall) on a terminal; where the bar is not
+//! drawn — stdout is not a terminal, or `--json` — a plain line on stderr every 30 seconds, so that
+//! a run logged to a file shows where it is; nothing with `-q`.
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use injector::inject::Progress;
 use injector::knowledge::Fact;
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+/// How often a plain progress line is written when the bar is not drawn.
+const LINE_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Bar {
     bar: ProgressBar,
     label: String,
+    lines: Option<Lines>,
 }
 
 impl Bar {
-    pub fn new(quiet: bool) -> Self {
+    /// Nothing with `quiet`; the bar when stdout is a terminal and `json` is off; else plain lines.
+    pub fn new(quiet: bool, json: bool) -> Self {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        if quiet || !std::io::stdout().is_terminal() {
+        let drawn = !quiet && !json && std::io::stdout().is_terminal();
+        if !drawn {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         bar.set_style(
@@ -24,6 +32,15 @@ impl Bar {
         Bar {
             bar,
             label: String::new(),
+            lines: (!quiet && !drawn).then(|| Lines::new(Instant::now())),
+        }
+    }
+
+    fn line(&mut self, detail: &str) {
+        if let Some(l) = self.lines.as_mut() {
+            if let Some(text) = l.due(Instant::now(), &self.label, detail) {
+                eprintln!("{text}");
+            }
         }
     }
 }
@@ -33,6 +50,9 @@ impl Progress for Bar {
         self.bar.set_prefix(run.to_string());
         self.bar.set_length(steps as u64);
         self.bar.set_position(done as u64);
+        if let Some(l) = self.lines.as_mut() {
+            (l.run, l.steps, l.done, l.first) = (run.to_string(), steps, done, done);
+        }
     }
 
     fn step_start(&mut self, _idx: usize, facts: &[&Fact]) {
@@ -44,18 +64,112 @@ impl Progress for Bar {
     }
 
     fn opt_step(&mut self, opt_step: i64, loss: f64, recall: f64) {
-        self.bar.set_message(format!(
-            "{}  opt {opt_step}  loss {loss:.3}  recall {recall:.2}",
-            self.label
-        ));
+        let detail = format!("opt {opt_step}  loss {loss:.3}  recall {recall:.2}");
+        self.bar.set_message(format!("{}  {detail}", self.label));
+        self.line(&detail);
     }
 
     fn step_end(&mut self, _idx: usize, recall: f64) {
         self.bar.inc(1);
         self.bar.set_message(format!("{}  recall {recall:.2}", self.label));
+        if let Some(l) = self.lines.as_mut() {
+            l.done += 1;
+        }
+        self.line(&format!("recall {recall:.2}"));
     }
 
     fn finish(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// The plain progress lines: which run, how far, and an estimate of the time left from the steps
+/// this invocation has finished.
+struct Lines {
+    run: String,
+    steps: usize,
+    /// Steps finished, those of earlier invocations included.
+    done: usize,
+    /// Steps already finished when this invocation started.
+    first: usize,
+    started: Instant,
+    last: Instant,
+}
+
+impl Lines {
+    fn new(now: Instant) -> Self {
+        Lines {
+            run: String::new(),
+            steps: 0,
+            done: 0,
+            first: 0,
+            started: now,
+            last: now,
+        }
+    }
+
+    /// The line to write at `now`, if `LINE_EVERY` has passed since the last one (or the start).
+    fn due(&mut self, now: Instant, label: &str, detail: &str) -> Option<String> {
+        if now.duration_since(self.last) < LINE_EVERY {
+            return None;
+        }
+        self.last = now;
+        let elapsed = now.duration_since(self.started).as_secs();
+        let finished = self.done - self.first;
+        let left = match (finished, self.steps > self.done) {
+            (0, _) | (_, false) => String::new(),
+            (n, true) => {
+                let per = elapsed as f64 / n as f64;
+                format!(", ~{} left", clock((per * (self.steps - self.done) as f64) as u64))
+            }
+        };
+        Some(format!(
+            "{} step {}/{} ({}{left}): {label}  {detail}",
+            self.run,
+            self.done,
+            self.steps,
+            clock(elapsed)
+        ))
+    }
+}
+
+/// Seconds as `1h02m03s`, `2m03s` or `3s`.
+fn clock(s: u64) -> String {
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, sec) => format!("{h}h{m:02}m{sec:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line every 30 s at most, naming the run, the step, the time so far and an estimate of the
+    /// time left from this invocation's own steps (a resumed run's earlier steps do not count).
+    #[test]
+    fn lines_come_every_thirty_seconds_with_an_estimate() {
+        let t0 = Instant::now();
+        let mut l = Lines::new(t0);
+        (l.run, l.steps, l.done, l.first) = ("run-1".into(), 100, 40, 40);
+        assert_eq!(l.due(t0 + Duration::from_secs(29), "gen-0040", "recall 1.00"), None);
+        l.done = 50;
+        assert_eq!(
+            l.due(t0 + Duration::from_secs(30), "gen-0049", "recall 1.00")
+                .as_deref(),
+            Some("run-1 step 50/100 (30s, ~2m30s left): gen-0049  recall 1.00")
+        );
+        assert_eq!(l.due(t0 + Duration::from_secs(45), "gen-0050", ""), None);
+        l.done = 100;
+        assert_eq!(
+            l.due(
+                t0 + Duration::from_secs(3700),
+                "1000 facts",
+                "opt 5  loss 0.100  recall 0.50"
+            )
+            .as_deref(),
+            Some("run-1 step 100/100 (1h01m40s): 1000 facts  opt 5  loss 0.100  recall 0.50")
+        );
     }
 }

@@ -165,7 +165,7 @@ pub fn run(a: RepairArgs, g: &Global) -> anyhow::Result<()> {
     let dtype = config.recorded_base_dtype(&g.base_dtype, device, &format!("run {}", r.id))?;
     let loaded = g.load(&model_path, device, &dtype, template)?;
     let mut ledger = Ledger::open(&g.ledger)?;
-    let mut bar = Bar::new(g.quiet || a.json);
+    let mut bar = Bar::new(g.quiet, a.json);
     let how = Repair {
         below,
         per_step: a.per_step,

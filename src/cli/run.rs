@@ -119,7 +119,7 @@ pub fn run(a: RunArgs, g: &Global) -> anyhow::Result<()> {
     config.check_layers(loaded.model.cfg.num_hidden_layers)?;
     inject::plan::check_fit(&knowledge.facts, &loaded)?;
     let mut ledger = Ledger::open(&g.ledger)?;
-    let mut bar = Bar::new(g.quiet || a.json);
+    let mut bar = Bar::new(g.quiet, a.json);
     let path = model_path.display().to_string();
     let out = match resumed {
         Some(r) => inject::resume(&mut ledger, &loaded, &path, r, &knowledge, &mut bar)?,

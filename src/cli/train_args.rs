@@ -63,8 +63,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preserve_batch: Option<usize>,
     /// How many built-in unrelated prompts make the preservation set, for the preservation term and
-    /// the null-space projection: 1 to 256 (default 48, the set of every earlier run). The extra
-    /// prompts keep off the locality prompts' topics. Experimental (README Capacity, session 17).
+    /// the null-space projection (so only with --preserve or --null-space above 0): 1 to 256
+    /// (default 48, the set of every earlier run). The added prompts ask none of the locality
+    /// prompts' questions, though some share a broad topic. Each keeps its base log-probabilities
+    /// in memory (~5 MB with SmolLM2's vocabulary: 1.2 GB at 256). Experimental (README Capacity,
+    /// session 17).
     #[arg(long)]
     pub preserve_prompts: Option<usize>,
     /// Null-space projection: each adapter's input loses the principal directions carrying this

@@ -548,6 +548,15 @@ impl RunConfig {
             &format!("between 1 and {most}"),
             t.preserve_prompts,
         );
+        // The set feeds the preservation term and the projection alone: without either, another
+        // size would change nothing but the run's key.
+        c.check(
+            t.preserve_prompts == default_preserve_prompts() || t.preserve > 0.0 || t.null_space > 0.0,
+            "--preserve-prompts",
+            "train.preserve_prompts",
+            "set only with --preserve or --null-space above 0",
+            format!("with --preserve {} --null-space {}", t.preserve, t.null_space),
+        );
         c.within(t.null_space, false, "--null-space", "train.null_space");
         c.non_negative(t.protect, "--protect", "train.protect");
         c.check(
@@ -977,6 +986,13 @@ mod tests {
             (Box::new(|c| c.train.preserve_batch = 0), "--preserve-batch"),
             (Box::new(|c| c.train.preserve_prompts = 0), "--preserve-prompts"),
             (Box::new(|c| c.train.preserve_prompts = 257), "--preserve-prompts"),
+            (
+                Box::new(|c| {
+                    c.train.preserve_prompts = 256;
+                    (c.train.preserve, c.train.null_space) = (0.0, 0.0);
+                }),
+                "--preserve-prompts",
+            ),
             (Box::new(|c| c.strategy = "random".into()), "unknown strategy"),
             (Box::new(|c| c.consolidate_epochs = -1), "--consolidate-epochs"),
             (Box::new(|c| c.consolidate_epochs = 10_001), "--consolidate-epochs"),

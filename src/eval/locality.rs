@@ -95,9 +95,14 @@ pub const PRESERVE_PROMPTS: [&str; 48] = [
 ];
 
 /// More preservation prompts, for `--preserve-prompts` above 48 (the first 48 are
-/// [`PRESERVE_PROMPTS`]): everyday requests, explanations, writing and code, written to stay off the
-/// topics of [`LOCALITY_PROMPTS`] (no capitals, arithmetic, colours, translation or the other
-/// questions there), so that a wider preservation set does not train on the locality measurement.
+/// [`PRESERVE_PROMPTS`]): everyday requests, explanations, writing and code, written not to ask any
+/// of the [`LOCALITY_PROMPTS`]' questions (no capital, translation, times table, chemical symbol,
+/// …), so that a wider set does not train on the locality measurement's answers. Held out as
+/// questions, not as topics: some share a broad topic with a locality prompt (the Renaissance and
+/// the Mona Lisa, a thermostat and a thermometer, plants drinking and photosynthesis, a rectangle's
+/// area and arithmetic, a desert sunset and a rainbow, words that rhyme and a synonym), as the first
+/// 48 do more closely (the capital of Japan, the freezing point in Celsius, 9 times 8). This is the
+/// set session 17 measured (README, Capacity); changing it changes what the flag means.
 pub const MORE_PRESERVE_PROMPTS: [&str; 208] = [
     "How do I change a flat tyre on a bicycle?",
     "What is the difference between a virus and a bacterium?",
