@@ -63,7 +63,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub preserve_batch: Option<usize>,
     /// How many built-in unrelated prompts make the preservation set, for the preservation term and
-    /// the null-space projection (so only with --preserve or --null-space above 0): 1 to 256
+    /// the null-space projection (refused when both are 0; both are on by default): 1 to 256
     /// (default 48, the set of every earlier run). The added prompts ask none of the locality
     /// prompts' questions, though some share a broad topic. Each keeps its base log-probabilities
     /// in memory (~5 MB with SmolLM2's vocabulary: 1.2 GB at 256). Experimental (README Capacity,
@@ -117,7 +117,8 @@ pub struct TrainArgs {
     /// facts (README, Capacity): alone, recall 0.77 → 0.995, free recall 0.05 → 0.98, 1.93×
     /// sequential's tokens, locality ~0.80 (session 13); with --protect 2 --protect-mean
     /// --preserve-prompts 256 --consolidate-epochs 20 --consolidate-prompts 2, recall 0.99, free
-    /// 0.96–0.98, locality 0.894–0.908 at three seeds, 1.57–1.60× (session 17).
+    /// 0.96–0.98, locality 0.908 / 0.902 / 0.894 at three seeds (0.9 missed at the third),
+    /// 1.57–1.60× (session 17).
     #[arg(long)]
     pub consolidate: bool,
     /// --consolidate's most epochs when it is a consolidation, 1 to 10000 (default 12).
