@@ -51,7 +51,15 @@ impl Progress for Bar {
         self.bar.set_length(steps as u64);
         self.bar.set_position(done as u64);
         if let Some(l) = self.lines.as_mut() {
-            (l.run, l.steps, l.done, l.first) = (run.to_string(), steps, done, done);
+            // Called again when a run's closing consolidation is planned, with one more step.
+            let again = !l.run.is_empty();
+            (l.run, l.steps, l.done) = (run.to_string(), steps, done);
+            if !again {
+                l.first = done;
+                if let Some(text) = l.ready(Instant::now()) {
+                    eprintln!("{text}");
+                }
+            }
         }
     }
 
@@ -93,6 +101,8 @@ struct Lines {
     /// Steps already finished when this invocation started.
     first: usize,
     started: Instant,
+    /// When the steps began (after loading and preparing), for the estimate.
+    stepping: Instant,
     last: Instant,
 }
 
@@ -104,8 +114,27 @@ impl Lines {
             done: 0,
             first: 0,
             started: now,
+            stepping: now,
             last: now,
         }
+    }
+
+    /// At the start of the steps: the estimate counts from here, and if preparing took
+    /// `LINE_EVERY` or more (base answers, the preservation set and projections: minutes on a
+    /// CPU), a line says so, since no step has written one.
+    fn ready(&mut self, now: Instant) -> Option<String> {
+        self.stepping = now;
+        let took = now.duration_since(self.started);
+        (took >= LINE_EVERY).then(|| {
+            self.last = now;
+            format!(
+                "{} prepared in {}; step {}/{}",
+                self.run,
+                clock(took.as_secs()),
+                self.done,
+                self.steps
+            )
+        })
     }
 
     /// The line to write at `now`, if `LINE_EVERY` has passed since the last one (or the start).
@@ -119,7 +148,7 @@ impl Lines {
         let left = match (finished, self.steps > self.done) {
             (0, _) | (_, false) => String::new(),
             (n, true) => {
-                let per = elapsed as f64 / n as f64;
+                let per = now.duration_since(self.stepping).as_secs_f64() / n as f64;
                 format!(", ~{} left", clock((per * (self.steps - self.done) as f64) as u64))
             }
         };
@@ -147,12 +176,14 @@ mod tests {
     use super::*;
 
     /// A line every 30 s at most, naming the run, the step, the time so far and an estimate of the
-    /// time left from this invocation's own steps (a resumed run's earlier steps do not count).
+    /// time left from this invocation's own steps (a resumed run's earlier steps do not count, nor
+    /// does the time spent preparing before them).
     #[test]
     fn lines_come_every_thirty_seconds_with_an_estimate() {
         let t0 = Instant::now();
         let mut l = Lines::new(t0);
         (l.run, l.steps, l.done, l.first) = ("run-1".into(), 100, 40, 40);
+        assert_eq!(l.ready(t0), None, "prepared at once: no line");
         assert_eq!(l.due(t0 + Duration::from_secs(29), "gen-0040", "recall 1.00"), None);
         l.done = 50;
         assert_eq!(
@@ -170,6 +201,22 @@ mod tests {
             )
             .as_deref(),
             Some("run-1 step 100/100 (1h01m40s): 1000 facts  opt 5  loss 0.100  recall 0.50")
+        );
+    }
+
+    /// Preparing for a minute says so when the steps start, and the estimate leaves that minute out.
+    #[test]
+    fn a_long_preparation_is_named_and_left_out_of_the_estimate() {
+        let t0 = Instant::now();
+        let mut l = Lines::new(t0);
+        (l.run, l.steps, l.done, l.first) = ("run-2".into(), 4, 0, 0);
+        let t1 = t0 + Duration::from_secs(470);
+        assert_eq!(l.ready(t1).as_deref(), Some("run-2 prepared in 7m50s; step 0/4"));
+        l.done = 1;
+        assert_eq!(
+            l.due(t1 + Duration::from_secs(90), "velmora-bridge", "recall 0.49")
+                .as_deref(),
+            Some("run-2 step 1/4 (9m20s, ~4m30s left): velmora-bridge  recall 0.49")
         );
     }
 }
