@@ -63,11 +63,8 @@ impl Progress for Bar {
         }
     }
 
-    fn step_start(&mut self, _idx: usize, facts: &[&Fact]) {
-        self.label = match facts {
-            [one] => one.id.clone(),
-            many => format!("{} facts", many.len()),
-        };
+    fn step_start(&mut self, _idx: usize, facts: &[&Fact], rehearsed: usize) {
+        self.label = step_label(facts, rehearsed);
         self.bar.set_message(self.label.clone());
     }
 
@@ -77,13 +74,14 @@ impl Progress for Bar {
         self.line(&detail);
     }
 
-    fn step_end(&mut self, _idx: usize, recall: f64) {
+    fn step_end(&mut self, _idx: usize, recall: Option<f64>) {
         self.bar.inc(1);
-        self.bar.set_message(format!("{}  recall {recall:.2}", self.label));
+        let detail = recall.map_or("done".to_string(), |r| format!("recall {r:.2}"));
+        self.bar.set_message(format!("{}  {detail}", self.label));
         if let Some(l) = self.lines.as_mut() {
             l.done += 1;
         }
-        self.line(&format!("recall {recall:.2}"));
+        self.line(&detail);
     }
 
     fn finish(&mut self) {
@@ -162,6 +160,21 @@ impl Lines {
     }
 }
 
+/// What a step trains: its fact's id, its facts' count, and the facts it rehearses (as `ledger
+/// show` names a step without facts of its own: "rehearsal of …").
+fn step_label(facts: &[&Fact], rehearsed: usize) -> String {
+    let own = match facts {
+        [] => None,
+        [one] => Some(one.id.clone()),
+        many => Some(format!("{} facts", many.len())),
+    };
+    match (own, rehearsed) {
+        (Some(own), 0) => own,
+        (Some(own), r) => format!("{own} + rehearsal of {r}"),
+        (None, r) => format!("rehearsal of {r} facts"),
+    }
+}
+
 /// Seconds as `1h02m03s`, `2m03s` or `3s`.
 fn clock(s: u64) -> String {
     match (s / 3600, s / 60 % 60, s % 60) {
@@ -217,6 +230,22 @@ mod tests {
             l.due(t1 + Duration::from_secs(90), "velmora-bridge", "recall 0.49")
                 .as_deref(),
             Some("run-2 step 1/4 (9m20s, ~4m30s left): velmora-bridge  recall 0.49")
+        );
+    }
+
+    /// A repair's or closing consolidation's step has no fact of its own: it is named by what it
+    /// rehearses, and it ends without a recall (it used to print "recall inf").
+    #[test]
+    fn a_step_without_facts_of_its_own_is_named_by_its_rehearsal() {
+        assert_eq!(step_label(&[], 1000), "rehearsal of 1000 facts");
+        let t0 = Instant::now();
+        let mut l = Lines::new(t0);
+        (l.run, l.steps, l.done, l.first) = ("run-3".into(), 3, 3, 2);
+        let mut bar = Bar::new(true, false);
+        bar.step_end(2, None);
+        assert_eq!(
+            l.due(t0 + LINE_EVERY, &step_label(&[], 2), "done").as_deref(),
+            Some("run-3 step 3/3 (30s): rehearsal of 2 facts  done")
         );
     }
 }

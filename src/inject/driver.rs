@@ -27,10 +27,16 @@ use std::time::Instant;
 
 /// What a caller sees of a run as it goes.
 pub trait Progress {
+    /// `steps` in all, `done` of them already recorded; called again, with one step more, when a
+    /// run's closing consolidation is planned.
     fn start(&mut self, _run: &str, _steps: usize, _done: usize) {}
-    fn step_start(&mut self, _idx: usize, _facts: &[&Fact]) {}
+    /// A step of its own `facts` (none for a repair or closing step) that also rehearses
+    /// `rehearsed` facts chosen before it (a repair's or a consolidation's; spaced rehearsal
+    /// chooses later and is not counted).
+    fn step_start(&mut self, _idx: usize, _facts: &[&Fact], _rehearsed: usize) {}
     fn opt_step(&mut self, _opt_step: i64, _loss: f64, _recall: f64) {}
-    fn step_end(&mut self, _idx: usize, _recall: f64) {}
+    /// `recall`: the lowest of the step's own facts, none for a step without any.
+    fn step_end(&mut self, _idx: usize, _recall: Option<f64>) {}
     fn finish(&mut self) {}
 }
 
@@ -411,10 +417,10 @@ fn drive_steps(
             let group = plan.groups[g].clone();
             let idx = plan.step_index(g);
             let own: Vec<&Fact> = group.iter().map(|&i| &plan.facts[i]).collect();
-            progress.step_start(idx as usize, &own);
+            let preset = plan.preset.get(g).cloned().unwrap_or_default();
+            progress.step_start(idx as usize, &own, preset.len());
             let mut clock = Clock::start();
             let own_hashes: Vec<String> = own.iter().map(|f| f.hash.clone()).collect();
-            let preset = plan.preset.get(g).cloned().unwrap_or_default();
             // Repair's steps (preset rehearsals) train every prompt of a fact that fell.
             let rehearse_all = !preset.is_empty();
             let rehearsal = match (&schedule, plan.strategy) {

@@ -36,8 +36,8 @@ pub struct Evaluated {
     /// The new weights' hash, being digested (its copy's seconds are in `phases.hash`; the wait
     /// is the committer's).
     pub weights_hash: PendingHash,
-    /// The lowest recall among the step's own facts.
-    pub own_recall: f64,
+    /// The lowest recall among the step's own facts (none for a step without any).
+    pub own_recall: Option<f64>,
     /// Seconds of the evaluation's phases (the others are zero).
     pub phases: StepPhases,
 }
@@ -129,10 +129,7 @@ pub fn evaluate(
     phases.locality = clock.lap();
     let weights_hash = start_weights_hash(model, &loaded.source_hash, &config.train)?;
     phases.hash = clock.lap();
-    let own_recall = scores[..own.len()]
-        .iter()
-        .map(|s| s.recall)
-        .fold(f64::INFINITY, f64::min);
+    let own_recall = scores[..own.len()].iter().map(|s| s.recall).reduce(f64::min);
     Ok(Evaluated {
         probes,
         generations,
