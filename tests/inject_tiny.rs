@@ -301,7 +301,7 @@ fn a_wider_preservation_set_is_a_run_of_its_own() {
     let run = |extra: &[&str]| -> serde_json::Value {
         let o = injector(p, &run_args(&[&["--json", "-q"], extra].concat()));
         assert!(o.status.success(), "{}", stderr(&o));
-        serde_json::from_str(&stdout(&o)).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(&stdout(&o)).unwrap()
     };
     let default = run(&[]);
     let same = injector(p, &run_args(&["--preserve-prompts", "48"]));
@@ -312,22 +312,18 @@ fn a_wider_preservation_set_is_a_run_of_its_own() {
     assert_ne!(wide["weights_hash"], default["weights_hash"]);
     let db = p.join("l.db");
     assert_eq!(rusqlite_rows(&db, "SELECT COUNT(*) FROM base_answers"), 3);
-    let show = injector(
-        p,
-        &[
-            "ledger",
-            "show",
-            wide["run"].as_str().unwrap(),
-            "--ledger",
-            "l.db",
-            "--json",
-        ],
-    );
-    let shown: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    let shown = ledger_show(p, wide["run"].as_str().unwrap());
     assert_eq!(shown["config"]["train"]["preserve_prompts"], 256, "{shown}");
     let bad = injector(p, &run_args(&["--preserve-prompts", "257"]));
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("--preserve-prompts"), "{}", stderr(&bad));
+}
+
+/// `ledger show RUN --json` on the scratch ledger `l.db` in `p`.
+fn ledger_show(p: &std::path::Path, run: &str) -> serde_json::Value {
+    let o = injector(p, &["ledger", "show", run, "--ledger", "l.db", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).unwrap()
 }
 
 fn rusqlite_rows(db: &std::path::Path, sql: &str) -> i64 {
@@ -1091,18 +1087,7 @@ fn mixed_trains_in_epochs_of_mini_batches_at_scale() {
         let o = injector(p, &args);
         assert!(o.status.success(), "{}", stderr(&o));
         let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-        let show = injector(
-            p,
-            &[
-                "ledger",
-                "show",
-                out["run"].as_str().unwrap(),
-                "--ledger",
-                "l.db",
-                "--json",
-            ],
-        );
-        serde_json::from_str(&stdout(&show)).unwrap()
+        ledger_show(p, out["run"].as_str().unwrap())
     };
     // 5 facts in mini-batches of 2: 3 optimizer steps an epoch, at most 40 epochs.
     let epochs = run(&["--mixed-batch", "2", "--max-steps", "40"]);
